@@ -1,0 +1,32 @@
+# The two documented commands are `make demo` and `make test`; both first run scripts/setup.sh,
+# which installs whatever is missing (GStreamer, Rust, ONNX Runtime) and is quick when nothing is.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+
+.PHONY: all setup build demo test bench clean
+
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+# Release build of the plugin (target/release/libgstcbo.so) and the cbo / cboserver binaries.
+build: setup
+	$(CARGO) build --release --lib --bins
+
+# The main job: the bundled bottle clip through cbofilter with the default device model.
+demo: build
+	./target/release/cbo classify examples/media/bottle-detection.mp4
+
+# The whole test suite: unit tests, integration tests on real models and clips, doc tests.
+test: setup
+	$(CARGO) test --all-targets
+	$(CARGO) test --doc
+
+# cbofilter vs a bare ONNX Runtime loop on the same frames (numbers for the README).
+bench: build
+	./target/release/cbo bench
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Installs what cbo needs on a fresh Debian 12 / Ubuntu 24.04 machine, and nothing that is there
+# already: GStreamer (dev packages and plugins), a Rust toolchain if missing, and the ONNX Runtime
+# shared library from the official `onnxruntime` PyPI wheel into .cache/onnxruntime/lib/.
+# Idempotent and quick when everything is in place. Run as root or with sudo available.
+set -euo pipefail
+
+ORT_VERSION=1.31.1
+ORT_LIB=libonnxruntime.so.${ORT_VERSION}
+here=$(cd "$(dirname "$0")/.." && pwd)
+cache="$here/.cache/onnxruntime"
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"
+    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+    else say "need root (or sudo) to run: $*"; exit 1
+    fi
+}
+
+# Debian/Ubuntu packages: the GStreamer stack the plugin builds against and the plugins its
+# pipelines, tests and demo use (decodebin, H.264 decoders, x264enc/mp4mux for the overlay recipe,
+# the RTSP server library), plus the build tools.
+packages=(
+    pkg-config build-essential curl ca-certificates python3 python3-pip
+    libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
+    libgstrtspserver-1.0-dev
+    gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+    gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+    python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Rust: the pinned toolchain needs rust-version 1.92 or newer.
+if ! command -v cargo >/dev/null 2>&1; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    else
+        say "installing the Rust toolchain with rustup"
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+fi
+
+# ONNX Runtime: the shared library inside the official wheel (same build for every CPython tag).
+if [ ! -f "$cache/lib/$ORT_LIB" ]; then
+    say "fetching onnxruntime==$ORT_VERSION from PyPI"
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    arch=$(uname -m)
+    python3 -m pip download -q --no-deps --only-binary=:all: -d "$tmp" "onnxruntime==$ORT_VERSION" 2>/dev/null ||
+        python3 -m pip download -q --no-deps --only-binary=:all: -d "$tmp" \
+            --python-version 3.12 --implementation cp \
+            --platform "manylinux_2_28_$arch" --platform "manylinux_2_27_$arch" \
+            --platform "manylinux_2_17_$arch" "onnxruntime==$ORT_VERSION"
+    wheel=$(ls "$tmp"/onnxruntime-*.whl)
+    mkdir -p "$cache/lib"
+    python3 - "$wheel" "$cache/lib" <<'PY'
+import sys, zipfile, os
+wheel, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        base = os.path.basename(name)
+        if name.startswith("onnxruntime/capi/") and base.startswith("libonnxruntime"):
+            with z.open(name) as src, open(os.path.join(dest, base), "wb") as out:
+                out.write(src.read())
+PY
+    ln -sf "$ORT_LIB" "$cache/lib/libonnxruntime.so"
+    say "ONNX Runtime $ORT_VERSION installed in $cache/lib"
+fi

@@ -1,0 +1,51 @@
+//! `cbo`: tools around the cbofilter element (classify a clip, benchmark, and, as they land,
+//! calibrate, profile and evaluate offloading policies).
+
+use clap::{Parser, Subcommand};
+use gstcbo::tools::{bench, classify};
+
+#[derive(Parser)]
+#[command(
+    name = "cbo",
+    version,
+    about = "Confidence-based offloading tools for the cbofilter GStreamer element"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a clip through cbofilter, show progress, and summarise the labels
+    Classify(classify::ClassifyArgs),
+    /// cbofilter throughput vs a bare ONNX Runtime loop on the same decoded frames
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Classify(args) => classify::run(&args).map(|s| {
+            if args.json {
+                eprintln!("{}", serde_json::to_string(&s).unwrap_or_default());
+            } else {
+                classify::print_summary(&s);
+            }
+        }),
+        Command::Bench(args) => bench::run(&args).map(|r| {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                bench::print_report(&r);
+            }
+        }),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cbo: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

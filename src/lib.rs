@@ -1,0 +1,36 @@
+//! cbo: confidence-based offloading for GStreamer video analytics.
+//!
+//! The plugin `cbo` provides the `cbofilter` element. The library also exposes the pieces the
+//! element is built from (pre-processing, inference, post-processing, the result meta), which the
+//! `cbo` tools and the `cboserver` reuse so that they see frames exactly as the element does.
+
+use gst::glib;
+
+mod cbofilter;
+pub mod cli;
+pub mod inference;
+pub mod meta;
+pub mod ortlib;
+pub mod postprocess;
+pub mod preprocess;
+pub mod tools;
+
+pub use cbofilter::{CboFilter, ExecutionProviderProp, OutputKindProp, Policy};
+pub use meta::{CboResult, Source};
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    meta::register();
+    cbofilter::register(plugin)
+}
+
+gst::plugin_define!(
+    cbo,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    "MIT/X11",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);

@@ -1,0 +1,211 @@
+//! `cbo bench`: cbofilter's throughput on decoded frames against a bare ONNX Runtime loop over the
+//! same frames, in one process, as a ratio.
+//!
+//! The clip is decoded into memory first so neither side pays for decoding. The bare loop gets
+//! its input tensors pre-computed (it measures `Session::run` alone, what any integration must
+//! pay); cbofilter gets the raw decoded frames through `appsrc` and does its own scaling, colour
+//! conversion, inference, post-processing and metadata. Rounds alternate between the two so
+//! machine noise hits both alike; the best round of each is compared.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use gst::prelude::*;
+
+use crate::cli::ModelArgs;
+use crate::inference::{ModelSession, run_session};
+use crate::preprocess::{Preprocessor, Tensor};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Clip to decode (default: the bundled bottle clip)
+    #[arg(long)]
+    pub video: Option<PathBuf>,
+    /// Frames decoded and classified per round
+    #[arg(long, default_value_t = 300)]
+    pub frames: usize,
+    /// Alternating rounds of each side
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print one JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub frames: usize,
+    pub rounds: usize,
+    pub input: String,
+    pub execution_provider: String,
+    pub bare_ort_fps: f64,
+    pub cbofilter_fps: f64,
+    /// cbofilter_fps / bare_ort_fps
+    pub ratio: f64,
+    /// 1 - ratio, in percent: what the element adds over a bare session run.
+    pub overhead_percent: f64,
+    pub bare_rounds_fps: Vec<f64>,
+    pub cbofilter_rounds_fps: Vec<f64>,
+}
+
+pub fn default_video() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/media/bottle-detection.mp4"
+    ))
+}
+
+fn bare_round(model: &mut ModelSession, tensors: &[Tensor]) -> Result<f64, String> {
+    let mut row = Vec::new();
+    let t = Instant::now();
+    for tensor in tensors {
+        run_session(
+            &mut model.session,
+            &model.input_name,
+            &model.spec,
+            tensor,
+            &mut row,
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(tensors.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+fn filter_round(
+    args: &BenchArgs,
+    frames: &[gst::Buffer],
+    caps: &gst::Caps,
+    props: &[(&'static str, String)],
+) -> Result<f64, String> {
+    let pipeline = gst::Pipeline::new();
+    let src = gst_app::AppSrc::builder()
+        .caps(caps)
+        .format(gst::Format::Time)
+        .max_bytes(0) // unbounded: every frame is queued before the clock starts
+        .build();
+    let cbo = gst::ElementFactory::make("cbofilter")
+        .build()
+        .map_err(|e| e.to_string())?;
+    for (name, value) in props {
+        cbo.set_property_from_str(name, value);
+    }
+    let sink = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .build()
+        .map_err(|e| e.to_string())?;
+    pipeline
+        .add_many([src.upcast_ref(), &cbo, &sink])
+        .map_err(|e| e.to_string())?;
+    gst::Element::link_many([src.upcast_ref(), &cbo, &sink]).map_err(|e| e.to_string())?;
+    // PAUSED loads the model (cbofilter's start), outside the timed part.
+    pipeline
+        .set_state(gst::State::Paused)
+        .map_err(|e| format!("cannot start cbofilter: {e}"))?;
+    let _ = pipeline.state(gst::ClockTime::from_seconds(30));
+    for (i, frame) in frames.iter().enumerate() {
+        let mut b = frame.copy();
+        {
+            let b = b.get_mut().expect("fresh copy");
+            b.set_pts(gst::ClockTime::from_mseconds(33 * i as u64));
+        }
+        src.push_buffer(b).map_err(|e| format!("push: {e:?}"))?;
+    }
+    src.end_of_stream().map_err(|e| format!("eos: {e:?}"))?;
+    let t = Instant::now();
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| e.to_string())?;
+    let bus = pipeline.bus().expect("bus");
+    let res = match bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(600),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .map(|m| m.view().clone_error())
+    {
+        Some(None) => Ok(frames.len() as f64 / t.elapsed().as_secs_f64()),
+        Some(Some(e)) => Err(e),
+        None => Err("timed out".into()),
+    };
+    let _ = pipeline.set_state(gst::State::Null);
+    let _ = args;
+    res
+}
+
+trait CloneError {
+    fn clone_error(&self) -> Option<String>;
+}
+
+impl CloneError for gst::MessageView<'_> {
+    fn clone_error(&self) -> Option<String> {
+        match self {
+            gst::MessageView::Error(e) => Some(e.error().to_string()),
+            _ => None,
+        }
+    }
+}
+
+pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
+    super::init_gstreamer()?;
+    let video = args.video.clone().unwrap_or_else(default_video);
+    let config = args.model.to_config()?;
+    let (frames, caps) = super::decode_frames(&video, args.frames)?;
+    let info = gst_video::VideoInfo::from_caps(&caps).map_err(|e| e.to_string())?;
+
+    let mut model = ModelSession::load(
+        &config.model,
+        config.execution_provider,
+        config.ep_fallback,
+        config.threads,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut pre = Preprocessor::new(model.spec, config.normalization).map_err(|e| e.to_string())?;
+    let mut tensors = Vec::with_capacity(frames.len());
+    for f in &frames {
+        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(f, &info)
+            .map_err(|e| e.to_string())?;
+        tensors.push(pre.process(&frame).map_err(|e| e.to_string())?.clone());
+    }
+    let props = args.model.element_properties(&config);
+
+    let (mut bare, mut filt) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds.max(1) {
+        bare.push(bare_round(&mut model, &tensors)?);
+        filt.push(filter_round(args, &frames, &caps, &props)?);
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let (b, f) = (best(&bare), best(&filt));
+    Ok(BenchReport {
+        frames: frames.len(),
+        rounds: bare.len(),
+        input: format!(
+            "{} ({}x{} {:?})",
+            video.display(),
+            info.width(),
+            info.height(),
+            info.format()
+        ),
+        execution_provider: model.active_provider.to_string(),
+        bare_ort_fps: b,
+        cbofilter_fps: f,
+        ratio: f / b,
+        overhead_percent: 100.0 * (1.0 - f / b),
+        bare_rounds_fps: bare,
+        cbofilter_rounds_fps: filt,
+    })
+}
+
+pub fn print_report(r: &BenchReport) {
+    println!(
+        "input: {}, {} frames x {} rounds, provider {}",
+        r.input, r.frames, r.rounds, r.execution_provider
+    );
+    println!("bare ort session.run : {:8.1} frames/s", r.bare_ort_fps);
+    println!("cbofilter (appsrc)   : {:8.1} frames/s", r.cbofilter_fps);
+    println!(
+        "ratio cbofilter/bare : {:8.3}  (overhead {:.1} %)",
+        r.ratio, r.overhead_percent
+    );
+}

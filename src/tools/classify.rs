@@ -1,0 +1,238 @@
+//! `cbo classify`: run a clip (file or URI) through `cbofilter`, show progress, summarise.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+use crate::cli::ModelArgs;
+use crate::meta::CboResult;
+
+#[derive(Debug, clap::Args)]
+pub struct ClassifyArgs {
+    /// Video file, or a URI (file://, rtsp://, ...)
+    pub input: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print every frame's result as a JSON line instead of progress
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many frames (0 = whole clip)
+    #[arg(long, default_value_t = 0)]
+    pub max_frames: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    frames: u64,
+    labels: HashMap<String, u64>,
+    confidence_sum: f64,
+    inference_us_sum: u64,
+    preprocess_us_sum: u64,
+    last: Option<(String, f64)>,
+}
+
+/// Summary of a classified clip.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClassifySummary {
+    pub frames: u64,
+    pub seconds: f64,
+    pub fps: f64,
+    pub mean_confidence: f64,
+    pub mean_inference_ms: f64,
+    pub mean_preprocess_ms: f64,
+    pub execution_provider: String,
+    /// (label, frames), most frequent first.
+    pub labels: Vec<(String, u64)>,
+}
+
+fn source_description(input: &str) -> String {
+    if input.contains("://") {
+        format!("uridecodebin uri=\"{}\"", input.replace('"', "\\\""))
+    } else {
+        super::file_source(&PathBuf::from(input))
+    }
+}
+
+pub fn run(args: &ClassifyArgs) -> Result<ClassifySummary, String> {
+    super::init_gstreamer()?;
+    let config = args.model.to_config()?;
+    if !args.input.contains("://") && !std::path::Path::new(&args.input).is_file() {
+        return Err(format!("video '{}' does not exist", args.input));
+    }
+    let desc = format!(
+        "{} ! cbofilter name=cbo ! fakesink sync=false",
+        source_description(&args.input)
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .map_err(|e| format!("cannot build the pipeline: {e}"))?
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline");
+    let cbo = pipeline.by_name("cbo").expect("named in the description");
+    for (name, value) in args.model.element_properties(&config) {
+        cbo.set_property_from_str(name, &value);
+    }
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let json = args.json;
+    let probe_tally = tally.clone();
+    cbo.static_pad("src")
+        .expect("src pad")
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(buf) = info.buffer()
+                && let Some(Ok(r)) = CboResult::from_buffer(buf)
+            {
+                if json {
+                    println!("{}", result_json(&r, buf.pts()));
+                }
+                let mut t = probe_tally.lock().unwrap();
+                t.frames += 1;
+                *t.labels.entry(r.label.clone()).or_default() += 1;
+                t.confidence_sum += r.confidence;
+                t.inference_us_sum += r.inference_us;
+                t.preprocess_us_sum += r.preprocess_us;
+                t.last = Some((r.label, r.confidence));
+            }
+            gst::PadProbeReturn::Ok
+        });
+
+    let started = Instant::now();
+    pipeline.set_state(gst::State::Playing).map_err(|_| {
+        first_error(&pipeline).unwrap_or_else(|| "cannot start the pipeline".into())
+    })?;
+    let bus = pipeline.bus().expect("pipeline bus");
+    let mut last_report = Instant::now();
+    let mut total: Option<u64> = None;
+    let outcome = loop {
+        if let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) {
+            match msg.view() {
+                gst::MessageView::Eos(_) => break Ok(()),
+                gst::MessageView::Error(e) => {
+                    break Err(format!(
+                        "{}{}",
+                        e.error(),
+                        e.debug().map(|d| format!(" ({d})")).unwrap_or_default()
+                    ));
+                }
+                gst::MessageView::Warning(w) => eprintln!("warning: {}", w.error()),
+                _ => {}
+            }
+        }
+        let frames = tally.lock().unwrap().frames;
+        if args.max_frames > 0 && frames >= args.max_frames {
+            break Ok(());
+        }
+        if total.is_none() {
+            total = estimated_frames(&pipeline, &cbo);
+        }
+        if !json && last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            let t = tally.lock().unwrap();
+            let secs = started.elapsed().as_secs_f64();
+            let of = total.map(|n| format!("/{n}")).unwrap_or_default();
+            let (label, p) = t.last.clone().unwrap_or_default();
+            eprint!(
+                "\r[{secs:6.1}s] frame {}{of}  {:6.1} fps  last: {label} ({p:.2})        ",
+                t.frames,
+                t.frames as f64 / secs
+            );
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let provider = cbo.property::<String>("active-execution-provider");
+    let _ = pipeline.set_state(gst::State::Null);
+    if !json {
+        eprintln!();
+    }
+    outcome?;
+    let t = tally.lock().unwrap();
+    let n = t.frames.max(1) as f64;
+    let mut labels: Vec<(String, u64)> = t.labels.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    labels.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(ClassifySummary {
+        frames: t.frames,
+        seconds,
+        fps: t.frames as f64 / seconds,
+        mean_confidence: t.confidence_sum / n,
+        mean_inference_ms: t.inference_us_sum as f64 / n / 1000.0,
+        mean_preprocess_ms: t.preprocess_us_sum as f64 / n / 1000.0,
+        execution_provider: provider,
+        labels,
+    })
+}
+
+fn first_error(pipeline: &gst::Pipeline) -> Option<String> {
+    let bus = pipeline.bus()?;
+    let msg =
+        bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])?;
+    match msg.view() {
+        gst::MessageView::Error(e) => Some(e.error().to_string()),
+        _ => None,
+    }
+}
+
+/// Clip length in frames from the duration and the negotiated frame rate, when both are known.
+fn estimated_frames(pipeline: &gst::Pipeline, cbo: &gst::Element) -> Option<u64> {
+    let duration = pipeline.query_duration::<gst::ClockTime>()?;
+    let caps = cbo.static_pad("sink")?.current_caps()?;
+    let info = gst_video::VideoInfo::from_caps(&caps).ok()?;
+    let fps = info.fps();
+    if fps.numer() <= 0 {
+        return None;
+    }
+    Some(
+        (duration.nseconds() as u128 * fps.numer() as u128 / fps.denom() as u128 / 1_000_000_000)
+            as u64,
+    )
+}
+
+fn result_json(r: &CboResult, pts: Option<gst::ClockTime>) -> String {
+    serde_json::json!({
+        "frame": r.frame,
+        "pts_s": pts.map(|p| p.nseconds() as f64 / 1e9),
+        "class_id": r.class_id,
+        "label": r.label,
+        "confidence": r.confidence,
+        "raw_confidence": r.raw_confidence,
+        "source": r.source.as_str(),
+        "decision": r.decision,
+        "resolution": r.resolution,
+        "inference_us": r.inference_us,
+        "top_classes": r.top_classes,
+        "top_scores": r.top_scores,
+    })
+    .to_string()
+}
+
+/// Human-readable summary, as `make demo` prints it.
+pub fn print_summary(s: &ClassifySummary) {
+    println!(
+        "frames: {}   time: {:.1} s   throughput: {:.1} frames/s   execution provider: {}",
+        s.frames, s.seconds, s.fps, s.execution_provider
+    );
+    println!(
+        "mean confidence: {:.3}   mean inference: {:.2} ms   mean pre-processing: {:.2} ms",
+        s.mean_confidence, s.mean_inference_ms, s.mean_preprocess_ms
+    );
+    println!("labels:");
+    let n = s.frames.max(1) as f64;
+    for (label, count) in s.labels.iter().take(10) {
+        let bar = "#".repeat((40.0 * *count as f64 / n).round() as usize);
+        println!(
+            "  {label:<24} {count:>6}  {:5.1}%  {bar}",
+            100.0 * *count as f64 / n
+        );
+    }
+    if s.labels.len() > 10 {
+        let rest: u64 = s.labels[10..].iter().map(|(_, c)| c).sum();
+        println!(
+            "  ({} other labels)       {rest:>6}  {:5.1}%",
+            s.labels.len() - 10,
+            100.0 * rest as f64 / n
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! Helpers shared by the integration tests: GStreamer set-up with a private registry, running
+//! pipelines to completion while collecting every frame's CboMeta, and paths to real assets.
+#![allow(dead_code)]
+
+pub mod onnx;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Once};
+
+use gst::prelude::*;
+use gstcbo::CboResult;
+
+static INIT: Once = Once::new();
+
+/// Initialises GStreamer once per test binary, with a throw-away registry so tests neither read
+/// nor write the user's, and registers the plugin linked into the test.
+pub fn init() {
+    INIT.call_once(|| {
+        let registry =
+            std::env::temp_dir().join(format!("cbo-test-registry-{}.bin", std::process::id()));
+        // SAFETY: runs once, before GStreamer or any test thread reads the environment.
+        unsafe { std::env::set_var("GST_REGISTRY", registry) };
+        gst::init().unwrap();
+        gstcbo::plugin_register_static().unwrap();
+    });
+}
+
+/// The shared, read-only assets (models, labelled clips, traces): `CBO_ASSETS` or
+/// `../shared/assets` beside the checkout.
+pub fn assets() -> PathBuf {
+    std::env::var_os("CBO_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets"))
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn bottle_clip() -> PathBuf {
+    repo().join("examples/media/bottle-detection.mp4")
+}
+
+/// What a pipeline run produced.
+#[derive(Debug, Default)]
+pub struct Run {
+    /// CboMeta of every buffer leaving cbofilter, in order.
+    pub results: Vec<CboResult>,
+    /// Buffers that left cbofilter without a CboMeta.
+    pub missing_meta: usize,
+    /// Buffers that entered cbofilter.
+    pub frames_in: usize,
+    pub error: Option<(gst::glib::Error, String)>,
+    pub warnings: Vec<String>,
+    pub element_messages: Vec<gst::Structure>,
+    /// `active-execution-provider` read while the pipeline ran.
+    pub provider: String,
+}
+
+/// Parses `desc` (which must contain an element named `cbo`), runs it to EOS or error, and
+/// collects what cbofilter emitted.
+pub fn run_pipeline(desc: &str) -> Run {
+    run_with(desc, |_| {})
+}
+
+/// Like [`run_pipeline`], and also tells whether the buffers leaving the element named `after`
+/// have exactly the bytes of those leaving `before`.
+pub fn run_pipeline_comparing(desc: &str, before: &str, after: &str) -> (Run, bool) {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let hashes: [Arc<Mutex<Vec<u64>>>; 2] = Default::default();
+    let h = hashes.clone();
+    let (before, after) = (before.to_string(), after.to_string());
+    let run = run_with(desc, move |pipeline| {
+        for (name, store) in [(before, h[0].clone()), (after, h[1].clone())] {
+            let el = pipeline.by_name(&name).expect("named element");
+            el.static_pad("src")
+                .unwrap()
+                .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                    if let Some(buf) = info.buffer() {
+                        let map = buf.map_readable().unwrap();
+                        let mut hasher = DefaultHasher::new();
+                        map.as_slice().hash(&mut hasher);
+                        store.lock().unwrap().push(hasher.finish());
+                    }
+                    gst::PadProbeReturn::Ok
+                });
+        }
+    });
+    let a = hashes[0].lock().unwrap().clone();
+    let b = hashes[1].lock().unwrap().clone();
+    (run, !a.is_empty() && a == b)
+}
+
+pub fn run_with(desc: &str, setup: impl FnOnce(&gst::Pipeline)) -> Run {
+    init();
+    let pipeline = gst::parse::launch(desc)
+        .unwrap_or_else(|e| panic!("bad pipeline '{desc}': {e}"))
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    setup(&pipeline);
+    let cbo = pipeline
+        .by_name("cbo")
+        .expect("pipeline needs an element named cbo");
+    let out = Arc::new(Mutex::new(Run::default()));
+    let o = out.clone();
+    cbo.static_pad("src")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(buf) = info.buffer() {
+                let mut o = o.lock().unwrap();
+                match CboResult::from_buffer(buf) {
+                    Some(Ok(r)) => o.results.push(r),
+                    Some(Err(e)) => panic!("unreadable CboMeta: {e}"),
+                    None => o.missing_meta += 1,
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    let o = out.clone();
+    cbo.static_pad("sink")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            o.lock().unwrap().frames_in += 1;
+            gst::PadProbeReturn::Ok
+        });
+    let bus = pipeline.bus().unwrap();
+    let _ = pipeline.set_state(gst::State::Playing);
+    loop {
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_seconds(300)) else {
+            panic!("pipeline '{desc}' neither finished nor failed within 300 s");
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => {
+                out.lock().unwrap().error = Some((
+                    e.error(),
+                    e.debug().map(|d| d.to_string()).unwrap_or_default(),
+                ));
+                break;
+            }
+            gst::MessageView::Warning(w) => {
+                out.lock().unwrap().warnings.push(w.error().to_string())
+            }
+            gst::MessageView::Element(e) => {
+                if let Some(s) = e.structure()
+                    && s.name() == "cbo-result"
+                {
+                    out.lock().unwrap().element_messages.push(s.to_owned());
+                }
+            }
+            gst::MessageView::StateChanged(_) => {
+                let p = cbo.property::<String>("active-execution-provider");
+                if !p.is_empty() {
+                    out.lock().unwrap().provider = p;
+                }
+            }
+            _ => {}
+        }
+    }
+    let _ = pipeline.set_state(gst::State::Null);
+    // The pad probes still hold clones of `out`; take the contents instead of the Arc.
+    std::mem::take(&mut *out.lock().unwrap())
+}
+
+/// Frame index → ImageNet class index, from a clip's labels CSV (`frame,...,class_index,...`).
+pub fn clip_labels(csv: &Path) -> Vec<i32> {
+    let text = std::fs::read_to_string(csv).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let fi = header.iter().position(|h| *h == "frame").unwrap();
+    let ci = header.iter().position(|h| *h == "class_index").unwrap();
+    let mut out = Vec::new();
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let cols: Vec<&str> = line.split(',').collect();
+        let f: usize = cols[fi].parse().unwrap();
+        assert_eq!(f, out.len(), "frames listed in order");
+        out.push(cols[ci].parse().unwrap());
+    }
+    out
+}
+
+/// Top-1 accuracy of `results` against per-frame labels.
+pub fn accuracy(results: &[CboResult], labels: &[i32]) -> f64 {
+    let right = results
+        .iter()
+        .filter(|r| labels.get(r.frame as usize) == Some(&r.class_id))
+        .count();
+    right as f64 / results.len().max(1) as f64
+}
+
+/// The cdylib built by cargo for this test run (cargo leaves it in target/<profile>/deps).
+pub fn plugin_library() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    for dir in [deps, deps.parent().unwrap()] {
+        let p = dir.join("libgstcbo.so");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("libgstcbo.so not found beside {}", exe.display());
+}
+
+/// A directory holding only the plugin, for GST_PLUGIN_PATH in child processes (pointing at
+/// target/*/deps would make GStreamer scan every proc-macro library there).
+pub fn plugin_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(plugin_library(), dir.path().join("libgstcbo.so")).unwrap();
+    dir
+}
