@@ -1022,6 +1022,29 @@ mod tests {
         assert_eq!(v, &vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
 
         let spec = TensorSpec {
+            elem: InputType::F16,
+            layout: Layout::Nhwc,
+            ..spec
+        };
+        let mut t = Tensor::zeros(&spec);
+        fill_tensor(&spec, &lut, &rgb, 8, &mut t);
+        let Tensor::F16(v) = &t else { panic!() };
+        assert_eq!(
+            v.iter().map(|x| x.to_f32()).collect::<Vec<_>>(),
+            vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+        );
+
+        let spec = TensorSpec {
+            elem: InputType::U8,
+            layout: Layout::Nchw,
+            ..spec
+        };
+        let mut t = Tensor::zeros(&spec);
+        fill_tensor(&spec, &lut, &rgb, 8, &mut t);
+        let Tensor::U8(v) = &t else { panic!() };
+        assert_eq!(v, &vec![255, 0, 0, 0, 0, 255]);
+
+        let spec = TensorSpec {
             elem: InputType::I8,
             layout: Layout::Nchw,
             ..spec
