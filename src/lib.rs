@@ -6,6 +6,7 @@
 
 use gst::glib;
 
+pub mod calibration;
 mod cbofilter;
 pub mod cli;
 pub mod inference;

@@ -283,13 +283,101 @@ fn missing_execution_provider_errors_unless_fallback() {
     assert_eq!(run.provider, "cpu");
 }
 
+/// A calibration file for the running model makes `confidence` the calibrated value; one for
+/// another model, or a corrupt one, is an error at start.
 #[test]
-fn calibration_is_refused_until_supported() {
-    let run = run_pipeline(
-        "videotestsrc num-buffers=2 ! cbofilter name=cbo calibration=/tmp/whatever.json ! fakesink",
+fn calibration_files_are_applied_and_checked() {
+    use gstcbo::calibration::{CalibrationFile, Calibrator, FittedOn, Metrics};
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::repo().join("models/efficientnet-lite0-int8pt-224.onnx");
+    let write = |name: &str, cal: Calibrator, model: &std::path::Path| {
+        let path = dir.path().join(name);
+        CalibrationFile::new(
+            cal,
+            model,
+            FittedOn {
+                source: "test".into(),
+                n: 0,
+            },
+            Metrics::default(),
+            Metrics::default(),
+        )
+        .unwrap()
+        .save(&path)
+        .unwrap();
+        path
+    };
+    let pipeline = |cal: &std::path::Path| {
+        format!(
+            "videotestsrc num-buffers=4 ! video/x-raw,width=320,height=240 ! cbofilter name=cbo calibration=\"{}\" ! fakesink",
+            cal.display()
+        )
+    };
+
+    // An affine isotonic map is checkable exactly: 0.25 + 0.5 * raw.
+    let iso = write(
+        "iso.json",
+        Calibrator::Isotonic {
+            x: vec![0.0, 1.0],
+            y: vec![0.25, 0.75],
+        },
+        &model,
     );
-    let (err, _) = run.error.expect("an error");
-    assert!(err.message().contains("calibration"), "{err}");
+    let run = run_pipeline(&pipeline(&iso));
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(run.results.len(), 4);
+    for r in &run.results {
+        assert!(
+            (r.confidence - (0.25 + 0.5 * r.raw_confidence)).abs() < 1e-9,
+            "{r:?}"
+        );
+    }
+
+    // Temperature > 1 softens the top probability without changing the label.
+    let temp = write(
+        "temp.json",
+        Calibrator::Temperature { temperature: 3.0 },
+        &model,
+    );
+    let run = run_pipeline(&pipeline(&temp));
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert!(
+        run.results
+            .iter()
+            .all(|r| r.confidence < r.raw_confidence && r.confidence > 0.0)
+    );
+
+    // Fitted for another model file.
+    let other_model = common::assets().join("models/mobilenet-v2-1.0-int8-224.onnx");
+    let other = write(
+        "other.json",
+        Calibrator::Temperature { temperature: 1.2 },
+        &other_model,
+    );
+    let (err, _) = run_pipeline(&pipeline(&other)).error.expect("an error");
+    assert!(err.matches(gst::LibraryError::Settings), "{err}");
+    assert!(
+        err.message()
+            .contains("fitted for model 'mobilenet-v2-1.0-int8-224.onnx'"),
+        "{err}"
+    );
+
+    // Corrupt and missing files.
+    let corrupt = dir.path().join("corrupt.json");
+    std::fs::write(
+        &corrupt,
+        "{\"format\": \"cbo-calibration\", \"version\": 1, \"method\": ",
+    )
+    .unwrap();
+    let (err, _) = run_pipeline(&pipeline(&corrupt)).error.expect("an error");
+    assert!(
+        err.message().contains("corrupt.json") && err.message().contains("JSON"),
+        "{err}"
+    );
+    let (err, _) = run_pipeline(&pipeline(std::path::Path::new("/nonexistent/cal.json")))
+        .error
+        .expect("an error");
+    assert!(err.message().contains("/nonexistent/cal.json"), "{err}");
 }
 
 fn gst_launch(plugin_dir: &std::path::Path, args: &str, ort: Option<&str>) -> std::process::Output {

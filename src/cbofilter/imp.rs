@@ -11,8 +11,10 @@ use gst_base::subclass::prelude::*;
 use gst_video::subclass::prelude::*;
 
 use super::{ExecutionProviderProp, OutputKindProp, Policy};
+use crate::calibration::{CalibrationFile, Calibrator};
 use crate::inference::{self, Classifier, InferenceError, ModelConfig};
 use crate::meta::{CboResult, Source};
+use crate::postprocess::OutputKind;
 use crate::preprocess::Normalization;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -91,6 +93,35 @@ struct State {
     info: Option<gst_video::VideoInfo>,
     frame: u64,
     post_messages: bool,
+    calibrator: Option<Calibrator>,
+    /// Log-probabilities of a probability-output model, for temperature scaling.
+    log_scores: Vec<f32>,
+}
+
+impl State {
+    /// Calibrated confidence of the frame just classified (raw when no calibration is loaded).
+    fn calibrated(&mut self, raw: f64) -> f64 {
+        match &self.calibrator {
+            None => raw,
+            Some(cal @ Calibrator::Temperature { .. }) => {
+                // Temperature scales logits; a model that outputs probabilities is scaled in
+                // log space, as `cbo calibrate` fits it.
+                if self.classifier.postprocessor().kind() == OutputKind::Probabilities {
+                    self.log_scores.clear();
+                    self.log_scores.extend(
+                        self.classifier
+                            .last_output()
+                            .iter()
+                            .map(|p| p.max(1e-12).ln()),
+                    );
+                    cal.apply(raw, &self.log_scores)
+                } else {
+                    cal.apply(raw, self.classifier.last_output())
+                }
+            }
+            Some(cal) => cal.apply(raw, &[]),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -184,7 +215,7 @@ impl ObjectImpl for CboFilter {
                     .build(),
                 glib::ParamSpecString::builder("calibration")
                     .nick("Calibration")
-                    .blurb("Calibration file written by `cbo calibrate` for this model; makes 'confidence' calibrated ('raw-confidence' stays raw). Not yet implemented: setting it is refused at start")
+                    .blurb("Calibration file (JSON, see `cbo calibrate`) fitted for this exact model file; makes 'confidence' calibrated while 'raw-confidence' stays raw. A file for another model, a corrupt or unknown-version file, or a non-monotone mapping is an error at start")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("server")
@@ -357,12 +388,6 @@ impl BaseTransformImpl for CboFilter {
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        if let Some(cal) = &settings.calibration {
-            return Err(gst::error_msg!(
-                gst::LibraryError::Settings,
-                ("calibration='{cal}': calibration files are not supported by this version of cbofilter yet")
-            ));
-        }
         if !settings.server.is_empty() || settings.policy != Policy::Local {
             gst::element_imp_warning!(
                 self,
@@ -375,6 +400,24 @@ impl BaseTransformImpl for CboFilter {
             );
         }
         let config = self.model_config(&settings)?;
+        // The calibration is checked before the (slower) model load, and must have been fitted
+        // for exactly this model file.
+        let calibrator = match &settings.calibration {
+            None => None,
+            Some(path) => {
+                let file = CalibrationFile::load(std::path::Path::new(path))
+                    .and_then(|f| f.check_model(&config.model).map(|_| f))
+                    .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{e}")))?;
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "calibration {}: {:?}",
+                    path,
+                    file.calibrator
+                );
+                Some(file.calibrator)
+            }
+        };
         gst::info!(CAT, imp = self, "loading model {}", config.model.display());
         let classifier = Classifier::load(&config).map_err(load_error)?;
         if let Some(w) = classifier.fallback_warning() {
@@ -399,6 +442,8 @@ impl BaseTransformImpl for CboFilter {
             info: None,
             frame: 0,
             post_messages: settings.post_messages,
+            calibrator,
+            log_scores: Vec::new(),
         });
         Ok(())
     }
@@ -432,11 +477,12 @@ impl BaseTransformImpl for CboFilter {
                 gst::FlowError::Error
             })?
         };
+        let confidence = state.calibrated(classification.confidence);
         let result = CboResult {
             frame: state.frame,
             class_id: classification.class_id,
             label: classification.label,
-            confidence: classification.confidence,
+            confidence,
             raw_confidence: classification.confidence,
             source: Source::Device,
             decision: "device".into(),

@@ -1,0 +1,855 @@
+//! Confidence calibration: fitting, applying, measuring, and the calibration file.
+//!
+//! Pure code: no GStreamer, no ONNX Runtime. A calibrator maps the device model's top-class
+//! confidence to the probability that the top class is right.
+//!
+//! - **Temperature scaling** divides the logits by one temperature T fitted by minimising the
+//!   negative log-likelihood of the true class (convex in 1/T; solved by safeguarded Newton). For
+//!   probability-output models the log-probabilities stand in for logits. The top class never
+//!   changes, only its confidence.
+//! - **Histogram binning** puts the fitting confidences into equal-mass bins and maps each bin to
+//!   its accuracy; bin accuracies are made non-decreasing by pool-adjacent-violators so the map is
+//!   monotone.
+//! - **Isotonic regression** (pool-adjacent-violators on confidence vs. correctness), applied by
+//!   linear interpolation between the pooled blocks.
+//! - **auto** picks the method with the lowest cross-validated top-label NLL (ties: ECE).
+//!
+//! Metrics are top-label: ECE over 15 equal-width bins, adaptive ECE over 15 equal-mass bins, MCE,
+//! NLL and Brier score of the binary event "the top class is right", accuracy.
+
+use serde::{Deserialize, Serialize};
+
+/// Bins used by ECE/MCE, as is customary (Guo et al. 2017).
+pub const ECE_BINS: usize = 15;
+
+/// Smallest probability used inside logarithms.
+const P_EPS: f64 = 1e-12;
+
+/// One fitted mapping from raw to calibrated confidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum Calibrator {
+    Temperature {
+        temperature: f64,
+    },
+    /// `upper[i]` is the highest raw confidence of bin i; confidences above the last bound use
+    /// the last value.
+    HistogramBinning {
+        upper: Vec<f64>,
+        values: Vec<f64>,
+    },
+    /// Knots (x, y), x strictly increasing, y non-decreasing; linear in between, flat outside.
+    Isotonic {
+        x: Vec<f64>,
+        y: Vec<f64>,
+    },
+}
+
+/// Method names accepted by `cbo calibrate --method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Auto,
+    Temperature,
+    HistogramBinning,
+    Isotonic,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "temperature" => Ok(Self::Temperature),
+            "histogram" | "histogram-binning" => Ok(Self::HistogramBinning),
+            "isotonic" => Ok(Self::Isotonic),
+            other => Err(format!(
+                "unknown calibration method '{other}' (auto, temperature, histogram-binning, isotonic)"
+            )),
+        }
+    }
+}
+
+/// Fitting data: score rows (logits, or log-probabilities) and the index of the true class in each
+/// row (`None` when the true class is not among the outputs: counted as wrong).
+#[derive(Debug, Clone, Default)]
+pub struct Dataset {
+    pub rows: Vec<Vec<f32>>,
+    pub targets: Vec<Option<usize>>,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn push(&mut self, row: Vec<f32>, target: Option<usize>) {
+        self.rows.push(row);
+        self.targets.push(target);
+    }
+
+    /// Top-label view: (confidence, top class right?) at temperature 1.
+    pub fn top_label(&self) -> Vec<(f64, bool)> {
+        self.rows
+            .iter()
+            .zip(&self.targets)
+            .map(|(row, t)| {
+                let (arg, conf) = top_softmax(row, 1.0);
+                (conf, Some(arg) == *t)
+            })
+            .collect()
+    }
+
+    fn subset(&self, idx: &[usize]) -> Dataset {
+        Dataset {
+            rows: idx.iter().map(|&i| self.rows[i].clone()).collect(),
+            targets: idx.iter().map(|&i| self.targets[i]).collect(),
+        }
+    }
+}
+
+/// Index and softmax probability of the largest entry of `row / temperature`.
+pub fn top_softmax(row: &[f32], temperature: f64) -> (usize, f64) {
+    let (arg, max) = row
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(ai, am), (i, &v)| {
+            if v > am { (i, v) } else { (ai, am) }
+        });
+    let inv_t = 1.0 / temperature;
+    // Entries more than 40 temperatures below the top add less than e^-40 each: skipping them
+    // keeps applying a temperature well under a microsecond for 1000 classes.
+    let cutoff = max as f64 - 40.0 * temperature;
+    let sum: f64 = row
+        .iter()
+        .filter(|&&v| v as f64 > cutoff)
+        .map(|&v| ((v as f64 - max as f64) * inv_t).exp())
+        .sum();
+    (arg, 1.0 / sum)
+}
+
+/// Why a calibration could not be fitted, loaded or applied.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct CalibrationError(pub String);
+
+impl Calibrator {
+    /// Calibrated confidence of a frame whose top raw confidence is `raw` and score row `row`.
+    pub fn apply(&self, raw: f64, row: &[f32]) -> f64 {
+        match self {
+            Calibrator::Temperature { temperature } => top_softmax(row, *temperature).1,
+            Calibrator::HistogramBinning { upper, values } => {
+                let i = upper.partition_point(|&u| u < raw).min(values.len() - 1);
+                values[i]
+            }
+            Calibrator::Isotonic { x, y } => interpolate(x, y, raw),
+        }
+    }
+
+    pub fn method_name(&self) -> &'static str {
+        match self {
+            Calibrator::Temperature { .. } => "temperature",
+            Calibrator::HistogramBinning { .. } => "histogram-binning",
+            Calibrator::Isotonic { .. } => "isotonic",
+        }
+    }
+
+    /// Checks the parameters: finite, in range, and a monotone non-decreasing map.
+    pub fn validate(&self) -> Result<(), CalibrationError> {
+        let bad = |m: &str| Err(CalibrationError(m.to_string()));
+        let in_unit = |v: &[f64]| v.iter().all(|p| p.is_finite() && (0.0..=1.0).contains(p));
+        let non_decreasing = |v: &[f64]| v.windows(2).all(|w| w[0] <= w[1]);
+        match self {
+            Calibrator::Temperature { temperature } => {
+                if !(temperature.is_finite() && *temperature > 0.0) {
+                    return bad("temperature must be a positive finite number");
+                }
+            }
+            Calibrator::HistogramBinning { upper, values } => {
+                if values.is_empty() || upper.len() != values.len() {
+                    return bad(
+                        "histogram binning needs as many bin bounds as values (at least one)",
+                    );
+                }
+                if !in_unit(upper) || !non_decreasing(upper) {
+                    return bad("histogram bin bounds must be increasing confidences in [0, 1]");
+                }
+                if !in_unit(values) {
+                    return bad("histogram bin values must be probabilities in [0, 1]");
+                }
+                if !non_decreasing(values) {
+                    return bad(
+                        "histogram bin values are not monotone: a higher raw confidence would map to a lower calibrated one",
+                    );
+                }
+            }
+            Calibrator::Isotonic { x, y } => {
+                if x.is_empty() || x.len() != y.len() {
+                    return bad("isotonic calibration needs as many x as y knots (at least one)");
+                }
+                if !in_unit(x) || x.windows(2).any(|w| w[0] >= w[1]) {
+                    return bad(
+                        "isotonic knots x must be strictly increasing confidences in [0, 1]",
+                    );
+                }
+                if !in_unit(y) {
+                    return bad("isotonic knots y must be probabilities in [0, 1]");
+                }
+                if !non_decreasing(y) {
+                    return bad(
+                        "isotonic knots y are not monotone: a higher raw confidence would map to a lower calibrated one",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fits `method` on `data` (`Auto`: 5-fold cross-validation picks the method).
+    pub fn fit(method: Method, data: &Dataset) -> Result<Self, CalibrationError> {
+        if data.len() < 10 {
+            return Err(CalibrationError(format!(
+                "calibration needs at least 10 labelled samples, got {}",
+                data.len()
+            )));
+        }
+        match method {
+            Method::Temperature => Ok(Calibrator::Temperature {
+                temperature: fit_temperature(data),
+            }),
+            Method::HistogramBinning => Ok(fit_histogram(&data.top_label(), ECE_BINS)),
+            Method::Isotonic => Ok(fit_isotonic(&data.top_label())),
+            Method::Auto => {
+                let candidates = [
+                    Method::Temperature,
+                    Method::HistogramBinning,
+                    Method::Isotonic,
+                ];
+                let mut best: Option<(Method, f64, f64)> = None;
+                for m in candidates {
+                    let (nll, ece) = cross_validate(m, data, 5)?;
+                    if best.is_none_or(|(_, bn, be)| {
+                        nll < bn - 1e-9 || (nll - bn).abs() <= 1e-9 && ece < be
+                    }) {
+                        best = Some((m, nll, ece));
+                    }
+                }
+                Calibrator::fit(best.expect("three candidates").0, data)
+            }
+        }
+    }
+
+    /// Calibrated top-label view of `data`.
+    pub fn top_label(&self, data: &Dataset) -> Vec<(f64, bool)> {
+        data.rows
+            .iter()
+            .zip(&data.targets)
+            .map(|(row, t)| {
+                let (arg, raw) = top_softmax(row, 1.0);
+                (self.apply(raw, row), Some(arg) == *t)
+            })
+            .collect()
+    }
+}
+
+/// Mean top-label NLL and ECE of `method` over `folds` interleaved folds.
+fn cross_validate(
+    method: Method,
+    data: &Dataset,
+    folds: usize,
+) -> Result<(f64, f64), CalibrationError> {
+    let mut preds = Vec::with_capacity(data.len());
+    for f in 0..folds {
+        let (test, train): (Vec<usize>, Vec<usize>) = (0..data.len()).partition(|i| i % folds == f);
+        let cal = Calibrator::fit(method, &data.subset(&train))?;
+        preds.extend(cal.top_label(&data.subset(&test)));
+    }
+    let m = Metrics::of(&preds);
+    Ok((m.nll, m.ece))
+}
+
+fn interpolate(x: &[f64], y: &[f64], v: f64) -> f64 {
+    let i = x.partition_point(|&k| k < v);
+    if i == 0 {
+        return y[0];
+    }
+    if i == x.len() {
+        return y[x.len() - 1];
+    }
+    let t = (v - x[i - 1]) / (x[i] - x[i - 1]);
+    y[i - 1] + t * (y[i] - y[i - 1])
+}
+
+/// Temperature minimising the mean NLL of the true class. NLL is convex in b = 1/T: Newton on b
+/// with bisection as the safeguard.
+pub fn fit_temperature(data: &Dataset) -> f64 {
+    // d/db NLL = mean(E_p[z] - z_y), d2/db2 = mean(Var_p[z]).
+    let grad_hess = |b: f64| {
+        let (mut g, mut h) = (0.0, 0.0);
+        for (row, t) in data.rows.iter().zip(&data.targets) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let (mut s, mut sz, mut szz) = (0.0, 0.0, 0.0);
+            for &z in row {
+                let z = z as f64;
+                let e = (b * (z - max)).exp();
+                s += e;
+                sz += e * z;
+                szz += e * z * z;
+            }
+            let mean = sz / s;
+            // A true class outside the outputs contributes only through normalisation.
+            let zy = t.map(|i| row[i] as f64).unwrap_or(mean);
+            g += mean - zy;
+            h += (szz / s - mean * mean).max(0.0);
+        }
+        let n = data.len() as f64;
+        (g / n, h / n)
+    };
+    let (mut lo, mut hi) = (1e-3, 1e3);
+    let mut b: f64 = 1.0;
+    for _ in 0..100 {
+        let (g, h) = grad_hess(b);
+        if g.abs() < 1e-10 {
+            break;
+        }
+        if g > 0.0 {
+            hi = b;
+        } else {
+            lo = b;
+        }
+        let newton = b - g / h;
+        b = if h > 0.0 && newton > lo && newton < hi {
+            newton
+        } else {
+            (lo * hi).sqrt()
+        };
+        if (hi - lo) / hi < 1e-12 {
+            break;
+        }
+    }
+    1.0 / b
+}
+
+/// Pool-adjacent-violators: non-decreasing fit to `values` with `weights`. Returns the pooled
+/// blocks as (start index, end index exclusive, value).
+fn pav(values: &[f64], weights: &[f64]) -> Vec<(usize, usize, f64)> {
+    let mut blocks: Vec<(usize, usize, f64, f64)> = Vec::new(); // start, end, mean, weight
+    for (i, (&v, &w)) in values.iter().zip(weights).enumerate() {
+        blocks.push((i, i + 1, v, w));
+        while blocks.len() > 1 && blocks[blocks.len() - 2].2 > blocks[blocks.len() - 1].2 {
+            let b = blocks.pop().expect("len > 1");
+            let a = blocks.last_mut().expect("len > 1");
+            let w = a.3 + b.3;
+            a.2 = (a.2 * a.3 + b.2 * b.3) / w;
+            a.3 = w;
+            a.1 = b.1;
+        }
+    }
+    blocks.into_iter().map(|(s, e, v, _)| (s, e, v)).collect()
+}
+
+fn sorted_by_confidence(points: &[(f64, bool)]) -> Vec<(f64, bool)> {
+    let mut p = points.to_vec();
+    p.sort_by(|a, b| a.0.total_cmp(&b.0));
+    p
+}
+
+/// Equal-mass histogram binning with monotone (PAV-pooled) bin values.
+pub fn fit_histogram(points: &[(f64, bool)], bins: usize) -> Calibrator {
+    let p = sorted_by_confidence(points);
+    let bins = bins.clamp(1, p.len().max(1));
+    let mut upper = Vec::with_capacity(bins);
+    let mut acc = Vec::with_capacity(bins);
+    let mut weight = Vec::with_capacity(bins);
+    for b in 0..bins {
+        let (s, e) = (b * p.len() / bins, (b + 1) * p.len() / bins);
+        if s == e {
+            continue;
+        }
+        let chunk = &p[s..e];
+        upper.push(chunk[chunk.len() - 1].0);
+        acc.push(chunk.iter().filter(|x| x.1).count() as f64 / chunk.len() as f64);
+        weight.push(chunk.len() as f64);
+    }
+    let mut values = vec![0.0; acc.len()];
+    for (s, e, v) in pav(&acc, &weight) {
+        values[s..e].fill(v);
+    }
+    Calibrator::HistogramBinning { upper, values }
+}
+
+/// Isotonic regression of correctness on confidence.
+pub fn fit_isotonic(points: &[(f64, bool)]) -> Calibrator {
+    let p = sorted_by_confidence(points);
+    let y: Vec<f64> = p.iter().map(|x| if x.1 { 1.0 } else { 0.0 }).collect();
+    let w = vec![1.0; p.len()];
+    let mut xs = Vec::new();
+    let mut ys = Vec::new();
+    for (s, e, v) in pav(&y, &w) {
+        // Each pooled block becomes one knot at its mean confidence.
+        let x = p[s..e].iter().map(|q| q.0).sum::<f64>() / (e - s) as f64;
+        if xs.last().is_some_and(|&last: &f64| x <= last) {
+            // Equal confidences in neighbouring blocks: keep the higher (later) value.
+            *ys.last_mut().expect("non-empty") = v;
+            continue;
+        }
+        xs.push(x);
+        ys.push(v);
+    }
+    Calibrator::Isotonic { x: xs, y: ys }
+}
+
+/// Top-label calibration metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Metrics {
+    pub n: usize,
+    pub accuracy: f64,
+    pub mean_confidence: f64,
+    /// Expected calibration error, 15 equal-width bins.
+    pub ece: f64,
+    /// ECE over 15 equal-mass bins.
+    pub adaptive_ece: f64,
+    /// Maximum calibration error over the non-empty equal-width bins.
+    pub mce: f64,
+    /// Binary log loss of "the top class is right".
+    pub nll: f64,
+    /// Brier score of the same event.
+    pub brier: f64,
+}
+
+impl Metrics {
+    pub fn of(points: &[(f64, bool)]) -> Self {
+        let n = points.len();
+        if n == 0 {
+            return Self::default();
+        }
+        let nf = n as f64;
+        let hit = |c: bool| if c { 1.0 } else { 0.0 };
+        let accuracy = points.iter().map(|p| hit(p.1)).sum::<f64>() / nf;
+        let mean_confidence = points.iter().map(|p| p.0).sum::<f64>() / nf;
+        let nll = points
+            .iter()
+            .map(|&(p, c)| {
+                let p = p.clamp(P_EPS, 1.0 - P_EPS);
+                -(if c { p.ln() } else { (1.0 - p).ln() })
+            })
+            .sum::<f64>()
+            / nf;
+        let brier = points
+            .iter()
+            .map(|&(p, c)| (p - hit(c)).powi(2))
+            .sum::<f64>()
+            / nf;
+
+        // Equal-width bins (the last bin includes 1.0).
+        let mut bins = [(0.0f64, 0.0f64, 0usize); ECE_BINS];
+        for &(p, c) in points {
+            let b = ((p * ECE_BINS as f64) as usize).min(ECE_BINS - 1);
+            bins[b].0 += p;
+            bins[b].1 += hit(c);
+            bins[b].2 += 1;
+        }
+        let (mut ece, mut mce) = (0.0, 0.0f64);
+        for &(sp, sc, k) in bins.iter().filter(|b| b.2 > 0) {
+            let gap = (sp - sc).abs() / k as f64;
+            ece += gap * k as f64 / nf;
+            mce = mce.max(gap);
+        }
+        let sorted = sorted_by_confidence(points);
+        let mut adaptive_ece = 0.0;
+        for b in 0..ECE_BINS.min(n) {
+            let chunk = &sorted[b * n / ECE_BINS.min(n)..(b + 1) * n / ECE_BINS.min(n)];
+            if chunk.is_empty() {
+                continue;
+            }
+            let k = chunk.len() as f64;
+            let gap = (chunk.iter().map(|p| p.0).sum::<f64>()
+                - chunk.iter().map(|p| hit(p.1)).sum::<f64>())
+            .abs();
+            adaptive_ece += gap / k * k / nf;
+        }
+        Self {
+            n,
+            accuracy,
+            mean_confidence,
+            ece,
+            adaptive_ece,
+            mce,
+            nll,
+            brier,
+        }
+    }
+}
+
+/// Identifies calibration files.
+pub const FILE_FORMAT: &str = "cbo-calibration";
+/// Current calibration file version.
+pub const FILE_VERSION: u32 = 1;
+
+/// What a calibration was fitted on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FittedOn {
+    /// Human-readable description of the data (file names, frame counts).
+    pub source: String,
+    pub n: usize,
+}
+
+/// The calibration file written by `cbo calibrate` and read by `cbofilter calibration=FILE`.
+///
+/// ```json
+/// { "format": "cbo-calibration", "version": 1,
+///   "method": "temperature", "temperature": 1.31,
+///   "model_sha256": "…", "model_file": "efficientnet-lite0-int8pt-224.onnx",
+///   "fitted_on": { "source": "dev-slideshow.mp4", "n": 1500 },
+///   "metrics_raw": { "n": 1500, "ece": 0.14, … }, "metrics_calibrated": { … } }
+/// ```
+/// `method` is `temperature` (`temperature`), `histogram-binning` (`upper`, `values`) or
+/// `isotonic` (`x`, `y`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationFile {
+    pub format: String,
+    pub version: u32,
+    #[serde(flatten)]
+    pub calibrator: Calibrator,
+    /// SHA-256 (hex) of the ONNX model file the calibration was fitted for.
+    pub model_sha256: String,
+    pub model_file: String,
+    pub fitted_on: FittedOn,
+    pub metrics_raw: Metrics,
+    pub metrics_calibrated: Metrics,
+}
+
+/// Hex SHA-256 of a file.
+pub fn sha256_file(path: &std::path::Path) -> Result<String, CalibrationError> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path)
+        .map_err(|e| CalibrationError(format!("cannot read '{}': {e}", path.display())))?;
+    Ok(sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+impl CalibrationFile {
+    pub fn new(
+        calibrator: Calibrator,
+        model: &std::path::Path,
+        fitted_on: FittedOn,
+        metrics_raw: Metrics,
+        metrics_calibrated: Metrics,
+    ) -> Result<Self, CalibrationError> {
+        Ok(Self {
+            format: FILE_FORMAT.into(),
+            version: FILE_VERSION,
+            calibrator,
+            model_sha256: sha256_file(model)?,
+            model_file: model
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            fitted_on,
+            metrics_raw,
+            metrics_calibrated,
+        })
+    }
+
+    /// Parses and validates a calibration file's text.
+    pub fn parse(text: &str) -> Result<Self, CalibrationError> {
+        // Check the header first, so a file of another version says so rather than failing on
+        // whichever field changed.
+        let header: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| CalibrationError(format!("not valid JSON: {e}")))?;
+        if header.get("format").and_then(|v| v.as_str()) != Some(FILE_FORMAT) {
+            return Err(CalibrationError(format!(
+                "not a cbo calibration file (expected \"format\": \"{FILE_FORMAT}\")"
+            )));
+        }
+        match header.get("version").and_then(|v| v.as_u64()) {
+            Some(v) if v == FILE_VERSION as u64 => {}
+            Some(v) => {
+                return Err(CalibrationError(format!(
+                    "calibration file version {v} is not supported (this cbo reads version {FILE_VERSION})"
+                )));
+            }
+            None => return Err(CalibrationError("calibration file has no version".into())),
+        }
+        let file: Self = serde_json::from_value(header)
+            .map_err(|e| CalibrationError(format!("corrupt calibration file: {e}")))?;
+        file.calibrator.validate()?;
+        Ok(file)
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self, CalibrationError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CalibrationError(format!("cannot read calibration '{}': {e}", path.display()))
+        })?;
+        Self::parse(&text)
+            .map_err(|e| CalibrationError(format!("calibration '{}': {}", path.display(), e.0)))
+    }
+
+    /// Errors unless the file was fitted for exactly this model file.
+    pub fn check_model(&self, model: &std::path::Path) -> Result<(), CalibrationError> {
+        let hash = sha256_file(model)?;
+        if hash != self.model_sha256 {
+            return Err(CalibrationError(format!(
+                "calibration was fitted for model '{}' (sha256 {}), not for '{}' (sha256 {hash})",
+                self.model_file,
+                self.model_sha256,
+                model.display()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn save(&self, path: &std::path::Path) -> Result<(), CalibrationError> {
+        let text = serde_json::to_string_pretty(self).expect("serialisable");
+        std::fs::write(path, text + "\n")
+            .map_err(|e| CalibrationError(format!("cannot write '{}': {e}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic generator (xorshift) so tests never flake.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        }
+        fn gauss(&mut self) -> f64 {
+            let (u, v) = (self.next().max(1e-12), self.next());
+            (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+        }
+    }
+
+    /// Logits whose true distribution is softmax(z); labels are drawn from it, then the logits
+    /// are multiplied by `scale`. A perfectly fitted temperature is `scale`.
+    fn synthetic(n: usize, classes: usize, scale: f64, seed: u64) -> Dataset {
+        let mut rng = Rng(seed);
+        let mut d = Dataset::default();
+        for _ in 0..n {
+            let z: Vec<f64> = (0..classes).map(|_| 2.0 * rng.gauss()).collect();
+            let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = z.iter().map(|v| (v - max).exp()).collect();
+            let s: f64 = e.iter().sum();
+            let mut u = rng.next() * s;
+            let mut y = classes - 1;
+            for (i, &p) in e.iter().enumerate() {
+                if u < p {
+                    y = i;
+                    break;
+                }
+                u -= p;
+            }
+            d.push(z.iter().map(|v| (v * scale) as f32).collect(), Some(y));
+        }
+        d
+    }
+
+    #[test]
+    fn temperature_recovers_known_scale() {
+        for scale in [0.5, 1.0, 2.5] {
+            let d = synthetic(4000, 10, scale, 7);
+            let t = fit_temperature(&d);
+            assert!(
+                (t - scale).abs() / scale < 0.08,
+                "scale {scale}: fitted T {t}"
+            );
+        }
+    }
+
+    #[test]
+    fn perfectly_calibrated_data_has_near_zero_ece() {
+        let d = synthetic(20000, 10, 1.0, 3);
+        let m = Metrics::of(&d.top_label());
+        assert!(m.ece < 0.02, "ece {}", m.ece);
+        let overconfident = Metrics::of(&synthetic(20000, 10, 3.0, 3).top_label());
+        assert!(overconfident.ece > 0.1, "ece {}", overconfident.ece);
+    }
+
+    #[test]
+    fn every_method_reduces_ece_on_held_out_data() {
+        let fit = synthetic(3000, 10, 2.5, 11);
+        let test = synthetic(3000, 10, 2.5, 12);
+        let raw = Metrics::of(&test.top_label());
+        for m in [
+            Method::Temperature,
+            Method::HistogramBinning,
+            Method::Isotonic,
+            Method::Auto,
+        ] {
+            let cal = Calibrator::fit(m, &fit).unwrap();
+            cal.validate().unwrap();
+            let after = Metrics::of(&cal.top_label(&test));
+            assert!(
+                after.ece < 0.05 && after.ece < 0.6 * raw.ece,
+                "{m:?}: {} -> {}",
+                raw.ece,
+                after.ece
+            );
+            assert!(
+                after.nll < raw.nll,
+                "{m:?}: nll {} -> {}",
+                raw.nll,
+                after.nll
+            );
+        }
+    }
+
+    #[test]
+    fn isotonic_and_binning_are_monotone() {
+        let mut rng = Rng(5);
+        let pts: Vec<(f64, bool)> = (0..2000)
+            .map(|_| {
+                let p = rng.next();
+                (p, rng.next() < p * p)
+            })
+            .collect();
+        for cal in [fit_isotonic(&pts), fit_histogram(&pts, 15)] {
+            cal.validate().unwrap();
+            let mut last = -1.0;
+            for i in 0..=1000 {
+                let v = cal.apply(i as f64 / 1000.0, &[]);
+                assert!(v >= last - 1e-12, "{cal:?} not monotone at {i}");
+                assert!((0.0..=1.0).contains(&v));
+                last = v;
+            }
+        }
+    }
+
+    #[test]
+    fn pav_pools_violators() {
+        let blocks = pav(&[1.0, 3.0, 2.0, 4.0], &[1.0; 4]);
+        assert_eq!(blocks, vec![(0, 1, 1.0), (1, 3, 2.5), (3, 4, 4.0)]);
+    }
+
+    #[test]
+    fn validation_rejects_bad_parameters() {
+        assert!(
+            Calibrator::Temperature { temperature: 0.0 }
+                .validate()
+                .is_err()
+        );
+        assert!(
+            Calibrator::Temperature {
+                temperature: f64::NAN
+            }
+            .validate()
+            .is_err()
+        );
+        let non_monotone = Calibrator::Isotonic {
+            x: vec![0.1, 0.5],
+            y: vec![0.6, 0.2],
+        };
+        assert!(non_monotone.validate().unwrap_err().0.contains("monotone"));
+        let mismatched = Calibrator::HistogramBinning {
+            upper: vec![0.5],
+            values: vec![0.1, 0.2],
+        };
+        assert!(mismatched.validate().is_err());
+    }
+
+    #[test]
+    fn temperature_application_matches_full_softmax() {
+        let row: Vec<f32> = (0..1000)
+            .map(|i| ((i * 37 % 101) as f32) * 0.13 - 5.0)
+            .collect();
+        let t = 1.7;
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let full = 1.0
+            / row
+                .iter()
+                .map(|&v| ((v as f64 - max) / t).exp())
+                .sum::<f64>();
+        let cal = Calibrator::Temperature { temperature: t };
+        assert!((cal.apply(0.0, &row) - full).abs() < 1e-9);
+    }
+
+    #[test]
+    fn calibration_file_round_trip_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model.onnx");
+        std::fs::write(&model, b"model bytes").unwrap();
+        let other = dir.path().join("other.onnx");
+        std::fs::write(&other, b"other bytes").unwrap();
+        for cal in [
+            Calibrator::Temperature { temperature: 1.5 },
+            Calibrator::HistogramBinning {
+                upper: vec![0.3, 1.0],
+                values: vec![0.2, 0.9],
+            },
+            Calibrator::Isotonic {
+                x: vec![0.1, 0.9],
+                y: vec![0.05, 0.95],
+            },
+        ] {
+            let file = CalibrationFile::new(
+                cal,
+                &model,
+                FittedOn {
+                    source: "test".into(),
+                    n: 10,
+                },
+                Metrics::default(),
+                Metrics::default(),
+            )
+            .unwrap();
+            let path = dir.path().join("cal.json");
+            file.save(&path).unwrap();
+            let back = CalibrationFile::load(&path).unwrap();
+            assert_eq!(back, file);
+            back.check_model(&model).unwrap();
+            let err = back.check_model(&other).unwrap_err();
+            assert!(err.0.contains("fitted for model 'model.onnx'"), "{err}");
+        }
+        let good = serde_json::to_value(
+            CalibrationFile::new(
+                Calibrator::Temperature { temperature: 1.5 },
+                &model,
+                FittedOn {
+                    source: "t".into(),
+                    n: 1,
+                },
+                Metrics::default(),
+                Metrics::default(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let variant = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = good.clone();
+            f(&mut v);
+            CalibrationFile::parse(&v.to_string()).unwrap_err().0
+        };
+        assert!(variant(&|v| v["version"] = 2.into()).contains("version 2"));
+        assert!(variant(&|v| v["format"] = "x".into()).contains("not a cbo calibration"));
+        assert!(variant(&|v| v["temperature"] = (-1.0).into()).contains("positive"));
+        assert!(variant(&|v| v["method"] = "magic".into()).contains("corrupt"));
+        assert!(
+            CalibrationFile::parse("{ truncated")
+                .unwrap_err()
+                .0
+                .contains("JSON")
+        );
+        let err = variant(&|v| {
+            v["method"] = "isotonic".into();
+            v["x"] = serde_json::json!([0.1, 0.5]);
+            v["y"] = serde_json::json!([0.9, 0.2]);
+        });
+        assert!(err.contains("monotone"), "{err}");
+    }
+
+    #[test]
+    fn too_little_data_is_an_error() {
+        let d = synthetic(5, 3, 1.0, 1);
+        assert!(Calibrator::fit(Method::Temperature, &d).is_err());
+    }
+}
