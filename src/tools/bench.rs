@@ -74,7 +74,6 @@ fn bare_round(model: &mut ModelSession, tensors: &[Tensor]) -> Result<f64, Strin
 }
 
 fn filter_round(
-    args: &BenchArgs,
     frames: &[gst::Buffer],
     caps: &gst::Caps,
     props: &[(&'static str, String)],
@@ -123,27 +122,21 @@ fn filter_round(
             gst::ClockTime::from_seconds(600),
             &[gst::MessageType::Eos, gst::MessageType::Error],
         )
-        .map(|m| m.view().clone_error())
+        .map(|m| error_text(&m))
     {
         Some(None) => Ok(frames.len() as f64 / t.elapsed().as_secs_f64()),
         Some(Some(e)) => Err(e),
         None => Err("timed out".into()),
     };
     let _ = pipeline.set_state(gst::State::Null);
-    let _ = args;
     res
 }
 
-trait CloneError {
-    fn clone_error(&self) -> Option<String>;
-}
-
-impl CloneError for gst::MessageView<'_> {
-    fn clone_error(&self) -> Option<String> {
-        match self {
-            gst::MessageView::Error(e) => Some(e.error().to_string()),
-            _ => None,
-        }
+/// The error text of an error message; `None` for anything else (EOS).
+fn error_text(msg: &gst::Message) -> Option<String> {
+    match msg.view() {
+        gst::MessageView::Error(e) => Some(e.error().to_string()),
+        _ => None,
     }
 }
 
@@ -173,7 +166,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
     let (mut bare, mut filt) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds.max(1) {
         bare.push(bare_round(&mut model, &tensors)?);
-        filt.push(filter_round(args, &frames, &caps, &props)?);
+        filt.push(filter_round(&frames, &caps, &props)?);
     }
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let (b, f) = (best(&bare), best(&filt));
