@@ -12,9 +12,11 @@ pub struct ModelArgs {
     /// ONNX image classifier (default: the bundled device model)
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Labels: one per line or TSV index<TAB>wnid<TAB>name (default: ImageNet for 1000/1001 outputs)
+    /// Class names of the model (the element's `labels`): one per line or TSV
+    /// index<TAB>wnid<TAB>name (default: ImageNet for 1000/1001 outputs). Named apart from
+    /// `--labels`, which the evaluation tools use for ground truth.
     #[arg(long)]
-    pub labels: Option<PathBuf>,
+    pub model_labels: Option<PathBuf>,
     /// Per-channel mean: one value or R,G,B
     #[arg(long, default_value = "127")]
     pub input_mean: String,
@@ -45,7 +47,7 @@ impl ModelArgs {
                 .model
                 .clone()
                 .unwrap_or_else(|| inference::models_dir().join(inference::DEFAULT_DEVICE_MODEL)),
-            labels: self.labels.clone(),
+            labels: self.model_labels.clone(),
             normalization: Normalization::parse(&self.input_mean, &self.input_std)?,
             output_kind: self.output_kind,
             top_k: self.top_k,
@@ -70,7 +72,7 @@ impl ModelArgs {
             ("ep-fallback", self.ep_fallback.to_string()),
             ("threads", self.threads.to_string()),
         ];
-        if let Some(l) = &self.labels {
+        if let Some(l) = &self.model_labels {
             props.push(("labels", l.display().to_string()));
         }
         props

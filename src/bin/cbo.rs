@@ -2,7 +2,7 @@
 //! calibrate, profile and evaluate offloading policies).
 
 use clap::{Parser, Subcommand};
-use gstcbo::tools::{bench, classify};
+use gstcbo::tools::{bench, calibrate, classify};
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +21,10 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// cbofilter throughput vs a bare ONNX Runtime loop on the same decoded frames
     Bench(bench::BenchArgs),
+    /// Fit a confidence calibration for a model on labelled photos or a labelled clip
+    Calibrate(calibrate::CalibrateArgs),
+    /// Raw vs calibrated ECE / NLL / Brier of a calibration file on labelled data (JSON)
+    Ece(calibrate::EceArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +44,14 @@ fn main() -> std::process::ExitCode {
                 bench::print_report(&r);
             }
         }),
+        Command::Calibrate(args) => calibrate::calibrate(&args).map(|r| {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                calibrate::print_calibrate(&r);
+            }
+        }),
+        Command::Ece(args) => calibrate::ece(&args).map(|v| println!("{v}")),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -47,6 +47,9 @@ pub struct BenchReport {
     /// 1 - ratio, in percent: what the element adds over a bare session run.
     pub overhead_percent: f64,
     pub bare_rounds_fps: Vec<f64>,
+    /// Mean cost of applying each kind of calibration to one frame's score row, in ns
+    /// (temperature: over the real 1000-wide rows of the benchmark frames).
+    pub calibration_apply_ns: Vec<(String, f64)>,
     pub cbofilter_rounds_fps: Vec<f64>,
 }
 
@@ -168,6 +171,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         bare.push(bare_round(&mut model, &tensors)?);
         filt.push(filter_round(&frames, &caps, &props)?);
     }
+    let calibration_apply_ns = calibration_cost(&mut model, &tensors)?;
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let (b, f) = (best(&bare), best(&filt));
     Ok(BenchReport {
@@ -186,8 +190,59 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         ratio: f / b,
         overhead_percent: 100.0 * (1.0 - f / b),
         bare_rounds_fps: bare,
+        calibration_apply_ns,
         cbofilter_rounds_fps: filt,
     })
+}
+
+/// Times `Calibrator::apply` for each method over the model's real output rows.
+fn calibration_cost(
+    model: &mut ModelSession,
+    tensors: &[Tensor],
+) -> Result<Vec<(String, f64)>, String> {
+    use crate::calibration::{Calibrator, top_softmax};
+    let mut rows = Vec::with_capacity(tensors.len());
+    for tensor in tensors {
+        let mut row = Vec::new();
+        run_session(
+            &mut model.session,
+            &model.input_name,
+            &model.spec,
+            tensor,
+            &mut row,
+        )
+        .map_err(|e| e.to_string())?;
+        rows.push(row);
+    }
+    let raws: Vec<f64> = rows.iter().map(|r| top_softmax(r, 1.0).1).collect();
+    let knots: Vec<f64> = (0..=15).map(|i| i as f64 / 15.0).collect();
+    let calibrators = [
+        Calibrator::Temperature { temperature: 0.81 },
+        Calibrator::HistogramBinning {
+            upper: knots[1..].to_vec(),
+            values: knots[1..].to_vec(),
+        },
+        Calibrator::Isotonic {
+            x: knots.clone(),
+            y: knots,
+        },
+        Calibrator::Platt { a: 1.42, b: 0.52 },
+    ];
+    let mut out = Vec::new();
+    for cal in calibrators {
+        let reps = 20;
+        let t = Instant::now();
+        let mut sink = 0.0;
+        for _ in 0..reps {
+            for (row, &raw) in rows.iter().zip(&raws) {
+                sink += cal.apply(std::hint::black_box(raw), std::hint::black_box(row));
+            }
+        }
+        std::hint::black_box(sink);
+        let ns = t.elapsed().as_nanos() as f64 / (reps * rows.len()) as f64;
+        out.push((cal.method_name().to_string(), ns));
+    }
+    Ok(out)
 }
 
 pub fn print_report(r: &BenchReport) {
@@ -201,4 +256,7 @@ pub fn print_report(r: &BenchReport) {
         "ratio cbofilter/bare : {:8.3}  (overhead {:.1} %)",
         r.ratio, r.overhead_percent
     );
+    for (method, ns) in &r.calibration_apply_ns {
+        println!("calibration apply    : {ns:8.1} ns/frame  ({method})");
+    }
 }

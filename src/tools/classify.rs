@@ -17,6 +17,9 @@ pub struct ClassifyArgs {
     pub input: String,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Calibration file for the model (the element's `calibration`)
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
     /// Print every frame's result as a JSON line instead of progress
     #[arg(long)]
     pub json: bool,
@@ -30,6 +33,7 @@ struct Tally {
     frames: u64,
     labels: HashMap<String, u64>,
     confidence_sum: f64,
+    raw_confidence_sum: f64,
     inference_us_sum: u64,
     preprocess_us_sum: u64,
     last: Option<(String, f64)>,
@@ -41,7 +45,10 @@ pub struct ClassifySummary {
     pub frames: u64,
     pub seconds: f64,
     pub fps: f64,
+    /// Mean of `confidence` (calibrated when a calibration is loaded).
     pub mean_confidence: f64,
+    pub mean_raw_confidence: f64,
+    pub calibrated: bool,
     pub mean_inference_ms: f64,
     pub mean_preprocess_ms: f64,
     pub execution_provider: String,
@@ -75,6 +82,9 @@ pub fn run(args: &ClassifyArgs) -> Result<ClassifySummary, String> {
     for (name, value) in args.model.element_properties(&config) {
         cbo.set_property_from_str(name, &value);
     }
+    if let Some(cal) = &args.calibration {
+        cbo.set_property("calibration", cal.display().to_string());
+    }
 
     let tally = Arc::new(Mutex::new(Tally::default()));
     let json = args.json;
@@ -92,6 +102,7 @@ pub fn run(args: &ClassifyArgs) -> Result<ClassifySummary, String> {
                 t.frames += 1;
                 *t.labels.entry(r.label.clone()).or_default() += 1;
                 t.confidence_sum += r.confidence;
+                t.raw_confidence_sum += r.raw_confidence;
                 t.inference_us_sum += r.inference_us;
                 t.preprocess_us_sum += r.preprocess_us;
                 t.last = Some((r.label, r.confidence));
@@ -158,6 +169,8 @@ pub fn run(args: &ClassifyArgs) -> Result<ClassifySummary, String> {
         seconds,
         fps: t.frames as f64 / seconds,
         mean_confidence: t.confidence_sum / n,
+        mean_raw_confidence: t.raw_confidence_sum / n,
+        calibrated: args.calibration.is_some(),
         mean_inference_ms: t.inference_us_sum as f64 / n / 1000.0,
         mean_preprocess_ms: t.preprocess_us_sum as f64 / n / 1000.0,
         execution_provider: provider,
@@ -215,8 +228,15 @@ pub fn print_summary(s: &ClassifySummary) {
         s.frames, s.seconds, s.fps, s.execution_provider
     );
     println!(
-        "mean confidence: {:.3}   mean inference: {:.2} ms   mean pre-processing: {:.2} ms",
-        s.mean_confidence, s.mean_inference_ms, s.mean_preprocess_ms
+        "mean confidence: {:.3}{}   mean inference: {:.2} ms   mean pre-processing: {:.2} ms",
+        s.mean_confidence,
+        if s.calibrated {
+            format!(" calibrated ({:.3} raw)", s.mean_raw_confidence)
+        } else {
+            String::new()
+        },
+        s.mean_inference_ms,
+        s.mean_preprocess_ms
     );
     println!("labels:");
     let n = s.frames.max(1) as f64;

@@ -2,7 +2,9 @@
 //! uses, so the numbers they print describe what the element does.
 
 pub mod bench;
+pub mod calibrate;
 pub mod classify;
+pub mod dataset;
 
 use std::path::Path;
 
@@ -22,10 +24,30 @@ pub fn file_source(path: &Path) -> String {
     )
 }
 
-/// Decodes up to `max` frames of a video file into memory, in the decoder's own raw format.
+/// Decodes up to `max` frames of a video or image file into memory, in the decoder's own format.
 pub fn decode_frames(path: &Path, max: usize) -> Result<(Vec<gst::Buffer>, gst::Caps), String> {
+    let mut frames = Vec::new();
+    let mut caps = None;
+    for_each_frame(path, max, |buf, c| {
+        if caps.is_none() {
+            caps = Some(c.to_owned());
+        }
+        frames.push(buf.to_owned());
+        Ok(())
+    })?;
+    let caps = caps.ok_or_else(|| format!("'{}' has no video frames", path.display()))?;
+    Ok((frames, caps))
+}
+
+/// Decodes `path` with `decodebin` (what `filesrc ! decodebin ! cbofilter` does) and calls `f`
+/// with each of the first `max` frames, streaming: the clip is never held in memory.
+pub fn for_each_frame(
+    path: &Path,
+    max: usize,
+    mut f: impl FnMut(&gst::Buffer, &gst::CapsRef) -> Result<(), String>,
+) -> Result<usize, String> {
     if !path.is_file() {
-        return Err(format!("video '{}' does not exist", path.display()));
+        return Err(format!("'{}' does not exist", path.display()));
     }
     let desc = format!("{} ! appsink name=sink sync=false", file_source(path));
     let pipeline = gst::parse::launch(&desc)
@@ -40,20 +62,20 @@ pub fn decode_frames(path: &Path, max: usize) -> Result<(Vec<gst::Buffer>, gst::
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|e| format!("cannot start decoding '{}': {e}", path.display()))?;
-    let mut frames = Vec::new();
-    let mut caps = None;
+    let mut n = 0;
     let result = loop {
-        if frames.len() >= max {
+        if n >= max {
             break Ok(());
         }
         match sink.pull_sample() {
             Ok(sample) => {
-                if caps.is_none() {
-                    caps = sample.caps().map(|c| c.to_owned());
+                let (Some(buf), Some(caps)) = (sample.buffer_owned(), sample.caps()) else {
+                    continue;
+                };
+                if let Err(e) = f(&buf, caps) {
+                    break Err(e);
                 }
-                if let Some(buf) = sample.buffer_owned() {
-                    frames.push(buf);
-                }
+                n += 1;
             }
             Err(_) => {
                 // EOS or error: the bus says which.
@@ -72,7 +94,5 @@ pub fn decode_frames(path: &Path, max: usize) -> Result<(Vec<gst::Buffer>, gst::
         }
     };
     let _ = pipeline.set_state(gst::State::Null);
-    result?;
-    let caps = caps.ok_or_else(|| format!("'{}' has no video frames", path.display()))?;
-    Ok((frames, caps))
+    result.map(|_| n)
 }

@@ -1,0 +1,166 @@
+//! Calibration on real data: fitted on half of the dev photos, checked on the other half; and
+//! the `cbo calibrate` / `cbo ece` command lines end to end.
+
+mod common;
+
+use std::process::Command;
+
+use gstcbo::calibration::{Calibrator, Dataset, Method, Metrics};
+use gstcbo::cli::ModelArgs;
+use gstcbo::inference::Classifier;
+use gstcbo::tools::dataset::{InputArgs, gather};
+
+fn default_model_args() -> ModelArgs {
+    ModelArgs {
+        model: None,
+        model_labels: None,
+        input_mean: "127".into(),
+        input_std: "128".into(),
+        output_kind: Default::default(),
+        top_k: 5,
+        execution_provider: Default::default(),
+        ep_fallback: false,
+        threads: 0,
+    }
+}
+
+fn split(data: &Dataset, keep_even: bool) -> Dataset {
+    let mut out = Dataset::default();
+    for (i, (row, t)) in data.rows.iter().zip(&data.targets).enumerate() {
+        if (i % 2 == 0) == keep_even {
+            out.push(row.clone(), *t);
+        }
+    }
+    out
+}
+
+#[test]
+fn calibration_fitted_on_half_the_dev_photos_holds_on_the_other_half() {
+    common::init();
+    let config = default_model_args().to_config().unwrap();
+    let mut classifier = Classifier::load(&config).unwrap();
+    let input = InputArgs {
+        images: Some(common::assets().join("images/labels.tsv")),
+        split: Some("dev".into()),
+        video: None,
+        labels: None,
+        max_samples: 0,
+    };
+    let data = gather(&mut classifier, &input, false).unwrap();
+    assert_eq!(data.len(), 600);
+    // Fit on one half, check on the other, both ways round, and score all 600 held-out
+    // predictions together: 300 samples alone put ECE's own sampling noise near 0.05 (15 bins of
+    // ~20-40 samples), which is the bound under test.
+    let mut held_out = Vec::new();
+    let mut chosen = Vec::new();
+    for (fit_even, check_even) in [(true, false), (false, true)] {
+        let cal = Calibrator::fit(Method::Auto, &split(&data, fit_even)).unwrap();
+        cal.validate().unwrap();
+        chosen.push(cal.method_name());
+        held_out.extend(cal.top_label(&split(&data, check_even)));
+    }
+    let raw = Metrics::of(&data.top_label());
+    let after = Metrics::of(&held_out);
+    eprintln!(
+        "dev photos, held-out halves ({chosen:?}): ECE {:.4} -> {:.4}, NLL {:.4} -> {:.4}",
+        raw.ece, after.ece, raw.nll, after.nll
+    );
+    assert!(after.ece <= 0.05, "calibrated ECE {:.4}", after.ece);
+    assert!(
+        after.ece <= 0.6 * raw.ece,
+        "ECE {:.4} -> {:.4}",
+        raw.ece,
+        after.ece
+    );
+    assert!(after.nll < raw.nll);
+    // Calibration never changes which class is on top.
+    assert_eq!(after.accuracy, raw.accuracy);
+}
+
+#[test]
+fn cbo_calibrate_and_cbo_ece_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cal.json");
+    let tsv = common::assets().join("images/labels.tsv");
+    let calibrate = Command::new(env!("CARGO_BIN_EXE_cbo"))
+        .args([
+            "calibrate",
+            "--method",
+            "temperature",
+            "--split",
+            "dev",
+            "--max-samples",
+            "120",
+        ])
+        .arg("--images")
+        .arg(&tsv)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        calibrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&calibrate.stderr)
+    );
+    let text = String::from_utf8_lossy(&calibrate.stdout);
+    assert!(text.contains("temperature (5-fold CV)"), "{text}");
+    let file = gstcbo::calibration::CalibrationFile::load(&out).unwrap();
+    assert_eq!(file.fitted_on.n, 120);
+    assert_eq!(file.model_file, "efficientnet-lite0-int8pt-224.onnx");
+
+    let ece = Command::new(env!("CARGO_BIN_EXE_cbo"))
+        .args(["ece", "--split", "dev", "--max-samples", "60"])
+        .arg("--images")
+        .arg(&tsv)
+        .arg("--calibration")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        ece.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ece.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&ece.stdout).unwrap();
+    for key in [
+        "n",
+        "accuracy",
+        "ece_raw",
+        "ece_calibrated",
+        "nll_raw",
+        "nll_calibrated",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key} in {v}");
+    }
+    assert_eq!(v["n"], 60);
+
+    // A calibration for another model is refused with the reason.
+    let other = Command::new(env!("CARGO_BIN_EXE_cbo"))
+        .args(["ece", "--split", "dev", "--max-samples", "5"])
+        .arg("--model")
+        .arg(common::assets().join("models/mobilenet-v2-1.0-int8-224.onnx"))
+        .arg("--images")
+        .arg(&tsv)
+        .arg("--calibration")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("fitted for model"));
+}
+
+/// The calibration shipped for the default model is valid, belongs to it, and was fitted on the
+/// dev clip with a better-calibrated result than raw.
+#[test]
+fn shipped_calibration_matches_the_default_model() {
+    let models = common::repo().join("models");
+    let file = gstcbo::calibration::CalibrationFile::load(
+        &models.join("efficientnet-lite0-int8pt-224.calibration.json"),
+    )
+    .unwrap();
+    file.check_model(&models.join("efficientnet-lite0-int8pt-224.onnx"))
+        .unwrap();
+    assert!(file.fitted_on.source.contains("dev-slideshow"));
+    assert!(file.metrics_calibrated.ece < file.metrics_raw.ece);
+}
