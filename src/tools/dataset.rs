@@ -46,93 +46,98 @@ impl InputArgs {
     }
 }
 
-/// Column index of `name` in a header row, or an error naming the file.
-fn column(header: &[&str], name: &str, file: &Path) -> Result<usize, String> {
-    header
-        .iter()
-        .position(|h| h.trim() == name)
-        .ok_or_else(|| format!("'{}' has no '{name}' column", file.display()))
+/// A delimited text table with a header row: finds columns by name and reports bad rows with
+/// the file and line.
+struct Table {
+    path: PathBuf,
+    header: Vec<String>,
+    rows: Vec<(usize, Vec<String>)>,
 }
 
-/// (file, ImageNet class index) rows of a photo TSV.
+impl Table {
+    fn read(path: &Path, sep: char) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty());
+        let split = |l: &str| l.split(sep).map(|c| c.trim().to_string()).collect();
+        let header = split(
+            lines
+                .next()
+                .ok_or_else(|| format!("'{}' is empty", path.display()))?
+                .1,
+        );
+        let rows = lines.map(|(n, l)| (n + 1, split(l))).collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            header,
+            rows,
+        })
+    }
+
+    fn column(&self, name: &str) -> Result<usize, String> {
+        self.header
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| format!("'{}' has no '{name}' column", self.path.display()))
+    }
+
+    fn field<'a>(&self, row: &'a (usize, Vec<String>), col: usize) -> Result<&'a str, String> {
+        row.1
+            .get(col)
+            .map(String::as_str)
+            .ok_or_else(|| format!("'{}' line {}: too few columns", self.path.display(), row.0))
+    }
+
+    fn number(&self, row: &(usize, Vec<String>), col: usize) -> Result<usize, String> {
+        let v = self.field(row, col)?;
+        v.parse().map_err(|_| {
+            format!(
+                "'{}' line {}: '{v}' in column '{}' is not a non-negative integer",
+                self.path.display(),
+                row.0,
+                self.header[col]
+            )
+        })
+    }
+}
+
+/// (file, ImageNet class index) rows of a photo TSV (`file` relative to the TSV).
 pub fn read_image_list(tsv: &Path, split: Option<&str>) -> Result<Vec<(PathBuf, usize)>, String> {
-    let text = std::fs::read_to_string(tsv)
-        .map_err(|e| format!("cannot read '{}': {e}", tsv.display()))?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines
-        .next()
-        .ok_or_else(|| format!("'{}' is empty", tsv.display()))?
-        .split('\t')
-        .collect();
-    let (fi, ci) = (
-        column(&header, "file", tsv)?,
-        column(&header, "class_index", tsv)?,
-    );
-    let si = match split {
-        Some(_) => Some(column(&header, "split", tsv)?),
-        None => None,
-    };
+    let t = Table::read(tsv, '\t')?;
+    let (fi, ci) = (t.column("file")?, t.column("class_index")?);
+    let si = split.map(|_| t.column("split")).transpose()?;
     let base = tsv.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
-    for (n, line) in lines.enumerate() {
-        let cols: Vec<&str> = line.split('\t').collect();
+    for row in &t.rows {
         if let (Some(si), Some(want)) = (si, split)
-            && cols.get(si).map(|s| s.trim()) != Some(want)
+            && t.field(row, si)? != want
         {
             continue;
         }
-        let bad = || format!("'{}' row {}: malformed", tsv.display(), n + 2);
-        let file = cols.get(fi).ok_or_else(bad)?;
-        let class = cols
-            .get(ci)
-            .ok_or_else(bad)?
-            .trim()
-            .parse()
-            .map_err(|_| bad())?;
-        out.push((base.join(file), class));
+        out.push((base.join(t.field(row, fi)?), t.number(row, ci)?));
     }
     Ok(out)
 }
 
-/// Frame index → ImageNet class index from a clip's labels CSV.
+/// Frame index → ImageNet class index from a clip's labels CSV (`frame`, `class_index`).
 pub fn read_clip_labels(csv: &Path) -> Result<Vec<usize>, String> {
-    let text = std::fs::read_to_string(csv)
-        .map_err(|e| format!("cannot read '{}': {e}", csv.display()))?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines
-        .next()
-        .ok_or_else(|| format!("'{}' is empty", csv.display()))?
-        .split(',')
-        .collect();
-    let (fi, ci) = (
-        column(&header, "frame", csv)?,
-        column(&header, "class_index", csv)?,
-    );
+    let t = Table::read(csv, ',')?;
+    let (fi, ci) = (t.column("frame")?, t.column("class_index")?);
     let mut out = Vec::new();
-    for (n, line) in lines.enumerate() {
-        let cols: Vec<&str> = line.split(',').collect();
-        let bad = || format!("'{}' row {}: malformed", csv.display(), n + 2);
-        let frame: usize = cols
-            .get(fi)
-            .ok_or_else(bad)?
-            .trim()
-            .parse()
-            .map_err(|_| bad())?;
-        let class: usize = cols
-            .get(ci)
-            .ok_or_else(bad)?
-            .trim()
-            .parse()
-            .map_err(|_| bad())?;
+    for row in &t.rows {
+        let frame = t.number(row, fi)?;
         if frame != out.len() {
             return Err(format!(
-                "'{}' row {}: frame {frame} out of order (expected {})",
+                "'{}' line {}: frame {frame} out of order (expected {})",
                 csv.display(),
-                n + 2,
+                row.0,
                 out.len()
             ));
         }
-        out.push(class);
+        out.push(t.number(row, ci)?);
     }
     Ok(out)
 }
@@ -217,4 +222,48 @@ pub fn gather(
         return Err(format!("no labelled samples in {}", input.describe()));
     }
     Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_tables_parse_and_bad_rows_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let tsv = dir.path().join("labels.tsv");
+        std::fs::write(
+            &tsv,
+            "file\tclass_index\tsplit\na.jpg\t3\tdev\nb.jpg\t4\tquant\n",
+        )
+        .unwrap();
+        let all = read_image_list(&tsv, None).unwrap();
+        assert_eq!(
+            all,
+            vec![(dir.path().join("a.jpg"), 3), (dir.path().join("b.jpg"), 4)]
+        );
+        assert_eq!(read_image_list(&tsv, Some("dev")).unwrap().len(), 1);
+
+        let csv = dir.path().join("clip.csv");
+        std::fs::write(&csv, "frame,class_index\n0,7\n1,8\n").unwrap();
+        assert_eq!(read_clip_labels(&csv).unwrap(), vec![7, 8]);
+        std::fs::write(&csv, "frame,class_index\n0,7\n2,8\n").unwrap();
+        assert!(
+            read_clip_labels(&csv)
+                .unwrap_err()
+                .contains("line 3: frame 2 out of order")
+        );
+        std::fs::write(&csv, "frame,class_index\n0,seven\n").unwrap();
+        assert!(
+            read_clip_labels(&csv)
+                .unwrap_err()
+                .contains("line 2: 'seven'")
+        );
+        std::fs::write(&csv, "frame,label\n0,7\n").unwrap();
+        assert!(
+            read_clip_labels(&csv)
+                .unwrap_err()
+                .contains("no 'class_index' column")
+        );
+    }
 }

@@ -162,21 +162,13 @@ pub fn run_with(desc: &str, setup: impl FnOnce(&gst::Pipeline)) -> Run {
     std::mem::take(&mut *out.lock().unwrap())
 }
 
-/// Frame index → ImageNet class index, from a clip's labels CSV (`frame,...,class_index,...`).
+/// Frame index → ImageNet class index, from a clip's labels CSV (the tools' own reader).
 pub fn clip_labels(csv: &Path) -> Vec<i32> {
-    let text = std::fs::read_to_string(csv).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let fi = header.iter().position(|h| *h == "frame").unwrap();
-    let ci = header.iter().position(|h| *h == "class_index").unwrap();
-    let mut out = Vec::new();
-    for line in lines.filter(|l| !l.trim().is_empty()) {
-        let cols: Vec<&str> = line.split(',').collect();
-        let f: usize = cols[fi].parse().unwrap();
-        assert_eq!(f, out.len(), "frames listed in order");
-        out.push(cols[ci].parse().unwrap());
-    }
-    out
+    gstcbo::tools::dataset::read_clip_labels(csv)
+        .unwrap()
+        .into_iter()
+        .map(|c| c as i32)
+        .collect()
 }
 
 /// Top-1 accuracy of `results` against per-frame labels.
