@@ -21,7 +21,8 @@ as_root() {
 
 # Debian/Ubuntu packages: the GStreamer stack the plugin builds against and the plugins its
 # pipelines, tests and demo use (decodebin, H.264 decoders, x264enc/mp4mux for the overlay recipe,
-# the RTSP server library), plus the build tools.
+# the RTSP server library), libjpeg-turbo for the offload JPEG path, a font for the plots, plus the
+# build tools.
 packages=(
     pkg-config build-essential curl ca-certificates python3 python3-pip
     libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
@@ -29,6 +30,7 @@ packages=(
     gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
     gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
     python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
+    libturbojpeg0-dev fonts-dejavu-core
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -224,6 +224,26 @@ impl Calibrator {
         }
     }
 
+    /// [`Self::apply`] to a model's raw output row: temperature scaling works on logits, so a
+    /// probability-output model's row is taken to log space first (in `scratch`), as
+    /// `cbo calibrate` fits it. The element and the tools calibrate through this one function.
+    pub fn apply_to_output(
+        &self,
+        raw: f64,
+        output: &[f32],
+        output_is_probabilities: bool,
+        scratch: &mut Vec<f32>,
+    ) -> f64 {
+        match self {
+            Calibrator::Temperature { .. } if output_is_probabilities => {
+                scratch.clear();
+                scratch.extend(output.iter().map(|p| p.max(1e-12).ln()));
+                self.apply(raw, scratch)
+            }
+            _ => self.apply(raw, output),
+        }
+    }
+
     pub fn method_name(&self) -> &'static str {
         match self {
             Calibrator::Temperature { .. } => "temperature",

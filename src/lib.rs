@@ -10,10 +10,13 @@ pub mod calibration;
 mod cbofilter;
 pub mod cli;
 pub mod inference;
+pub mod jpeg;
 pub mod meta;
 pub mod ortlib;
 pub mod postprocess;
 pub mod preprocess;
+pub mod profile;
+pub mod protocol;
 pub mod tools;
 
 pub use cbofilter::{CboFilter, ExecutionProviderProp, OutputKindProp, Policy};

@@ -2,7 +2,7 @@
 //! calibrate, profile and evaluate offloading policies).
 
 use clap::{Parser, Subcommand};
-use gstcbo::tools::{bench, calibrate, classify};
+use gstcbo::tools::{bench, calibrate, classify, profile};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +25,8 @@ enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Raw vs calibrated ECE / NLL / Brier of a calibration file on labelled data (JSON)
     Ece(calibrate::EceArgs),
+    /// Measure offloading per resolution: JPEG bytes, server time and accuracy per device-confidence bin
+    Profile(profile::ProfileArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +54,13 @@ fn main() -> std::process::ExitCode {
             }
         }),
         Command::Ece(args) => calibrate::ece(&args).map(|v| println!("{v}")),
+        Command::Profile(args) => profile::run(&args).map(|p| {
+            if args.json {
+                println!("{}", p.to_json());
+            } else {
+                profile::print_table(&p);
+            }
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

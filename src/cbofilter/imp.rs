@@ -103,23 +103,12 @@ impl State {
     fn calibrated(&mut self, raw: f64) -> f64 {
         match &self.calibrator {
             None => raw,
-            Some(cal @ Calibrator::Temperature { .. }) => {
-                // Temperature scales logits; a model that outputs probabilities is scaled in
-                // log space, as `cbo calibrate` fits it.
-                if self.classifier.postprocessor().kind() == OutputKind::Probabilities {
-                    self.log_scores.clear();
-                    self.log_scores.extend(
-                        self.classifier
-                            .last_output()
-                            .iter()
-                            .map(|p| p.max(1e-12).ln()),
-                    );
-                    cal.apply(raw, &self.log_scores)
-                } else {
-                    cal.apply(raw, self.classifier.last_output())
-                }
-            }
-            Some(cal) => cal.apply(raw, &[]),
+            Some(cal) => cal.apply_to_output(
+                raw,
+                self.classifier.last_output(),
+                self.classifier.postprocessor().kind() == OutputKind::Probabilities,
+                &mut self.log_scores,
+            ),
         }
     }
 }

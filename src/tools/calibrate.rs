@@ -8,6 +8,7 @@ use crate::calibration::{
 use crate::cli::ModelArgs;
 use crate::inference::Classifier;
 use crate::tools::dataset::{InputArgs, gather};
+use crate::tools::plot;
 
 #[derive(Debug, clap::Args)]
 pub struct CalibrateArgs {
@@ -21,6 +22,9 @@ pub struct CalibrateArgs {
     /// Calibration file to write
     #[arg(long)]
     pub out: PathBuf,
+    /// Also write a reliability diagram (raw vs calibrated, in-sample) as PNG
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
@@ -35,6 +39,9 @@ pub struct EceArgs {
     /// Calibration file fitted for --model
     #[arg(long)]
     pub calibration: PathBuf,
+    /// Also write a reliability diagram (raw vs calibrated) as PNG
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// Print one JSON object (the only output format for now)
     #[arg(long, default_value_t = true)]
     pub json: bool,
@@ -56,6 +63,12 @@ pub struct CalibrateReport {
     /// In-sample metrics of the chosen calibration (what the file records).
     pub calibrated: Metrics,
     pub methods: Vec<MethodReport>,
+}
+
+fn file_name(p: &std::path::Path) -> String {
+    p.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn load(model: &ModelArgs) -> Result<(Classifier, PathBuf), String> {
@@ -102,6 +115,19 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<CalibrateReport, String> {
     )
     .map_err(|e| e.0)?;
     file.save(&args.out).map_err(|e| e.0)?;
+    if let Some(png) = &args.plot {
+        plot::reliability_diagram(
+            png,
+            &format!(
+                "{} on {} ({}, in-sample)",
+                file_name(&model_path),
+                args.input.describe(),
+                calibrator.method_name()
+            ),
+            &data.top_label(),
+            &calibrator.top_label(&data),
+        )?;
+    }
     Ok(CalibrateReport {
         out: args.out.display().to_string(),
         chosen: calibrator.method_name().to_string(),
@@ -139,6 +165,20 @@ pub fn ece(args: &EceArgs) -> Result<serde_json::Value, String> {
     let data = gather(&mut classifier, &args.input, true)?;
     let raw = Metrics::of(&data.top_label());
     let cal = Metrics::of(&file.calibrator.top_label(&data));
+    if let Some(png) = &args.plot {
+        plot::reliability_diagram(
+            png,
+            &format!(
+                "{} on {} ({} from {})",
+                file_name(&model_path),
+                args.input.describe(),
+                file.calibrator.method_name(),
+                file_name(&args.calibration)
+            ),
+            &data.top_label(),
+            &file.calibrator.top_label(&data),
+        )?;
+    }
     Ok(serde_json::json!({
         "n": raw.n,
         "accuracy": raw.accuracy,

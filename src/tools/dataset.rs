@@ -142,6 +142,74 @@ pub fn read_clip_labels(csv: &Path) -> Result<Vec<usize>, String> {
     Ok(out)
 }
 
+/// Decodes every labelled frame of the input (photos or clip frames, as `decodebin` gives them to
+/// the element) and calls `f(frame buffer, caps, true class index, total)`, streaming, with a
+/// progress line on stderr when `progress` is set. Returns the number of frames visited.
+pub fn for_each_labelled(
+    input: &InputArgs,
+    progress: bool,
+    mut f: impl FnMut(&gst::Buffer, &gst::CapsRef, usize) -> Result<(), String>,
+) -> Result<usize, String> {
+    let max = if input.max_samples == 0 {
+        usize::MAX
+    } else {
+        input.max_samples
+    };
+    let mut done = 0usize;
+    let mut visit = |buf: &gst::Buffer, caps: &gst::CapsRef, class: usize, total: usize| {
+        f(buf, caps, class)?;
+        done += 1;
+        if progress && (done % 50 == 0 || done == total) {
+            eprint!("\r  {done} / {total} samples");
+            let _ = std::io::stderr().flush();
+        }
+        Ok(())
+    };
+    match (&input.images, &input.video, &input.labels) {
+        (Some(tsv), _, _) => {
+            let list = read_image_list(tsv, input.split.as_deref())?;
+            let total = list.len().min(max);
+            for (file, class) in list.into_iter().take(max) {
+                crate::tools::for_each_frame(&file, 1, |buf, caps| visit(buf, caps, class, total))?;
+            }
+        }
+        (None, Some(video), Some(csv)) => {
+            let labels = read_clip_labels(csv)?;
+            let total = labels.len().min(max);
+            let mut i = 0;
+            crate::tools::for_each_frame(video, total, |buf, caps| {
+                let class = *labels.get(i).ok_or_else(|| {
+                    format!(
+                        "'{}' has more frames than '{}' labels",
+                        video.display(),
+                        csv.display()
+                    )
+                })?;
+                i += 1;
+                visit(buf, caps, class, total)
+            })?;
+        }
+        _ => return Err("give --images TSV, or --video CLIP with --labels CSV".into()),
+    }
+    if progress {
+        eprintln!();
+    }
+    if done == 0 {
+        return Err(format!("no labelled samples in {}", input.describe()));
+    }
+    Ok(done)
+}
+
+/// Maps a buffer with its caps as a readable video frame.
+pub fn map_frame<'a>(
+    buf: &'a gst::Buffer,
+    caps: &gst::CapsRef,
+) -> Result<gst_video::VideoFrameRef<&'a gst::BufferRef>, String> {
+    let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| e.to_string())?;
+    gst_video::VideoFrameRef::from_buffer_ref_readable(buf.as_ref(), &info)
+        .map_err(|e| e.to_string())
+}
+
 /// Runs the classifier over the labelled input and collects each frame's score row (logits; or
 /// log-probabilities for probability-output models, as the element calibrates them) with the
 /// output index of its true class.
@@ -150,21 +218,9 @@ pub fn gather(
     input: &InputArgs,
     progress: bool,
 ) -> Result<Dataset, String> {
-    let max = if input.max_samples == 0 {
-        usize::MAX
-    } else {
-        input.max_samples
-    };
     let mut data = Dataset::default();
-    let mut add = |classifier: &mut Classifier,
-                   buf: &gst::Buffer,
-                   caps: &gst::CapsRef,
-                   class: usize,
-                   total: usize|
-     -> Result<(), String> {
-        let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| e.to_string())?;
-        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buf, &info)
-            .map_err(|e| e.to_string())?;
+    for_each_labelled(input, progress, |buf, caps, class| {
+        let frame = map_frame(buf, caps)?;
         classifier
             .classify_frame(&frame)
             .map_err(|e| e.to_string())?;
@@ -181,46 +237,8 @@ pub fn gather(
         };
         let width = row.len();
         data.push(row, (target < width).then_some(target));
-        if progress && (data.len() % 50 == 0 || data.len() == total) {
-            eprint!("\r  {} / {total} samples", data.len());
-            let _ = std::io::stderr().flush();
-        }
         Ok(())
-    };
-    match (&input.images, &input.video, &input.labels) {
-        (Some(tsv), _, _) => {
-            let list = read_image_list(tsv, input.split.as_deref())?;
-            let total = list.len().min(max);
-            for (file, class) in list.into_iter().take(max) {
-                crate::tools::for_each_frame(&file, 1, |buf, caps| {
-                    add(classifier, buf, caps, class, total)
-                })?;
-            }
-        }
-        (None, Some(video), Some(csv)) => {
-            let labels = read_clip_labels(csv)?;
-            let total = labels.len().min(max);
-            let mut i = 0;
-            crate::tools::for_each_frame(video, total, |buf, caps| {
-                let class = *labels.get(i).ok_or_else(|| {
-                    format!(
-                        "'{}' has more frames than '{}' labels",
-                        video.display(),
-                        csv.display()
-                    )
-                })?;
-                i += 1;
-                add(classifier, buf, caps, class, total)
-            })?;
-        }
-        _ => return Err("give --images TSV, or --video CLIP with --labels CSV".into()),
-    }
-    if progress {
-        eprintln!();
-    }
-    if data.is_empty() {
-        return Err(format!("no labelled samples in {}", input.describe()));
-    }
+    })?;
     Ok(data)
 }
 

@@ -5,6 +5,8 @@ pub mod bench;
 pub mod calibrate;
 pub mod classify;
 pub mod dataset;
+pub mod plot;
+pub mod profile;
 
 use std::path::Path;
 

@@ -1,0 +1,252 @@
+//! The offload image path: a video frame rescaled to a short side and JPEG-encoded (client), and a
+//! JPEG decoded back into a frame the classifier reads (server).
+//!
+//! Rescaling reuses the element's own sampler ([`Preprocessor`] writing packed 8-bit RGB), so an
+//! offloaded frame is scaled the way the device model's input is. Encoding and decoding use
+//! libjpeg-turbo (TurboJPEG API, SIMD) with 4:2:0 chroma, what a phone's hardware encoder would
+//! produce. `cbo profile`, the element's offload client and `cboserver` all go through here, so
+//! the sizes and accuracies the profile records are the ones the offload path gets.
+
+use gst_video::prelude::*;
+
+use crate::preprocess::{InputType, Layout, Normalization, Preprocessor, Tensor, TensorSpec};
+
+/// Largest JPEG side the decoder accepts: a bound on what a request can make the server allocate.
+pub const MAX_DECODED_SIDE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JpegError {
+    #[error("JPEG encoder: {0}")]
+    Encode(String),
+    #[error("not a decodable JPEG: {0}")]
+    Decode(String),
+    #[error("JPEG of {width}x{height} exceeds the {MAX_DECODED_SIDE}-pixel side limit")]
+    TooLarge { width: usize, height: usize },
+    #[error("cannot rescale the frame: {0}")]
+    Rescale(String),
+}
+
+/// Output size for a frame of `width`x`height` rescaled so its short side is `short_side`, aspect
+/// ratio kept (rounded to even sizes for 4:2:0). Never upscales: a short side at or above the
+/// frame's keeps the frame's size.
+pub fn scaled_size(width: u32, height: u32, short_side: u32) -> (u32, u32) {
+    let short = width.min(height).max(1);
+    if short_side == 0 || short_side >= short {
+        return (width, height);
+    }
+    // Nearest even size, so 4:2:0 chroma covers whole pixel pairs.
+    let scale = |v: u32| {
+        let exact = v as f64 * short_side as f64 / short as f64;
+        (((exact / 2.0).round() as u32) * 2).max(2)
+    };
+    if width <= height {
+        (short_side, scale(height))
+    } else {
+        (scale(width), short_side)
+    }
+}
+
+/// One encoded offload image.
+#[derive(Debug, Clone)]
+pub struct EncodedFrame {
+    pub bytes: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Rescales frames and JPEG-encodes them; keeps its scratch buffers between frames.
+pub struct FrameEncoder {
+    compressor: turbojpeg::Compressor,
+    quality: i32,
+    /// Rescaler for the current output size.
+    scaler: Option<Preprocessor>,
+}
+
+impl FrameEncoder {
+    /// `quality` is the JPEG quality, 1..=100.
+    pub fn new(quality: u32) -> Result<Self, JpegError> {
+        let mut compressor =
+            turbojpeg::Compressor::new().map_err(|e| JpegError::Encode(e.to_string()))?;
+        let quality = quality.clamp(1, 100) as i32;
+        compressor.set_quality(quality);
+        compressor.set_subsamp(turbojpeg::Subsamp::Sub2x2);
+        Ok(Self {
+            compressor,
+            quality,
+            scaler: None,
+        })
+    }
+
+    pub fn quality(&self) -> u32 {
+        self.quality as u32
+    }
+
+    /// Rescales `frame` to short side `short_side` (see [`scaled_size`]) and encodes it.
+    pub fn encode<T>(
+        &mut self,
+        frame: &gst_video::VideoFrameRef<T>,
+        short_side: u32,
+    ) -> Result<EncodedFrame, JpegError> {
+        let (width, height) = scaled_size(frame.info().width(), frame.info().height(), short_side);
+        let spec = TensorSpec {
+            layout: Layout::Nhwc,
+            width,
+            height,
+            elem: InputType::U8,
+        };
+        if self.scaler.as_ref().map(|s| *s.spec()) != Some(spec) {
+            self.scaler = Some(
+                Preprocessor::new(spec, Normalization::default())
+                    .map_err(|e| JpegError::Rescale(e.to_string()))?,
+            );
+        }
+        let scaler = self.scaler.as_mut().expect("scaler was just set");
+        let Tensor::U8(rgb) = scaler
+            .process(frame)
+            .map_err(|e| JpegError::Rescale(e.to_string()))?
+        else {
+            unreachable!("a U8 tensor spec gives a U8 tensor")
+        };
+        let bytes = self
+            .compressor
+            .compress_to_vec(turbojpeg::Image {
+                pixels: rgb.as_slice(),
+                width: width as usize,
+                pitch: width as usize * 3,
+                height: height as usize,
+                format: turbojpeg::PixelFormat::RGB,
+            })
+            .map_err(|e| JpegError::Encode(e.to_string()))?;
+        Ok(EncodedFrame {
+            bytes,
+            width,
+            height,
+        })
+    }
+}
+
+/// Decodes JPEGs into RGB video frames (GStreamer's RGB layout, rows padded to 4 bytes) that the
+/// element's pre-processing reads like any other frame.
+pub struct FrameDecoder {
+    decompressor: turbojpeg::Decompressor,
+}
+
+/// A decoded image as a GStreamer buffer and its video info.
+pub struct DecodedFrame {
+    pub buffer: gst::Buffer,
+    pub info: gst_video::VideoInfo,
+}
+
+impl DecodedFrame {
+    pub fn frame(&self) -> Result<gst_video::VideoFrameRef<&gst::BufferRef>, JpegError> {
+        gst_video::VideoFrameRef::from_buffer_ref_readable(self.buffer.as_ref(), &self.info)
+            .map_err(|e| JpegError::Decode(e.to_string()))
+    }
+}
+
+impl FrameDecoder {
+    pub fn new() -> Result<Self, JpegError> {
+        Ok(Self {
+            decompressor: turbojpeg::Decompressor::new()
+                .map_err(|e| JpegError::Decode(e.to_string()))?,
+        })
+    }
+
+    /// Decodes `jpeg`, refusing anything that is not a JPEG or is larger than
+    /// [`MAX_DECODED_SIDE`] before allocating for it. Requires `gst::init()`.
+    pub fn decode(&mut self, jpeg: &[u8]) -> Result<DecodedFrame, JpegError> {
+        let header = self
+            .decompressor
+            .read_header(jpeg)
+            .map_err(|e| JpegError::Decode(e.to_string()))?;
+        let (w, h) = (header.width, header.height);
+        if w == 0 || h == 0 || w > MAX_DECODED_SIDE || h > MAX_DECODED_SIDE {
+            return Err(JpegError::TooLarge {
+                width: w,
+                height: h,
+            });
+        }
+        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w as u32, h as u32)
+            .build()
+            .map_err(|e| JpegError::Decode(e.to_string()))?;
+        let mut buffer =
+            gst::Buffer::with_size(info.size()).map_err(|e| JpegError::Decode(e.to_string()))?;
+        {
+            let buf = buffer.get_mut().expect("a new buffer is writable");
+            let mut map = buf
+                .map_writable()
+                .map_err(|e| JpegError::Decode(e.to_string()))?;
+            self.decompressor
+                .decompress(
+                    jpeg,
+                    turbojpeg::Image {
+                        pixels: map.as_mut_slice(),
+                        width: w,
+                        pitch: info.stride()[0] as usize,
+                        height: h,
+                        format: turbojpeg::PixelFormat::RGB,
+                    },
+                )
+                .map_err(|e| JpegError::Decode(e.to_string()))?;
+        }
+        Ok(DecodedFrame { buffer, info })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaled_size_keeps_aspect_and_never_upscales() {
+        assert_eq!(scaled_size(480, 360, 224), (298, 224));
+        assert_eq!(scaled_size(360, 480, 224), (224, 298));
+        assert_eq!(scaled_size(640, 360, 96), (170, 96));
+        assert_eq!(scaled_size(480, 360, 360), (480, 360));
+        assert_eq!(scaled_size(480, 360, 1000), (480, 360));
+        assert_eq!(scaled_size(480, 360, 0), (480, 360));
+    }
+
+    /// A smooth synthetic I420 frame survives encode → decode at a reduced size with small error.
+    #[test]
+    fn encode_decode_round_trip() {
+        gst::init().unwrap();
+        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, 320, 240)
+            .build()
+            .unwrap();
+        let mut buffer = gst::Buffer::with_size(info.size()).unwrap();
+        {
+            let buf = buffer.get_mut().unwrap();
+            let mut frame = gst_video::VideoFrameRef::from_buffer_ref_writable(buf, &info).unwrap();
+            let stride = frame.plane_stride()[0] as usize;
+            let y = frame.plane_data_mut(0).unwrap();
+            for row in 0..240 {
+                for col in 0..320 {
+                    y[row * stride + col] = (16 + (col * 200) / 320) as u8;
+                }
+            }
+            for p in 1..3 {
+                frame.plane_data_mut(p).unwrap().fill(128);
+            }
+        }
+        let frame =
+            gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), &info).unwrap();
+        let mut enc = FrameEncoder::new(90).unwrap();
+        let out = enc.encode(&frame, 120).unwrap();
+        assert_eq!((out.width, out.height), (160, 120));
+        assert_eq!(&out.bytes[..2], &[0xFF, 0xD8], "JPEG SOI marker");
+        let mut dec = FrameDecoder::new().unwrap();
+        let decoded = dec.decode(&out.bytes).unwrap();
+        let f = decoded.frame().unwrap();
+        assert_eq!((f.width(), f.height()), (160, 120));
+        let stride = f.plane_stride()[0] as usize;
+        let data = f.plane_data(0).unwrap();
+        // Limited-range luma 16 + 200 * x → full-range grey ramp, left dark, right bright.
+        let left = data[60 * stride + 3] as i32;
+        let right = data[60 * stride + 156 * 3] as i32;
+        assert!(left < 20 && right > 220, "left {left} right {right}");
+        assert!(dec.decode(b"not a jpeg").is_err());
+        // A truncated JPEG decodes with libjpeg's grey fill or fails; either way no panic.
+        let _ = dec.decode(&out.bytes[..out.bytes.len() / 2]);
+    }
+}

@@ -1,0 +1,402 @@
+//! The offload profile: what sending a frame to the server at resolution `r` costs and gains.
+//!
+//! Pure data and arithmetic, no GStreamer: `cbo profile` measures [`FrameObservation`]s on a
+//! labelled clip and [`Profile::build`] aggregates them; the offload policy reads the result.
+//!
+//! Per resolution (short side of the frame) the profile records the JPEG size distribution, the
+//! encode time, the server's decode and inference time and its top-1 accuracy. Per bin of the
+//! device's *calibrated* confidence (10 equal-width bins) it records how often the device is right
+//! and how often the server is right at each resolution: the gain of offloading a frame of
+//! confidence `c` at `r` is `server_accuracy(c, r) − c` (the device is right with probability `c`
+//! when calibrated).
+//!
+//! File format (JSON, `format: "cbo-profile"`, `version: 1`): see [`Profile`]; `docs` in the
+//! README show an example.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT: &str = "cbo-profile";
+pub const VERSION: u32 = 1;
+/// Equal-width bins of calibrated device confidence.
+pub const CONFIDENCE_BINS: usize = 10;
+/// Weight, in frames, of the resolution's overall server accuracy when estimating a sparsely
+/// populated bin: a bin with 3 frames should not claim the server is always right.
+pub const PRIOR_FRAMES: f64 = 5.0;
+
+/// One labelled frame as measured by `cbo profile`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameObservation {
+    /// Calibrated confidence of the device's top-1.
+    pub device_confidence: f64,
+    pub device_correct: bool,
+    /// One entry per profiled resolution, in the profile's order.
+    pub server: Vec<ServerObservation>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerObservation {
+    pub jpeg_bytes: u32,
+    pub server_correct: bool,
+    pub encode_us: u32,
+    pub decode_us: u32,
+    pub inference_us: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub file: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResolutionProfile {
+    /// Short side in pixels (the `resolution` property's unit).
+    pub short_side: u32,
+    /// Size of the encoded image for the profiled clip's frame size.
+    pub width: u32,
+    pub height: u32,
+    pub bytes_mean: f64,
+    pub bytes_p50: f64,
+    pub bytes_p90: f64,
+    pub encode_ms_mean: f64,
+    pub server_decode_ms_mean: f64,
+    pub server_inference_ms_mean: f64,
+    pub server_inference_ms_p90: f64,
+    pub server_accuracy: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfidenceBin {
+    pub lo: f64,
+    pub hi: f64,
+    /// Frames whose calibrated device confidence fell in `[lo, hi)` (the last bin includes 1).
+    pub n: usize,
+    pub mean_confidence: f64,
+    pub device_accuracy: f64,
+    /// Server top-1 accuracy on these frames, one per resolution in `resolutions` order.
+    pub server_accuracy: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FittedOn {
+    pub source: String,
+    pub n: usize,
+    pub frame_width: u32,
+    pub frame_height: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub format: String,
+    pub version: u32,
+    pub device_model: ModelRef,
+    pub server_model: ModelRef,
+    /// Calibration file the device confidences were read through (`None`: raw confidence).
+    pub calibration: Option<ModelRef>,
+    pub jpeg_quality: u32,
+    pub encoder: String,
+    pub fitted_on: FittedOn,
+    pub device_accuracy: f64,
+    pub resolutions: Vec<ResolutionProfile>,
+    pub bins: Vec<ConfidenceBin>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProfileError(pub String);
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 { 0.0 } else { s / n as f64 }
+}
+
+/// The `q`-quantile (0..=1) by the nearest-rank method.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Bin index of a confidence: `[k/10, (k+1)/10)`, 1.0 in the last bin.
+pub fn bin_of(confidence: f64) -> usize {
+    ((confidence.clamp(0.0, 1.0) * CONFIDENCE_BINS as f64) as usize).min(CONFIDENCE_BINS - 1)
+}
+
+/// What a profile is built from besides the observations.
+#[derive(Debug, Clone)]
+pub struct ProfileInputs {
+    pub device_model: ModelRef,
+    pub server_model: ModelRef,
+    pub calibration: Option<ModelRef>,
+    pub jpeg_quality: u32,
+    pub encoder: String,
+    pub fitted_on: FittedOn,
+    /// `(short_side, width, height)` per resolution.
+    pub resolutions: Vec<(u32, u32, u32)>,
+}
+
+impl Profile {
+    /// Aggregates observations (each with one server entry per resolution).
+    pub fn build(inputs: ProfileInputs, obs: &[FrameObservation]) -> Result<Self, ProfileError> {
+        if obs.is_empty() {
+            return Err(ProfileError("no frames to build a profile from".into()));
+        }
+        let nres = inputs.resolutions.len();
+        if nres == 0 {
+            return Err(ProfileError("no resolutions to profile".into()));
+        }
+        if let Some(bad) = obs.iter().find(|o| o.server.len() != nres) {
+            return Err(ProfileError(format!(
+                "an observation has {} server entries for {nres} resolutions",
+                bad.server.len()
+            )));
+        }
+        let acc = |b: bool| if b { 1.0 } else { 0.0 };
+        let resolutions = inputs
+            .resolutions
+            .iter()
+            .enumerate()
+            .map(|(r, &(short_side, width, height))| {
+                let mut bytes: Vec<f64> =
+                    obs.iter().map(|o| o.server[r].jpeg_bytes as f64).collect();
+                bytes.sort_by(f64::total_cmp);
+                let mut inf: Vec<f64> = obs
+                    .iter()
+                    .map(|o| o.server[r].inference_us as f64 / 1000.0)
+                    .collect();
+                inf.sort_by(f64::total_cmp);
+                ResolutionProfile {
+                    short_side,
+                    width,
+                    height,
+                    bytes_mean: mean(bytes.iter().copied()),
+                    bytes_p50: quantile(&bytes, 0.5),
+                    bytes_p90: quantile(&bytes, 0.9),
+                    encode_ms_mean: mean(obs.iter().map(|o| o.server[r].encode_us as f64 / 1000.0)),
+                    server_decode_ms_mean: mean(
+                        obs.iter().map(|o| o.server[r].decode_us as f64 / 1000.0),
+                    ),
+                    server_inference_ms_mean: mean(inf.iter().copied()),
+                    server_inference_ms_p90: quantile(&inf, 0.9),
+                    server_accuracy: mean(obs.iter().map(|o| acc(o.server[r].server_correct))),
+                }
+            })
+            .collect();
+        let bins = (0..CONFIDENCE_BINS)
+            .map(|k| {
+                let in_bin: Vec<&FrameObservation> = obs
+                    .iter()
+                    .filter(|o| bin_of(o.device_confidence) == k)
+                    .collect();
+                ConfidenceBin {
+                    lo: k as f64 / CONFIDENCE_BINS as f64,
+                    hi: (k + 1) as f64 / CONFIDENCE_BINS as f64,
+                    n: in_bin.len(),
+                    mean_confidence: mean(in_bin.iter().map(|o| o.device_confidence)),
+                    device_accuracy: mean(in_bin.iter().map(|o| acc(o.device_correct))),
+                    server_accuracy: (0..nres)
+                        .map(|r| mean(in_bin.iter().map(|o| acc(o.server[r].server_correct))))
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(Self {
+            format: FORMAT.into(),
+            version: VERSION,
+            device_model: inputs.device_model,
+            server_model: inputs.server_model,
+            calibration: inputs.calibration,
+            jpeg_quality: inputs.jpeg_quality,
+            encoder: inputs.encoder,
+            fitted_on: inputs.fitted_on,
+            device_accuracy: mean(obs.iter().map(|o| acc(o.device_correct))),
+            resolutions,
+            bins,
+        })
+    }
+
+    /// Index of the profiled resolution with this short side.
+    pub fn resolution_index(&self, short_side: u32) -> Option<usize> {
+        self.resolutions
+            .iter()
+            .position(|r| r.short_side == short_side)
+    }
+
+    /// Expected server top-1 accuracy at resolution index `r` for a frame whose calibrated device
+    /// confidence is `confidence`: the bin's measured accuracy, shrunk towards the resolution's
+    /// overall accuracy by [`PRIOR_FRAMES`] pseudo-frames so that thin bins stay plausible.
+    pub fn server_accuracy(&self, confidence: f64, r: usize) -> f64 {
+        let overall = self.resolutions[r].server_accuracy;
+        let bin = &self.bins[bin_of(confidence)];
+        let n = bin.n as f64;
+        (bin.server_accuracy[r] * n + overall * PRIOR_FRAMES) / (n + PRIOR_FRAMES)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a profile serialises")
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ProfileError> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| ProfileError(format!("not a JSON profile: {e}")))?;
+        match value.get("format").and_then(|v| v.as_str()) {
+            Some(FORMAT) => {}
+            other => {
+                return Err(ProfileError(format!(
+                    "not a cbo profile (format {other:?}, expected \"{FORMAT}\")"
+                )));
+            }
+        }
+        match value.get("version").and_then(|v| v.as_u64()) {
+            Some(v) if v == VERSION as u64 => {}
+            other => {
+                return Err(ProfileError(format!(
+                    "unsupported profile version {other:?} (this build reads version {VERSION})"
+                )));
+            }
+        }
+        let profile: Profile = serde_json::from_value(value)
+            .map_err(|e| ProfileError(format!("malformed profile: {e}")))?;
+        profile.validate()?;
+        Ok(profile)
+    }
+
+    pub fn validate(&self) -> Result<(), ProfileError> {
+        let bad = |m: String| Err(ProfileError(m));
+        if self.resolutions.is_empty() {
+            return bad("the profile lists no resolutions".into());
+        }
+        if self.bins.len() != CONFIDENCE_BINS {
+            return bad(format!(
+                "the profile has {} confidence bins, expected {CONFIDENCE_BINS}",
+                self.bins.len()
+            ));
+        }
+        let unit = |x: f64| (0.0..=1.0).contains(&x);
+        for r in &self.resolutions {
+            if r.short_side == 0 || !unit(r.server_accuracy) || !(r.bytes_mean >= 0.0) {
+                return bad(format!("resolution {} has invalid figures", r.short_side));
+            }
+        }
+        for b in &self.bins {
+            if b.server_accuracy.len() != self.resolutions.len()
+                || !b.server_accuracy.iter().all(|&a| unit(a))
+                || !unit(b.device_accuracy)
+            {
+                return bad(format!("confidence bin [{}, {}) is malformed", b.lo, b.hi));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ProfileError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ProfileError(format!("cannot read profile '{}': {e}", path.display())))?;
+        Self::parse(&text)
+            .map_err(|e| ProfileError(format!("profile '{}': {}", path.display(), e.0)))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), ProfileError> {
+        std::fs::write(path, self.to_json() + "\n")
+            .map_err(|e| ProfileError(format!("cannot write '{}': {e}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(res: &[u32]) -> ProfileInputs {
+        let m = ModelRef {
+            file: "m.onnx".into(),
+            sha256: "00".into(),
+        };
+        ProfileInputs {
+            device_model: m.clone(),
+            server_model: m,
+            calibration: None,
+            jpeg_quality: 80,
+            encoder: "test".into(),
+            fitted_on: FittedOn {
+                source: "synthetic".into(),
+                n: 0,
+                frame_width: 480,
+                frame_height: 360,
+            },
+            resolutions: res.iter().map(|&r| (r, r * 4 / 3, r)).collect(),
+        }
+    }
+
+    fn obs(conf: f64, device: bool, server: &[(u32, bool)]) -> FrameObservation {
+        FrameObservation {
+            device_confidence: conf,
+            device_correct: device,
+            server: server
+                .iter()
+                .map(|&(b, c)| ServerObservation {
+                    jpeg_bytes: b,
+                    server_correct: c,
+                    encode_us: 1000,
+                    decode_us: 500,
+                    inference_us: 20_000,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn aggregates_sizes_accuracies_and_bins() {
+        let frames = vec![
+            obs(0.05, false, &[(1000, false), (3000, true)]),
+            obs(0.15, false, &[(2000, true), (4000, true)]),
+            obs(0.95, true, &[(3000, true), (5000, true)]),
+            obs(1.0, true, &[(4000, false), (6000, true)]),
+        ];
+        let p = Profile::build(inputs(&[96, 224]), &frames).unwrap();
+        assert_eq!(p.resolutions[0].bytes_mean, 2500.0);
+        assert_eq!(p.resolutions[0].bytes_p50, 2000.0);
+        assert_eq!(p.resolutions[0].bytes_p90, 4000.0);
+        assert_eq!(p.resolutions[0].server_accuracy, 0.5);
+        assert_eq!(p.resolutions[1].server_accuracy, 1.0);
+        assert_eq!(p.device_accuracy, 0.5);
+        assert_eq!(p.bins[0].n, 1);
+        assert_eq!(p.bins[1].n, 1);
+        assert_eq!(p.bins[9].n, 2, "1.0 falls in the last bin");
+        assert_eq!(p.bins[9].device_accuracy, 1.0);
+        assert_eq!(p.bins[9].server_accuracy, vec![0.5, 1.0]);
+        assert_eq!(p.bins[5].n, 0);
+        // Thin bin 0: server 0/1 at 96 px, shrunk towards the overall 0.5.
+        let a = p.server_accuracy(0.01, 0);
+        assert!((a - 2.5 / 6.0).abs() < 1e-12, "{a}");
+        // Empty bin: the overall accuracy.
+        assert_eq!(p.server_accuracy(0.55, 1), 1.0);
+        assert_eq!(p.resolution_index(224), Some(1));
+        assert_eq!(p.resolution_index(100), None);
+    }
+
+    #[test]
+    fn round_trips_and_refuses_bad_files() {
+        let frames = vec![obs(0.5, true, &[(1000, true)])];
+        let p = Profile::build(inputs(&[160]), &frames).unwrap();
+        assert_eq!(Profile::parse(&p.to_json()).unwrap(), p);
+        assert!(Profile::parse("{").unwrap_err().0.contains("not a JSON"));
+        assert!(
+            Profile::parse(r#"{"format":"cbo-calibration","version":1}"#)
+                .unwrap_err()
+                .0
+                .contains("not a cbo profile")
+        );
+        let v2 = p.to_json().replace("\"version\": 1", "\"version\": 2");
+        assert!(Profile::parse(&v2).unwrap_err().0.contains("version"));
+        let bad = p
+            .to_json()
+            .replace("\"server_accuracy\": 1.0", "\"server_accuracy\": 1.5");
+        assert!(Profile::parse(&bad).unwrap_err().0.contains("invalid"));
+        assert!(Profile::build(inputs(&[160]), &[]).is_err());
+        assert!(Profile::build(inputs(&[160, 224]), &frames).is_err());
+    }
+}

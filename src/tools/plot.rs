@@ -1,0 +1,189 @@
+//! PNG plots for the tools (plotters, bitmap backend). Text needs a TrueType font: DejaVu Sans from
+//! Debian's fonts-dejavu-core (installed by `make setup`), or the file in `CBO_PLOT_FONT`.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use plotters::prelude::*;
+
+use crate::calibration::Metrics;
+
+const FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+/// Registers a font as "sans-serif" once per process.
+fn ensure_font() -> Result<(), String> {
+    static FONT: OnceLock<Result<(), String>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        let from_env = std::env::var("CBO_PLOT_FONT").ok();
+        let candidates = from_env.iter().map(String::as_str).chain(FONT_CANDIDATES.iter().copied());
+        for path in candidates {
+            if let Ok(bytes) = std::fs::read(path) {
+                // The font registry keeps `'static` references: leak one font per process.
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        Err(format!(
+            "no TrueType font for plots: install fonts-dejavu-core (make setup) or set CBO_PLOT_FONT \
+             (looked in {})",
+            FONT_CANDIDATES.join(", ")
+        ))
+    })
+    .clone()
+}
+
+/// Equal-width reliability bins: (count, mean confidence, accuracy) per bin.
+fn bins(samples: &[(f64, bool)], n_bins: usize) -> Vec<(usize, f64, f64)> {
+    let mut acc = vec![(0usize, 0.0, 0.0); n_bins];
+    for &(c, right) in samples {
+        let k = ((c.clamp(0.0, 1.0) * n_bins as f64) as usize).min(n_bins - 1);
+        acc[k].0 += 1;
+        acc[k].1 += c;
+        acc[k].2 += f64::from(u8::from(right));
+    }
+    acc.into_iter()
+        .map(|(n, c, a)| {
+            if n == 0 {
+                (0, 0.0, 0.0)
+            } else {
+                (n, c / n as f64, a / n as f64)
+            }
+        })
+        .collect()
+}
+
+fn err<E: std::fmt::Display>(e: E) -> String {
+    format!("plot: {e}")
+}
+
+/// Writes a two-panel reliability diagram (raw | calibrated): per 15 equal-width confidence bins,
+/// the accuracy (bars) against the diagonal of perfect calibration, the bin's count above each
+/// bar, and the ECE in the panel title.
+pub fn reliability_diagram(
+    path: &Path,
+    title: &str,
+    raw: &[(f64, bool)],
+    calibrated: &[(f64, bool)],
+) -> Result<(), String> {
+    ensure_font()?;
+    const N_BINS: usize = 15;
+    let root = BitMapBackend::new(path, (1200, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let root = root.titled(title, ("sans-serif", 22)).map_err(err)?;
+    let panels = root.split_evenly((1, 2));
+    for (area, (name, samples)) in panels
+        .iter()
+        .zip([("raw", raw), ("calibrated", calibrated)])
+    {
+        let m = Metrics::of(samples);
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!(
+                    "{name}: ECE {:.3}, accuracy {:.3}, mean confidence {:.3}",
+                    m.ece, m.accuracy, m.mean_confidence
+                ),
+                ("sans-serif", 17),
+            )
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0f64..1.0, 0.0f64..1.08)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("confidence")
+            .y_desc("accuracy")
+            .label_style(("sans-serif", 14))
+            .disable_mesh()
+            .draw()
+            .map_err(err)?;
+        let width = 1.0 / N_BINS as f64;
+        let data = bins(samples, N_BINS);
+        chart
+            .draw_series(
+                data.iter()
+                    .enumerate()
+                    .filter(|(_, b)| b.0 > 0)
+                    .map(|(k, b)| {
+                        let x0 = k as f64 * width;
+                        Rectangle::new(
+                            [(x0 + width * 0.06, 0.0), (x0 + width * 0.94, b.2)],
+                            RGBColor(70, 110, 190).filled(),
+                        )
+                    }),
+            )
+            .map_err(err)?;
+        // Gap between accuracy and mean confidence: the part the calibration should remove.
+        chart
+            .draw_series(
+                data.iter()
+                    .enumerate()
+                    .filter(|(_, b)| b.0 > 0)
+                    .map(|(k, b)| {
+                        let x0 = k as f64 * width;
+                        Rectangle::new(
+                            [(x0 + width * 0.3, b.1), (x0 + width * 0.7, b.2)],
+                            RGBColor(220, 80, 60).mix(0.55).filled(),
+                        )
+                    }),
+            )
+            .map_err(err)?;
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, 0.0), (1.0, 1.0)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(err)?;
+        chart
+            .draw_series(
+                data.iter()
+                    .enumerate()
+                    .filter(|(_, b)| b.0 > 0)
+                    .map(|(k, b)| {
+                        Text::new(
+                            b.0.to_string(),
+                            (k as f64 * width + width * 0.15, (b.2 + 0.05).min(1.06)),
+                            ("sans-serif", 12),
+                        )
+                    }),
+            )
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bins_average_confidence_and_accuracy() {
+        let b = bins(
+            &[(0.05, true), (0.06, false), (0.95, true), (1.0, true)],
+            10,
+        );
+        assert_eq!(b[0].0, 2);
+        assert!((b[0].1 - 0.055).abs() < 1e-12);
+        assert_eq!(b[0].2, 0.5);
+        assert_eq!(b[9], (2, 0.975, 1.0));
+        assert_eq!(b[5].0, 0);
+    }
+
+    #[test]
+    fn writes_a_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.png");
+        let raw: Vec<(f64, bool)> = (0..200).map(|i| (i as f64 / 200.0, i % 3 != 0)).collect();
+        reliability_diagram(&path, "test", &raw, &raw).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        assert!(bytes.len() > 5000);
+    }
+}
