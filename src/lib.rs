@@ -17,6 +17,9 @@ pub mod postprocess;
 pub mod preprocess;
 pub mod profile;
 pub mod protocol;
+pub mod quic;
+pub mod server;
+pub mod tls;
 pub mod tools;
 
 pub use cbofilter::{CboFilter, ExecutionProviderProp, OutputKindProp, Policy};

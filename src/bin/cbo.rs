@@ -2,7 +2,7 @@
 //! calibrate, profile and evaluate offloading policies).
 
 use clap::{Parser, Subcommand};
-use gstcbo::tools::{bench, calibrate, classify, profile};
+use gstcbo::tools::{bench, calibrate, classify, loadgen, profile};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,8 @@ enum Command {
     Ece(calibrate::EceArgs),
     /// Measure offloading per resolution: JPEG bytes, server time and accuracy per device-confidence bin
     Profile(profile::ProfileArgs),
+    /// Load a running cboserver with concurrent clients; compare with a bare ORT batch loop
+    Loadgen(loadgen::LoadgenArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +61,13 @@ fn main() -> std::process::ExitCode {
                 println!("{}", p.to_json());
             } else {
                 profile::print_table(&p);
+            }
+        }),
+        Command::Loadgen(args) => loadgen::run(&args).map(|r| {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                loadgen::print_report(&r);
             }
         }),
     };

@@ -1,34 +1,221 @@
-//! `cboserver`: the offloading server (runs the big model for frames cbofilter sends over QUIC).
-//! The QUIC service lands with the offloading issue; today it only describes itself.
+//! `cboserver`: the offloading server. Classifies JPEG frames that cbofilter sends over QUIC
+//! (ALPN `cbo/1`, one stream per frame) with a large ONNX model, batching requests from all
+//! clients. See `gstcbo::server` for the behaviour and `gstcbo::protocol` for the wire format.
+
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
+use gstcbo::inference::{self, ExecutionProvider, ModelConfig};
+use gstcbo::postprocess::OutputKind;
+use gstcbo::preprocess::Normalization;
+use gstcbo::server::{Limits, Server, ServerConfig};
 
 #[derive(Parser)]
 #[command(
     name = "cboserver",
     version,
     about = "Offloading server for cbofilter: classifies JPEG frames received over QUIC with a large ONNX model",
-    long_about = "Offloading server for cbofilter. Not implemented yet in this version: the QUIC \
-                  service (ALPN cbo/1, one stream per frame, token authentication, dynamic batching) \
-                  arrives with the offloading work. Running it exits with an error."
+    long_about = "Offloading server for cbofilter: classifies JPEG frames received over QUIC \
+                  (ALPN cbo/1, one bidirectional stream per frame, bearer-token authentication) \
+                  with a large ONNX model, batching requests across all clients.\n\n\
+                  Prints `listening on ADDR` on stdout once ready. SIGINT/SIGTERM stop accepting, \
+                  answer the requests in progress (up to --drain-timeout-ms) and exit 0."
 )]
 struct Cli {
-    /// Address to listen on
+    /// Address to listen on (UDP)
     #[arg(long, default_value = "127.0.0.1:4433")]
     listen: String,
+
     /// Server ONNX model (default: the bundled EfficientNet-Lite2)
     #[arg(long)]
-    model: Option<std::path::PathBuf>,
+    model: Option<PathBuf>,
+    /// Class names of the model: one per line or TSV index<TAB>wnid<TAB>name (default: ImageNet
+    /// for 1000/1001 outputs). `--model-labels` is accepted too, as in the `cbo` tools.
+    #[arg(long, alias = "model-labels")]
+    labels: Option<PathBuf>,
+    /// Per-channel mean: one value or R,G,B
+    #[arg(long, default_value = "127")]
+    input_mean: String,
+    /// Per-channel std: one value or R,G,B
+    #[arg(long, default_value = "128")]
+    input_std: String,
+    /// auto | logits | probabilities
+    #[arg(long, default_value = "auto")]
+    output_kind: OutputKind,
+    /// auto | cpu | cuda | tensorrt | openvino | qnn | coreml | nnapi | xnnpack
+    #[arg(long, default_value = "auto")]
+    execution_provider: ExecutionProvider,
+    /// Run on CPU when the requested provider is missing
+    #[arg(long)]
+    ep_fallback: bool,
+    /// ONNX Runtime intra-op threads (0 = its default)
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+
+    /// Certificate chain (PEM) to present; needs --key
+    #[arg(long, requires = "key", conflicts_with = "self_signed")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Use DIR/cert.pem and DIR/key.pem, creating a self-signed certificate (localhost,
+    /// 127.0.0.1, ::1) there on first use
+    #[arg(long, value_name = "DIR")]
+    self_signed: Option<PathBuf>,
+    /// File holding the bearer token clients must present (surrounding whitespace ignored).
+    /// Without it any client is served.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+
+    /// Largest inference batch (across all clients)
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// How long a batch waits to fill after its first frame, in ms
+    #[arg(long, default_value_t = 2)]
+    batch_timeout_ms: u64,
+    /// JPEG decode threads (0: one per core, at most 4)
+    #[arg(long, default_value_t = 0)]
+    decode_threads: usize,
+
+    /// Largest request (header + JPEG) accepted, in bytes
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    max_request_bytes: usize,
+    /// Concurrent request streams per connection
+    #[arg(long, default_value_t = 64)]
+    max_streams: u32,
+    /// Connections served at once; more are closed with `overloaded`
+    #[arg(long, default_value_t = 64)]
+    max_connections: usize,
+    /// Requests in progress across all connections; more are answered `overloaded`
+    #[arg(long, default_value_t = 256)]
+    max_pending: usize,
+    /// Time to answer a request, from its arrival, in ms
+    #[arg(long, default_value_t = 5000)]
+    request_timeout_ms: u64,
+    /// Time for a new connection's handshake and hello, in ms
+    #[arg(long, default_value_t = 5000)]
+    hello_timeout_ms: u64,
+    /// QUIC idle timeout, in ms
+    #[arg(long, default_value_t = 30_000)]
+    idle_timeout_ms: u64,
+    /// How long a shutdown waits for requests in progress, in ms
+    #[arg(long, default_value_t = 2000)]
+    drain_timeout_ms: u64,
+    /// Largest top-k a client may ask for
+    #[arg(long, default_value_t = 20)]
+    max_top_k: usize,
+
+    /// Log every request (default: connections and refusals only)
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn resolve(listen: &str) -> Result<SocketAddr, String> {
+    listen
+        .to_socket_addrs()
+        .map_err(|e| format!("bad --listen '{listen}': {e}"))?
+        .next()
+        .ok_or_else(|| format!("--listen '{listen}' resolves to no address"))
+}
+
+fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --token-file '{}': {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("--token-file '{}' is empty", path.display()));
+    }
+    Ok(token.to_string())
+}
+
+fn config(cli: &Cli) -> Result<ServerConfig, String> {
+    let identity = match (&cli.cert, &cli.key, &cli.self_signed) {
+        (Some(cert), Some(key), None) => gstcbo::tls::load_pem(cert, key)?,
+        (None, None, Some(dir)) => gstcbo::tls::load_or_create_self_signed(dir)?,
+        _ => {
+            return Err(
+                "give a certificate: --cert FILE --key FILE, or --self-signed DIR".to_string(),
+            );
+        }
+    };
+    let model = ModelConfig {
+        model: cli
+            .model
+            .clone()
+            .unwrap_or_else(|| inference::models_dir().join(inference::DEFAULT_SERVER_MODEL)),
+        labels: cli.labels.clone(),
+        normalization: Normalization::parse(&cli.input_mean, &cli.input_std)?,
+        output_kind: cli.output_kind,
+        top_k: cli.max_top_k.max(1),
+        execution_provider: cli.execution_provider,
+        ep_fallback: cli.ep_fallback,
+        threads: cli.threads,
+    };
+    let ms = Duration::from_millis;
+    let mut config = ServerConfig::new(resolve(&cli.listen)?, model, identity);
+    config.token = cli.token_file.as_deref().map(read_token).transpose()?;
+    config.max_batch = cli.max_batch.max(1);
+    config.batch_timeout = ms(cli.batch_timeout_ms);
+    config.decode_threads = cli.decode_threads;
+    config.verbose = cli.verbose;
+    config.limits = Limits {
+        max_request_bytes: cli.max_request_bytes,
+        max_streams_per_connection: cli.max_streams.max(1),
+        max_connections: cli.max_connections.max(1),
+        max_pending: cli.max_pending.max(1),
+        request_timeout: ms(cli.request_timeout_ms.max(1)),
+        hello_timeout: ms(cli.hello_timeout_ms.max(1)),
+        idle_timeout: ms(cli.idle_timeout_ms.max(1)),
+        drain_timeout: ms(cli.drain_timeout_ms),
+        max_top_k: cli.max_top_k.max(1),
+    };
+    Ok(config)
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installed before the (slow) model load, so an early SIGTERM is a clean stop too.
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
+    let config = config(&cli)?;
+    let fingerprint = gstcbo::tls::fingerprint(&config.identity.0[0]);
+    let server = Server::start(config).await?;
+    let mut out = std::io::stdout().lock();
+    // Tests and scripts wait for the last line; print both before anything can connect.
+    let _ = writeln!(out, "certificate sha256 fingerprint {fingerprint}");
+    let _ = writeln!(out, "listening on {}", server.local_addr());
+    let _ = out.flush();
+    drop(out);
+    tokio::select! {
+        _ = sigterm.recv() => eprintln!("cboserver: SIGTERM: shutting down"),
+        _ = sigint.recv() => eprintln!("cboserver: SIGINT: shutting down"),
+    }
+    server.shutdown().await
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    eprintln!(
-        "cboserver: error: serving is not implemented in this version (would listen on {} with model {})",
-        cli.listen,
-        cli.model
-            .map(|m| m.display().to_string())
-            .unwrap_or_else(|| gstcbo::inference::DEFAULT_SERVER_MODEL.to_string())
-    );
-    std::process::ExitCode::FAILURE
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cboserver-io")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cboserver: error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cboserver: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,161 @@
+//! Running a model on several images at once: an `[N, ...]` input built from per-image tensors
+//! and one `Session::run` for all of them. Modelled on [`crate::inference::run_session`], which
+//! runs exactly one image; `cbo loadgen`'s bare baseline uses the same function as the server.
+
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::inference::InferenceError;
+use crate::preprocess::{Tensor, TensorSpec};
+
+/// Whether a model accepts more than one image per run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchDim {
+    /// The first input dimension is symbolic: any N.
+    Dynamic,
+    /// The model fixes N = 1 (e.g. the TFLite-converted MobileNets).
+    One,
+}
+
+impl BatchDim {
+    /// Reads the first input's batch dimension. [`crate::inference::ModelSession::load`] already
+    /// refused fixed batches above 1.
+    pub fn of(session: &Session) -> BatchDim {
+        let dim = session
+            .inputs()
+            .first()
+            .and_then(|i| i.dtype().tensor_shape().map(|s| s.iter().copied().next()))
+            .flatten();
+        match dim {
+            Some(d) if d < 0 => BatchDim::Dynamic,
+            _ => BatchDim::One,
+        }
+    }
+}
+
+/// An input tensor holding several images back to back, in the model's element type.
+#[derive(Debug, Clone)]
+pub struct BatchTensor {
+    spec: TensorSpec,
+    data: Tensor,
+    n: usize,
+}
+
+impl BatchTensor {
+    pub fn new(spec: TensorSpec, capacity: usize) -> Self {
+        let per = spec.len() * capacity;
+        let data = match Tensor::zeros(&spec) {
+            Tensor::F32(_) => Tensor::F32(Vec::with_capacity(per)),
+            Tensor::F16(_) => Tensor::F16(Vec::with_capacity(per)),
+            Tensor::U8(_) => Tensor::U8(Vec::with_capacity(per)),
+            Tensor::I8(_) => Tensor::I8(Vec::with_capacity(per)),
+        };
+        Self { spec, data, n: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    pub fn clear(&mut self) {
+        match &mut self.data {
+            Tensor::F32(v) => v.clear(),
+            Tensor::F16(v) => v.clear(),
+            Tensor::U8(v) => v.clear(),
+            Tensor::I8(v) => v.clear(),
+        }
+        self.n = 0;
+    }
+
+    /// Appends one image's tensor (as a [`crate::preprocess::Preprocessor`] for the same spec
+    /// writes it).
+    pub fn push(&mut self, image: &Tensor) -> Result<(), InferenceError> {
+        let want = self.spec.len();
+        let bad = |got: usize| {
+            InferenceError::Run(format!(
+                "image tensor of {got} values does not fit the model input of {want}"
+            ))
+        };
+        match (&mut self.data, image) {
+            (Tensor::F32(b), Tensor::F32(v)) if v.len() == want => b.extend_from_slice(v),
+            (Tensor::F16(b), Tensor::F16(v)) if v.len() == want => b.extend_from_slice(v),
+            (Tensor::U8(b), Tensor::U8(v)) if v.len() == want => b.extend_from_slice(v),
+            (Tensor::I8(b), Tensor::I8(v)) if v.len() == want => b.extend_from_slice(v),
+            (_, t) => {
+                return Err(bad(match t {
+                    Tensor::F32(v) => v.len(),
+                    Tensor::F16(v) => v.len(),
+                    Tensor::U8(v) => v.len(),
+                    Tensor::I8(v) => v.len(),
+                }));
+            }
+        }
+        self.n += 1;
+        Ok(())
+    }
+
+    fn shape(&self) -> [usize; 4] {
+        let mut shape = self.spec.shape();
+        shape[0] = self.n;
+        shape
+    }
+}
+
+/// Runs the session once on all images of `batch`; `out` receives N rows of scores, back to back,
+/// as f32. Returns the row width.
+pub fn run_batch(
+    session: &mut Session,
+    input_name: &str,
+    batch: &BatchTensor,
+    out: &mut Vec<f32>,
+) -> Result<usize, InferenceError> {
+    if batch.is_empty() {
+        return Err(InferenceError::Run("empty batch".into()));
+    }
+    let run = |e: ort::Error| InferenceError::Run(e.to_string());
+    let shape = batch.shape();
+    let input = match &batch.data {
+        Tensor::F32(v) => TensorRef::from_array_view((shape, v.as_slice()))
+            .map_err(run)?
+            .into_dyn(),
+        Tensor::F16(v) => TensorRef::from_array_view((shape, v.as_slice()))
+            .map_err(run)?
+            .into_dyn(),
+        Tensor::U8(v) => TensorRef::from_array_view((shape, v.as_slice()))
+            .map_err(run)?
+            .into_dyn(),
+        Tensor::I8(v) => TensorRef::from_array_view((shape, v.as_slice()))
+            .map_err(run)?
+            .into_dyn(),
+    };
+    let outputs = session
+        .run(ort::inputs![input_name => input])
+        .map_err(run)?;
+    let value = &outputs[0];
+    out.clear();
+    if let Ok((_, data)) = value.try_extract_tensor::<f32>() {
+        out.extend_from_slice(data);
+    } else if let Ok((_, data)) = value.try_extract_tensor::<half::f16>() {
+        out.extend(data.iter().map(|v| v.to_f32()));
+    } else if let Ok((_, data)) = value.try_extract_tensor::<u8>() {
+        // Quantised probabilities (TFLite convention: scale 1/256), as run_session reads them.
+        out.extend(data.iter().map(|&v| v as f32 / 256.0));
+    } else {
+        return Err(InferenceError::Run(format!(
+            "first output is {:?}; expected a f32/f16/u8 score tensor",
+            value.dtype()
+        )));
+    }
+    if out.is_empty() || !out.len().is_multiple_of(batch.n) {
+        return Err(InferenceError::Run(format!(
+            "{} scores for a batch of {}",
+            out.len(),
+            batch.n
+        )));
+    }
+    Ok(out.len() / batch.n)
+}

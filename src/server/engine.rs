@@ -1,0 +1,438 @@
+//! The server's compute: JPEG decoding and pre-processing on a pool of worker threads, and the
+//! model on one dedicated thread that batches requests from all connections.
+//!
+//! ```text
+//! stream tasks ──try_send──▶ decode queue ──▶ decode workers ──send──▶ batch queue ──▶ model thread
+//!      ▲                                  (FrameDecoder + Preprocessor)      (collects ≤ max_batch,
+//!      └───────────────── oneshot: Answer or ErrorReply ◀──────────────────  waits ≤ batch_timeout)
+//! ```
+//!
+//! All of it runs on plain std threads so the async runtime that serves QUIC never blocks on
+//! libjpeg or ONNX Runtime. The decode queue is bounded (a full queue answers
+//! [`ErrorCode::Overloaded`]); the batch queue is small, so workers never decode far ahead of the
+//! model and memory stays bounded by a few batches of tensors.
+
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::batch::{BatchDim, BatchTensor, run_batch};
+use crate::inference::{IMAGENET_LABELS_TSV, ModelConfig, ModelSession};
+use crate::jpeg::FrameDecoder;
+use crate::postprocess::{Labels, Postprocessor};
+use crate::preprocess::{Normalization, Preprocessor, Tensor, TensorSpec};
+use crate::protocol::{Answer, ErrorCode, ErrorReply};
+
+/// What a request gets back.
+pub type Outcome = Result<Answer, ErrorReply>;
+
+/// One request handed to the engine.
+pub struct Job {
+    /// The whole request frame; the JPEG is `bytes[jpeg_offset..]` (kept whole to avoid a copy).
+    pub bytes: Vec<u8>,
+    pub jpeg_offset: usize,
+    pub frame_id: u64,
+    /// Classes wanted, already capped to the server's maximum and at least 1.
+    pub top_k: usize,
+    /// When the server had read the request.
+    pub received: Instant,
+    /// Work not started by then is dropped (answered [`ErrorCode::Timeout`]): the client's
+    /// deadline hint or the server's per-request time, whichever is first.
+    pub deadline: Instant,
+    pub reply: oneshot::Sender<Outcome>,
+}
+
+/// A decoded and pre-processed job, waiting for the model.
+struct Ready {
+    tensor: Tensor,
+    frame_id: u64,
+    top_k: usize,
+    received: Instant,
+    deadline: Instant,
+    decode_us: u64,
+    reply: oneshot::Sender<Outcome>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub model: ModelConfig,
+    /// Largest batch the model thread runs.
+    pub max_batch: usize,
+    /// How long the model thread waits for a batch to fill after its first image arrived.
+    pub batch_timeout: Duration,
+    /// JPEG decode / pre-processing threads.
+    pub decode_threads: usize,
+    /// Requests waiting for a decode worker before new ones are refused.
+    pub queue_capacity: usize,
+    /// Largest `top_k` answered.
+    pub max_top_k: usize,
+}
+
+/// What the loaded model is, for the hello and the startup log.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// Model file name.
+    pub name: String,
+    pub provider: &'static str,
+    pub spec: TensorSpec,
+    pub classes: usize,
+    /// Largest batch actually run: 1 when the model fixes its batch dimension.
+    pub max_batch: usize,
+    /// Why batching is off, when it is.
+    pub batching_off: Option<String>,
+    pub fallback_warning: Option<String>,
+}
+
+pub struct Engine {
+    queue: Mutex<Option<SyncSender<Job>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    pub info: ModelInfo,
+}
+
+fn default_labels(width: usize) -> Labels {
+    // What `Classifier` does for a model given no labels: ImageNet for 1000/1001-way models.
+    if width == 1000 || width == 1001 {
+        Labels::parse(IMAGENET_LABELS_TSV).expect("bundled labels parse")
+    } else {
+        Labels::numeric(width)
+    }
+}
+
+fn error(frame_id: u64, code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+    ErrorReply {
+        frame_id,
+        code,
+        message: message.into(),
+    }
+}
+
+impl Engine {
+    /// Loads the model (on the model thread itself, which then owns the session) and starts the
+    /// workers. Blocks until the model is loaded and warmed up.
+    pub fn start(config: EngineConfig) -> Result<Engine, String> {
+        let max_batch = config.max_batch.max(1);
+        // Small on purpose: workers block (back-pressure) instead of decoding far ahead.
+        let (batch_tx, batch_rx) = mpsc::sync_channel::<Ready>(2 * max_batch);
+        let (loaded_tx, loaded_rx) = mpsc::channel::<Result<ModelInfo, String>>();
+        let model_config = config.model.clone();
+        let batch_timeout = config.batch_timeout;
+        let max_top_k = config.max_top_k.max(1);
+        let model_thread = std::thread::Builder::new()
+            .name("cbo-model".into())
+            .spawn(move || {
+                let mut runner = match ModelRunner::load(&model_config, max_batch, max_top_k) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = loaded_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = loaded_tx.send(Ok(runner.info.clone()));
+                drop(loaded_tx);
+                runner.serve(batch_rx, batch_timeout);
+            })
+            .map_err(|e| format!("cannot start the model thread: {e}"))?;
+        let info = match loaded_rx.recv() {
+            Ok(Ok(info)) => info,
+            Ok(Err(e)) => {
+                let _ = model_thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = model_thread.join();
+                return Err("the model thread stopped while loading".into());
+            }
+        };
+
+        let (queue_tx, queue_rx) = mpsc::sync_channel::<Job>(config.queue_capacity.max(1));
+        let queue_rx = Arc::new(Mutex::new(queue_rx));
+        let mut threads = vec![model_thread];
+        for i in 0..config.decode_threads.max(1) {
+            let rx = queue_rx.clone();
+            let tx = batch_tx.clone();
+            let spec = info.spec;
+            let norm = config.model.normalization;
+            let t = std::thread::Builder::new()
+                .name(format!("cbo-decode-{i}"))
+                .spawn(move || decode_worker(rx, tx, spec, norm))
+                .map_err(|e| format!("cannot start a decode thread: {e}"))?;
+            threads.push(t);
+        }
+        // Only the workers hold batch senders now: when they stop, the model thread stops.
+        drop(batch_tx);
+        Ok(Engine {
+            queue: Mutex::new(Some(queue_tx)),
+            threads: Mutex::new(threads),
+            info,
+        })
+    }
+
+    /// Queues a job; refuses it at once when the queue is full or the engine stopped.
+    pub fn submit(&self, job: Job) -> Result<(), ErrorReply> {
+        let queue = self.queue.lock().expect("engine queue lock");
+        let Some(tx) = queue.as_ref() else {
+            return Err(error(
+                job.frame_id,
+                ErrorCode::ShuttingDown,
+                "server shutting down",
+            ));
+        };
+        match tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job)) => Err(error(
+                job.frame_id,
+                ErrorCode::Overloaded,
+                "server busy: decode queue full",
+            )),
+            Err(TrySendError::Disconnected(job)) => Err(error(
+                job.frame_id,
+                ErrorCode::Internal,
+                "inference workers stopped",
+            )),
+        }
+    }
+
+    /// Stops taking jobs, lets queued ones finish, and joins every thread. Blocking.
+    pub fn stop(&self) {
+        self.queue.lock().expect("engine queue lock").take();
+        let threads = std::mem::take(&mut *self.threads.lock().expect("engine threads lock"));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u64::MAX as u128) as u64
+}
+
+/// Decodes and pre-processes jobs until the queue closes. Each worker owns its decoder and
+/// pre-processor (their scratch buffers are reused from frame to frame).
+fn decode_worker(
+    queue: Arc<Mutex<Receiver<Job>>>,
+    batch: SyncSender<Ready>,
+    spec: TensorSpec,
+    norm: Normalization,
+) {
+    let mut decoder = FrameDecoder::new();
+    let mut pre = Preprocessor::new(spec, norm);
+    loop {
+        // The lock is only held while waiting for the next job.
+        let job = match queue.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        // The stream task gave up (timeout, client gone): skip the work.
+        if job.reply.is_closed() {
+            continue;
+        }
+        let t0 = Instant::now();
+        let tensor = match (&mut decoder, &mut pre) {
+            (Ok(decoder), Ok(pre)) => decoder
+                .decode(&job.bytes[job.jpeg_offset..])
+                .map_err(|e| error(job.frame_id, ErrorCode::NotJpeg, e.to_string()))
+                .and_then(|decoded| {
+                    let frame = decoded
+                        .frame()
+                        .map_err(|e| error(job.frame_id, ErrorCode::NotJpeg, e.to_string()))?;
+                    pre.process(&frame).cloned().map_err(|e| {
+                        error(
+                            job.frame_id,
+                            ErrorCode::Internal,
+                            format!("pre-processing: {e}"),
+                        )
+                    })
+                }),
+            (Err(e), _) => Err(error(job.frame_id, ErrorCode::Internal, e.to_string())),
+            (_, Err(e)) => Err(error(job.frame_id, ErrorCode::Internal, e.to_string())),
+        };
+        let decode_us = micros(t0.elapsed());
+        match tensor {
+            Ok(tensor) => {
+                let ready = Ready {
+                    tensor,
+                    frame_id: job.frame_id,
+                    top_k: job.top_k,
+                    received: job.received,
+                    deadline: job.deadline,
+                    decode_us,
+                    reply: job.reply,
+                };
+                if batch.send(ready).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = job.reply.send(Err(e));
+            }
+        }
+    }
+}
+
+/// The model thread's state: the session, the batch being built and the post-processor.
+struct ModelRunner {
+    model: ModelSession,
+    post: Postprocessor,
+    batch: BatchTensor,
+    rows: Vec<f32>,
+    info: ModelInfo,
+}
+
+impl ModelRunner {
+    fn load(config: &ModelConfig, max_batch: usize, max_top_k: usize) -> Result<Self, String> {
+        let model = ModelSession::load(
+            &config.model,
+            config.execution_provider,
+            config.ep_fallback,
+            config.threads,
+        )
+        .map_err(|e| e.to_string())?;
+        let labels = match &config.labels {
+            Some(path) => Labels::load(path).map_err(|e| e.0)?,
+            None => default_labels(model.width),
+        };
+        let post = Postprocessor::new(labels, model.width, config.output_kind, max_top_k)
+            .map_err(|e| format!("model '{}': {e}", config.model.display()))?;
+        let dim = BatchDim::of(&model.session);
+        let (max_batch, batching_off) = match dim {
+            BatchDim::Dynamic => (max_batch, None),
+            BatchDim::One => (
+                1,
+                Some("the model fixes its batch dimension at 1: batching is off".to_string()),
+            ),
+        };
+        let info = ModelInfo {
+            name: file_name(&config.model),
+            provider: model.active_provider,
+            spec: model.spec,
+            classes: model.width,
+            max_batch,
+            batching_off,
+            fallback_warning: model.fallback_warning.clone(),
+        };
+        Ok(Self {
+            batch: BatchTensor::new(model.spec, max_batch),
+            model,
+            post,
+            rows: Vec::new(),
+            info,
+        })
+    }
+
+    /// Collects batches and runs them until every decode worker has stopped.
+    fn serve(&mut self, rx: Receiver<Ready>, batch_timeout: Duration) {
+        let max_batch = self.info.max_batch;
+        let mut items: Vec<Ready> = Vec::with_capacity(max_batch);
+        while let Ok(first) = rx.recv() {
+            items.push(first);
+            // Whatever is queued already joins at once; then wait out the batch timeout.
+            let until = Instant::now() + batch_timeout;
+            while items.len() < max_batch {
+                let left = until.saturating_duration_since(Instant::now());
+                match rx.try_recv().or_else(|_| rx.recv_timeout(left)) {
+                    Ok(r) => items.push(r),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            self.run(&mut items);
+        }
+    }
+
+    fn run(&mut self, items: &mut Vec<Ready>) {
+        let start = Instant::now();
+        // Drop work whose requester left or whose deadline passed while queued.
+        items.retain(|r| !r.reply.is_closed());
+        let (late, mut live): (Vec<Ready>, Vec<Ready>) =
+            items.drain(..).partition(|r| r.deadline <= start);
+        for r in late {
+            let _ = r.reply.send(Err(error(
+                r.frame_id,
+                ErrorCode::Timeout,
+                "deadline passed while queued",
+            )));
+        }
+        if live.is_empty() {
+            return;
+        }
+        self.batch.clear();
+        let mut failed = None;
+        for r in &live {
+            if let Err(e) = self.batch.push(&r.tensor) {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+        let t0 = Instant::now();
+        let width = match failed {
+            Some(e) => Err(e),
+            None => run_batch(
+                &mut self.model.session,
+                &self.model.input_name,
+                &self.batch,
+                &mut self.rows,
+            )
+            .map_err(|e| e.to_string()),
+        };
+        let inference_us = micros(t0.elapsed());
+        let n = live.len();
+        for (i, r) in live.drain(..).enumerate() {
+            let outcome = match &width {
+                Ok(w) if *w == self.post.width() => {
+                    let c = self.post.classify(&self.rows[i * w..(i + 1) * w]);
+                    let k = r.top_k.min(c.top_classes.len());
+                    let labels = c.top_classes[..k]
+                        .iter()
+                        .map(|&id| label(&self.post, id))
+                        .collect();
+                    let waited = t0.saturating_duration_since(r.received);
+                    Ok(Answer {
+                        frame_id: r.frame_id,
+                        class_ids: c.top_classes[..k].to_vec(),
+                        scores: c.top_scores[..k].to_vec(),
+                        labels,
+                        decode_us: r.decode_us,
+                        queue_us: micros(waited).saturating_sub(r.decode_us),
+                        inference_us,
+                        batch: n as u32,
+                    })
+                }
+                Ok(w) => Err(error(
+                    r.frame_id,
+                    ErrorCode::Internal,
+                    format!(
+                        "model gave {w} scores per image, expected {}",
+                        self.post.width()
+                    ),
+                )),
+                Err(e) => Err(error(r.frame_id, ErrorCode::Internal, e.clone())),
+            };
+            let _ = r.reply.send(outcome);
+        }
+    }
+}
+
+/// The label of a class id as the post-processor numbers them (-1 = background).
+fn label(post: &Postprocessor, class_id: i32) -> String {
+    if class_id < 0 {
+        crate::postprocess::BACKGROUND_LABEL.to_string()
+    } else {
+        post.labels().name(class_id as usize).to_string()
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}

@@ -1,0 +1,356 @@
+//! `cboserver` as a library: a QUIC endpoint speaking [`crate::protocol`] in front of the
+//! [`engine`] that decodes and classifies offloaded frames.
+//!
+//! ```no_run
+//! # async fn demo(config: gstcbo::server::ServerConfig) -> Result<(), String> {
+//! let server = gstcbo::server::Server::start(config).await?;
+//! println!("listening on {}", server.local_addr());
+//! tokio::signal::ctrl_c().await.ok();
+//! server.shutdown().await
+//! # }
+//! ```
+//!
+//! The network side ([`connection`]) is a thin adapter: it authenticates, enforces the limits
+//! ([`Limits`]), turns request frames into engine jobs and engine outcomes into response frames.
+//! Every misbehaving request is answered (or its stream/connection closed) with an
+//! [`ErrorCode`](crate::protocol::ErrorCode) and logged, and never affects other clients.
+
+pub mod batch;
+mod connection;
+pub mod engine;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+
+use crate::inference::ModelConfig;
+use crate::protocol::ErrorCode;
+use crate::tls::CertAndKey;
+use engine::{Engine, EngineConfig, ModelInfo};
+
+/// Resource limits; each is a `cboserver` flag.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request frame (header + JPEG) read; larger ones are answered `too-large`.
+    pub max_request_bytes: usize,
+    /// Concurrent request streams per connection (QUIC stream credit: a client cannot exceed it,
+    /// it waits).
+    pub max_streams_per_connection: u32,
+    /// Connections served at once; further ones are closed with `overloaded`.
+    pub max_connections: usize,
+    /// Requests in progress across all connections (reading, queued, running); further ones are
+    /// answered `overloaded`. Bounds memory: at most this many request buffers exist.
+    pub max_pending: usize,
+    /// Time from a request stream's arrival to its answer; later ones get `timeout`.
+    pub request_timeout: Duration,
+    /// Time for a new connection's handshake and hello.
+    pub hello_timeout: Duration,
+    /// QUIC idle timeout (clients send keep-alives).
+    pub idle_timeout: Duration,
+    /// How long a shutdown waits for requests in progress.
+    pub drain_timeout: Duration,
+    /// Largest `top_k` answered.
+    pub max_top_k: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 2 * 1024 * 1024,
+            max_streams_per_connection: 64,
+            max_connections: 64,
+            max_pending: 256,
+            request_timeout: Duration::from_millis(5000),
+            hello_timeout: Duration::from_millis(5000),
+            idle_timeout: Duration::from_millis(30_000),
+            drain_timeout: Duration::from_millis(2000),
+            max_top_k: 20,
+        }
+    }
+}
+
+/// Everything a server needs.
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub model: ModelConfig,
+    /// Certificate chain and key presented to clients.
+    pub identity: CertAndKey,
+    /// Bearer token clients must present; `None` accepts any.
+    pub token: Option<String>,
+    pub limits: Limits,
+    pub max_batch: usize,
+    pub batch_timeout: Duration,
+    /// JPEG decode threads (0: one per core, at most 4).
+    pub decode_threads: usize,
+    /// Log every request, not only refusals and connection events.
+    pub verbose: bool,
+}
+
+impl ServerConfig {
+    /// A config with default limits and batching.
+    pub fn new(listen: SocketAddr, model: ModelConfig, identity: CertAndKey) -> Self {
+        Self {
+            listen,
+            model,
+            identity,
+            token: None,
+            limits: Limits::default(),
+            max_batch: 8,
+            batch_timeout: Duration::from_millis(2),
+            decode_threads: 0,
+            verbose: false,
+        }
+    }
+}
+
+/// Counts what is in progress and wakes a waiter when it reaches zero.
+struct Gauge {
+    tx: watch::Sender<usize>,
+}
+
+struct GaugeGuard(Arc<Gauge>);
+
+impl Gauge {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            tx: watch::channel(0).0,
+        })
+    }
+
+    fn enter(self: &Arc<Self>) -> GaugeGuard {
+        self.tx.send_modify(|n| *n += 1);
+        GaugeGuard(self.clone())
+    }
+
+    fn get(&self) -> usize {
+        *self.tx.borrow()
+    }
+
+    async fn zero(&self) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.tx.send_modify(|n| *n -= 1);
+    }
+}
+
+/// State shared by every connection and stream task.
+struct Shared {
+    engine: Engine,
+    token: Option<String>,
+    limits: Limits,
+    verbose: bool,
+    pending: Arc<Semaphore>,
+    connections: Arc<Gauge>,
+    /// Request streams in progress (for the shutdown drain).
+    requests: Arc<Gauge>,
+    /// Flips to true when the server stops accepting.
+    stopping: watch::Receiver<bool>,
+    next_connection: AtomicU64,
+    answered: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Shared {
+    fn log(&self, msg: std::fmt::Arguments) {
+        eprintln!("cboserver: {msg}");
+    }
+}
+
+/// Counters a running server exposes (tests, logs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub connections: usize,
+    pub requests_in_progress: usize,
+    pub answered: u64,
+    /// Requests answered with an error.
+    pub refused: u64,
+}
+
+/// A running server.
+pub struct Server {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn varint(code: ErrorCode) -> quinn::VarInt {
+    quinn::VarInt::from_u32(code.as_u32())
+}
+
+impl Server {
+    /// Loads the model, binds the endpoint and starts serving. Call inside a tokio runtime.
+    pub async fn start(config: ServerConfig) -> Result<Server, String> {
+        gst::init().map_err(|e| format!("cannot initialise GStreamer: {e}"))?;
+        let limits = config.limits.clone();
+        let decode_threads = match config.decode_threads {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get().min(4))
+                .unwrap_or(2),
+            n => n,
+        };
+        let engine_config = EngineConfig {
+            model: config.model.clone(),
+            max_batch: config.max_batch.max(1),
+            batch_timeout: config.batch_timeout,
+            decode_threads,
+            queue_capacity: limits.max_pending.max(1),
+            max_top_k: limits.max_top_k.max(1),
+        };
+        let engine = tokio::task::spawn_blocking(move || Engine::start(engine_config))
+            .await
+            .map_err(|e| format!("model loading panicked: {e}"))??;
+
+        let (certs, key) = config.identity;
+        let mut server_config = crate::tls::server_config(certs, key)?;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(
+                limits.max_streams_per_connection.max(1),
+            ))
+            .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(limits.idle_timeout)
+                    .map_err(|e| format!("idle timeout: {e}"))?,
+            ))
+            // A request never needs more than its own size in flight per stream.
+            .stream_receive_window(
+                quinn::VarInt::from_u64(limits.max_request_bytes as u64 + 64 * 1024)
+                    .unwrap_or(quinn::VarInt::MAX),
+            );
+        server_config.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|e| format!("cannot read the bound address: {e}"))?;
+
+        let (stop, stopping) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            engine,
+            token: config.token,
+            pending: Arc::new(Semaphore::new(limits.max_pending.max(1))),
+            limits,
+            verbose: config.verbose,
+            connections: Gauge::new(),
+            requests: Gauge::new(),
+            stopping,
+            next_connection: AtomicU64::new(1),
+            answered: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        });
+        let info = &shared.engine.info;
+        shared.log(format_args!(
+            "model {} ({}x{}, {} classes) on {}; {}",
+            info.name,
+            info.spec.width,
+            info.spec.height,
+            info.classes,
+            info.provider,
+            match &info.batching_off {
+                Some(why) => why.clone(),
+                None => format!(
+                    "batches of up to {} within {} ms",
+                    info.max_batch,
+                    config.batch_timeout.as_secs_f64() * 1000.0
+                ),
+            }
+        ));
+        if let Some(w) = &info.fallback_warning {
+            shared.log(format_args!("warning: {w}"));
+        }
+        if shared.token.is_none() {
+            shared.log(format_args!(
+                "warning: no --token-file: any client that trusts the certificate is served"
+            ));
+        }
+        let task = tokio::spawn(accept_loop(endpoint, shared.clone()));
+        Ok(Server {
+            local_addr,
+            shared,
+            stop,
+            task,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn model(&self) -> &ModelInfo {
+        &self.shared.engine.info
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            connections: self.shared.connections.get(),
+            requests_in_progress: self.shared.requests.get(),
+            answered: self.shared.answered.load(Ordering::Relaxed),
+            refused: self.shared.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting, waits (at most the drain timeout) for requests in progress, closes every
+    /// connection with [`ErrorCode::ShuttingDown`] and stops the engine.
+    pub async fn shutdown(self) -> Result<(), String> {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .map_err(|e| format!("server task failed: {e}"))?;
+        let shared = self.shared;
+        tokio::task::spawn_blocking(move || shared.engine.stop())
+            .await
+            .map_err(|e| format!("stopping the engine failed: {e}"))
+    }
+}
+
+/// Runs a server until `shutdown` completes, then shuts it down gracefully.
+pub async fn serve(
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let server = Server::start(config).await?;
+    shutdown.await;
+    server.shutdown().await
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    let mut stopping = shared.stopping.clone();
+    loop {
+        tokio::select! {
+            _ = connection::stopped(&mut stopping) => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    tokio::spawn(connection::handle(incoming, shared.clone()));
+                }
+                None => break,
+            },
+        }
+    }
+    // No new connections; connection tasks stop taking streams (they watch `stopping`).
+    endpoint.set_server_config(None);
+    let drained = tokio::time::timeout(shared.limits.drain_timeout, shared.requests.zero()).await;
+    let left = shared.requests.get();
+    if drained.is_err() {
+        shared.log(format_args!(
+            "shutdown: {left} request(s) still in progress after {} ms; closing anyway",
+            shared.limits.drain_timeout.as_millis()
+        ));
+    }
+    endpoint.close(varint(ErrorCode::ShuttingDown), b"server shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    shared.log(format_args!(
+        "stopped ({} answered, {} refused)",
+        shared.answered.load(Ordering::Relaxed),
+        shared.refused.load(Ordering::Relaxed)
+    ));
+}

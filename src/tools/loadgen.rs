@@ -1,0 +1,531 @@
+//! `cbo loadgen`: drives a running `cboserver` with real offload requests and compares its
+//! throughput with a bare ONNX Runtime batch loop on the same model.
+//!
+//! Frames of a clip are decoded and encoded up front exactly as the element's offload path does
+//! ([`FrameEncoder`] at the requested short side), so the timed part is only the network, the
+//! server's decoding, batching and inference. `--clients` connections (each with its own QUIC
+//! endpoint, like separate devices) send one request at a time for `--seconds`. The baseline runs
+//! afterwards, in this process, on an idle server machine (the tool is meant to run beside the
+//! server): the same model, batches of `--batch` pre-processed images through one
+//! `Session::run` each, i.e. what the server's model thread would do with no network, decoding or
+//! queueing at all. Their ratio is the server's efficiency.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::inference::{self, ExecutionProvider, ModelSession};
+use crate::jpeg::{EncodedFrame, FrameDecoder, FrameEncoder};
+use crate::preprocess::{Normalization, Preprocessor};
+use crate::protocol::RequestHeader;
+use crate::quic::{self, RequestError};
+use crate::server::batch::{BatchDim, BatchTensor, run_batch};
+use crate::tls::Trust;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadgenArgs {
+    /// Server address (host:port)
+    #[arg(long)]
+    pub server: String,
+    /// TLS name of the server (checked with --server-cert)
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// Trust the certificates in this PEM file (e.g. the server's self-signed cert.pem)
+    #[arg(long, required_unless_present = "server_fingerprint")]
+    pub server_cert: Option<PathBuf>,
+    /// Trust only the server certificate with this SHA-256 (hex; `:` allowed)
+    #[arg(long, conflicts_with = "server_cert")]
+    pub server_fingerprint: Option<String>,
+    /// File holding the bearer token
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Concurrent clients, one connection each
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Length of the timed run, in seconds
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Short side of the offloaded JPEGs, in pixels
+    #[arg(long, default_value_t = 224)]
+    pub resolution: u32,
+    /// Clip whose frames are sent (default: the bundled bottle clip)
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// Frames of the clip encoded and sent round-robin
+    #[arg(long, default_value_t = 120)]
+    pub frames: usize,
+    /// JPEG quality (the element's `jpeg-quality`)
+    #[arg(long, default_value_t = 80)]
+    pub jpeg_quality: u32,
+    /// Classes asked for per frame
+    #[arg(long, default_value_t = 5)]
+    pub top_k: u8,
+    /// Server process id, to sample its resident memory (VmRSS) during the run
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Model of the bare baseline: the server's model (default: the bundled server model)
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Baseline pre-processing mean (one value or R,G,B), as the server's
+    #[arg(long, default_value = "127")]
+    pub input_mean: String,
+    /// Baseline pre-processing std
+    #[arg(long, default_value = "128")]
+    pub input_std: String,
+    /// Baseline batch size: the server's --max-batch
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Baseline execution provider, as the server's
+    #[arg(long, default_value = "auto")]
+    pub execution_provider: ExecutionProvider,
+    /// Baseline ONNX Runtime intra-op threads, as the server's (0 = its default)
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Length of the baseline run, in seconds (default: --seconds)
+    #[arg(long)]
+    pub baseline_seconds: Option<f64>,
+    /// Skip the baseline
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Print one JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rss {
+    pub start_mib: f64,
+    pub peak_mib: f64,
+    pub end_mib: f64,
+    pub samples: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Baseline {
+    pub model: String,
+    pub execution_provider: String,
+    pub batch: usize,
+    pub frames_per_s: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadgenReport {
+    pub server: String,
+    pub server_model: String,
+    pub clients: usize,
+    pub seconds: f64,
+    pub resolution: u32,
+    pub jpeg_bytes_mean: f64,
+    pub answers: u64,
+    /// Failed requests by error ("timeout", "overloaded", "connection", ...).
+    pub errors: BTreeMap<String, u64>,
+    pub frames_per_s: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p90: f64,
+    pub latency_ms_p99: f64,
+    pub latency_ms_max: f64,
+    /// Means over answers of what the server reported.
+    pub server_batch_mean: f64,
+    pub server_batch_max: u32,
+    pub server_decode_us_mean: f64,
+    pub server_queue_us_mean: f64,
+    pub server_inference_us_mean: f64,
+    pub server_rss: Option<Rss>,
+    pub baseline: Option<Baseline>,
+    /// frames_per_s / baseline frames_per_s.
+    pub ratio: Option<f64>,
+}
+
+/// Decodes up to `max` frames of `clip` and encodes each as the offload path does.
+pub fn encode_clip(
+    clip: &Path,
+    max: usize,
+    resolution: u32,
+    quality: u32,
+) -> Result<Vec<EncodedFrame>, String> {
+    super::init_gstreamer()?;
+    let mut encoder = FrameEncoder::new(quality).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    super::for_each_frame(clip, max, |buf, caps| {
+        let frame = super::dataset::map_frame(buf, caps)?;
+        out.push(
+            encoder
+                .encode(&frame, resolution)
+                .map_err(|e| e.to_string())?,
+        );
+        Ok(())
+    })?;
+    if out.is_empty() {
+        return Err(format!("'{}' has no video frames", clip.display()));
+    }
+    Ok(out)
+}
+
+fn resolve(server: &str) -> Result<SocketAddr, String> {
+    server
+        .to_socket_addrs()
+        .map_err(|e| format!("bad --server '{server}': {e}"))?
+        .next()
+        .ok_or_else(|| format!("--server '{server}' resolves to no address"))
+}
+
+fn read_token(path: Option<&Path>) -> Result<String, String> {
+    match path {
+        None => Ok(String::new()),
+        Some(p) => std::fs::read_to_string(p)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| format!("cannot read --token-file '{}': {e}", p.display())),
+    }
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Samples a process's RSS every 100 ms until `stop` is set.
+fn sample_rss(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u64>> {
+    std::thread::spawn(move || {
+        let mut samples = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(kib) = rss_kib(pid) {
+                samples.push(kib);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        samples.extend(rss_kib(pid));
+        samples
+    })
+}
+
+/// What one client saw.
+#[derive(Default)]
+struct ClientRecord {
+    latencies_us: Vec<u64>,
+    batches: Vec<u32>,
+    decode_us: u64,
+    queue_us: u64,
+    inference_us: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+fn error_kind(e: &RequestError) -> String {
+    match e {
+        RequestError::Connection(_) => "connection".into(),
+        RequestError::Server(r) => quic::code_name(r.code),
+        RequestError::Protocol(_) => "protocol".into(),
+        RequestError::Timeout => "timeout".into(),
+    }
+}
+
+struct Target {
+    addr: SocketAddr,
+    name: String,
+    config: quinn::ClientConfig,
+    token: String,
+}
+
+/// One client: connect, one request at a time (round-robin over the frames, from its own
+/// offset) until `end`; requests completing after `start` are recorded.
+async fn client(
+    index: usize,
+    target: Arc<Target>,
+    frames: Arc<Vec<EncodedFrame>>,
+    top_k: u8,
+    start: Instant,
+    end: Instant,
+) -> Result<ClientRecord, String> {
+    let endpoint = quic::client_endpoint()?;
+    let session = quic::connect(
+        &endpoint,
+        target.addr,
+        &target.name,
+        target.config.clone(),
+        &target.token,
+        &format!("cbo-loadgen/{index}"),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| format!("client {index}: {e}"))?;
+    let max_response = 64 * 1024;
+    let mut rec = ClientRecord::default();
+    let mut n = 0u64;
+    let mut i = index * frames.len() / 8;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let f = &frames[i % frames.len()];
+        i += 1;
+        let header = RequestHeader {
+            frame_id: ((index as u64) << 40) | n,
+            width: f.width,
+            height: f.height,
+            short_side: f.width.min(f.height),
+            deadline_ms: 0,
+            jpeg_len: f.bytes.len() as u32,
+            top_k,
+        };
+        n += 1;
+        let t = Instant::now();
+        let result = quic::request(&session.connection, &header, &f.bytes, max_response).await;
+        let done = Instant::now();
+        if done < start {
+            continue; // warm-up
+        }
+        match result {
+            Ok(a) => {
+                rec.latencies_us
+                    .push((done - t).as_micros().min(u64::MAX as u128) as u64);
+                rec.batches.push(a.batch);
+                rec.decode_us += a.decode_us;
+                rec.queue_us += a.queue_us;
+                rec.inference_us += a.inference_us;
+            }
+            Err(e) => {
+                *rec.errors.entry(error_kind(&e)).or_default() += 1;
+                if matches!(e, RequestError::Connection(_)) {
+                    eprintln!("cbo loadgen: client {index}: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    session.connection.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    Ok(rec)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[idx.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+/// The bare loop: batches of pre-processed images through `Session::run`, for `seconds`.
+fn baseline(args: &LoadgenArgs, frames: &[EncodedFrame], seconds: f64) -> Result<Baseline, String> {
+    let path = args
+        .model
+        .clone()
+        .unwrap_or_else(|| inference::models_dir().join(inference::DEFAULT_SERVER_MODEL));
+    let mut model = ModelSession::load(&path, args.execution_provider, false, args.threads)
+        .map_err(|e| e.to_string())?;
+    let norm = Normalization::parse(&args.input_mean, &args.input_std)?;
+    let mut pre = Preprocessor::new(model.spec, norm).map_err(|e| e.to_string())?;
+    let mut decoder = FrameDecoder::new().map_err(|e| e.to_string())?;
+    let batch = match BatchDim::of(&model.session) {
+        BatchDim::Dynamic => args.batch.max(1),
+        BatchDim::One => 1,
+    };
+    let mut tensor = BatchTensor::new(model.spec, batch);
+    for f in frames.iter().cycle().take(batch) {
+        let decoded = decoder.decode(&f.bytes).map_err(|e| e.to_string())?;
+        let frame = decoded.frame().map_err(|e| e.to_string())?;
+        tensor
+            .push(pre.process(&frame).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut rows = Vec::new();
+    let mut run = |rows: &mut Vec<f32>| {
+        run_batch(&mut model.session, &model.input_name, &tensor, rows).map_err(|e| e.to_string())
+    };
+    run(&mut rows)?; // warm-up
+    let t = Instant::now();
+    let mut images = 0usize;
+    while images == 0 || t.elapsed().as_secs_f64() < seconds {
+        run(&mut rows)?;
+        images += batch;
+    }
+    Ok(Baseline {
+        model: path.display().to_string(),
+        execution_provider: model.active_provider.to_string(),
+        batch,
+        frames_per_s: images as f64 / t.elapsed().as_secs_f64(),
+    })
+}
+
+pub fn run(args: &LoadgenArgs) -> Result<LoadgenReport, String> {
+    let clip = args
+        .clip
+        .clone()
+        .unwrap_or_else(super::bench::default_video);
+    let frames = Arc::new(encode_clip(
+        &clip,
+        args.frames.max(1),
+        args.resolution,
+        args.jpeg_quality,
+    )?);
+    let trust = match (&args.server_cert, &args.server_fingerprint) {
+        (Some(pem), _) => Trust::Pem(pem.clone()),
+        (None, Some(fp)) => Trust::Fingerprint(fp.clone()),
+        (None, None) => return Err("give --server-cert or --server-fingerprint".into()),
+    };
+    let target = Arc::new(Target {
+        addr: resolve(&args.server)?,
+        name: args.server_name.clone(),
+        config: crate::tls::client_config(&trust)?,
+        token: read_token(args.token_file.as_deref())?,
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let clients = args.clients.max(1);
+    let seconds = args.seconds.max(0.1);
+
+    // The server's model, from a hello (also proves the settings before the clock starts).
+    let server_model = runtime.block_on(async {
+        let endpoint = quic::client_endpoint()?;
+        let s = quic::connect(
+            &endpoint,
+            target.addr,
+            &target.name,
+            target.config.clone(),
+            &target.token,
+            "cbo-loadgen",
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        s.connection.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+        Ok::<_, String>(s.hello.model)
+    })?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = args.server_pid.map(|pid| sample_rss(pid, stop.clone()));
+    // One second of warm-up (connections, server arenas), then the timed window.
+    let start = Instant::now() + Duration::from_secs(1);
+    let end = start + Duration::from_secs_f64(seconds);
+    let records = runtime.block_on(async {
+        let tasks: Vec<_> = (0..clients)
+            .map(|i| {
+                tokio::spawn(client(
+                    i,
+                    target.clone(),
+                    frames.clone(),
+                    args.top_k,
+                    start,
+                    end,
+                ))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.map_err(|e| format!("client task failed: {e}"))??);
+        }
+        Ok::<_, String>(out)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let rss = sampler.and_then(|s| s.join().ok()).and_then(|samples| {
+        let kib_to_mib = |k: u64| k as f64 / 1024.0;
+        Some(Rss {
+            start_mib: kib_to_mib(*samples.first()?),
+            peak_mib: kib_to_mib(*samples.iter().max()?),
+            end_mib: kib_to_mib(*samples.last()?),
+            samples: samples.len(),
+        })
+    });
+    let records = records?;
+    drop(runtime);
+
+    let mut latencies: Vec<u64> = records
+        .iter()
+        .flat_map(|r| r.latencies_us.iter().copied())
+        .collect();
+    latencies.sort_unstable();
+    let answers = latencies.len() as u64;
+    let mut errors = BTreeMap::new();
+    for r in &records {
+        for (k, v) in &r.errors {
+            *errors.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    let batches: Vec<u32> = records.iter().flat_map(|r| r.batches.clone()).collect();
+    let mean = |sum: u64| sum as f64 / answers.max(1) as f64;
+    let frames_per_s = answers as f64 / seconds;
+    let base = if args.no_baseline {
+        None
+    } else {
+        Some(baseline(
+            args,
+            &frames,
+            args.baseline_seconds.unwrap_or(seconds).max(0.1),
+        )?)
+    };
+    Ok(LoadgenReport {
+        server: args.server.clone(),
+        server_model,
+        clients,
+        seconds,
+        resolution: args.resolution,
+        jpeg_bytes_mean: frames.iter().map(|f| f.bytes.len()).sum::<usize>() as f64
+            / frames.len() as f64,
+        answers,
+        errors,
+        frames_per_s,
+        latency_ms_p50: percentile(&latencies, 50.0),
+        latency_ms_p90: percentile(&latencies, 90.0),
+        latency_ms_p99: percentile(&latencies, 99.0),
+        latency_ms_max: latencies.last().map_or(0.0, |&v| v as f64 / 1000.0),
+        server_batch_mean: batches.iter().map(|&b| b as u64).sum::<u64>() as f64
+            / batches.len().max(1) as f64,
+        server_batch_max: batches.iter().copied().max().unwrap_or(0),
+        server_decode_us_mean: mean(records.iter().map(|r| r.decode_us).sum()),
+        server_queue_us_mean: mean(records.iter().map(|r| r.queue_us).sum()),
+        server_inference_us_mean: mean(records.iter().map(|r| r.inference_us).sum()),
+        server_rss: rss,
+        ratio: base.as_ref().map(|b| frames_per_s / b.frames_per_s),
+        baseline: base,
+    })
+}
+
+pub fn print_report(r: &LoadgenReport) {
+    println!(
+        "server {} ({}), {} clients for {:.1} s, JPEGs at {} px ({:.0} bytes mean)",
+        r.server, r.server_model, r.clients, r.seconds, r.resolution, r.jpeg_bytes_mean
+    );
+    println!(
+        "answers        : {} ({:.1} frames/s)",
+        r.answers, r.frames_per_s
+    );
+    if !r.errors.is_empty() {
+        let e: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("errors         : {}", e.join(", "));
+    }
+    println!(
+        "latency ms     : p50 {:.1}, p90 {:.1}, p99 {:.1}, max {:.1}",
+        r.latency_ms_p50, r.latency_ms_p90, r.latency_ms_p99, r.latency_ms_max
+    );
+    println!(
+        "server batch   : mean {:.2}, max {}; decode {:.0} us, queue {:.0} us, inference {:.0} us (means)",
+        r.server_batch_mean,
+        r.server_batch_max,
+        r.server_decode_us_mean,
+        r.server_queue_us_mean,
+        r.server_inference_us_mean
+    );
+    if let Some(rss) = &r.server_rss {
+        println!(
+            "server RSS MiB : start {:.1}, peak {:.1}, end {:.1} ({} samples)",
+            rss.start_mib, rss.peak_mib, rss.end_mib, rss.samples
+        );
+    }
+    if let (Some(b), Some(ratio)) = (&r.baseline, r.ratio) {
+        println!(
+            "bare ort batch : {:.1} frames/s (batch {}, {})",
+            b.frames_per_s, b.batch, b.execution_provider
+        );
+        println!("ratio server/bare: {ratio:.3} (target >= 0.8)");
+    }
+}

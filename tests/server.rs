@@ -1,0 +1,941 @@
+//! cboserver on real models over real QUIC on 127.0.0.1: correct answers, dynamic batching, and
+//! every fault (bad bytes, limits, credentials, certificates) answered or closed cleanly while a
+//! well-behaved client on another connection keeps getting correct answers. One test drives the
+//! real binary through SIGTERM.
+
+mod common;
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use gstcbo::inference::{self, Classifier, ModelConfig};
+use gstcbo::jpeg::{EncodedFrame, FrameDecoder};
+use gstcbo::postprocess::Classification;
+use gstcbo::preprocess::Normalization;
+use gstcbo::protocol::{
+    self, Answer, ErrorCode, ErrorReply, Hello, HelloReply, RequestHeader, Response,
+};
+use gstcbo::quic::{self, ConnectError, RequestError};
+use gstcbo::server::{Limits, Server, ServerConfig};
+use gstcbo::tls::{self, Trust};
+
+const TOKEN: &str = "test-token-0123456789";
+/// beer, pill, pop, water, wine bottles and the two jugs: what a bottle clip may fairly be called.
+const BOTTLE_LIKE: [i32; 7] = [440, 720, 737, 898, 899, 901, 907];
+const MAX_REQUEST: usize = 256 * 1024;
+const MAX_STREAMS: u32 = 4;
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(2000);
+const HELLO_TIMEOUT: Duration = Duration::from_millis(1000);
+const MAX_TOP_K: usize = 20;
+
+/// A running in-process server and what its clients need.
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    server: Server,
+    addr: SocketAddr,
+    cert_pem: PathBuf,
+    fingerprint: String,
+    token: Option<String>,
+    frames: Vec<EncodedFrame>,
+    /// What the server's model says in-process on each frame's decoded JPEG.
+    expected: Vec<Classification>,
+    _dir: tempfile::TempDir,
+}
+
+fn model_config(model: PathBuf, mean: f32) -> ModelConfig {
+    ModelConfig {
+        model,
+        normalization: Normalization {
+            mean: [mean; 3],
+            std: [128.0; 3],
+        },
+        top_k: 5,
+        ..ModelConfig::default()
+    }
+}
+
+/// Real JPEGs: eight frames spread over the first 40 of the bottle clip, encoded at 224 px.
+fn frames() -> &'static Vec<EncodedFrame> {
+    static FRAMES: OnceLock<Vec<EncodedFrame>> = OnceLock::new();
+    FRAMES.get_or_init(|| {
+        common::init();
+        gstcbo::tools::loadgen::encode_clip(&common::bottle_clip(), 40, 224, 80)
+            .unwrap()
+            .into_iter()
+            .step_by(5)
+            .collect()
+    })
+}
+
+fn classify_in_process(config: &ModelConfig, frames: &[EncodedFrame]) -> Vec<Classification> {
+    let mut classifier = Classifier::load(config).unwrap();
+    let mut decoder = FrameDecoder::new().unwrap();
+    frames
+        .iter()
+        .map(|f| {
+            let decoded = decoder.decode(&f.bytes).unwrap();
+            classifier
+                .classify_frame(&decoded.frame().unwrap())
+                .unwrap()
+                .0
+        })
+        .collect()
+}
+
+fn start_fixture(
+    model: ModelConfig,
+    token: Option<&str>,
+    limits: Limits,
+    max_batch: usize,
+    batch_timeout: Duration,
+) -> Fixture {
+    common::init();
+    let frames = frames().clone();
+    let expected = classify_in_process(&model, &frames);
+    let dir = tempfile::tempdir().unwrap();
+    let identity = tls::load_or_create_self_signed(dir.path()).unwrap();
+    let fingerprint = tls::fingerprint(&identity.0[0]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), model, identity);
+    config.token = token.map(str::to_string);
+    config.limits = limits;
+    config.max_batch = max_batch;
+    config.batch_timeout = batch_timeout;
+    config.decode_threads = 2;
+    let server = runtime.block_on(Server::start(config)).unwrap();
+    Fixture {
+        addr: server.local_addr(),
+        server,
+        runtime,
+        cert_pem: dir.path().join("cert.pem"),
+        fingerprint,
+        token: token.map(str::to_string),
+        frames,
+        expected,
+        _dir: dir,
+    }
+}
+
+/// The shared server: the default server model (dynamic batch), a token, small limits.
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let limits = Limits {
+            max_request_bytes: MAX_REQUEST,
+            max_streams_per_connection: MAX_STREAMS,
+            request_timeout: REQUEST_TIMEOUT,
+            hello_timeout: HELLO_TIMEOUT,
+            max_top_k: MAX_TOP_K,
+            ..Limits::default()
+        };
+        start_fixture(
+            model_config(
+                inference::models_dir().join(inference::DEFAULT_SERVER_MODEL),
+                127.0,
+            ),
+            Some(TOKEN),
+            limits,
+            8,
+            Duration::from_millis(10),
+        )
+    })
+}
+
+impl Fixture {
+    fn trust(&self) -> Trust {
+        Trust::Fingerprint(self.fingerprint.clone())
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    /// A connected, authenticated session.
+    async fn session(&self) -> (quinn::Endpoint, quic::Session) {
+        let endpoint = quic::client_endpoint().unwrap();
+        let session = quic::connect(
+            &endpoint,
+            self.addr,
+            "localhost",
+            tls::client_config(&self.trust()).unwrap(),
+            self.token.as_deref().unwrap_or(""),
+            "test",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        (endpoint, session)
+    }
+
+    /// A QUIC connection after the handshake only: no hello yet.
+    async fn raw_connection(&self) -> (quinn::Endpoint, quinn::Connection) {
+        let endpoint = quic::client_endpoint().unwrap();
+        let connection = endpoint
+            .connect_with(
+                tls::client_config(&self.trust()).unwrap(),
+                self.addr,
+                "localhost",
+            )
+            .unwrap()
+            .await
+            .unwrap();
+        (endpoint, connection)
+    }
+
+    fn header(&self, frame_id: u64, index: usize) -> RequestHeader {
+        let f = &self.frames[index];
+        RequestHeader {
+            frame_id,
+            width: f.width,
+            height: f.height,
+            short_side: f.width.min(f.height),
+            deadline_ms: 0,
+            jpeg_len: 0,
+            top_k: 5,
+        }
+    }
+
+    /// Checks an answer for frame `index` against the in-process classification.
+    fn check(&self, answer: &Answer, index: usize) {
+        let want = &self.expected[index];
+        assert_eq!(answer.class_ids[0], want.class_id, "top-1 of frame {index}");
+        assert_eq!(answer.labels[0], want.label);
+        assert!(
+            (answer.scores[0] as f64 - want.confidence).abs() < 0.01,
+            "score {} vs in-process {}",
+            answer.scores[0],
+            want.confidence
+        );
+        assert_eq!(answer.class_ids.len(), answer.scores.len());
+        assert_eq!(answer.class_ids.len(), answer.labels.len());
+        assert!(answer.scores.windows(2).all(|w| w[0] >= w[1]));
+        assert!(answer.batch >= 1);
+    }
+
+    /// Sends frame `index` on `connection` and checks the answer.
+    async fn good_request(&self, connection: &quinn::Connection, frame_id: u64, index: usize) {
+        let index = index % self.frames.len();
+        let answer = quic::request(
+            connection,
+            &self.header(frame_id, index),
+            &self.frames[index].bytes,
+            64 * 1024,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("well-behaved request {frame_id} failed: {e}"));
+        assert_eq!(answer.frame_id, frame_id);
+        self.check(&answer, index);
+    }
+
+    /// Runs `fault` while a well-behaved client on its own connection keeps sending frames;
+    /// every one of its answers must be right, and it must get answers during and after the
+    /// fault.
+    async fn while_serving<F: std::future::Future>(&self, fault: F) -> F::Output {
+        let stop = Arc::new(AtomicBool::new(false));
+        let good = {
+            let stop = stop.clone();
+            let (endpoint, session) = self.session().await;
+            async move {
+                let mut n = 0u64;
+                let mut after_stop = 0;
+                while after_stop < 2 {
+                    if stop.load(Ordering::Relaxed) {
+                        after_stop += 1;
+                    }
+                    self.good_request(&session.connection, n, n as usize).await;
+                    n += 1;
+                }
+                session.connection.close(0u32.into(), b"done");
+                drop(endpoint);
+                n
+            }
+        };
+        let fault = async {
+            let out = fault.await;
+            stop.store(true, Ordering::Relaxed);
+            out
+        };
+        let (out, answered) = tokio::join!(fault, good);
+        assert!(answered >= 2);
+        out
+    }
+}
+
+/// Sends raw bytes on a new stream and reads the raw response.
+async fn raw_exchange(connection: &quinn::Connection, bytes: &[u8]) -> Vec<u8> {
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    send.finish().unwrap();
+    recv.read_to_end(64 * 1024).await.unwrap()
+}
+
+async fn raw_error(connection: &quinn::Connection, bytes: &[u8]) -> ErrorReply {
+    match protocol::decode_response(&raw_exchange(connection, bytes).await).unwrap() {
+        Response::Error(e) => e,
+        Response::Answer(a) => panic!("expected an error, got {a:?}"),
+    }
+}
+
+async fn hello(connection: &quinn::Connection, bytes: &[u8]) -> HelloReply {
+    protocol::decode_hello_reply(&raw_exchange(connection, bytes).await).unwrap()
+}
+
+fn hello_bytes(token: &str) -> Vec<u8> {
+    protocol::encode_hello(&Hello {
+        token: token.into(),
+        client: "raw".into(),
+    })
+}
+
+fn close_code(e: &quinn::ConnectionError) -> Option<ErrorCode> {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            ErrorCode::from_u32(c.error_code.into_inner() as u32)
+        }
+        _ => None,
+    }
+}
+
+#[test]
+fn answers_match_the_in_process_classifier_and_name_the_bottles() {
+    let fx = fixture();
+    let bottles = fx
+        .expected
+        .iter()
+        .filter(|c| BOTTLE_LIKE.contains(&c.class_id))
+        .count();
+    assert!(
+        bottles * 4 >= fx.expected.len() * 3,
+        "the server model calls only {bottles} of {} bottle frames a bottle",
+        fx.expected.len()
+    );
+    fx.block_on(async {
+        let (_endpoint, session) = fx.session().await;
+        assert!(session.hello.ok);
+        assert_eq!(session.hello.model, inference::DEFAULT_SERVER_MODEL);
+        assert_eq!(session.hello.max_request_bytes, MAX_REQUEST as u64);
+        for i in 0..fx.frames.len() {
+            fx.good_request(&session.connection, 100 + i as u64, i)
+                .await;
+        }
+        // top_k is honoured, at least 1 and capped.
+        for (asked, got) in [(0u8, 1usize), (1, 1), (3, 3), (255, MAX_TOP_K)] {
+            let mut h = fx.header(7, 0);
+            h.top_k = asked;
+            let a = quic::request(&session.connection, &h, &fx.frames[0].bytes, 64 * 1024)
+                .await
+                .unwrap();
+            assert_eq!(a.class_ids.len(), got, "top_k {asked}");
+            fx.check(&a, 0);
+        }
+    });
+}
+
+#[test]
+fn garbage_bytes_on_a_request_stream_are_answered_bad_request() {
+    let fx = fixture();
+    fx.block_on(fx.while_serving(async {
+        let (_endpoint, session) = fx.session().await;
+        let garbage: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let e = raw_error(&session.connection, &garbage).await;
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("not a cbo frame"), "{}", e.message);
+        // An HTTP request, an empty stream: the same, and the connection keeps working.
+        for bytes in [&b"GET / HTTP/1.1\r\n\r\n"[..], b""] {
+            assert_eq!(
+                raw_error(&session.connection, bytes).await.code,
+                ErrorCode::BadRequest
+            );
+        }
+        fx.good_request(&session.connection, 1, 1).await;
+    }));
+}
+
+#[test]
+fn a_truncated_header_is_answered_bad_request() {
+    let fx = fixture();
+    fx.block_on(fx.while_serving(async {
+        let (_endpoint, session) = fx.session().await;
+        let full = protocol::encode_request(&fx.header(5, 0), &fx.frames[0].bytes);
+        let cut = &full[..protocol::PREFIX_BYTES + 20];
+        let e = raw_error(&session.connection, cut).await;
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("truncated"), "{}", e.message);
+        // A header that says more JPEG bytes than follow.
+        let short = &full[..full.len() - 100];
+        let e = raw_error(&session.connection, short).await;
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("header says"), "{}", e.message);
+        fx.good_request(&session.connection, 2, 2).await;
+    }));
+}
+
+#[test]
+fn an_oversized_payload_is_refused_too_large() {
+    let fx = fixture();
+    fx.block_on(fx.while_serving(async {
+        let (_endpoint, session) = fx.session().await;
+        let big = vec![0xABu8; 4 * MAX_REQUEST];
+        let started = Instant::now();
+        match quic::request(&session.connection, &fx.header(9, 0), &big, 64 * 1024).await {
+            Err(RequestError::Server(e)) => {
+                assert_eq!(e.code, ErrorCode::TooLarge);
+                assert!(
+                    e.message.contains(&MAX_REQUEST.to_string()),
+                    "{}",
+                    e.message
+                );
+            }
+            other => panic!("expected too-large, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < REQUEST_TIMEOUT,
+            "refused early, not timed out"
+        );
+        fx.good_request(&session.connection, 3, 3).await;
+    }));
+}
+
+#[test]
+fn a_valid_header_with_non_jpeg_bytes_is_answered_not_jpeg() {
+    let fx = fixture();
+    fx.block_on(fx.while_serving(async {
+        let (_endpoint, session) = fx.session().await;
+        let mut png_ish = b"\x89PNG\r\n\x1a\n".to_vec();
+        png_ish.extend(std::iter::repeat_n(7u8, 3000));
+        // A JPEG cut after its first bytes: the header cannot be read.
+        let cut_jpeg = fx.frames[0].bytes[..40].to_vec();
+        for (id, payload) in [(41u64, png_ish), (42, cut_jpeg)] {
+            match quic::request(&session.connection, &fx.header(id, 0), &payload, 64 * 1024).await {
+                Err(RequestError::Server(e)) => {
+                    assert_eq!(e.code, ErrorCode::NotJpeg);
+                    assert_eq!(e.frame_id, id, "the refusal names the frame");
+                }
+                other => panic!("expected not-jpeg, got {other:?}"),
+            }
+        }
+        fx.good_request(&session.connection, 4, 4).await;
+    }));
+}
+
+#[test]
+fn a_wrong_protocol_version_is_refused_on_hello_and_request() {
+    let fx = fixture();
+    fx.block_on(fx.while_serving(async {
+        // Hello of version 2: refused in the reply, then the connection is closed.
+        let (_e1, connection) = fx.raw_connection().await;
+        let mut h = hello_bytes(TOKEN);
+        h[2] = 2;
+        let reply = hello(&connection, &h).await;
+        assert!(!reply.ok);
+        assert_eq!(reply.code, ErrorCode::UnsupportedVersion);
+        assert!(reply.message.contains("version 2"), "{}", reply.message);
+        let closed = connection.closed().await;
+        assert_eq!(close_code(&closed), Some(ErrorCode::UnsupportedVersion));
+
+        // Request of version 2 on an authenticated connection: answered, connection kept.
+        let (_e2, session) = fx.session().await;
+        let mut r = protocol::encode_request(&fx.header(6, 0), &fx.frames[0].bytes);
+        r[2] = 2;
+        let e = raw_error(&session.connection, &r).await;
+        assert_eq!(e.code, ErrorCode::UnsupportedVersion);
+        fx.good_request(&session.connection, 5, 5).await;
+    }));
+}
+
+#[test]
+fn extra_streams_wait_for_credit_and_stalled_streams_time_out() {
+    let fx = fixture();
+    fx.block_on(fx.while_serving(async {
+        let (_endpoint, session) = fx.session().await;
+        let conn = &session.connection;
+        let request = protocol::encode_request(&fx.header(8, 0), &fx.frames[0].bytes);
+        // Fill the connection's stream limit with requests that never finish.
+        let mut stalled = Vec::new();
+        for _ in 0..MAX_STREAMS {
+            let (mut send, recv) = conn.open_bi().await.unwrap();
+            send.write_all(&request[..100]).await.unwrap();
+            stalled.push((send, recv));
+        }
+        let started = Instant::now();
+        // One stream more is not granted while those are open...
+        let extra = tokio::time::timeout(Duration::from_millis(300), conn.open_bi()).await;
+        assert!(
+            extra.is_err(),
+            "the server granted more than {MAX_STREAMS} streams"
+        );
+        // ...until the server gives up on the stalled ones with a timeout answer.
+        for (send, mut recv) in stalled {
+            let bytes = recv.read_to_end(64 * 1024).await.unwrap();
+            match protocol::decode_response(&bytes).unwrap() {
+                Response::Error(e) => assert_eq!(e.code, ErrorCode::Timeout),
+                other => panic!("expected a timeout, got {other:?}"),
+            }
+            drop(send);
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited + Duration::from_millis(300) >= REQUEST_TIMEOUT,
+            "timed out after {waited:?}, before the {REQUEST_TIMEOUT:?} request timeout"
+        );
+        // The connection is usable again.
+        fx.good_request(conn, 9, 6).await;
+    }));
+}
+
+#[test]
+fn missing_or_wrong_tokens_are_refused_with_a_reason() {
+    let fx = fixture();
+    fx.block_on(fx.while_serving(async {
+        let endpoint = quic::client_endpoint().unwrap();
+        let config = tls::client_config(&fx.trust()).unwrap();
+        for (token, reason) in [("", "requires a token"), ("wrong-token", "wrong token")] {
+            let err = quic::connect(
+                &endpoint,
+                fx.addr,
+                "localhost",
+                config.clone(),
+                token,
+                "t",
+                Duration::from_secs(10),
+            )
+            .await
+            .err()
+            .expect("connect with a bad token must fail");
+            match &err {
+                ConnectError::Unauthorized(m) => assert!(m.contains(reason), "{m}"),
+                other => panic!("expected Unauthorized, got {other:?}"),
+            }
+            assert!(err.to_string().starts_with("server refused the token"));
+        }
+        // A client that skips the hello gets no work done: its first stream must be a hello.
+        let (_e, connection) = fx.raw_connection().await;
+        let request = protocol::encode_request(&fx.header(1, 0), &fx.frames[0].bytes);
+        let reply = hello(&connection, &request).await;
+        assert!(!reply.ok);
+        assert_eq!(reply.code, ErrorCode::BadRequest);
+        assert_eq!(
+            close_code(&connection.closed().await),
+            Some(ErrorCode::BadRequest)
+        );
+    }));
+}
+
+#[test]
+fn an_untrusted_certificate_is_a_tls_error() {
+    let fx = fixture();
+    let other = tempfile::tempdir().unwrap();
+    let (certs, _) = tls::load_or_create_self_signed(other.path()).unwrap();
+    let wrong_pin = tls::fingerprint(&certs[0]);
+    assert_ne!(wrong_pin, fx.fingerprint);
+    fx.block_on(fx.while_serving(async {
+        let endpoint = quic::client_endpoint().unwrap();
+        for trust in [
+            Trust::Fingerprint(wrong_pin.clone()),
+            Trust::Pem(other.path().join("cert.pem")),
+        ] {
+            let err = quic::connect(
+                &endpoint,
+                fx.addr,
+                "localhost",
+                tls::client_config(&trust).unwrap(),
+                TOKEN,
+                "t",
+                Duration::from_secs(10),
+            )
+            .await
+            .err()
+            .expect("an untrusted server must be refused");
+            assert!(matches!(err, ConnectError::Tls(_)), "{trust:?}: {err:?}");
+            assert!(err.to_string().starts_with("untrusted server certificate"));
+        }
+        // The right PEM and the right pin (colon-separated, upper case) both work.
+        let colons: Vec<String> = fx
+            .fingerprint
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8_lossy(c).to_uppercase())
+            .collect();
+        for trust in [
+            Trust::Pem(fx.cert_pem.clone()),
+            Trust::Fingerprint(colons.join(":")),
+        ] {
+            let s = quic::connect(
+                &endpoint,
+                fx.addr,
+                "localhost",
+                tls::client_config(&trust).unwrap(),
+                TOKEN,
+                "t",
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{trust:?}: {e}"));
+            fx.good_request(&s.connection, 10, 7).await;
+        }
+        // The PEM also checks the name: the certificate is not valid for another host.
+        let err = quic::connect(
+            &endpoint,
+            fx.addr,
+            "example.com",
+            tls::client_config(&Trust::Pem(fx.cert_pem.clone())).unwrap(),
+            TOKEN,
+            "t",
+            Duration::from_secs(10),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(matches!(err, ConnectError::Tls(_)), "{err:?}");
+    }));
+}
+
+#[test]
+fn a_silent_connection_is_closed_after_the_hello_timeout() {
+    let fx = fixture();
+    fx.block_on(fx.while_serving(async {
+        let started = Instant::now();
+        let (_e, connection) = fx.raw_connection().await;
+        let closed = connection.closed().await;
+        assert_eq!(close_code(&closed), Some(ErrorCode::Timeout), "{closed:?}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= HELLO_TIMEOUT / 2 && waited < HELLO_TIMEOUT * 4,
+            "{waited:?}"
+        );
+    }));
+}
+
+#[test]
+fn concurrent_requests_from_several_connections_are_batched() {
+    let fx = fixture();
+    fx.block_on(async {
+        let mut sessions = Vec::new();
+        for _ in 0..8 {
+            sessions.push(fx.session().await);
+        }
+        let mut largest = 0;
+        for round in 0..5u64 {
+            let tasks: Vec<_> = sessions
+                .iter()
+                .enumerate()
+                .map(|(i, (_, s))| {
+                    let connection = s.connection.clone();
+                    tokio::spawn(async move {
+                        let a = quic::request(
+                            &connection,
+                            &fx.header(round * 100 + i as u64, i),
+                            &fx.frames[i].bytes,
+                            64 * 1024,
+                        )
+                        .await
+                        .unwrap();
+                        fx.check(&a, i);
+                        a.batch
+                    })
+                })
+                .collect();
+            let mut batches = Vec::new();
+            for t in tasks {
+                batches.push(t.await.unwrap());
+            }
+            assert!(batches.iter().all(|&b| (1..=8).contains(&b)), "{batches:?}");
+            largest = largest.max(*batches.iter().max().unwrap());
+            if largest > 1 {
+                break;
+            }
+        }
+        assert!(largest > 1, "8 concurrent requests never shared a batch");
+    });
+}
+
+/// A second server: a model with a fixed batch of 1 (probabilities, 1001 classes), no token,
+/// two connections and two requests in progress at most.
+#[test]
+fn connection_and_pending_limits_with_a_fixed_batch_model() {
+    let limits = Limits {
+        max_connections: 2,
+        max_pending: 2,
+        request_timeout: Duration::from_millis(1000),
+        ..Limits::default()
+    };
+    let model = model_config(
+        common::assets().join("models/mobilenet-v2-1.0-int8-224.onnx"),
+        128.0,
+    );
+    let fx = start_fixture(model, None, limits, 8, Duration::from_millis(20));
+    assert_eq!(
+        fx.server.model().max_batch,
+        1,
+        "batching is off for a fixed batch"
+    );
+    fx.block_on(async {
+        let (_e1, good) = fx.session().await;
+        for i in 0..fx.frames.len() {
+            let a = quic::request(
+                &good.connection,
+                &fx.header(i as u64, i),
+                &fx.frames[i].bytes,
+                64 * 1024,
+            )
+            .await
+            .unwrap();
+            fx.check(&a, i);
+            assert_eq!(a.batch, 1);
+        }
+
+        // Connection limit: the third connection is closed with a reason; the others are fine.
+        let (_e2, second) = fx.session().await;
+        let endpoint = quic::client_endpoint().unwrap();
+        let err = quic::connect(
+            &endpoint,
+            fx.addr,
+            "localhost",
+            tls::client_config(&fx.trust()).unwrap(),
+            "any token: this server takes all",
+            "third",
+            Duration::from_secs(10),
+        )
+        .await
+        .err()
+        .expect("a third connection must be refused");
+        match &err {
+            ConnectError::Unreachable(m) => {
+                assert!(m.contains("too many connections"), "{m}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        fx.good_request(&good.connection, 50, 0).await;
+
+        // Pending limit: two stalled requests occupy the server; a third is refused at once.
+        let request = protocol::encode_request(&fx.header(60, 0), &fx.frames[0].bytes);
+        let mut stalled = Vec::new();
+        for _ in 0..2 {
+            let (mut send, recv) = second.connection.open_bi().await.unwrap();
+            send.write_all(&request[..50]).await.unwrap();
+            stalled.push((send, recv));
+        }
+        // Let the server see both streams before the third request.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(fx.server.stats().requests_in_progress, 2);
+        match quic::request(
+            &good.connection,
+            &fx.header(61, 1),
+            &fx.frames[1].bytes,
+            64 * 1024,
+        )
+        .await
+        {
+            Err(RequestError::Server(e)) => assert_eq!(e.code, ErrorCode::Overloaded),
+            other => panic!("expected overloaded, got {other:?}"),
+        }
+        // The stalled requests time out; then the server serves again.
+        for (_send, mut recv) in stalled {
+            let bytes = recv.read_to_end(64 * 1024).await.unwrap();
+            assert!(matches!(
+                protocol::decode_response(&bytes).unwrap(),
+                Response::Error(ErrorReply {
+                    code: ErrorCode::Timeout,
+                    ..
+                })
+            ));
+        }
+        fx.good_request(&good.connection, 62, 2).await;
+        fx.good_request(&second.connection, 63, 3).await;
+    });
+    let Fixture {
+        runtime, server, ..
+    } = fx;
+    runtime.block_on(server.shutdown()).unwrap();
+}
+
+/// Reads the binary's stdout until `listening on ADDR`.
+fn wait_listening(child: &mut std::process::Child) -> (SocketAddr, Vec<String>) {
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            return (addr.trim().parse().unwrap(), lines);
+        }
+        lines.push(line);
+    }
+    panic!("cboserver exited before listening: {lines:?}");
+}
+
+fn sigterm(child: &std::process::Child) {
+    // SAFETY: sends a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+}
+
+fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("cboserver did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_drains_requests_in_progress_and_exits_zero() {
+    common::init();
+    let frames = frames();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("  {TOKEN}\n")).unwrap();
+    let cert_dir = dir.path().join("identity");
+    let model = common::assets().join("models/efficientnet-lite0-int8pt-224.onnx");
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cboserver"))
+            .args(["--listen", "127.0.0.1:0", "--self-signed"])
+            .arg(&cert_dir)
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--model")
+            .arg(&model)
+            // A long batch wait keeps the requests below in progress when SIGTERM arrives.
+            .args(["--max-batch", "8", "--batch-timeout-ms", "1000"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    let (addr, printed) = wait_listening(&mut child);
+    let pem = cert_dir.join("cert.pem");
+    let (certs, _) = tls::load_pem(&pem, &cert_dir.join("key.pem")).unwrap();
+    let fingerprint = tls::fingerprint(&certs[0]);
+    assert!(
+        printed.iter().any(|l| l.contains(&fingerprint)),
+        "the fingerprint is printed: {printed:?}"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let closed = runtime.block_on(async {
+        let endpoint = quic::client_endpoint().unwrap();
+        let session = quic::connect(
+            &endpoint,
+            addr,
+            "localhost",
+            tls::client_config(&Trust::Pem(pem.clone())).unwrap(),
+            TOKEN,
+            "sigterm-test",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        let requests: Vec<_> = (0..3)
+            .map(|i| {
+                let conn = session.connection.clone();
+                let f = frames[i].clone();
+                tokio::spawn(async move {
+                    let header = RequestHeader {
+                        frame_id: i as u64,
+                        width: f.width,
+                        height: f.height,
+                        short_side: 224,
+                        deadline_ms: 0,
+                        jpeg_len: 0,
+                        top_k: 3,
+                    };
+                    quic::request(&conn, &header, &f.bytes, 64 * 1024).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sigterm(&child);
+        for (i, r) in requests.into_iter().enumerate() {
+            let answer = r.await.unwrap().unwrap_or_else(|e| {
+                panic!("request {i} in progress at SIGTERM was not answered: {e}")
+            });
+            assert_eq!(answer.frame_id, i as u64);
+            assert_eq!(answer.class_ids.len(), 3);
+        }
+        session.connection.closed().await
+    });
+    assert_eq!(
+        close_code(&closed),
+        Some(ErrorCode::ShuttingDown),
+        "{closed:?}"
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+
+    // The identity is reused on restart: same fingerprint.
+    let mut again = spawn();
+    let (_, printed) = wait_listening(&mut again);
+    assert!(
+        printed.iter().any(|l| l.contains(&fingerprint)),
+        "{printed:?}"
+    );
+    sigterm(&again);
+    assert_eq!(
+        wait_exit(&mut again, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn loadgen_completes_with_answers() {
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let args = gstcbo::tools::loadgen::LoadgenArgs {
+        server: fx.addr.to_string(),
+        server_name: "localhost".into(),
+        server_cert: None,
+        server_fingerprint: Some(fx.fingerprint.clone()),
+        token_file: Some(token_file),
+        clients: 2,
+        seconds: 1.0,
+        resolution: 224,
+        clip: None,
+        frames: 8,
+        jpeg_quality: 80,
+        top_k: 5,
+        server_pid: Some(std::process::id()),
+        model: None,
+        input_mean: "127".into(),
+        input_std: "128".into(),
+        batch: 8,
+        execution_provider: gstcbo::inference::ExecutionProvider::Auto,
+        threads: 0,
+        baseline_seconds: Some(0.3),
+        no_baseline: false,
+        json: true,
+    };
+    let report = gstcbo::tools::loadgen::run(&args).unwrap();
+    assert!(report.answers > 0, "{report:?}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.server_model, inference::DEFAULT_SERVER_MODEL);
+    assert!(report.latency_ms_p50 > 0.0 && report.latency_ms_p99 >= report.latency_ms_p50);
+    assert!(report.server_rss.as_ref().is_some_and(|r| r.peak_mib > 0.0));
+    assert!(
+        report
+            .baseline
+            .as_ref()
+            .is_some_and(|b| b.frames_per_s > 0.0)
+    );
+    assert!(report.ratio.is_some_and(|r| r > 0.0));
+}
