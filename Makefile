@@ -15,11 +15,10 @@ setup:
 build: setup
 	$(CARGO) build --release --lib --bins
 
-# The main job: the bundled bottle clip through cbofilter with the default device model and its
-# shipped calibration (fitted on the dev slideshow clip by `cbo calibrate`).
+# The main job: cboserver on loopback, and the bundled bottle clip through cbofilter with the
+# default device model, its shipped calibration and policy=threshold (scripts/demo.sh).
 demo: build
-	./target/release/cbo classify examples/media/bottle-detection.mp4 \
-		--calibration models/efficientnet-lite0-int8pt-224.calibration.json
+	bash scripts/demo.sh
 
 # The whole test suite: unit tests, integration tests on real models and clips, doc tests.
 test: setup

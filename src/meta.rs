@@ -59,6 +59,12 @@ pub struct CboResult {
     pub preprocess_us: u64,
     pub top_classes: Vec<i32>,
     pub top_scores: Vec<f64>,
+    /// The device model's own top class and calibrated confidence (equal to `class-id` and
+    /// `confidence` when the label came from the device).
+    pub device_class_id: i32,
+    pub device_confidence: f64,
+    /// Time from sending the frame to the server's answer; 0 when the server did not answer.
+    pub server_latency_us: u64,
 }
 
 /// A structure field had the wrong type or was missing.
@@ -96,6 +102,9 @@ impl CboResult {
             "top-scores",
             gst::Array::new(self.top_scores.iter().copied()),
         );
+        s.set("device-class-id", self.device_class_id);
+        s.set("device-confidence", self.device_confidence);
+        s.set("server-latency-us", self.server_latency_us);
     }
 
     pub fn from_structure(s: &gst::StructureRef) -> Result<Self, FieldError> {
@@ -148,6 +157,9 @@ impl CboResult {
             preprocess_us: s.get("preprocess-us").unwrap_or(0),
             top_classes,
             top_scores,
+            device_class_id: get(s, "device-class-id")?,
+            device_confidence: get(s, "device-confidence")?,
+            server_latency_us: get(s, "server-latency-us")?,
         })
     }
 
@@ -192,6 +204,9 @@ mod tests {
             preprocess_us: 56,
             top_classes: vec![898, 440],
             top_scores: vec![0.6, 0.2],
+            device_class_id: 3,
+            device_confidence: 0.55,
+            server_latency_us: 0,
         };
         let mut buf = gst::Buffer::with_size(4).unwrap();
         r.attach(buf.get_mut().unwrap()).unwrap();

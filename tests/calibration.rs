@@ -164,3 +164,103 @@ fn shipped_calibration_matches_the_default_model() {
     assert!(file.fitted_on.source.contains("dev-slideshow"));
     assert!(file.metrics_calibrated.ece < file.metrics_raw.ece);
 }
+
+#[test]
+fn cbo_profile_measures_bytes_and_server_accuracy_per_resolution() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("profile.json");
+    let png = dir.path().join("reliability.png");
+    let a = common::assets();
+    let status = Command::new(env!("CARGO_BIN_EXE_cbo"))
+        .args(["profile", "--video"])
+        .arg(a.join("video/dev-slideshow.mp4"))
+        .arg("--labels")
+        .arg(a.join("video/dev-slideshow.labels.csv"))
+        .args(["--max-samples", "40", "--resolutions", "96,224", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let p = gstcbo::profile::Profile::load(&out).unwrap();
+    assert_eq!(p.fitted_on.n, 40);
+    assert_eq!(
+        (p.fitted_on.frame_width, p.fitted_on.frame_height),
+        (480, 360)
+    );
+    assert_eq!(p.resolutions.len(), 2);
+    let (small, large) = (&p.resolutions[0], &p.resolutions[1]);
+    assert_eq!((small.width, small.height), (128, 96));
+    assert_eq!((large.width, large.height), (298, 224));
+    // A 224 px JPEG of a 480x360 photo is a few to tens of kB, several times a 96 px one.
+    assert!(large.bytes_mean > 2.0 * small.bytes_mean);
+    assert!(
+        (3_000.0..60_000.0).contains(&large.bytes_mean),
+        "{}",
+        large.bytes_mean
+    );
+    assert!(small.bytes_p50 <= small.bytes_p90);
+    assert!(large.server_inference_ms_mean > 0.0);
+    // The calibration shipped beside the default device model was used.
+    assert!(p.calibration.is_some());
+    assert_eq!(p.bins.iter().map(|b| b.n).sum::<usize>(), 40);
+    // Device accuracy per bin is consistent with the overall accuracy.
+    let weighted: f64 = p
+        .bins
+        .iter()
+        .map(|b| b.device_accuracy * b.n as f64)
+        .sum::<f64>()
+        / 40.0;
+    assert!((weighted - p.device_accuracy).abs() < 1e-9);
+    assert!(large.server_accuracy >= 0.5, "{}", large.server_accuracy);
+
+    // cbo ece --plot writes a reliability diagram.
+    let ece = Command::new(env!("CARGO_BIN_EXE_cbo"))
+        .args(["ece", "--calibration"])
+        .arg(common::repo().join("models/efficientnet-lite0-int8pt-224.calibration.json"))
+        .arg("--video")
+        .arg(a.join("video/dev-slideshow.mp4"))
+        .arg("--labels")
+        .arg(a.join("video/dev-slideshow.labels.csv"))
+        .args(["--max-samples", "40", "--plot"])
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(
+        ece.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ece.stderr)
+    );
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+}
+
+#[test]
+fn shipped_profile_matches_the_default_models() {
+    let models = common::repo().join("models");
+    let p =
+        gstcbo::profile::Profile::load(&models.join("efficientnet-lite0-to-lite2.profile.json"))
+            .unwrap();
+    let sha = |f: &str| gstcbo::calibration::sha256_file(&models.join(f)).unwrap();
+    assert_eq!(
+        p.device_model.sha256,
+        sha("efficientnet-lite0-int8pt-224.onnx")
+    );
+    assert_eq!(
+        p.server_model.sha256,
+        sha("efficientnet-lite2-fp32-260.onnx")
+    );
+    assert_eq!(
+        p.calibration.as_ref().unwrap().sha256,
+        sha("efficientnet-lite0-int8pt-224.calibration.json")
+    );
+    assert!(p.fitted_on.source.contains("dev-slideshow"));
+    // Offloading low-confidence frames pays: the server beats the device in the lowest bins.
+    let r224 = p.resolution_index(224).unwrap();
+    assert!(p.server_accuracy(0.15, r224) > p.bins[1].device_accuracy + 0.1);
+    // And the server gains little on frames the device is sure of.
+    assert!(p.server_accuracy(0.95, r224) - p.bins[9].device_accuracy < 0.05);
+}

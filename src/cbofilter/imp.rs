@@ -1,21 +1,32 @@
-//! `cbofilter` implementation: properties, state, and the per-frame hook.
+//! `cbofilter` implementation: properties, state, pads, and the hold-mode output task.
+//!
+//! Device only (`policy=local`, or no server): each buffer is classified on the streaming thread
+//! and pushed on at once, like an in-place filter.
+//!
+//! Offloading: classification and the policy's decision still happen on the streaming thread;
+//! buffers and serialized events then go through the [`HoldQueue`], and a task on the source
+//! pad pushes them downstream in order, each as soon as it is ready: a frame sent to the server
+//! waits for its answer or its deadline (`deadline` ms after it entered the element), and the
+//! frames behind it wait with it. The latency query adds the deadline.
 
 use std::path::PathBuf;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
-use gst_base::subclass::BaseTransformMode;
-use gst_base::subclass::prelude::*;
-use gst_video::subclass::prelude::*;
 
 use super::{ExecutionProviderProp, OutputKindProp, Policy};
 use crate::calibration::{CalibrationFile, Calibrator};
 use crate::inference::{self, Classifier, InferenceError, ModelConfig};
 use crate::meta::{CboResult, Source};
+use crate::offload::client::{ClientConfig, ClientEvent, OffloadClient, OffloadJob, ServerResult};
+use crate::offload::hold::{HoldQueue, Outcome};
+use crate::offload::policy::{self, Decision, PolicyConfig, PolicyKind};
 use crate::postprocess::OutputKind;
 use crate::preprocess::Normalization;
+use crate::tls::Trust;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -45,6 +56,15 @@ const DEFAULT_INPUT_MEAN: &str = "127";
 const DEFAULT_INPUT_STD: &str = "128";
 const DEFAULT_TOP_K: u32 = 5;
 const DEFAULT_DEADLINE_MS: u32 = 200;
+const DEFAULT_RESOLUTION: u32 = 224;
+const DEFAULT_JPEG_QUALITY: u32 = 80;
+const DEFAULT_MAX_IN_FLIGHT: u32 = 8;
+const DEFAULT_THRESHOLD: f64 = 0.5;
+/// Items the hold queue may contain before the streaming thread waits (downstream is slower
+/// than the source): bounds memory without ever dropping a frame.
+const MAX_HELD_ITEMS: usize = 512;
+/// How often the `cbo-stats` message is posted while offloading.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -60,8 +80,15 @@ struct Settings {
     post_messages: bool,
     calibration: Option<String>,
     server: String,
+    server_cert: Option<String>,
+    server_fingerprint: Option<String>,
+    token: String,
     deadline_ms: u32,
+    resolution: u32,
+    jpeg_quality: u32,
+    max_in_flight: u32,
     policy: Policy,
+    threshold: f64,
 }
 
 impl Default for Settings {
@@ -82,12 +109,20 @@ impl Default for Settings {
             post_messages: false,
             calibration: None,
             server: String::new(),
+            server_cert: None,
+            server_fingerprint: None,
+            token: String::new(),
             deadline_ms: DEFAULT_DEADLINE_MS,
+            resolution: DEFAULT_RESOLUTION,
+            jpeg_quality: DEFAULT_JPEG_QUALITY,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             policy: Policy::Local,
+            threshold: DEFAULT_THRESHOLD,
         }
     }
 }
 
+/// Streaming-thread state, created at NULL→READY.
 struct State {
     classifier: Classifier,
     info: Option<gst_video::VideoInfo>,
@@ -96,6 +131,12 @@ struct State {
     calibrator: Option<Calibrator>,
     /// Log-probabilities of a probability-output model, for temperature scaling.
     log_scores: Vec<f32>,
+    /// Set when offloading: the policy's configuration (its `live` is filled in per stream).
+    policy: Option<PolicyConfig>,
+    /// Upstream liveness, queried at the first buffer of a stream.
+    live: Option<bool>,
+    deadline: Duration,
+    last_stats: Instant,
 }
 
 impl State {
@@ -113,12 +154,54 @@ impl State {
     }
 }
 
+/// What the hold queue carries.
+enum Item {
+    Frame {
+        buffer: gst::Buffer,
+        result: CboResult,
+    },
+    Event(gst::Event),
+}
+
+/// Counts of what happened to frames, for the `stats` property.
+#[derive(Debug, Clone, Default)]
+struct FrameCounts {
+    frames: u64,
+    kept: u64,
+    offloaded: u64,
+    answered: u64,
+    late: u64,
+    failed: u64,
+    busy: u64,
+    offline: u64,
+}
+
+/// The hold queue and what the output task reports back, shared with the task and with the
+/// offload completions (which run on the client's threads).
 #[derive(Default)]
+struct Hold {
+    inner: Mutex<HoldInner>,
+    cond: Condvar,
+}
+
+#[derive(Default)]
+struct HoldInner {
+    queue: HoldQueue<Item, ServerResult>,
+    flushing: bool,
+    /// Last flow return of a downstream push, returned by the next chain call.
+    flow: Option<gst::FlowError>,
+    /// The task is pushing an item it popped (so the queue looks empty but is not done).
+    pushing: bool,
+    counts: FrameCounts,
+}
+
 pub struct CboFilter {
+    sinkpad: gst::Pad,
+    srcpad: gst::Pad,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
-    /// Provider the running model uses; kept outside `state` so reading the property never waits
-    /// for a frame to finish.
+    hold: Arc<Hold>,
+    client: Mutex<Option<OffloadClient>>,
     active_provider: Mutex<String>,
 }
 
@@ -126,7 +209,67 @@ pub struct CboFilter {
 impl ObjectSubclass for CboFilter {
     const NAME: &'static str = "GstCboFilter";
     type Type = super::CboFilter;
-    type ParentType = gst_video::VideoFilter;
+    type ParentType = gst::Element;
+
+    fn with_class(klass: &Self::Class) -> Self {
+        let templ = klass.pad_template("sink").expect("sink template");
+        let sinkpad = gst::Pad::builder_from_template(&templ)
+            .chain_function(|pad, parent, buffer| {
+                CboFilter::catch_panic_pad_function(
+                    parent,
+                    || Err(gst::FlowError::Error),
+                    |this| this.sink_chain(pad, buffer),
+                )
+            })
+            .event_function(|pad, parent, event| {
+                CboFilter::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |this| this.sink_event(pad, event),
+                )
+            })
+            .query_function(|pad, parent, query| {
+                CboFilter::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |this| this.sink_query(pad, query),
+                )
+            })
+            .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
+            .build();
+        let templ = klass.pad_template("src").expect("src template");
+        let srcpad = gst::Pad::builder_from_template(&templ)
+            .query_function(|pad, parent, query| {
+                CboFilter::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |this| this.src_query(pad, query),
+                )
+            })
+            .activatemode_function(|pad, parent, mode, active| {
+                CboFilter::catch_panic_pad_function(
+                    parent,
+                    || {
+                        Err(gst::loggable_error!(
+                            CAT,
+                            "panic while (de)activating the source pad"
+                        ))
+                    },
+                    |this| this.src_activatemode(pad, mode, active),
+                )
+            })
+            .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
+            .build();
+        Self {
+            sinkpad,
+            srcpad,
+            settings: Mutex::new(Settings::default()),
+            state: Mutex::new(None),
+            hold: Arc::new(Hold::default()),
+            client: Mutex::new(None),
+            active_provider: Mutex::new(String::new()),
+        }
+    }
 }
 
 impl ObjectImpl for CboFilter {
@@ -209,26 +352,86 @@ impl ObjectImpl for CboFilter {
                     .build(),
                 glib::ParamSpecString::builder("server")
                     .nick("Server")
-                    .blurb("host:port of a cboserver to offload frames to; empty = device only. Offloading is not yet implemented: frames stay on the device")
+                    .blurb("host:port of a cboserver to offload frames to (QUIC); empty = device only. Needs server-cert or server-fingerprint to trust it")
+                    .default_value(Some(""))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("server-cert")
+                    .nick("Server certificate")
+                    .blurb("PEM file with the certificate(s) to trust for the server (e.g. the cert.pem `cboserver --self-signed DIR` wrote)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("server-fingerprint")
+                    .nick("Server fingerprint")
+                    .blurb("Pin the server's certificate by its SHA-256 fingerprint (hex, as cboserver prints it) instead of server-cert")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("token")
+                    .nick("Token")
+                    .blurb("Bearer token the server expects (cboserver --token-file); empty = none")
                     .default_value(Some(""))
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("deadline")
                     .nick("Deadline")
-                    .blurb("Per-frame deadline in ms from entering the element to leaving it, for offloaded frames (used once offloading is implemented)")
+                    .blurb("Per-frame deadline in ms from entering the element to leaving it while offloading: an offloaded frame (and every frame behind it) waits at most this long for the server's answer, then leaves with its device label (decision=late). Added to the latency query")
                     .minimum(1)
                     .maximum(60_000)
                     .default_value(DEFAULT_DEADLINE_MS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("resolution")
+                    .nick("Resolution")
+                    .blurb("Short side in pixels of offloaded frames (aspect ratio kept, never upscaled), before JPEG encoding")
+                    .minimum(16)
+                    .maximum(4096)
+                    .default_value(DEFAULT_RESOLUTION)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("jpeg-quality")
+                    .nick("JPEG quality")
+                    .blurb("JPEG quality (1-100) of offloaded frames")
+                    .minimum(1)
+                    .maximum(100)
+                    .default_value(DEFAULT_JPEG_QUALITY)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-in-flight")
+                    .nick("Max in flight")
+                    .blurb("Most offloaded frames awaiting an answer at once. When reached, a live source's frame stays on the device (decision=busy); a non-live source (file) waits for room instead")
+                    .minimum(1)
+                    .maximum(1024)
+                    .default_value(DEFAULT_MAX_IN_FLIGHT)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("policy", Policy::Local)
                     .nick("Policy")
-                    .blurb("Which frames to offload; only 'local' is implemented so far (others run device-only with a warning)")
+                    .blurb("Which frames to offload when a server is set")
                     .mutable_ready()
+                    .build(),
+                glib::ParamSpecDouble::builder("threshold")
+                    .nick("Threshold")
+                    .blurb("policy=threshold: offload frames whose confidence (calibrated when a calibration is set) is below this")
+                    .minimum(0.0)
+                    .maximum(1.0)
+                    .default_value(DEFAULT_THRESHOLD)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("cbo-stats structure: frames, kept, offloaded, answered, late, failed, busy, offline, bytes-sent, rtt-ms, uplink-kbps, encode-ms, reconnects, connected; also posted as an element message every second while offloading")
+                    .read_only()
                     .build(),
             ]
         });
         PROPERTIES.as_ref()
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        obj.add_pad(&self.sinkpad).expect("new pad");
+        obj.add_pad(&self.srcpad).expect("new pad");
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
@@ -264,8 +467,26 @@ impl ObjectImpl for CboFilter {
             }
             "calibration" => s.calibration = opt_string(value),
             "server" => s.server = opt_string(value).unwrap_or_default(),
+            "server-cert" => s.server_cert = opt_string(value),
+            "server-fingerprint" => s.server_fingerprint = opt_string(value),
+            "token" => s.token = opt_string(value).unwrap_or_default(),
             "deadline" => s.deadline_ms = value.get().expect("type checked upstream"),
+            "resolution" => s.resolution = value.get().expect("type checked upstream"),
+            "jpeg-quality" => s.jpeg_quality = value.get().expect("type checked upstream"),
+            "max-in-flight" => s.max_in_flight = value.get().expect("type checked upstream"),
             "policy" => s.policy = value.get().expect("type checked upstream"),
+            "threshold" => {
+                s.threshold = value.get().expect("type checked upstream");
+                if let Some(p) = self
+                    .state
+                    .lock()
+                    .unwrap()
+                    .as_mut()
+                    .and_then(|st| st.policy.as_mut())
+                {
+                    p.threshold = s.threshold;
+                }
+            }
             other => unreachable!("unknown property {other}"),
         }
         gst::debug!(CAT, imp = self, "set {} = {:?}", pspec.name(), value);
@@ -287,8 +508,19 @@ impl ObjectImpl for CboFilter {
             "post-messages" => s.post_messages.to_value(),
             "calibration" => s.calibration.to_value(),
             "server" => s.server.to_value(),
+            "server-cert" => s.server_cert.to_value(),
+            "server-fingerprint" => s.server_fingerprint.to_value(),
+            "token" => s.token.to_value(),
             "deadline" => s.deadline_ms.to_value(),
+            "resolution" => s.resolution.to_value(),
+            "jpeg-quality" => s.jpeg_quality.to_value(),
+            "max-in-flight" => s.max_in_flight.to_value(),
             "policy" => s.policy.to_value(),
+            "threshold" => s.threshold.to_value(),
+            "stats" => {
+                drop(s);
+                self.stats().to_value()
+            }
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -302,8 +534,9 @@ impl ElementImpl for CboFilter {
             gst::subclass::ElementMetadata::new(
                 "CBO classifier",
                 "Filter/Analyzer/Video",
-                "Classifies every frame with an ONNX model (ONNX Runtime) and attaches the label and \
-                 confidence as CboMeta; video passes through unchanged",
+                "Classifies every frame with an ONNX model (ONNX Runtime), offloads low-confidence \
+                 frames to a cboserver over QUIC, and attaches the label and confidence as CboMeta; \
+                 video passes through unchanged",
                 "cbo developers",
             )
         });
@@ -333,6 +566,23 @@ impl ElementImpl for CboFilter {
             ]
         });
         PAD_TEMPLATES.as_ref()
+    }
+
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::NullToReady
+            && let Err(e) = self.start()
+        {
+            self.post_error_message(e);
+            return Err(gst::StateChangeError);
+        }
+        let ret = self.parent_change_state(transition)?;
+        if transition == gst::StateChange::ReadyToNull {
+            self.stop();
+        }
+        Ok(ret)
     }
 }
 
@@ -366,28 +616,48 @@ impl CboFilter {
             threads: s.threads as usize,
         })
     }
-}
 
-impl BaseTransformImpl for CboFilter {
-    // In place and never passthrough: the video is untouched, but each buffer gets a meta, which
-    // needs a writable buffer (its memory is shared, not copied).
-    const MODE: BaseTransformMode = BaseTransformMode::AlwaysInPlace;
-    const PASSTHROUGH_ON_SAME_CAPS: bool = false;
-    const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
-
-    fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let settings = self.settings.lock().unwrap().clone();
-        if !settings.server.is_empty() || settings.policy != Policy::Local {
+    /// The offload policy for these settings, or `None` (device only, with a warning saying why
+    /// when the user asked for offloading but it cannot happen).
+    fn offload_policy(&self, s: &Settings) -> Option<PolicyConfig> {
+        let kind = match s.policy {
+            Policy::Local => return None,
+            Policy::All => PolicyKind::All,
+            Policy::Threshold => PolicyKind::Threshold,
+            Policy::Cbo => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::LibraryError::Settings,
+                    (
+                        "policy=cbo is not available in this version; using policy=threshold (threshold={})",
+                        s.threshold
+                    )
+                );
+                PolicyKind::Threshold
+            }
+        };
+        if s.server.is_empty() {
             gst::element_imp_warning!(
                 self,
                 gst::LibraryError::Settings,
                 (
-                    "Offloading is not implemented in this version; every frame is classified on the device (server='{}', policy={:?})",
-                    settings.server,
-                    settings.policy
+                    "policy={:?} needs a server; every frame is classified on the device",
+                    s.policy
                 )
             );
+            return None;
         }
+        Some(PolicyConfig {
+            kind,
+            threshold: s.threshold,
+            resolution: s.resolution,
+            max_in_flight: s.max_in_flight as usize,
+            live: true,
+        })
+    }
+
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
         let config = self.model_config(&settings)?;
         // The calibration is checked before the (slower) model load, and must have been fitted
         // for exactly this model file.
@@ -406,6 +676,18 @@ impl BaseTransformImpl for CboFilter {
                 );
                 Some(file.calibrator)
             }
+        };
+        let mut policy = self.offload_policy(&settings);
+        let trust = match (&settings.server_cert, &settings.server_fingerprint) {
+            (Some(_), Some(_)) => {
+                return Err(gst::error_msg!(
+                    gst::LibraryError::Settings,
+                    ("Set server-cert or server-fingerprint, not both")
+                ));
+            }
+            (Some(pem), None) => Some(Trust::Pem(PathBuf::from(pem))),
+            (None, Some(fp)) => Some(Trust::Fingerprint(fp.clone())),
+            (None, None) => None,
         };
         gst::info!(CAT, imp = self, "loading model {}", config.model.display());
         let classifier = Classifier::load(&config).map_err(load_error)?;
@@ -426,6 +708,39 @@ impl BaseTransformImpl for CboFilter {
             classifier.active_provider()
         );
         *self.active_provider.lock().unwrap() = classifier.active_provider().to_string();
+        if policy.is_some() {
+            match trust {
+                None => {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::Settings,
+                        (
+                            "server={} is set but neither server-cert nor server-fingerprint: refusing to send frames to an unauthenticated server; classifying on the device",
+                            settings.server
+                        )
+                    );
+                    policy = None;
+                }
+                Some(trust) => {
+                    let client = self.start_client(&settings, trust, settings.top_k as usize);
+                    match client {
+                        Ok(c) => *self.client.lock().unwrap() = Some(c),
+                        Err(e) => {
+                            gst::element_imp_warning!(
+                                self,
+                                gst::ResourceError::Settings,
+                                (
+                                    "Cannot offload to {}: {e}; classifying on the device",
+                                    settings.server
+                                )
+                            );
+                            policy = None;
+                        }
+                    }
+                }
+            }
+        }
+        *self.hold.inner.lock().unwrap() = HoldInner::default();
         *self.state.lock().unwrap() = Some(State {
             classifier,
             info: None,
@@ -433,27 +748,104 @@ impl BaseTransformImpl for CboFilter {
             post_messages: settings.post_messages,
             calibrator,
             log_scores: Vec::new(),
+            policy,
+            live: None,
+            deadline: Duration::from_millis(settings.deadline_ms as u64),
+            last_stats: Instant::now(),
         });
         Ok(())
     }
 
-    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+    fn start_client(
+        &self,
+        settings: &Settings,
+        trust: Trust,
+        top_k: usize,
+    ) -> Result<OffloadClient, String> {
+        let weak = self.obj().downgrade();
+        let events = Arc::new(move |event: ClientEvent| {
+            if let Some(obj) = weak.upgrade() {
+                obj.imp().on_client_event(event);
+            }
+        });
+        OffloadClient::start(
+            ClientConfig {
+                server: settings.server.clone(),
+                trust,
+                token: settings.token.clone(),
+                jpeg_quality: settings.jpeg_quality,
+                top_k: top_k.min(u8::MAX as usize) as u8,
+            },
+            events,
+        )
+    }
+
+    /// Connection changes from the client's threads: logged, and warnings for the user when the
+    /// element falls back to the device.
+    fn on_client_event(&self, event: ClientEvent) {
+        match event {
+            ClientEvent::Connected { model } => {
+                gst::info!(CAT, imp = self, "connected to the server (model {model})");
+                let s = gst::Structure::builder("cbo-connection")
+                    .field("connected", true)
+                    .field("server-model", model)
+                    .build();
+                let _ = self
+                    .obj()
+                    .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+            }
+            ClientEvent::Disconnected { reason } => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Read,
+                    ("Lost the server connection ({reason}); classifying on the device while reconnecting")
+                );
+            }
+            ClientEvent::ConnectFailed { reason } => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::OpenReadWrite,
+                    ("Cannot use the server: {reason}; classifying on the device and retrying")
+                );
+            }
+        }
+    }
+
+    fn stop(&self) {
+        // Dropping the client closes the connection; completions still running find the queue
+        // empty and are ignored.
+        self.client.lock().unwrap().take();
         if let Some(state) = self.state.lock().unwrap().take() {
             gst::info!(CAT, imp = self, "stopped after {} frames", state.frame);
         }
-        Ok(())
+        let mut inner = self.hold.inner.lock().unwrap();
+        inner.queue.drain();
     }
 
-    fn transform_ip(&self, buf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
+    fn offloading(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|s| s.policy.is_some())
+    }
+
+    /// Classifies a buffer and decides what happens to it (streaming thread).
+    fn sink_chain(
+        &self,
+        _pad: &gst::Pad,
+        buffer: gst::Buffer,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let entered = Instant::now();
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
-        let info = state.info.as_ref().ok_or_else(|| {
+        let info = state.info.clone().ok_or_else(|| {
             gst::element_imp_error!(self, gst::CoreError::Negotiation, ("No caps set"));
             gst::FlowError::NotNegotiated
         })?;
         let (classification, timing) = {
-            let frame =
-                gst_video::VideoFrameRef::from_buffer_ref_readable(buf, info).map_err(|_| {
+            let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), &info)
+                .map_err(|_| {
                     gst::element_imp_error!(
                         self,
                         gst::StreamError::Format,
@@ -467,7 +859,7 @@ impl BaseTransformImpl for CboFilter {
             })?
         };
         let confidence = state.calibrated(classification.confidence);
-        let result = CboResult {
+        let mut result = CboResult {
             frame: state.frame,
             class_id: classification.class_id,
             label: classification.label,
@@ -484,10 +876,11 @@ impl BaseTransformImpl for CboFilter {
                 .iter()
                 .map(|&v| v as f64)
                 .collect(),
+            device_class_id: classification.class_id,
+            device_confidence: confidence,
+            server_latency_us: 0,
         };
         state.frame += 1;
-        let post = state.post_messages;
-        drop(guard);
         gst::trace!(
             CAT,
             imp = self,
@@ -499,7 +892,134 @@ impl BaseTransformImpl for CboFilter {
             result.preprocess_us,
             result.inference_us
         );
-        result.attach(buf).map_err(|e| {
+        let Some(mut policy) = state.policy else {
+            let post = state.post_messages;
+            drop(guard);
+            return self.push_result(buffer, result, post);
+        };
+        if state.live.is_none() {
+            let mut q = gst::query::Latency::new();
+            let live = self.sinkpad.peer_query(&mut q) && q.result().0;
+            gst::debug!(CAT, imp = self, "upstream is live: {live}");
+            state.live = Some(live);
+        }
+        policy.live = state.live.unwrap_or(true);
+        let deadline = entered + state.deadline;
+        let post_stats = entered.duration_since(state.last_stats) >= STATS_INTERVAL;
+        if post_stats {
+            state.last_stats = entered;
+        }
+        drop(guard);
+        self.hold_frame(buffer, info, result.clone(), &policy, deadline, &mut result)?;
+        if post_stats {
+            let msg = gst::message::Element::builder(self.stats())
+                .src(&*self.obj())
+                .build();
+            let _ = self.obj().post_message(msg);
+        }
+        let inner = self.hold.inner.lock().unwrap();
+        match inner.flow {
+            Some(e) => Err(e),
+            None => Ok(gst::FlowSuccess::Ok),
+        }
+    }
+
+    /// Offload mode: decides for the frame, sends it when the policy says so, and queues it.
+    fn hold_frame(
+        &self,
+        buffer: gst::Buffer,
+        info: gst_video::VideoInfo,
+        device: CboResult,
+        policy: &PolicyConfig,
+        deadline: Instant,
+        result: &mut CboResult,
+    ) -> Result<(), gst::FlowError> {
+        let client_guard = self.client.lock().unwrap();
+        let client = client_guard.as_ref();
+        let mut inner = self.hold.inner.lock().unwrap();
+        let decision = loop {
+            if inner.flushing {
+                return Err(gst::FlowError::Flushing);
+            }
+            let (in_flight, connected) =
+                client.map_or((0, false), |c| (c.in_flight(), c.connected()));
+            let d = policy::decide(policy, device.confidence, in_flight, connected);
+            // Non-live: wait for an answer to free a slot (answers notify the condvar).
+            if d != Decision::WaitForRoom && inner.queue.len() < MAX_HELD_ITEMS {
+                break d;
+            }
+            inner = self
+                .hold
+                .cond
+                .wait_timeout(inner, Duration::from_millis(20))
+                .unwrap()
+                .0;
+        };
+        inner.counts.frames += 1;
+        match (decision, client) {
+            (Decision::Offload { short_side }, Some(client)) => {
+                inner.counts.offloaded += 1;
+                result.decision = "offload".into();
+                result.resolution = short_side as i32;
+                let id = result.frame;
+                inner.queue.push_waiting(
+                    Item::Frame {
+                        buffer: buffer.clone(),
+                        result: result.clone(),
+                    },
+                    id,
+                    deadline,
+                );
+                self.hold.cond.notify_all();
+                drop(inner);
+                let hold = self.hold.clone();
+                client.submit(
+                    OffloadJob {
+                        frame_id: id,
+                        buffer,
+                        info,
+                        short_side,
+                        deadline,
+                    },
+                    Box::new(move |r| {
+                        let mut inner = hold.inner.lock().unwrap();
+                        match r {
+                            Ok(answer) => {
+                                inner.queue.answer(id, answer);
+                            }
+                            Err(reason) => {
+                                inner.queue.fail(id, reason);
+                            }
+                        }
+                        hold.cond.notify_all();
+                    }),
+                );
+            }
+            (d, _) => {
+                match d {
+                    Decision::Busy => inner.counts.busy += 1,
+                    Decision::Offline => inner.counts.offline += 1,
+                    _ => inner.counts.kept += 1,
+                }
+                result.decision = d.as_str().into();
+                inner.queue.push_ready(Item::Frame {
+                    buffer,
+                    result: result.clone(),
+                });
+                self.hold.cond.notify_all();
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the result and pushes the buffer downstream.
+    fn push_result(
+        &self,
+        mut buffer: gst::Buffer,
+        result: CboResult,
+        post: bool,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        result.attach(buffer.make_mut()).map_err(|e| {
             gst::element_imp_error!(self, gst::CoreError::Failed, ("Cannot attach CboMeta: {e}"));
             gst::FlowError::Error
         })?;
@@ -509,24 +1029,285 @@ impl BaseTransformImpl for CboFilter {
                 .build();
             let _ = self.obj().post_message(msg);
         }
-        Ok(gst::FlowSuccess::Ok)
+        self.srcpad.push(buffer)
     }
-}
 
-impl VideoFilterImpl for CboFilter {
-    fn set_info(
+    /// Applies how an offloaded frame ended to its result.
+    fn finish_result(&self, mut result: CboResult, outcome: Outcome<ServerResult>) -> CboResult {
+        let mut inner = self.hold.inner.lock().unwrap();
+        match outcome {
+            Outcome::Ready => {}
+            Outcome::Answered(sr) => {
+                inner.counts.answered += 1;
+                let a = &sr.answer;
+                if let (Some(&class_id), Some(&score)) = (a.class_ids.first(), a.scores.first()) {
+                    result.class_id = class_id;
+                    result.label = a.labels.first().cloned().unwrap_or_default();
+                    result.confidence = score as f64;
+                    result.raw_confidence = score as f64;
+                    result.top_classes = a.class_ids.clone();
+                    result.top_scores = a.scores.iter().map(|&s| s as f64).collect();
+                    result.source = Source::Server;
+                    result.decision = "offload".into();
+                } else {
+                    result.decision = "failed".into();
+                }
+                result.resolution = sr.short_side as i32;
+                result.server_latency_us = sr.latency.as_micros() as u64;
+            }
+            Outcome::Late => {
+                inner.counts.late += 1;
+                result.decision = "late".into();
+            }
+            Outcome::Failed(reason) => {
+                inner.counts.failed += 1;
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "frame {} not offloaded: {reason}",
+                    result.frame
+                );
+                result.decision = "failed".into();
+            }
+        }
+        result
+    }
+
+    /// One iteration of the source pad task: waits until the head of the hold queue may leave,
+    /// then pushes it.
+    fn output_loop(&self) {
+        let mut inner = self.hold.inner.lock().unwrap();
+        let (item, outcome) = loop {
+            if inner.flushing {
+                drop(inner);
+                let _ = self.srcpad.pause_task();
+                return;
+            }
+            if let Some(popped) = inner.queue.pop(Instant::now()) {
+                break popped;
+            }
+            inner = match inner.queue.next_deadline() {
+                Some(d) => {
+                    let wait = d.saturating_duration_since(Instant::now());
+                    self.hold.cond.wait_timeout(inner, wait).unwrap().0
+                }
+                None => self.hold.cond.wait(inner).unwrap(),
+            };
+        };
+        inner.pushing = true;
+        // Room in the queue: a waiting streaming thread may go on.
+        self.hold.cond.notify_all();
+        drop(inner);
+        let flow = match item {
+            Item::Event(event) => {
+                let eos = event.type_() == gst::EventType::Eos;
+                if !self.srcpad.push_event(event) && !eos {
+                    gst::debug!(CAT, imp = self, "downstream refused a serialized event");
+                }
+                Ok(gst::FlowSuccess::Ok)
+            }
+            Item::Frame { buffer, result } => {
+                let result = self.finish_result(result, outcome);
+                let post = self
+                    .state
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .is_some_and(|s| s.post_messages);
+                self.push_result(buffer, result, post)
+            }
+        };
+        let mut inner = self.hold.inner.lock().unwrap();
+        inner.pushing = false;
+        if let Err(e) = flow {
+            gst::debug!(CAT, imp = self, "downstream returned {e:?}; pausing output");
+            inner.flow = Some(e);
+            if e != gst::FlowError::Flushing && e != gst::FlowError::Eos {
+                // As queue does: a fatal flow error downstream becomes an element error.
+                if matches!(
+                    e,
+                    gst::FlowError::NotLinked
+                        | gst::FlowError::NotNegotiated
+                        | gst::FlowError::Error
+                        | gst::FlowError::NotSupported
+                ) {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Failed,
+                        ("Internal data stream error."),
+                        ["streaming stopped, reason {e:?}"]
+                    );
+                }
+            }
+            self.hold.cond.notify_all();
+            drop(inner);
+            let _ = self.srcpad.pause_task();
+        } else {
+            self.hold.cond.notify_all();
+        }
+    }
+
+    fn start_task(&self) -> Result<(), gst::LoggableError> {
+        {
+            let mut inner = self.hold.inner.lock().unwrap();
+            inner.flushing = false;
+            inner.flow = None;
+        }
+        let weak = self.obj().downgrade();
+        self.srcpad
+            .start_task(move || {
+                if let Some(obj) = weak.upgrade() {
+                    obj.imp().output_loop();
+                }
+            })
+            .map_err(|e| gst::loggable_error!(CAT, "cannot start the output task: {e}"))
+    }
+
+    fn set_flushing(&self) {
+        let mut inner = self.hold.inner.lock().unwrap();
+        inner.flushing = true;
+        self.hold.cond.notify_all();
+    }
+
+    fn src_activatemode(
         &self,
-        incaps: &gst::Caps,
-        in_info: &gst_video::VideoInfo,
-        _outcaps: &gst::Caps,
-        _out_info: &gst_video::VideoInfo,
+        _pad: &gst::Pad,
+        mode: gst::PadMode,
+        active: bool,
     ) -> Result<(), gst::LoggableError> {
-        gst::debug!(CAT, imp = self, "negotiated {incaps}");
-        let mut guard = self.state.lock().unwrap();
-        let state = guard
-            .as_mut()
-            .ok_or_else(|| gst::loggable_error!(CAT, "caps set before start"))?;
-        state.info = Some(in_info.clone());
+        if mode != gst::PadMode::Push {
+            return Err(gst::loggable_error!(CAT, "only push mode is supported"));
+        }
+        if active {
+            if self.offloading() {
+                self.start_task()?;
+            }
+        } else {
+            self.set_flushing();
+            self.srcpad
+                .stop_task()
+                .map_err(|e| gst::loggable_error!(CAT, "cannot stop the output task: {e}"))?;
+            self.hold.inner.lock().unwrap().queue.drain();
+            if let Some(s) = self.state.lock().unwrap().as_mut() {
+                s.live = None;
+            }
+        }
         Ok(())
+    }
+
+    fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
+        use gst::EventView;
+        gst::log!(CAT, obj = pad, "event {:?}", event.type_());
+        if let EventView::Caps(c) = event.view() {
+            let caps = c.caps();
+            let info = match gst_video::VideoInfo::from_caps(caps) {
+                Ok(info) => info,
+                Err(_) => {
+                    gst::element_imp_error!(
+                        self,
+                        gst::CoreError::Negotiation,
+                        ("Unsupported caps {caps}")
+                    );
+                    return false;
+                }
+            };
+            gst::debug!(CAT, imp = self, "negotiated {caps}");
+            match self.state.lock().unwrap().as_mut() {
+                Some(state) => state.info = Some(info),
+                None => return false,
+            }
+        }
+        if !self.offloading() {
+            return gst::Pad::event_default(pad, Some(&*self.obj()), event);
+        }
+        match event.view() {
+            EventView::FlushStart(_) => {
+                let ret = self.srcpad.push_event(event);
+                self.set_flushing();
+                let _ = self.srcpad.pause_task();
+                ret
+            }
+            EventView::FlushStop(_) => {
+                self.hold.inner.lock().unwrap().queue.drain();
+                if let Some(s) = self.state.lock().unwrap().as_mut() {
+                    s.live = None;
+                }
+                let ret = self.srcpad.push_event(event);
+                ret && self.start_task().is_ok()
+            }
+            _ if event.is_serialized() => {
+                let mut inner = self.hold.inner.lock().unwrap();
+                if inner.flushing {
+                    return false;
+                }
+                inner.queue.push_ready(Item::Event(event));
+                self.hold.cond.notify_all();
+                true
+            }
+            _ => self.srcpad.push_event(event),
+        }
+    }
+
+    fn sink_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
+        if query.is_serialized() && self.offloading() {
+            // A serialized query (drain, allocation) must see every frame before it pass:
+            // wait until the output task has pushed everything held.
+            let mut inner = self.hold.inner.lock().unwrap();
+            while (!inner.queue.is_empty() || inner.pushing) && !inner.flushing {
+                inner = self
+                    .hold
+                    .cond
+                    .wait_timeout(inner, Duration::from_millis(20))
+                    .unwrap()
+                    .0;
+            }
+        }
+        gst::Pad::query_default(pad, Some(&*self.obj()), query)
+    }
+
+    fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
+        if let gst::QueryViewMut::Latency(q) = query.view_mut() {
+            let mut upstream = gst::query::Latency::new();
+            if !self.sinkpad.peer_query(&mut upstream) {
+                return false;
+            }
+            let (live, min, max) = upstream.result();
+            let extra = if self.offloading() {
+                gst::ClockTime::from_mseconds(self.settings.lock().unwrap().deadline_ms as u64)
+            } else {
+                gst::ClockTime::ZERO
+            };
+            gst::debug!(
+                CAT,
+                imp = self,
+                "latency: upstream live={live} min={min} max={max:?}, adding {extra}"
+            );
+            q.set(live, min + extra, max.map(|m| m + extra));
+            return true;
+        }
+        gst::Pad::query_default(pad, Some(&*self.obj()), query)
+    }
+
+    /// The `stats` structure.
+    fn stats(&self) -> gst::Structure {
+        let counts = self.hold.inner.lock().unwrap().counts.clone();
+        let client = self.client.lock().unwrap().as_ref().map(|c| c.stats());
+        let c = client.unwrap_or_default();
+        gst::Structure::builder("cbo-stats")
+            .field("frames", counts.frames)
+            .field("kept", counts.kept)
+            .field("offloaded", counts.offloaded)
+            .field("answered", counts.answered)
+            .field("late", counts.late)
+            .field("failed", counts.failed)
+            .field("busy", counts.busy)
+            .field("offline", counts.offline)
+            .field("bytes-sent", c.bytes_sent)
+            .field("rtt-ms", c.rtt_us as f64 / 1000.0)
+            .field("uplink-kbps", c.uplink_bps / 1000.0)
+            .field("encode-ms", c.encode_us / 1000.0)
+            .field("reconnects", c.reconnects)
+            .field("connected", c.connected)
+            .build()
     }
 }

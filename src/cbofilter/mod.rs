@@ -9,7 +9,7 @@ mod imp;
 
 glib::wrapper! {
     pub struct CboFilter(ObjectSubclass<imp::CboFilter>)
-        @extends gst_video::VideoFilter, gst_base::BaseTransform, gst::Element, gst::Object;
+        @extends gst::Element, gst::Object;
 }
 
 /// Offloading policy (`policy` property).
@@ -31,7 +31,7 @@ pub enum Policy {
     )]
     Threshold = 2,
     #[enum_value(
-        name = "CBO: maximise expected accuracy under the deadline and the measured uplink",
+        name = "CBO: maximise expected accuracy under the deadline and the measured uplink (not in this version: acts as threshold)",
         nick = "cbo"
     )]
     Cbo = 3,

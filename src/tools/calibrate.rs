@@ -121,7 +121,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<CalibrateReport, String> {
             &format!(
                 "{} on {} ({}, in-sample)",
                 file_name(&model_path),
-                args.input.describe(),
+                args.input.short_name(),
                 calibrator.method_name()
             ),
             &data.top_label(),
@@ -171,7 +171,7 @@ pub fn ece(args: &EceArgs) -> Result<serde_json::Value, String> {
             &format!(
                 "{} on {} ({} from {})",
                 file_name(&model_path),
-                args.input.describe(),
+                args.input.short_name(),
                 file.calibrator.method_name(),
                 file_name(&args.calibration)
             ),

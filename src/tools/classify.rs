@@ -26,6 +26,74 @@ pub struct ClassifyArgs {
     /// Stop after this many frames (0 = whole clip)
     #[arg(long, default_value_t = 0)]
     pub max_frames: u64,
+    #[command(flatten)]
+    pub offload: OffloadArgs,
+    /// Ground truth for every frame (class indices, comma-separated if several are right):
+    /// prints accuracy and the frames the server corrected
+    #[arg(long, value_delimiter = ',')]
+    pub expect_class: Vec<i32>,
+}
+
+/// The element's offloading properties.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OffloadArgs {
+    /// cboserver host:port (the element's `server`); unset = device only
+    #[arg(long)]
+    pub server: Option<String>,
+    /// PEM certificate to trust for the server
+    #[arg(long)]
+    pub server_cert: Option<PathBuf>,
+    /// SHA-256 fingerprint to pin instead of --server-cert
+    #[arg(long)]
+    pub server_fingerprint: Option<String>,
+    /// File holding the server's bearer token
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// local | all | threshold
+    #[arg(long, default_value = "threshold")]
+    pub policy: String,
+    /// policy=threshold: offload below this (calibrated) confidence
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f64,
+    /// Per-frame deadline, ms
+    #[arg(long, default_value_t = 200)]
+    pub deadline: u32,
+    /// Short side of offloaded frames
+    #[arg(long, default_value_t = 224)]
+    pub resolution: u32,
+    #[arg(long, default_value_t = 80)]
+    pub jpeg_quality: u32,
+    #[arg(long, default_value_t = 8)]
+    pub max_in_flight: u32,
+}
+
+impl OffloadArgs {
+    fn element_properties(&self) -> Result<Vec<(&'static str, String)>, String> {
+        let Some(server) = &self.server else {
+            return Ok(Vec::new());
+        };
+        let mut props = vec![
+            ("server", server.clone()),
+            ("policy", self.policy.clone()),
+            ("threshold", self.threshold.to_string()),
+            ("deadline", self.deadline.to_string()),
+            ("resolution", self.resolution.to_string()),
+            ("jpeg-quality", self.jpeg_quality.to_string()),
+            ("max-in-flight", self.max_in_flight.to_string()),
+        ];
+        if let Some(c) = &self.server_cert {
+            props.push(("server-cert", c.display().to_string()));
+        }
+        if let Some(f) = &self.server_fingerprint {
+            props.push(("server-fingerprint", f.clone()));
+        }
+        if let Some(t) = &self.token_file {
+            let token = std::fs::read_to_string(t)
+                .map_err(|e| format!("cannot read token file '{}': {e}", t.display()))?;
+            props.push(("token", token.trim().to_string()));
+        }
+        Ok(props)
+    }
 }
 
 #[derive(Default)]
@@ -37,6 +105,14 @@ struct Tally {
     inference_us_sum: u64,
     preprocess_us_sum: u64,
     last: Option<(String, f64)>,
+    offloaded: u64,
+    from_server: u64,
+    late: u64,
+    right: u64,
+    device_right: u64,
+    corrected: u64,
+    /// Time each frame spent in the element, in arrival order.
+    latencies_us: Vec<u64>,
 }
 
 /// Summary of a classified clip.
@@ -54,6 +130,19 @@ pub struct ClassifySummary {
     pub execution_provider: String,
     /// (label, frames), most frequent first.
     pub labels: Vec<(String, u64)>,
+    pub offloading: bool,
+    /// Frames sent to the server, and answered in time.
+    pub offloaded: u64,
+    pub from_server: u64,
+    pub late: u64,
+    /// With --expect-class: accuracy of the labels leaving the element, of the device alone, and
+    /// frames the device got wrong and the server right.
+    pub accuracy: Option<f64>,
+    pub device_accuracy: Option<f64>,
+    pub corrected: Option<u64>,
+    /// Time from entering cbofilter to leaving it.
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
 }
 
 fn source_description(input: &str) -> String {
@@ -85,6 +174,20 @@ pub fn run(args: &ClassifyArgs) -> Result<ClassifySummary, String> {
     if let Some(cal) = &args.calibration {
         cbo.set_property("calibration", cal.display().to_string());
     }
+    let offload_props = args.offload.element_properties()?;
+    let offloading = !offload_props.is_empty();
+    for (name, value) in offload_props {
+        cbo.set_property_from_str(name, &value);
+    }
+    let entered = Arc::new(Mutex::new(std::collections::VecDeque::<Instant>::new()));
+    let e = entered.clone();
+    cbo.static_pad("sink")
+        .expect("sink pad")
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            e.lock().unwrap().push_back(Instant::now());
+            gst::PadProbeReturn::Ok
+        });
+    let expect = args.expect_class.clone();
 
     let tally = Arc::new(Mutex::new(Tally::default()));
     let json = args.json;
@@ -99,7 +202,21 @@ pub fn run(args: &ClassifyArgs) -> Result<ClassifySummary, String> {
                     println!("{}", result_json(&r, buf.pts()));
                 }
                 let mut t = probe_tally.lock().unwrap();
+                // Frames leave in arrival order, so the oldest entry time is this frame's.
+                if let Some(t0) = entered.lock().unwrap().pop_front() {
+                    t.latencies_us.push(t0.elapsed().as_micros() as u64);
+                }
                 t.frames += 1;
+                t.offloaded += u64::from(r.resolution > 0);
+                t.from_server += u64::from(r.source == crate::meta::Source::Server);
+                t.late += u64::from(r.decision == "late");
+                if !expect.is_empty() {
+                    let right = expect.contains(&r.class_id);
+                    let device_right = expect.contains(&r.device_class_id);
+                    t.right += u64::from(right);
+                    t.device_right += u64::from(device_right);
+                    t.corrected += u64::from(right && !device_right);
+                }
                 *t.labels.entry(r.label.clone()).or_default() += 1;
                 t.confidence_sum += r.confidence;
                 t.raw_confidence_sum += r.raw_confidence;
@@ -164,7 +281,26 @@ pub fn run(args: &ClassifyArgs) -> Result<ClassifySummary, String> {
     let n = t.frames.max(1) as f64;
     let mut labels: Vec<(String, u64)> = t.labels.iter().map(|(k, v)| (k.clone(), *v)).collect();
     labels.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut lat = t.latencies_us.clone();
+    lat.sort_unstable();
+    let pct = |q: f64| {
+        if lat.is_empty() {
+            0.0
+        } else {
+            lat[((q * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1] as f64 / 1000.0
+        }
+    };
+    let known = !args.expect_class.is_empty();
     Ok(ClassifySummary {
+        offloading,
+        offloaded: t.offloaded,
+        from_server: t.from_server,
+        late: t.late,
+        accuracy: known.then(|| t.right as f64 / n),
+        device_accuracy: known.then(|| t.device_right as f64 / n),
+        corrected: known.then_some(t.corrected),
+        latency_p50_ms: pct(0.5),
+        latency_p99_ms: pct(0.99),
         frames: t.frames,
         seconds,
         fps: t.frames as f64 / seconds,
@@ -217,6 +353,9 @@ fn result_json(r: &CboResult, pts: Option<gst::ClockTime>) -> String {
         "inference_us": r.inference_us,
         "top_classes": r.top_classes,
         "top_scores": r.top_scores,
+        "device_class_id": r.device_class_id,
+        "device_confidence": r.device_confidence,
+        "server_latency_us": r.server_latency_us,
     })
     .to_string()
 }
@@ -238,8 +377,30 @@ pub fn print_summary(s: &ClassifySummary) {
         s.mean_inference_ms,
         s.mean_preprocess_ms
     );
-    println!("labels:");
     let n = s.frames.max(1) as f64;
+    if s.offloading {
+        println!(
+            "offloaded: {} ({:.1}%)   answered by the server in time: {} ({:.1}%)   late: {}",
+            s.offloaded,
+            100.0 * s.offloaded as f64 / n,
+            s.from_server,
+            100.0 * s.from_server as f64 / n,
+            s.late
+        );
+    }
+    if let (Some(acc), Some(dev)) = (s.accuracy, s.device_accuracy) {
+        println!(
+            "accuracy vs the known label: {:.3} (device alone {:.3}); frames the server corrected: {}",
+            acc,
+            dev,
+            s.corrected.unwrap_or(0)
+        );
+    }
+    println!(
+        "frame latency through cbofilter: p50 {:.1} ms   p99 {:.1} ms",
+        s.latency_p50_ms, s.latency_p99_ms
+    );
+    println!("labels:");
     for (label, count) in s.labels.iter().take(10) {
         let bar = "#".repeat((40.0 * *count as f64 / n).round() as usize);
         println!(

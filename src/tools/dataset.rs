@@ -30,6 +30,19 @@ pub struct InputArgs {
 }
 
 impl InputArgs {
+    /// The input's file name (no directories), for plot titles.
+    pub fn short_name(&self) -> String {
+        let path = self.images.as_ref().or(self.video.as_ref());
+        let name = path
+            .and_then(|p| p.file_name())
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match &self.split {
+            Some(split) => format!("{name} ({split})"),
+            None => name,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match (&self.images, &self.video) {
             (Some(tsv), _) => format!(
@@ -159,7 +172,7 @@ pub fn for_each_labelled(
     let mut visit = |buf: &gst::Buffer, caps: &gst::CapsRef, class: usize, total: usize| {
         f(buf, caps, class)?;
         done += 1;
-        if progress && (done % 50 == 0 || done == total) {
+        if progress && (done.is_multiple_of(50) || done == total) {
             eprint!("\r  {done} / {total} samples");
             let _ = std::io::stderr().flush();
         }

@@ -1,0 +1,437 @@
+//! The offload client inside `cbofilter`: keeps a QUIC connection to `cboserver` alive, encodes
+//! offloaded frames off the streaming thread, sends each on its own stream and reports the answer
+//! through a completion callback.
+//!
+//! Threads: frames are rescaled and JPEG-encoded on one encoder thread per element (the
+//! streaming thread only hands over a buffer reference); QUIC runs on a tokio runtime shared by
+//! every element of the process (see gst-plugins-rs `net/quinn` for the same pattern). The
+//! connection manager reconnects with exponential backoff (0.2 s doubling to 5 s) and reports
+//! each state change once through [`ClientEvent`]s, which the element turns into warnings.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::jpeg::FrameEncoder;
+use crate::protocol::{Answer, RequestHeader};
+use crate::quic;
+use crate::tls::{self, Trust};
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port`.
+    pub server: String,
+    pub trust: Trust,
+    pub token: String,
+    pub jpeg_quality: u32,
+    pub top_k: u8,
+}
+
+/// Connection state changes, for the element's log and warnings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    Connected {
+        model: String,
+    },
+    Disconnected {
+        reason: String,
+    },
+    /// A connection attempt failed; sent once per distinct reason.
+    ConnectFailed {
+        reason: String,
+    },
+}
+
+/// One frame to offload.
+pub struct OffloadJob {
+    pub frame_id: u64,
+    pub buffer: gst::Buffer,
+    pub info: gst_video::VideoInfo,
+    pub short_side: u32,
+    /// The frame leaves the element at this time; the request is abandoned then.
+    pub deadline: Instant,
+}
+
+/// A server answer with what it cost.
+#[derive(Debug, Clone)]
+pub struct ServerResult {
+    pub answer: Answer,
+    /// Send → answer.
+    pub latency: Duration,
+    pub jpeg_bytes: usize,
+    pub short_side: u32,
+}
+
+pub type Completion = Box<dyn FnOnce(Result<ServerResult, String>) + Send>;
+
+/// Counters for the element's `stats` property.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub connected: bool,
+    pub offloaded: u64,
+    pub answered: u64,
+    pub failed: u64,
+    pub bytes_sent: u64,
+    pub reconnects: u64,
+    pub rtt_us: u64,
+    /// Smoothed uplink estimate from acknowledged requests, bits/s (0 until the first answer).
+    pub uplink_bps: f64,
+    /// Smoothed rescale + JPEG encode time per frame.
+    pub encode_us: f64,
+}
+
+struct Shared {
+    connection: Mutex<Option<quinn::Connection>>,
+    in_flight: AtomicUsize,
+    stats: Mutex<Stats>,
+}
+
+/// The process-wide runtime for QUIC I/O.
+fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cbo-offload")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the offload runtime: {e}"))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+pub struct OffloadClient {
+    shared: Arc<Shared>,
+    jobs: Option<mpsc::Sender<(OffloadJob, Completion)>>,
+    encoder_thread: Option<std::thread::JoinHandle<()>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+/// Splits `host:port` (IPv6 as `[::1]:4433`) into the TLS server name and the whole address.
+fn server_name(server: &str) -> Result<String, String> {
+    let (host, port) = server
+        .rsplit_once(':')
+        .ok_or_else(|| format!("server '{server}' is not host:port"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("server '{server}' has an invalid port '{port}'"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("server '{server}' has no host"));
+    }
+    Ok(host.to_string())
+}
+
+impl OffloadClient {
+    /// Starts connecting in the background; `events` is called from the runtime's threads.
+    pub fn start(
+        config: ClientConfig,
+        events: Arc<dyn Fn(ClientEvent) + Send + Sync>,
+    ) -> Result<Self, String> {
+        let host = server_name(&config.server)?;
+        let rt = runtime()?;
+        let tls_config = tls::client_config(&config.trust)?;
+        let endpoint = {
+            let _guard = rt.enter();
+            quic::client_endpoint()?
+        };
+        let encoder = FrameEncoder::new(config.jpeg_quality).map_err(|e| e.to_string())?;
+        let shared = Arc::new(Shared {
+            connection: Mutex::new(None),
+            in_flight: AtomicUsize::new(0),
+            stats: Mutex::new(Stats::default()),
+        });
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        rt.spawn(manage_connection(
+            endpoint,
+            config.clone(),
+            host,
+            tls_config,
+            shared.clone(),
+            events,
+            shutdown_rx,
+        ));
+        let (jobs, rx) = mpsc::channel::<(OffloadJob, Completion)>();
+        let thread_shared = shared.clone();
+        let top_k = config.top_k;
+        let encoder_thread = std::thread::Builder::new()
+            .name("cbo-encode".into())
+            .spawn(move || encode_loop(rx, encoder, thread_shared, rt.handle().clone(), top_k))
+            .map_err(|e| format!("cannot start the encoder thread: {e}"))?;
+        Ok(Self {
+            shared,
+            jobs: Some(jobs),
+            encoder_thread: Some(encoder_thread),
+            shutdown,
+        })
+    }
+
+    pub fn connected(&self) -> bool {
+        self.shared.connection.lock().unwrap().is_some()
+    }
+
+    /// Offloads submitted and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = self.shared.stats.lock().unwrap().clone();
+        if let Some(c) = self.shared.connection.lock().unwrap().as_ref() {
+            s.connected = true;
+            s.rtt_us = c.rtt().as_micros() as u64;
+        }
+        s
+    }
+
+    /// Queues a frame for encoding and sending. `done` is called exactly once, from another
+    /// thread, with the answer or the reason there is none.
+    pub fn submit(&self, job: OffloadJob, done: Completion) {
+        self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        let done = counted(self.shared.clone(), done);
+        match &self.jobs {
+            Some(tx) => {
+                if let Err(mpsc::SendError((_, done))) = tx.send((job, done)) {
+                    done(Err("offload client stopped".into()));
+                }
+            }
+            None => done(Err("offload client stopped".into())),
+        }
+    }
+}
+
+/// Wraps a completion so the in-flight count drops when it runs.
+fn counted(shared: Arc<Shared>, done: Completion) -> Completion {
+    Box::new(move |result| {
+        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        done(result)
+    })
+}
+
+impl Drop for OffloadClient {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        // Closing the job channel ends the encoder thread after the job it is on.
+        self.jobs = None;
+        if let Some(t) = self.encoder_thread.take() {
+            let _ = t.join();
+        }
+        if let Some(c) = self.shared.connection.lock().unwrap().take() {
+            c.close(0u32.into(), b"client stopping");
+        }
+    }
+}
+
+fn encode_loop(
+    rx: mpsc::Receiver<(OffloadJob, Completion)>,
+    mut encoder: FrameEncoder,
+    shared: Arc<Shared>,
+    rt: tokio::runtime::Handle,
+    top_k: u8,
+) {
+    while let Ok((job, done)) = rx.recv() {
+        if Instant::now() >= job.deadline {
+            done(Err("deadline passed before encoding".into()));
+            continue;
+        }
+        let Some(connection) = shared.connection.lock().unwrap().clone() else {
+            done(Err("not connected".into()));
+            continue;
+        };
+        let t0 = Instant::now();
+        let encoded = {
+            match gst_video::VideoFrameRef::from_buffer_ref_readable(job.buffer.as_ref(), &job.info)
+            {
+                Ok(frame) => encoder
+                    .encode(&frame, job.short_side)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("cannot map the frame: {e}")),
+            }
+        };
+        // The buffer reference goes now, so the frame stays cheap to make writable downstream.
+        drop(job.buffer);
+        let encoded = match encoded {
+            Ok(e) => e,
+            Err(e) => {
+                done(Err(e));
+                continue;
+            }
+        };
+        let encode_us = t0.elapsed().as_micros() as f64;
+        {
+            let mut s = shared.stats.lock().unwrap();
+            s.encode_us = ewma(s.encode_us, encode_us, 0.1);
+            s.offloaded += 1;
+            s.bytes_sent += encoded.bytes.len() as u64;
+        }
+        let header = RequestHeader {
+            frame_id: job.frame_id,
+            width: encoded.width,
+            height: encoded.height,
+            short_side: job.short_side,
+            deadline_ms: job
+                .deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u32,
+            jpeg_len: encoded.bytes.len() as u32,
+            top_k,
+        };
+        let shared = shared.clone();
+        let deadline = tokio::time::Instant::from_std(job.deadline);
+        rt.spawn(async move {
+            let sent = Instant::now();
+            let result = tokio::time::timeout_at(
+                deadline,
+                quic::request(&connection, &header, &encoded.bytes, 64 * 1024),
+            )
+            .await;
+            let latency = sent.elapsed();
+            let mut s = shared.stats.lock().unwrap();
+            match result {
+                Ok(Ok(answer)) => {
+                    s.answered += 1;
+                    // Upload time ≈ latency − server time − one RTT (the answer's way back and
+                    // the stream open): a coarse uplink estimate the policy refines.
+                    let server = Duration::from_micros(
+                        answer.decode_us + answer.queue_us + answer.inference_us,
+                    );
+                    let upload = latency
+                        .saturating_sub(server)
+                        .saturating_sub(connection.rtt())
+                        .max(Duration::from_millis(1));
+                    let bps = (encoded.bytes.len() as f64 * 8.0) / upload.as_secs_f64();
+                    s.uplink_bps = ewma(s.uplink_bps, bps, 0.2);
+                    drop(s);
+                    done(Ok(ServerResult {
+                        answer,
+                        latency,
+                        jpeg_bytes: encoded.bytes.len(),
+                        short_side: header.short_side,
+                    }));
+                }
+                Ok(Err(e)) => {
+                    s.failed += 1;
+                    drop(s);
+                    done(Err(e.to_string()));
+                }
+                Err(_) => {
+                    s.failed += 1;
+                    drop(s);
+                    done(Err("no answer before the deadline".into()));
+                }
+            }
+        });
+    }
+}
+
+fn ewma(old: f64, new: f64, alpha: f64) -> f64 {
+    if old == 0.0 {
+        new
+    } else {
+        old + alpha * (new - old)
+    }
+}
+
+async fn manage_connection(
+    endpoint: quinn::Endpoint,
+    config: ClientConfig,
+    host: String,
+    tls_config: quinn::ClientConfig,
+    shared: Arc<Shared>,
+    events: Arc<dyn Fn(ClientEvent) + Send + Sync>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(200);
+    const MAX_BACKOFF: Duration = Duration::from_secs(5);
+    let mut backoff = MIN_BACKOFF;
+    let mut last_error: Option<String> = None;
+    let mut connected_before = false;
+    while !*shutdown.borrow() {
+        let attempt = async {
+            let addr = tokio::net::lookup_host(&config.server)
+                .await
+                .map_err(|e| format!("cannot resolve '{}': {e}", config.server))?
+                .next()
+                .ok_or_else(|| format!("'{}' resolves to no address", config.server))?;
+            quic::connect(
+                &endpoint,
+                addr,
+                &host,
+                tls_config.clone(),
+                &config.token,
+                "cbofilter",
+                // Short, so an absent server is reported (and retried) quickly; a QUIC
+                // handshake takes two round trips.
+                Duration::from_secs(2),
+            )
+            .await
+            .map_err(|e| e.to_string())
+        };
+        let result = tokio::select! {
+            r = attempt => r,
+            _ = shutdown.changed() => break,
+        };
+        match result {
+            Ok(session) => {
+                backoff = MIN_BACKOFF;
+                last_error = None;
+                if connected_before {
+                    shared.stats.lock().unwrap().reconnects += 1;
+                }
+                connected_before = true;
+                let connection = session.connection.clone();
+                *shared.connection.lock().unwrap() = Some(connection.clone());
+                events(ClientEvent::Connected {
+                    model: session.hello.model.clone(),
+                });
+                let reason = tokio::select! {
+                    e = connection.closed() => e.to_string(),
+                    _ = shutdown.changed() => {
+                        connection.close(0u32.into(), b"client stopping");
+                        *shared.connection.lock().unwrap() = None;
+                        break;
+                    }
+                };
+                *shared.connection.lock().unwrap() = None;
+                events(ClientEvent::Disconnected { reason });
+            }
+            Err(reason) => {
+                if last_error.as_deref() != Some(reason.as_str()) {
+                    events(ClientEvent::ConnectFailed {
+                        reason: reason.clone(),
+                    });
+                    last_error = Some(reason);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => break,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    endpoint.close(0u32.into(), b"client stopping");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names() {
+        assert_eq!(server_name("127.0.0.1:4433").unwrap(), "127.0.0.1");
+        assert_eq!(server_name("localhost:1").unwrap(), "localhost");
+        assert_eq!(server_name("[::1]:4433").unwrap(), "::1");
+        assert!(server_name("localhost").is_err());
+        assert!(server_name("localhost:http").is_err());
+        assert!(server_name(":4433").is_err());
+    }
+
+    #[test]
+    fn ewma_starts_at_the_first_sample() {
+        assert_eq!(ewma(0.0, 10.0, 0.2), 10.0);
+        assert_eq!(ewma(10.0, 20.0, 0.5), 15.0);
+    }
+}

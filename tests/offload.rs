@@ -1,0 +1,440 @@
+//! Offloading end to end: the real cbofilter talking QUIC to the real `cboserver` binary on
+//! 127.0.0.1, with real models on both sides, and the faults a deployment meets (server absent,
+//! killed mid-stream, wrong token, untrusted certificate, a full in-flight window).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Run, bottle_clip, repo, run_pipeline, run_with};
+use gst::prelude::*;
+use gstcbo::Source;
+
+/// A `cboserver` child process with a self-signed certificate (and a token when asked).
+struct Server {
+    child: Child,
+    addr: String,
+    cert: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A loopback UDP port nobody listens on (for a server that starts later, or never).
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A directory with a self-signed certificate, created the way `cboserver --self-signed` does.
+fn cert_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    gstcbo::tls::load_or_create_self_signed(dir.path()).unwrap();
+    let cert = dir.path().join("cert.pem");
+    assert!(cert.is_file());
+    (dir, cert)
+}
+
+impl Server {
+    fn start(token: Option<&str>) -> Server {
+        let (dir, cert) = cert_dir();
+        Self::start_in(dir, cert, token, 0)
+    }
+
+    /// Starts on `port` (0 = any) reusing the certificate in `dir`.
+    fn start_in(dir: tempfile::TempDir, cert: PathBuf, token: Option<&str>, port: u16) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cboserver"));
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--model")
+            .arg(repo().join("models/efficientnet-lite2-fp32-260.onnx"))
+            .arg("--self-signed")
+            .arg(dir.path())
+            .arg("--max-batch")
+            .arg("4")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(t) = token {
+            let f = dir.path().join("token");
+            std::fs::write(&f, t).unwrap();
+            cmd.arg("--token-file").arg(f);
+        }
+        let mut child = cmd.spawn().expect("cboserver starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(a) = line.strip_prefix("listening on ") {
+                        break a.trim().to_string();
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    panic!("cboserver exited before listening");
+                }
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            addr,
+            cert,
+            _dir: dir,
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn props(addr: &str, cert: &Path, extra: &str) -> String {
+    format!("server={addr} server-cert=\"{}\" {extra}", cert.display())
+}
+
+/// A file pipeline over the first `frames` frames of the bottle clip.
+fn clip_pipeline(cbo: &str, frames: u32) -> String {
+    format!(
+        "filesrc location=\"{}\" ! decodebin ! identity eos-after={frames} ! cbofilter name=cbo {cbo} ! fakesink",
+        bottle_clip().display()
+    )
+}
+
+/// A live source: `frames` test-pattern frames at `fps`, in real time.
+fn live_pipeline(cbo: &str, frames: u32, fps: u32) -> String {
+    format!(
+        "videotestsrc is-live=true num-buffers={frames} pattern=ball ! video/x-raw,width=320,height=240,framerate={fps}/1 ! cbofilter name=cbo {cbo} ! fakesink sync=false"
+    )
+}
+
+/// Every frame that entered left once, in order, with a result. `frames`: how many entered at
+/// least (`identity eos-after` lets a few more through than it is set to).
+fn assert_complete(run: &Run, frames: usize) {
+    assert!(run.error.is_none(), "pipeline error: {:?}", run.error);
+    assert!(run.frames_in >= frames, "frames in: {}", run.frames_in);
+    let frames = run.frames_in;
+    assert_eq!(run.missing_meta, 0);
+    let order: Vec<u64> = run.results.iter().map(|r| r.frame).collect();
+    assert_eq!(
+        order,
+        (0..frames as u64).collect::<Vec<_>>(),
+        "every frame leaves once, in order"
+    );
+}
+
+fn count(run: &Run, decision: &str) -> usize {
+    run.results
+        .iter()
+        .filter(|r| r.decision == decision)
+        .count()
+}
+
+#[test]
+fn threshold_offloads_low_confidence_frames_and_merges_server_labels_in_order() {
+    let server = Server::start(Some("s3cret"));
+    let run = run_pipeline(&clip_pipeline(
+        &props(
+            &server.addr,
+            &server.cert,
+            "token=s3cret policy=threshold threshold=0.6 deadline=5000 max-in-flight=4 post-messages=true",
+        ),
+        60,
+    ));
+    assert_complete(&run, 60);
+    // File source: never busy (waits for room instead), every low-confidence frame offloaded.
+    assert_eq!(count(&run, "busy"), 0);
+    for r in &run.results {
+        if r.device_confidence < 0.6 && r.frame > 0 {
+            assert!(
+                r.decision == "offload" || r.decision == "offline",
+                "frame {} p={} decision {}",
+                r.frame,
+                r.device_confidence,
+                r.decision
+            );
+        } else if r.device_confidence >= 0.6 {
+            assert_eq!(r.decision, "device");
+            assert_eq!(r.source, Source::Device);
+            assert_eq!(r.class_id, r.device_class_id);
+        }
+    }
+    let answered: Vec<_> = run
+        .results
+        .iter()
+        .filter(|r| r.source == Source::Server)
+        .collect();
+    assert!(
+        answered.len() >= 10,
+        "server answered {} of 60 frames: {:?}",
+        answered.len(),
+        run.results.iter().map(|r| &r.decision).collect::<Vec<_>>()
+    );
+    // The big model sees a bottle in this clip (water, pop, beer, wine bottle; or a cup or
+    // a pitcher on a few frames).
+    let bottles = [898, 737, 440, 907, 901, 720, 968, 725];
+    let bottle_answers = answered
+        .iter()
+        .filter(|r| bottles.contains(&r.class_id))
+        .count();
+    assert!(
+        bottle_answers * 10 >= answered.len() * 6,
+        "server labels: {:?}",
+        answered.iter().map(|r| &r.label).collect::<Vec<_>>()
+    );
+    for r in &answered {
+        assert_eq!(r.decision, "offload");
+        assert_eq!(r.resolution, 224);
+        assert!(r.server_latency_us > 0);
+        assert!(r.confidence > 0.0 && r.confidence <= 1.0);
+        assert!(!r.label.is_empty());
+    }
+    // The per-frame messages carry the merged result too.
+    assert_eq!(run.element_messages.len(), run.frames_in);
+}
+
+#[test]
+fn wrong_token_and_untrusted_certificate_fall_back_to_the_device_with_a_warning() {
+    let server = Server::start(Some("right"));
+    let started = Instant::now();
+    let run = run_pipeline(&clip_pipeline(
+        &props(&server.addr, &server.cert, "token=wrong policy=all"),
+        20,
+    ));
+    assert_complete(&run, 20);
+    assert!(run.results.iter().all(|r| r.source == Source::Device));
+    assert!(
+        run.warnings.iter().any(|w| w.contains("token")),
+        "warnings: {:?}",
+        run.warnings
+    );
+
+    let (_other_dir, other_cert) = cert_dir();
+    let run = run_pipeline(&clip_pipeline(
+        &props(&server.addr, &other_cert, "token=right policy=all"),
+        20,
+    ));
+    assert_complete(&run, 20);
+    assert!(run.results.iter().all(|r| r.source == Source::Device));
+    assert!(
+        run.warnings
+            .iter()
+            .any(|w| w.to_lowercase().contains("certificate")),
+        "warnings: {:?}",
+        run.warnings
+    );
+    assert!(started.elapsed() < Duration::from_secs(60), "no hang");
+}
+
+#[test]
+fn server_absent_at_start_then_coming_up_starts_offloading() {
+    let (dir, cert) = cert_dir();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    // 8 s of live video; the server comes up after 3 s with the certificate made above.
+    let server_cert = cert.clone();
+    let starter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(3000));
+        Server::start_in(dir, server_cert, None, port)
+    });
+    // 10 fps: a rate the server on a 2-core test machine keeps up with beside the device model.
+    let run = run_pipeline(&live_pipeline(
+        &props(&addr, &cert, "policy=all deadline=1000 max-in-flight=4"),
+        90,
+        10,
+    ));
+    let _server = starter.join().unwrap();
+    assert_complete(&run, 90);
+    assert_eq!(
+        run.results[0].decision, "offline",
+        "no server yet: device results"
+    );
+    assert!(
+        run.warnings
+            .iter()
+            .any(|w| w.contains("Cannot use the server")),
+        "warnings: {:?}",
+        run.warnings
+    );
+    // Offloading starts within a few seconds of the server coming up (3 s = frame 30).
+    let first = run
+        .results
+        .iter()
+        .position(|r| r.source == Source::Server)
+        .expect("the server answers once it is up");
+    assert!(first < 30 + 3 * 10, "first server answer at frame {first}");
+    let later = &run.results[first..];
+    assert!(
+        later.iter().filter(|r| r.source == Source::Server).count() * 2 > later.len(),
+        "after connecting most frames are answered: {:?}",
+        later.iter().map(|r| &r.decision).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn latency_query_adds_the_deadline_when_offloading() {
+    common::init();
+    let (_dir, cert) = cert_dir();
+    let desc = live_pipeline(
+        &props(
+            &format!("127.0.0.1:{}", free_port()),
+            &cert,
+            "policy=all deadline=300",
+        ),
+        1000,
+        30,
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let (_, state, _) = pipeline.state(gst::ClockTime::from_seconds(30));
+    assert_eq!(state, gst::State::Playing);
+    let mut q = gst::query::Latency::new();
+    let src = pipeline.by_name("cbo").unwrap().static_pad("src").unwrap();
+    assert!(src.query(&mut q));
+    let (live, min, _max) = q.result();
+    assert!(live);
+    assert!(
+        min >= gst::ClockTime::from_mseconds(300),
+        "latency {min} should include the 300 ms deadline"
+    );
+    pipeline.set_state(gst::State::Null).unwrap();
+
+    // Device only: no added latency.
+    let desc = live_pipeline("", 1000, 30);
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let _ = pipeline.state(gst::ClockTime::from_seconds(30));
+    let mut q = gst::query::Latency::new();
+    let src = pipeline.by_name("cbo").unwrap().static_pad("src").unwrap();
+    assert!(src.query(&mut q));
+    assert!(q.result().1 < gst::ClockTime::from_mseconds(100));
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn live_source_with_a_full_window_keeps_frames_on_the_device_as_busy() {
+    let server = Server::start(None);
+    // 120 fps live: frames arrive every ~8 ms, far faster than one server round trip.
+    let run = run_pipeline(&live_pipeline(
+        &props(
+            &server.addr,
+            &server.cert,
+            "policy=all max-in-flight=1 deadline=1000",
+        ),
+        240,
+        120,
+    ));
+    assert_complete(&run, 240);
+    assert!(count(&run, "busy") > 20, "busy {}", count(&run, "busy"));
+    assert!(
+        count(&run, "offload") > 2,
+        "offload {}",
+        count(&run, "offload")
+    );
+}
+
+#[test]
+fn server_killed_mid_stream_loses_no_frame() {
+    let mut server = Server::start(None);
+    let desc = live_pipeline(
+        &props(
+            &server.addr,
+            &server.cert,
+            "policy=all deadline=600 max-in-flight=4",
+        ),
+        60,
+        10,
+    );
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(3000));
+        server.kill();
+        server
+    });
+    let run = run_with(&desc, |_| {});
+    let _server = killer.join().unwrap();
+    assert_complete(&run, 60);
+    let answered = run
+        .results
+        .iter()
+        .filter(|r| r.source == Source::Server)
+        .count();
+    assert!(
+        answered > 10,
+        "answered before the kill: {answered}: {:?}",
+        run.results.iter().map(|r| &r.decision).collect::<Vec<_>>()
+    );
+    let tail = &run.results[45..];
+    assert!(
+        tail.iter().all(|r| r.source == Source::Device),
+        "after the kill frames come from the device: {:?}",
+        tail.iter().map(|r| &r.decision).collect::<Vec<_>>()
+    );
+    // Requests to the dead server wait until their deadline (late), keeping the window full
+    // (busy), until the connection is declared lost (failed, then offline).
+    assert!(
+        tail.iter()
+            .all(|r| ["late", "failed", "offline", "busy"].contains(&r.decision.as_str())),
+        "{:?}",
+        tail.iter().map(|r| &r.decision).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn stats_property_counts_what_happened() {
+    let server = Server::start(None);
+    let desc = clip_pipeline(
+        &props(&server.addr, &server.cert, "policy=all deadline=5000"),
+        30,
+    );
+    let stats = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let s = stats.clone();
+    let run = run_with(&desc, move |p| {
+        let cbo = p.by_name("cbo").unwrap();
+        cbo.static_pad("src").unwrap().add_probe(
+            gst::PadProbeType::EVENT_DOWNSTREAM,
+            move |pad, info| {
+                if let Some(gst::PadProbeData::Event(e)) = &info.data
+                    && e.type_() == gst::EventType::Eos
+                {
+                    let el = pad.parent_element().unwrap();
+                    *s.lock().unwrap() = Some(el.property::<gst::Structure>("stats"));
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+    });
+    assert_complete(&run, 30);
+    let st = stats.lock().unwrap().clone().expect("stats read at EOS");
+    assert_eq!(st.get::<u64>("frames").unwrap(), run.frames_in as u64);
+    let answered = st.get::<u64>("answered").unwrap();
+    let offloaded = st.get::<u64>("offloaded").unwrap();
+    let offline = st.get::<u64>("offline").unwrap();
+    assert_eq!(offloaded + offline, run.frames_in as u64, "{st}");
+    assert_eq!(
+        answered as usize,
+        run.results
+            .iter()
+            .filter(|r| r.source == Source::Server)
+            .count()
+    );
+    assert!(st.get::<u64>("bytes-sent").unwrap() > 1000 * answered);
+    assert!(st.get::<bool>("connected").unwrap());
+}
