@@ -28,4 +28,4 @@ echo "cboserver (EfficientNet-Lite2) listening on $addr"
 "$bin/cbo" classify "$here/examples/media/bottle-detection.mp4" \
     --calibration "$here/models/efficientnet-lite0-int8pt-224.calibration.json" \
     --server "$addr" --server-cert "$state/cert/cert.pem" --token-file "$state/token" \
-    --policy threshold --threshold 0.5 --deadline 300 --expect-class 898
+    --policy threshold --threshold 0.5 --deadline 500 --max-in-flight 4 --expect-class 898

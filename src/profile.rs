@@ -278,7 +278,11 @@ impl Profile {
         }
         let unit = |x: f64| (0.0..=1.0).contains(&x);
         for r in &self.resolutions {
-            if r.short_side == 0 || !unit(r.server_accuracy) || r.bytes_mean.is_nan() || r.bytes_mean < 0.0 {
+            if r.short_side == 0
+                || !unit(r.server_accuracy)
+                || r.bytes_mean.is_nan()
+                || r.bytes_mean < 0.0
+            {
                 return bad(format!("resolution {} has invalid figures", r.short_side));
             }
         }

@@ -51,6 +51,11 @@ pub struct BenchReport {
     /// (temperature: over the real 1000-wide rows of the benchmark frames).
     pub calibration_apply_ns: Vec<(String, f64)>,
     pub cbofilter_rounds_fps: Vec<f64>,
+    /// Client-side cost of offloading one frame: rescale to a 224 px short side + JPEG (quality
+    /// 80), in ms, and as a share of one bare device-model run measured in the same process.
+    pub offload_encode_ms: f64,
+    pub offload_encode_bytes: f64,
+    pub offload_encode_vs_inference: f64,
 }
 
 pub fn default_video() -> PathBuf {
@@ -172,6 +177,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         filt.push(filter_round(&frames, &caps, &props)?);
     }
     let calibration_apply_ns = calibration_cost(&mut model, &tensors)?;
+    let (offload_encode_ms, offload_encode_bytes) = encode_cost(&frames, &info)?;
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let (b, f) = (best(&bare), best(&filt));
     Ok(BenchReport {
@@ -192,7 +198,33 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         bare_rounds_fps: bare,
         calibration_apply_ns,
         cbofilter_rounds_fps: filt,
+        offload_encode_ms,
+        offload_encode_bytes,
+        offload_encode_vs_inference: offload_encode_ms * b / 1000.0,
     })
+}
+
+/// Mean rescale + JPEG encode time (ms) and size (bytes) of an offloaded frame at 224 px, with
+/// the encoder `cbofilter` uses; best of three passes over the frames.
+fn encode_cost(frames: &[gst::Buffer], info: &gst_video::VideoInfo) -> Result<(f64, f64), String> {
+    let mut encoder = crate::jpeg::FrameEncoder::new(80).map_err(|e| e.to_string())?;
+    let mut best = f64::MAX;
+    let mut bytes = 0usize;
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        bytes = 0;
+        for f in frames {
+            let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(f, info)
+                .map_err(|e| e.to_string())?;
+            bytes += encoder
+                .encode(&frame, 224)
+                .map_err(|e| e.to_string())?
+                .bytes
+                .len();
+        }
+        best = best.min(t0.elapsed().as_secs_f64() * 1000.0 / frames.len().max(1) as f64);
+    }
+    Ok((best, bytes as f64 / frames.len().max(1) as f64))
 }
 
 /// Times `Calibrator::apply` for each method over the model's real output rows.
@@ -259,4 +291,8 @@ pub fn print_report(r: &BenchReport) {
     for (method, ns) in &r.calibration_apply_ns {
         println!("calibration apply    : {ns:8.1} ns/frame  ({method})");
     }
+    println!(
+        "offload encode 224px : {:8.3} ms/frame, {:.0} bytes ({:.2}x one bare device inference)",
+        r.offload_encode_ms, r.offload_encode_bytes, r.offload_encode_vs_inference
+    );
 }
