@@ -22,6 +22,7 @@ pub mod quic;
 pub mod server;
 pub mod tls;
 pub mod tools;
+pub mod trace;
 
 pub use cbofilter::{CboFilter, ExecutionProviderProp, OutputKindProp, Policy};
 pub use meta::{CboResult, Source};

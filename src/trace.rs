@@ -1,0 +1,254 @@
+//! Mahimahi link traces (pure): when a cellular uplink could deliver bytes.
+//!
+//! Each line of a trace is a millisecond timestamp at which one 1500-byte packet may cross the
+//! link; repeated timestamps mean several packets in that millisecond; the trace repeats with a
+//! period equal to its last timestamp (as `mm-link` does). Here every delivery opportunity drains
+//! up to [`MTU`] bytes of whatever is queued, byte-granular (a packet may complete over several
+//! opportunities), which is how both `cbo netem` (the real relay) and the `cbo eval` simulation
+//! use it, so the two agree.
+
+use std::path::Path;
+
+/// Bytes one delivery opportunity carries.
+pub const MTU: u64 = 1500;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    /// Opportunity timestamps within one period, ms, non-decreasing.
+    times_ms: Vec<u64>,
+    /// The trace repeats every `period_ms`.
+    period_ms: u64,
+}
+
+impl Trace {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut times_ms = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let t: u64 = line
+                .parse()
+                .map_err(|_| format!("line {}: '{line}' is not a millisecond count", i + 1))?;
+            if times_ms.last().is_some_and(|&last| t < last) {
+                return Err(format!("line {}: timestamp {t} goes backwards", i + 1));
+            }
+            times_ms.push(t);
+        }
+        let period_ms = *times_ms
+            .last()
+            .ok_or("the trace has no delivery opportunities")?;
+        if period_ms == 0 {
+            return Err("the trace's last timestamp must be positive (it is the period)".into());
+        }
+        Ok(Self {
+            times_ms,
+            period_ms,
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read trace '{}': {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("trace '{}': {e}", path.display()))
+    }
+
+    /// A constant-rate link of `bits_per_second` (one opportunity per ms or fewer).
+    pub fn constant(bits_per_second: f64) -> Self {
+        let per_ms = bits_per_second / 8.0 / MTU as f64 / 1000.0;
+        // Spread opportunities evenly over a 1 s period.
+        let n = (per_ms * 1000.0).round().max(1.0) as u64;
+        let times_ms = (1..=n).map(|k| (k * 1000).div_ceil(n)).collect();
+        Self {
+            times_ms,
+            period_ms: 1000,
+        }
+    }
+
+    pub fn period_ms(&self) -> u64 {
+        self.period_ms
+    }
+
+    /// Mean capacity over one period, bits per second.
+    pub fn mean_bps(&self) -> f64 {
+        self.times_ms.len() as f64 * MTU as f64 * 8.0 / (self.period_ms as f64 / 1000.0)
+    }
+
+    /// Index (over the repeated trace) of the first opportunity at or after `t_ms`.
+    pub fn first_at_or_after(&self, t_ms: u64) -> u64 {
+        let n = self.times_ms.len() as u64;
+        // Opportunity k of period p happens at p * period + times[k]; period p covers
+        // (p * period, (p + 1) * period] because the last timestamp equals the period.
+        let p = t_ms.saturating_sub(1) / self.period_ms;
+        let within = t_ms - p * self.period_ms;
+        let k = self.times_ms.partition_point(|&x| x < within) as u64;
+        p * n + k
+    }
+
+    /// Time (ms) of opportunity `index` over the repeated trace.
+    pub fn time_of(&self, index: u64) -> u64 {
+        let n = self.times_ms.len() as u64;
+        (index / n) * self.period_ms + self.times_ms[(index % n) as usize]
+    }
+
+    /// Bytes the link can carry in `[t0_ms, t1_ms)`.
+    pub fn capacity_bytes(&self, t0_ms: u64, t1_ms: u64) -> u64 {
+        if t1_ms <= t0_ms {
+            return 0;
+        }
+        (self.first_at_or_after(t1_ms) - self.first_at_or_after(t0_ms)) * MTU
+    }
+}
+
+/// A drop-tail FIFO in front of a trace-driven link, byte-granular: the uplink model shared by the
+/// relay and the simulator. Time only moves forward.
+#[derive(Debug, Clone)]
+pub struct LinkQueue {
+    trace: Trace,
+    /// Next opportunity not yet used.
+    next: u64,
+    /// Bytes of the opportunity `next - 1` still unused (an opportunity partly used by the last
+    /// packet serves the next packet too).
+    spare: u64,
+    /// When the last queued byte leaves, ms, and how many bytes are queued behind the link.
+    busy_until_ms: u64,
+    queued_bytes: u64,
+    queue_limit_bytes: u64,
+}
+
+impl LinkQueue {
+    pub fn new(trace: Trace, queue_limit_bytes: u64) -> Self {
+        Self {
+            trace,
+            next: 0,
+            spare: 0,
+            busy_until_ms: 0,
+            queued_bytes: 0,
+            queue_limit_bytes,
+        }
+    }
+
+    pub fn trace(&self) -> &Trace {
+        &self.trace
+    }
+
+    /// Bytes waiting at `now_ms` (those not yet delivered).
+    pub fn backlog_bytes(&self, now_ms: u64) -> u64 {
+        if now_ms >= self.busy_until_ms {
+            0
+        } else {
+            self.queued_bytes
+        }
+    }
+
+    /// Enqueues a packet of `bytes` arriving at `now_ms`; returns when its last byte crosses the
+    /// link, or `None` when the drop-tail queue is full (the packet is lost).
+    pub fn send(&mut self, now_ms: u64, bytes: u64) -> Option<u64> {
+        if now_ms >= self.busy_until_ms {
+            // Idle link: unused opportunities are gone.
+            let first = self.trace.first_at_or_after(now_ms);
+            if first >= self.next {
+                self.next = first;
+                self.spare = 0;
+            }
+            self.queued_bytes = 0;
+        }
+        if self.queued_bytes + bytes > self.queue_limit_bytes {
+            return None;
+        }
+        let mut left = bytes;
+        let mut done_at = self.busy_until_ms.max(now_ms);
+        let used = left.min(self.spare);
+        left -= used;
+        self.spare -= used;
+        while left > 0 {
+            done_at = self.trace.time_of(self.next);
+            self.next += 1;
+            let used = left.min(MTU);
+            left -= used;
+            self.spare = MTU - used;
+        }
+        self.busy_until_ms = done_at;
+        self.queued_bytes += bytes;
+        Some(done_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_repeats() {
+        let t = Trace::parse("1\n1\n3\n5\n").unwrap();
+        assert_eq!(t.period_ms(), 5);
+        // 4 opportunities of 1500 B per 5 ms = 9.6 Mbit/s.
+        assert!((t.mean_bps() - 9.6e6).abs() < 1.0);
+        assert_eq!(t.first_at_or_after(0), 0);
+        assert_eq!(t.first_at_or_after(1), 0);
+        assert_eq!(t.first_at_or_after(2), 2);
+        assert_eq!(t.first_at_or_after(5), 3);
+        assert_eq!(t.first_at_or_after(6), 4);
+        assert_eq!(t.time_of(4), 6);
+        assert_eq!(t.time_of(7), 10);
+        assert_eq!(t.capacity_bytes(0, 5), 3 * MTU);
+        assert_eq!(t.capacity_bytes(0, 6), 4 * MTU);
+        assert_eq!(
+            t.capacity_bytes(0, 1000),
+            799 * MTU,
+            "the one at 1000 ms is not before 1000"
+        );
+        assert!(Trace::parse("").is_err());
+        assert!(Trace::parse("3\n2\n").unwrap_err().contains("backwards"));
+        assert!(Trace::parse("1\nx\n").unwrap_err().contains("line 2"));
+        assert!(Trace::parse("0\n").is_err());
+    }
+
+    #[test]
+    fn constant_rate_matches() {
+        let t = Trace::constant(12e6);
+        assert!((t.mean_bps() - 12e6).abs() / 12e6 < 0.01);
+        let t = Trace::constant(1e6);
+        assert!((t.mean_bps() - 1e6).abs() / 1e6 < 0.02);
+    }
+
+    #[test]
+    fn link_queue_serialises_packets_on_opportunities() {
+        // One opportunity per ms.
+        let mut q = LinkQueue::new(Trace::parse("1\n").unwrap(), 10_000);
+        // 3000 bytes at t=0: opportunities at 1 and 2 ms.
+        assert_eq!(q.send(0, 3000), Some(2));
+        // Behind it: 1000 bytes take opportunity 3 (500 spare after).
+        assert_eq!(q.send(0, 1000), Some(3));
+        assert_eq!(
+            q.send(1, 400),
+            Some(3),
+            "fits in the spare of opportunity 3"
+        );
+        assert_eq!(q.backlog_bytes(1), 4400);
+        // Idle link later: starts at the next opportunity after now.
+        assert_eq!(q.send(10, 100), Some(10));
+        // Drop-tail.
+        let mut q = LinkQueue::new(Trace::parse("10\n").unwrap(), 3000);
+        assert_eq!(q.send(0, 3000), Some(20));
+        assert_eq!(q.send(0, 1), None);
+    }
+
+    #[test]
+    fn real_traces_have_the_documented_means() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets/traces");
+        for (file, mbps) in [
+            ("Verizon-LTE-short.up", 5.95),
+            ("TMobile-LTE-short.up", 13.3),
+            ("ATT-LTE-driving.up", 0.83),
+        ] {
+            let t = Trace::load(&dir.join(file)).unwrap();
+            assert!(
+                (t.mean_bps() / 1e6 - mbps).abs() < 0.1,
+                "{file}: {}",
+                t.mean_bps()
+            );
+        }
+    }
+}
