@@ -30,6 +30,8 @@ pub const PRIOR_FRAMES: f64 = 5.0;
 pub struct FrameObservation {
     /// Calibrated confidence of the device's top-1.
     pub device_confidence: f64,
+    /// Its raw softmax confidence.
+    pub raw_confidence: f64,
     pub device_correct: bool,
     /// One entry per profiled resolution, in the profile's order.
     pub server: Vec<ServerObservation>,
@@ -338,6 +340,7 @@ mod tests {
     fn obs(conf: f64, device: bool, server: &[(u32, bool)]) -> FrameObservation {
         FrameObservation {
             device_confidence: conf,
+            raw_confidence: conf,
             device_correct: device,
             server: server
                 .iter()

@@ -2,7 +2,7 @@
 //! calibrate, profile and evaluate offloading policies).
 
 use clap::{Parser, Subcommand};
-use gstcbo::tools::{bench, calibrate, classify, loadgen, profile};
+use gstcbo::tools::{bench, calibrate, classify, eval, loadgen, profile};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,8 @@ enum Command {
     Ece(calibrate::EceArgs),
     /// Measure offloading per resolution: JPEG bytes, server time and accuracy per device-confidence bin
     Profile(profile::ProfileArgs),
+    /// Replay offloading policies over a labelled clip against uplink traces (simulation)
+    Eval(eval::EvalArgs),
     /// Load a running cboserver with concurrent clients; compare with a bare ORT batch loop
     Loadgen(loadgen::LoadgenArgs),
 }
@@ -56,6 +58,16 @@ fn main() -> std::process::ExitCode {
             }
         }),
         Command::Ece(args) => calibrate::ece(&args).map(|v| println!("{v}")),
+        Command::Eval(args) => eval::run(&args).map(|r| {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&eval::to_json(&r)).unwrap_or_default()
+                );
+            } else {
+                eval::print_table(&r);
+            }
+        }),
         Command::Profile(args) => profile::run(&args).map(|p| {
             if args.json {
                 println!("{}", p.to_json());

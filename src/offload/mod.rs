@@ -3,4 +3,6 @@
 
 pub mod client;
 pub mod hold;
+pub mod planner;
 pub mod policy;
+pub mod sim;

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod calibrate;
 pub mod classify;
 pub mod dataset;
+pub mod eval;
 pub mod loadgen;
 pub mod plot;
 pub mod profile;

@@ -114,6 +114,15 @@ fn config(
 }
 
 pub fn run(args: &ProfileArgs) -> Result<Profile, String> {
+    let (inputs, observations) = measure(args)?;
+    let profile = Profile::build(inputs, &observations).map_err(|e| e.0)?;
+    profile.save(&args.out).map_err(|e| e.0)?;
+    Ok(profile)
+}
+
+/// Runs both models over the labelled input at every resolution: one observation per frame
+/// (what `cbo profile` aggregates and `cbo eval` replays).
+pub fn measure(args: &ProfileArgs) -> Result<(ProfileInputs, Vec<FrameObservation>), String> {
     super::init_gstreamer()?;
     if args.resolutions.is_empty() || args.resolutions.contains(&0) {
         return Err("--resolutions needs one or more positive short sides".into());
@@ -207,6 +216,7 @@ pub fn run(args: &ProfileArgs) -> Result<Profile, String> {
         }
         observations.push(FrameObservation {
             device_confidence: confidence,
+            raw_confidence: result.confidence,
             device_correct: result.class_id == class as i32,
             server: server_obs,
         });
@@ -234,9 +244,7 @@ pub fn run(args: &ProfileArgs) -> Result<Profile, String> {
             })
             .collect(),
     };
-    let profile = Profile::build(inputs, &observations).map_err(|e| e.0)?;
-    profile.save(&args.out).map_err(|e| e.0)?;
-    Ok(profile)
+    Ok((inputs, observations))
 }
 
 pub fn print_table(p: &Profile) {

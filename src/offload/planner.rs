@@ -1,0 +1,748 @@
+//! Offloading policies as sans-IO state machines: feed them frames, answers and the clock, read
+//! actions. The element (`policy=cbo`) and the trace-driven simulator (`cbo eval`) drive the same
+//! objects, so what the simulation measures is what the element does.
+//!
+//! Time is in milliseconds as `f64` on the caller's clock.
+//!
+//! # The CBO formulation
+//!
+//! Each frame `i` arrives at `a_i` with calibrated device confidence `p_i` (the probability the
+//! device is right) and must leave by `d_i = a_i + D`. Offloading it at resolution `r` costs
+//! `b_r` bytes on the uplink (profile size × this stream's measured size ratio) and is worth
+//! `A(p_i, r)`, the server's accuracy on frames of that confidence at `r` (profile); keeping it is
+//! worth `p_i`. Its answer arrives at `c + RTT + s_r` where `c` is when its last byte crosses the
+//! uplink and `s_r` the server time. The uplink is one FIFO (QUIC streams share one congestion
+//! window), so frames are sent in deadline (= arrival) order, and with an estimated bandwidth `B`
+//! a set of choices is feasible iff, in order, every offloaded frame's cumulative link time meets
+//! `t0 + Σ b/B + RTT + s_r + e_r + margin ≤ d_i` (`t0`: when the link is free, `e_r`: encode time).
+//!
+//! The planner maximises `Σ_i gain_i` with `gain = A(p_i, r) − p_i` over the frames waiting for a
+//! decision, a multiple-choice knapsack with deadlines solved exactly by dynamic programming over
+//! (frame, link time in [`TIME_STEP_MS`] steps) in arrival order: `O(n · H/step · |R|)` for `n`
+//! waiting frames and a horizon `H ≤ D`; with `D = 1 s`, 10 frames waiting and 7 resolutions that is
+//! ~35 k cell updates, tens of µs. It commits only the first frame of the plan, and only when the
+//! uplink is about to be free (so a better frame arriving meanwhile can still take the link), and
+//! re-plans at every arrival, answer and link-free time. Frames that no option can serve in time
+//! any more, or that no option improves, are kept on the device at once.
+//!
+//! Bandwidth is estimated from answers: request `k` finished its upload at
+//! `c_k = answer_k − RTT − s_k`, and occupied the link for `c_k − max(send_k, c_{k−1})`, so
+//! `B ≈ bytes / that` (EWMA); queueing behind our own earlier requests is not counted as slowness.
+
+use crate::profile::Profile;
+
+/// Throughput samples the bandwidth estimate looks at, and the percentile of them it uses.
+const SAMPLES: usize = 10;
+const PERCENTILE: usize = 20;
+/// Samples older than this no longer describe the link.
+const SAMPLE_AGE_MS: f64 = 10_000.0;
+
+/// Link-time resolution of the planner's dynamic programme.
+pub const TIME_STEP_MS: f64 = 2.0;
+/// Safety margin on every deadline.
+pub const MARGIN_MS: f64 = 10.0;
+
+/// What to do with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send it now at the resolution with this index (into the planner's resolution list).
+    Send { resolution: usize },
+    /// Keep the device result; the frame may leave.
+    Keep,
+}
+
+/// A frame as the policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameIn {
+    pub id: u64,
+    pub arrival_ms: f64,
+    pub deadline_ms: f64,
+    /// Calibrated confidence of the device's top-1.
+    pub confidence: f64,
+    pub raw_confidence: f64,
+}
+
+/// An answer (or its absence) for a sent frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AnswerIn {
+    pub id: u64,
+    pub now_ms: f64,
+    pub bytes: f64,
+    /// Server decode + queue + inference.
+    pub server_ms: f64,
+    /// Round-trip time measured by the transport, if known.
+    pub rtt_ms: Option<f64>,
+}
+
+/// A policy: events in, actions out.
+pub trait Planner: Send {
+    fn name(&self) -> &'static str;
+    fn on_frame(&mut self, frame: FrameIn);
+    fn on_answer(&mut self, answer: AnswerIn);
+    /// A sent frame got no answer (error or connection loss).
+    fn on_failure(&mut self, id: u64, now_ms: f64);
+    /// Actions due at `now_ms` (each frame gets exactly one action, eventually).
+    fn poll(&mut self, now_ms: f64) -> Vec<(u64, Action)>;
+    /// When `poll` should be called next without another event.
+    fn next_wakeup(&self) -> Option<f64>;
+    /// Resolution list the indices of [`Action::Send`] refer to (short sides).
+    fn resolutions(&self) -> &[u32];
+}
+
+/// Link estimates shared by the adaptive policies.
+#[derive(Debug, Clone)]
+pub struct LinkEstimate {
+    /// Bytes per ms the planners plan with: a low percentile of recent samples, because a
+    /// cellular uplink's capacity swings several-fold within a second and an optimistic
+    /// estimate turns straight into deadline misses.
+    pub bandwidth: f64,
+    /// Recent per-request throughput samples (time, bytes per ms), newest last.
+    samples: std::collections::VecDeque<(f64, f64)>,
+    /// Where the estimate starts, and returns to once every sample is stale: a probe.
+    initial: f64,
+    /// Typical server time, from answers.
+    server_ms: f64,
+    pub rtt_ms: f64,
+    /// Actual / predicted JPEG size for this stream.
+    pub size_ratio: f64,
+    /// When our last sent request is estimated to have left the uplink.
+    pub link_free_ms: f64,
+    /// Last upload completion inferred from an answer.
+    last_completion_ms: f64,
+    sent: Vec<(u64, f64, f64)>,
+}
+
+impl LinkEstimate {
+    pub fn new(initial_bps: f64, rtt_ms: f64) -> Self {
+        Self {
+            bandwidth: initial_bps / 8.0 / 1000.0,
+            samples: std::collections::VecDeque::new(),
+            initial: initial_bps / 8.0 / 1000.0,
+            server_ms: 0.0,
+            rtt_ms,
+            size_ratio: 1.0,
+            link_free_ms: f64::NEG_INFINITY,
+            last_completion_ms: f64::NEG_INFINITY,
+            sent: Vec::new(),
+        }
+    }
+
+    /// Records a send of `bytes` at `now`, returning when its upload should finish.
+    pub fn on_send(&mut self, id: u64, now_ms: f64, bytes: f64) -> f64 {
+        let start = self.link_free_ms.max(now_ms);
+        self.link_free_ms = start + bytes / self.bandwidth.max(1e-6);
+        self.sent.push((id, now_ms, bytes));
+        self.link_free_ms
+    }
+
+    /// Recomputes the estimate at `now`: the low percentile of fresh samples, capped by what an
+    /// overdue request proves. The oldest unanswered request has not finished uploading by
+    /// `now − RTT − server time`; if that is longer than the estimate allowed, the link is slower
+    /// than estimated (an outage shows up here long before any answer does).
+    pub fn refresh(&mut self, now: f64) {
+        while self
+            .samples
+            .front()
+            .is_some_and(|&(t, _)| now - t > SAMPLE_AGE_MS)
+        {
+            self.samples.pop_front();
+        }
+        self.bandwidth = if self.samples.is_empty() {
+            self.initial
+        } else {
+            let mut sorted: Vec<f64> = self.samples.iter().map(|s| s.1).collect();
+            sorted.sort_by(f64::total_cmp);
+            sorted[(sorted.len() - 1) * PERCENTILE / 100]
+        };
+        let outstanding: f64 = self.sent.iter().map(|s| s.2).sum();
+        if let Some(&(_, sent, bytes)) = self.sent.first() {
+            let busy = now - self.rtt_ms - self.server_ms - sent.max(self.last_completion_ms);
+            if busy > bytes / self.bandwidth.max(1e-6) {
+                self.bandwidth = (bytes / busy).max(1e-3);
+                self.link_free_ms = now + outstanding / self.bandwidth;
+                return;
+            }
+        }
+        // What we sent and is unanswered can keep the link busy at most this long.
+        self.link_free_ms = self
+            .link_free_ms
+            .min(now + outstanding / self.bandwidth.max(1e-6));
+    }
+
+    pub fn on_answer(&mut self, a: &AnswerIn, predicted_bytes: Option<f64>) {
+        self.server_ms = if self.server_ms == 0.0 {
+            a.server_ms
+        } else {
+            0.8 * self.server_ms + 0.2 * a.server_ms
+        };
+        if let Some(rtt) = a.rtt_ms {
+            self.rtt_ms = 0.8 * self.rtt_ms + 0.2 * rtt;
+        }
+        let Some(pos) = self.sent.iter().position(|s| s.0 == a.id) else {
+            return;
+        };
+        let (_, sent_ms, bytes) = self.sent.remove(pos);
+        let completion = a.now_ms - self.rtt_ms - a.server_ms;
+        let busy = completion - sent_ms.max(self.last_completion_ms);
+        self.last_completion_ms = self.last_completion_ms.max(completion);
+        if busy > 0.5 {
+            let sample = bytes / busy;
+            if self.samples.len() == SAMPLES {
+                self.samples.pop_front();
+            }
+            self.samples.push_back((a.now_ms, sample));
+        }
+        self.refresh(a.now_ms);
+        if let Some(p) = predicted_bytes.filter(|&p| p > 0.0) {
+            self.size_ratio = 0.8 * self.size_ratio + 0.2 * (bytes / p);
+        }
+    }
+
+    /// A request got no answer (given up at its deadline, or failed): it no longer occupies the
+    /// estimate; the overdue check already accounted for the slowness it showed.
+    pub fn on_failure(&mut self, id: u64, now: f64) {
+        self.sent.retain(|s| s.0 != id);
+        self.refresh(now);
+    }
+}
+
+/// Per-resolution costs from the profile.
+#[derive(Debug, Clone)]
+struct Option_ {
+    short_side: u32,
+    bytes: f64,
+    server_ms: f64,
+    encode_ms: f64,
+}
+
+fn options(profile: &Profile) -> Vec<Option_> {
+    profile
+        .resolutions
+        .iter()
+        .map(|r| Option_ {
+            short_side: r.short_side,
+            bytes: r.bytes_mean,
+            server_ms: r.server_decode_ms_mean + r.server_inference_ms_mean,
+            encode_ms: r.encode_ms_mean,
+        })
+        .collect()
+}
+
+/// The CBO planner (see the module docs).
+pub struct CboPlanner {
+    profile: Profile,
+    opts: Vec<Option_>,
+    shorts: Vec<u32>,
+    pub link: LinkEstimate,
+    /// Frames waiting for a decision, in arrival order.
+    waiting: Vec<FrameIn>,
+    /// Bytes predicted for sent frames (for the size-ratio estimate).
+    predicted: Vec<(u64, f64)>,
+    /// Server time assumed per resolution: the profile's, scaled by what answers report.
+    server_scale: f64,
+}
+
+impl CboPlanner {
+    pub fn new(profile: Profile, initial_bps: f64, rtt_ms: f64) -> Self {
+        let opts = options(&profile);
+        let shorts = opts.iter().map(|o| o.short_side).collect();
+        Self {
+            profile,
+            opts,
+            shorts,
+            link: LinkEstimate::new(initial_bps, rtt_ms),
+            waiting: Vec::new(),
+            predicted: Vec::new(),
+            server_scale: 1.0,
+        }
+    }
+
+    fn bytes(&self, r: usize) -> f64 {
+        self.opts[r].bytes * self.link.size_ratio
+    }
+
+    /// Link time (ms) of resolution `r`, and the fixed time after the upload.
+    fn costs(&self, r: usize) -> (f64, f64) {
+        let o = &self.opts[r];
+        (
+            self.bytes(r) / self.link.bandwidth.max(1e-6),
+            self.link.rtt_ms + o.server_ms * self.server_scale + o.encode_ms + MARGIN_MS,
+        )
+    }
+
+    /// Solves the knapsack over the waiting frames starting with the link free at `t0`;
+    /// returns the option chosen per waiting frame.
+    fn plan(&self, t0: f64) -> Vec<Option<usize>> {
+        let n = self.waiting.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let horizon = self
+            .waiting
+            .iter()
+            .map(|f| f.deadline_ms)
+            .fold(f64::NEG_INFINITY, f64::max)
+            - t0;
+        if horizon <= 0.0 {
+            return vec![None; n];
+        }
+        let steps = (horizon / TIME_STEP_MS).ceil() as usize + 1;
+        const NONE: f64 = f64::NEG_INFINITY;
+        // best[k][s]: max gain of the first k frames using s steps of link time.
+        let mut best = vec![vec![NONE; steps]; n + 1];
+        let mut choice = vec![vec![None::<usize>; steps]; n + 1];
+        best[0][0] = 0.0;
+        let costs: Vec<(usize, f64, f64)> = (0..self.opts.len())
+            .map(|r| {
+                let (tx, after) = self.costs(r);
+                (((tx / TIME_STEP_MS).ceil() as usize).max(1), after, tx)
+            })
+            .collect();
+        for (k, f) in self.waiting.iter().enumerate() {
+            let gains: Vec<f64> = (0..self.opts.len())
+                .map(|r| self.profile.server_accuracy(f.confidence, r) - f.confidence)
+                .collect();
+            for s in 0..steps {
+                let v = best[k][s];
+                if v == NONE {
+                    continue;
+                }
+                // Keep.
+                if v > best[k + 1][s] {
+                    best[k + 1][s] = v;
+                    choice[k + 1][s] = None;
+                }
+                for (r, &(cost, after, _)) in costs.iter().enumerate() {
+                    if gains[r] <= 0.0 {
+                        continue;
+                    }
+                    let s2 = s + cost;
+                    if s2 >= steps {
+                        continue;
+                    }
+                    let done = t0 + s2 as f64 * TIME_STEP_MS;
+                    if done + after > f.deadline_ms {
+                        continue;
+                    }
+                    let v2 = v + gains[r];
+                    if v2 > best[k + 1][s2] {
+                        best[k + 1][s2] = v2;
+                        choice[k + 1][s2] = Some(r);
+                    }
+                }
+            }
+        }
+        // Backtrack from the best end state.
+        let (mut s, _) =
+            best[n].iter().enumerate().fold(
+                (0, NONE),
+                |acc, (s, &v)| if v > acc.1 { (s, v) } else { acc },
+            );
+        let mut out = vec![None; n];
+        for k in (1..=n).rev() {
+            let c = choice[k][s];
+            out[k - 1] = c;
+            if let Some(r) = c {
+                s -= costs[r].0;
+            }
+        }
+        out
+    }
+
+    /// Latest time frame `f` could still start uploading at its best-fitting option.
+    fn last_chance(&self, f: &FrameIn) -> f64 {
+        (0..self.opts.len())
+            .map(|r| {
+                let (tx, after) = self.costs(r);
+                f.deadline_ms - after - tx
+            })
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+}
+
+impl Planner for CboPlanner {
+    fn name(&self) -> &'static str {
+        "cbo"
+    }
+
+    fn on_frame(&mut self, frame: FrameIn) {
+        self.waiting.push(frame);
+    }
+
+    fn on_answer(&mut self, a: AnswerIn) {
+        let predicted = self
+            .predicted
+            .iter()
+            .position(|p| p.0 == a.id)
+            .map(|i| self.predicted.swap_remove(i).1);
+        self.link.on_answer(&a, predicted);
+    }
+
+    fn on_failure(&mut self, id: u64, now_ms: f64) {
+        self.predicted.retain(|p| p.0 != id);
+        self.link.on_failure(id, now_ms);
+    }
+
+    fn poll(&mut self, now: f64) -> Vec<(u64, Action)> {
+        self.link.refresh(now);
+        let mut actions = Vec::new();
+        loop {
+            // Frames no option can serve any more, or that nothing improves, leave now.
+            let t0 = self.link.link_free_ms.max(now);
+            let plan = self.plan(t0);
+            let mut kept_any = false;
+            let mut keep = vec![false; self.waiting.len()];
+            for (k, f) in self.waiting.iter().enumerate() {
+                let hopeless = self.last_chance(f) < t0;
+                let useless = (0..self.opts.len())
+                    .all(|r| self.profile.server_accuracy(f.confidence, r) <= f.confidence);
+                if plan[k].is_none() && (hopeless || useless) {
+                    keep[k] = true;
+                    kept_any = true;
+                }
+            }
+            if kept_any {
+                let mut k = 0;
+                self.waiting.retain(|f| {
+                    let drop = keep[k];
+                    k += 1;
+                    if drop {
+                        actions.push((f.id, Action::Keep));
+                    }
+                    !drop
+                });
+                continue;
+            }
+            // Commit the first planned frame when the link is (about to be) free.
+            let first = plan.iter().position(|c| c.is_some());
+            if let Some(k) = first
+                && self.link.link_free_ms <= now + TIME_STEP_MS
+            {
+                let r = plan[k].expect("position found a Some");
+                let f = self.waiting.remove(k);
+                let bytes = self.bytes(r);
+                self.link.on_send(f.id, now, bytes);
+                self.predicted.push((f.id, self.opts[r].bytes));
+                actions.push((f.id, Action::Send { resolution: r }));
+                continue;
+            }
+            break;
+        }
+        actions
+    }
+
+    fn next_wakeup(&self) -> Option<f64> {
+        let chance = self
+            .waiting
+            .iter()
+            .map(|f| self.last_chance(f))
+            .fold(f64::INFINITY, f64::min);
+        let link = if self.waiting.is_empty() {
+            f64::INFINITY
+        } else {
+            self.link.link_free_ms
+        };
+        let t = chance.min(link);
+        t.is_finite().then_some(t)
+    }
+
+    fn resolutions(&self) -> &[u32] {
+        &self.shorts
+    }
+}
+
+/// The simple rules: `local`, `all`, `threshold`, `threshold-raw` (a fixed resolution, decided at
+/// arrival, late answers dropped), and FastVA (send whenever the estimate says the answer arrives
+/// in time, at the largest resolution that fits, ignoring confidence).
+pub struct RulePlanner {
+    rule: Rule,
+    shorts: Vec<u32>,
+    /// Index of the fixed resolution.
+    fixed: usize,
+    opts: Vec<Option_>,
+    pub link: LinkEstimate,
+    due: Vec<(u64, Action)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    Local,
+    All,
+    Threshold(f64),
+    ThresholdRaw(f64),
+    FastVa,
+}
+
+impl RulePlanner {
+    pub fn new(
+        rule: Rule,
+        profile: &Profile,
+        fixed_short_side: u32,
+        initial_bps: f64,
+        rtt_ms: f64,
+    ) -> Self {
+        let opts = options(profile);
+        let shorts: Vec<u32> = opts.iter().map(|o| o.short_side).collect();
+        let fixed = shorts
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, s)| s.abs_diff(fixed_short_side))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        Self {
+            rule,
+            shorts,
+            fixed,
+            opts,
+            link: LinkEstimate::new(initial_bps, rtt_ms),
+            due: Vec::new(),
+        }
+    }
+}
+
+impl Planner for RulePlanner {
+    fn name(&self) -> &'static str {
+        match self.rule {
+            Rule::Local => "local",
+            Rule::All => "all",
+            Rule::Threshold(_) => "threshold",
+            Rule::ThresholdRaw(_) => "threshold-raw",
+            Rule::FastVa => "fastva",
+        }
+    }
+
+    fn on_frame(&mut self, f: FrameIn) {
+        let send = |r: usize| Action::Send { resolution: r };
+        let action = match self.rule {
+            Rule::Local => Action::Keep,
+            Rule::All => send(self.fixed),
+            Rule::Threshold(t) if f.confidence < t => send(self.fixed),
+            Rule::ThresholdRaw(t) if f.raw_confidence < t => send(self.fixed),
+            Rule::Threshold(_) | Rule::ThresholdRaw(_) => Action::Keep,
+            Rule::FastVa => {
+                self.link.refresh(f.arrival_ms);
+                let t0 = self.link.link_free_ms.max(f.arrival_ms);
+                (0..self.opts.len())
+                    .rev()
+                    .find(|&r| {
+                        let o = &self.opts[r];
+                        let tx = o.bytes * self.link.size_ratio / self.link.bandwidth.max(1e-6);
+                        t0 + tx + self.link.rtt_ms + o.server_ms + o.encode_ms + MARGIN_MS
+                            <= f.deadline_ms
+                    })
+                    .map_or(Action::Keep, send)
+            }
+        };
+        if let Action::Send { resolution } = action {
+            let bytes = self.opts[resolution].bytes * self.link.size_ratio;
+            self.link.on_send(f.id, f.arrival_ms, bytes);
+        }
+        self.due.push((f.id, action));
+    }
+
+    fn on_answer(&mut self, a: AnswerIn) {
+        self.link.on_answer(&a, None);
+    }
+
+    fn on_failure(&mut self, id: u64, now_ms: f64) {
+        self.link.on_failure(id, now_ms);
+    }
+
+    fn poll(&mut self, _now_ms: f64) -> Vec<(u64, Action)> {
+        std::mem::take(&mut self.due)
+    }
+
+    fn next_wakeup(&self) -> Option<f64> {
+        None
+    }
+
+    fn resolutions(&self) -> &[u32] {
+        &self.shorts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{ConfidenceBin, FittedOn, ModelRef, ResolutionProfile};
+
+    /// Two resolutions: small (5 kB, server 0.6) and large (15 kB, server 0.9), flat across bins.
+    fn profile() -> Profile {
+        let m = ModelRef {
+            file: "m".into(),
+            sha256: "0".into(),
+        };
+        let res = |short_side, bytes, acc| ResolutionProfile {
+            short_side,
+            width: short_side * 4 / 3,
+            height: short_side,
+            bytes_mean: bytes,
+            bytes_p50: bytes,
+            bytes_p90: bytes,
+            encode_ms_mean: 1.0,
+            server_decode_ms_mean: 1.0,
+            server_inference_ms_mean: 19.0,
+            server_inference_ms_p90: 19.0,
+            server_accuracy: acc,
+        };
+        Profile {
+            format: crate::profile::FORMAT.into(),
+            version: crate::profile::VERSION,
+            device_model: m.clone(),
+            server_model: m,
+            calibration: None,
+            jpeg_quality: 80,
+            encoder: "test".into(),
+            fitted_on: FittedOn {
+                source: "synthetic".into(),
+                n: 1000,
+                frame_width: 480,
+                frame_height: 360,
+            },
+            device_accuracy: 0.7,
+            resolutions: vec![res(96, 5000.0, 0.6), res(224, 15000.0, 0.9)],
+            bins: (0..10)
+                .map(|k| ConfidenceBin {
+                    lo: k as f64 / 10.0,
+                    hi: (k + 1) as f64 / 10.0,
+                    n: 100,
+                    mean_confidence: (k as f64 + 0.5) / 10.0,
+                    device_accuracy: (k as f64 + 0.5) / 10.0,
+                    server_accuracy: vec![0.6, 0.9],
+                })
+                .collect(),
+        }
+    }
+
+    fn frame(id: u64, at: f64, p: f64) -> FrameIn {
+        FrameIn {
+            id,
+            arrival_ms: at,
+            deadline_ms: at + 500.0,
+            confidence: p,
+            raw_confidence: p,
+        }
+    }
+
+    #[test]
+    fn sure_frames_stay_and_unsure_frames_go_at_the_best_resolution_that_fits() {
+        // 8 Mbit/s = 1000 B/ms: 15 kB takes 15 ms; plenty of time.
+        let mut p = CboPlanner::new(profile(), 8e6, 20.0);
+        p.on_frame(frame(0, 0.0, 0.95));
+        p.on_frame(frame(1, 0.0, 0.2));
+        let a = p.poll(0.0);
+        assert!(a.contains(&(0, Action::Keep)), "{a:?}");
+        assert!(a.contains(&(1, Action::Send { resolution: 1 })), "{a:?}");
+    }
+
+    #[test]
+    fn a_slow_link_picks_the_small_resolution_or_keeps() {
+        // 0.4 Mbit/s = 50 B/ms: 15 kB = 300 ms + 20 + 20 + 1 + 10 → 351 ms: fits 500 alone.
+        // Two unsure frames: both at 224 would need 600 ms of link: one large + one small
+        // (300 + 100 = 400 ms) gives 0.7 + 0.4 = 1.1 > 0.7 (one large) → mixed.
+        let mut p = CboPlanner::new(profile(), 0.4e6, 20.0);
+        p.on_frame(frame(0, 0.0, 0.2));
+        p.on_frame(frame(1, 0.0, 0.2));
+        let plan = p.plan(0.0);
+        let mut chosen = plan.clone();
+        chosen.sort();
+        assert_eq!(chosen, vec![Some(0), Some(1)], "{plan:?}");
+        // Only the first is committed now; the second waits for the link.
+        let a = p.poll(0.0);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(matches!(a[0].1, Action::Send { .. }));
+        assert!(p.next_wakeup().unwrap() > 50.0);
+        // At 0.04 Mbit/s nothing fits: both kept at once.
+        let mut p = CboPlanner::new(profile(), 0.04e6, 20.0);
+        p.on_frame(frame(0, 0.0, 0.2));
+        p.on_frame(frame(1, 0.0, 0.2));
+        let a = p.poll(0.0);
+        assert_eq!(a, vec![(0, Action::Keep), (1, Action::Keep)]);
+    }
+
+    #[test]
+    fn every_frame_gets_exactly_one_action() {
+        let mut p = CboPlanner::new(profile(), 2e6, 30.0);
+        let mut seen = std::collections::HashMap::new();
+        let mut t = 0.0;
+        for i in 0..300u64 {
+            p.on_frame(frame(i, t, ((i * 37) % 100) as f64 / 100.0));
+            for (id, a) in p.poll(t) {
+                assert!(seen.insert(id, a).is_none(), "frame {id} decided twice");
+                if let Action::Send { resolution } = a {
+                    p.on_answer(AnswerIn {
+                        id,
+                        now_ms: t + 60.0,
+                        bytes: [5000.0, 15000.0][resolution],
+                        server_ms: 20.0,
+                        rtt_ms: Some(30.0),
+                    });
+                }
+            }
+            t += 33.0;
+            while let Some(w) = p.next_wakeup().filter(|&w| w < t) {
+                for (id, a) in p.poll(w.max(t - 33.0)) {
+                    assert!(seen.insert(id, a).is_none());
+                }
+                if p.next_wakeup() == Some(w) {
+                    break;
+                }
+            }
+        }
+        for (id, a) in p.poll(t + 1000.0) {
+            assert!(seen.insert(id, a).is_none());
+        }
+        assert_eq!(seen.len(), 300);
+    }
+
+    #[test]
+    fn bandwidth_estimate_ignores_self_queueing() {
+        let mut l = LinkEstimate::new(1e6, 20.0);
+        // Two 10 kB requests sent together on a true 1000 B/ms link: uploads end at 10 and 20 ms.
+        l.on_send(1, 0.0, 10_000.0);
+        l.on_send(2, 0.0, 10_000.0);
+        l.on_answer(
+            &AnswerIn {
+                id: 1,
+                now_ms: 10.0 + 20.0 + 5.0,
+                bytes: 10_000.0,
+                server_ms: 5.0,
+                rtt_ms: Some(20.0),
+            },
+            None,
+        );
+        l.on_answer(
+            &AnswerIn {
+                id: 2,
+                now_ms: 20.0 + 20.0 + 5.0,
+                bytes: 10_000.0,
+                server_ms: 5.0,
+                rtt_ms: Some(20.0),
+            },
+            None,
+        );
+        // Both samples say 1000 B/ms; the estimate moves from 125 towards it.
+        assert!(l.bandwidth > 500.0, "{}", l.bandwidth);
+    }
+
+    #[test]
+    fn rules() {
+        let pr = profile();
+        let mut p = RulePlanner::new(Rule::Threshold(0.5), &pr, 224, 8e6, 20.0);
+        p.on_frame(frame(0, 0.0, 0.4));
+        p.on_frame(frame(1, 0.0, 0.6));
+        assert_eq!(
+            p.poll(0.0),
+            vec![(0, Action::Send { resolution: 1 }), (1, Action::Keep)]
+        );
+        let mut p = RulePlanner::new(Rule::FastVa, &pr, 224, 0.4e6, 20.0);
+        p.on_frame(frame(0, 0.0, 0.99));
+        // 224 needs 351 ms ≤ 500: the largest fits.
+        assert_eq!(p.poll(0.0), vec![(0, Action::Send { resolution: 1 })]);
+        p.on_frame(frame(1, 0.0, 0.99));
+        // Behind it: 300 + 100 + 51 = 451 ≤ 500 fits only the small one.
+        assert_eq!(p.poll(0.0), vec![(1, Action::Send { resolution: 0 })]);
+        p.on_frame(frame(2, 0.0, 0.99));
+        assert_eq!(p.poll(0.0), vec![(2, Action::Keep)]);
+    }
+}

@@ -1,0 +1,472 @@
+//! Trace-driven replay of an offloading policy (pure: no sockets, no GStreamer), with the
+//! element's event model, and the clairvoyant upper bound.
+//!
+//! Event model (the element's): frame `i` arrives at `i / fps`; its device result is known at
+//! once; the policy's `Send` at time `t` hands the frame to the encoder (`encode_ms` of that
+//! frame at that resolution), then its JPEG enters the uplink, a [`LinkQueue`] driven by the
+//! Mahimahi trace; the request reaches the server one-way delay (`rtt/2`) after its last byte
+//! crosses, takes `server_ms`, and the answer returns after another `rtt/2`. An answer after the
+//! frame's deadline is dropped (the frame leaves with its device label: a deadline miss). Frames
+//! leave in order: frame `i` leaves when it is resolved and frame `i − 1` has left.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use serde::Serialize;
+
+use super::planner::{Action, AnswerIn, FrameIn, Planner};
+use crate::trace::{LinkQueue, MTU, Trace};
+
+/// What is known about one frame (measured once, replayed under every policy).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SimFrame {
+    pub confidence: f64,
+    pub raw_confidence: f64,
+    pub device_correct: bool,
+    /// Per resolution, in the policy's resolution order.
+    pub server: Vec<SimServer>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SimServer {
+    pub bytes: u32,
+    pub correct: bool,
+    pub encode_ms: f64,
+    pub server_ms: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SimConfig {
+    pub fps: f64,
+    pub deadline_ms: f64,
+    pub rtt_ms: f64,
+    /// Drop-tail queue in front of the uplink.
+    pub queue_bytes: u64,
+    /// Per-request bytes on top of the JPEG (QUIC/TLS/UDP/IP headers, the request header).
+    pub overhead_bytes: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SimResult {
+    pub accuracy: f64,
+    pub deadline_miss_rate: f64,
+    pub offload_ratio: f64,
+    /// Mean short side of offloaded frames (0 when none).
+    pub mean_resolution: f64,
+    pub bytes: u64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    /// Per frame: the short side it was sent at (0 = kept), for plots.
+    #[serde(skip)]
+    pub sent_at: Vec<u32>,
+}
+
+#[derive(PartialEq)]
+struct Pending {
+    at: f64,
+    id: u64,
+    bytes: f64,
+    server_ms: f64,
+    /// No answer by the deadline: the element's client gives up then and reports a failure.
+    failed: bool,
+}
+
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Min-heap on time.
+        other.at.total_cmp(&self.at).then(other.id.cmp(&self.id))
+    }
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// Replays `planner` over `frames` on `trace`.
+pub fn simulate(
+    planner: &mut dyn Planner,
+    frames: &[SimFrame],
+    trace: &Trace,
+    cfg: &SimConfig,
+) -> SimResult {
+    let n = frames.len();
+    let shorts = planner.resolutions().to_vec();
+    let mut link = LinkQueue::new(trace.clone(), cfg.queue_bytes);
+    let mut answers: BinaryHeap<Pending> = BinaryHeap::new();
+    // Per frame: resolved at, correct, sent resolution index.
+    let mut resolved: Vec<Option<(f64, bool)>> = vec![None; n];
+    let mut sent: Vec<Option<usize>> = vec![None; n];
+    let mut missed = 0usize;
+    let mut bytes_total = 0u64;
+    let arrival = |i: usize| i as f64 * 1000.0 / cfg.fps;
+    let deadline = |i: usize| arrival(i) + cfg.deadline_ms;
+    let mut next_frame = 0usize;
+    let mut now = 0.0f64;
+    let apply = |now: f64,
+                 actions: Vec<(u64, Action)>,
+                 link: &mut LinkQueue,
+                 answers: &mut BinaryHeap<Pending>,
+                 resolved: &mut Vec<Option<(f64, bool)>>,
+                 sent: &mut Vec<Option<usize>>,
+                 bytes_total: &mut u64| {
+        for (id, action) in actions {
+            let i = id as usize;
+            match action {
+                Action::Keep => resolved[i] = Some((now, frames[i].device_correct)),
+                Action::Send { resolution } => {
+                    let s = frames[i].server[resolution];
+                    let bytes = s.bytes as u64 + cfg.overhead_bytes as u64;
+                    *bytes_total += bytes;
+                    sent[i] = Some(resolution);
+                    let enqueue = now + s.encode_ms;
+                    let deadline = arrival(i) + cfg.deadline_ms;
+                    // Dropped at the queue, or answered after the deadline: the client gives up
+                    // at the deadline and the frame leaves with its device label.
+                    let at = link
+                        .send(enqueue.ceil() as u64, bytes)
+                        .map(|done| done as f64 + cfg.rtt_ms + s.server_ms)
+                        .filter(|&at| at <= deadline);
+                    answers.push(Pending {
+                        at: at.unwrap_or(deadline),
+                        id,
+                        bytes: bytes as f64,
+                        server_ms: s.server_ms,
+                        failed: at.is_none(),
+                    });
+                }
+            }
+        }
+    };
+    loop {
+        let t_frame = (next_frame < n).then(|| arrival(next_frame));
+        let t_answer = answers.peek().map(|p| p.at);
+        let t_wake = planner.next_wakeup().map(|w| w.max(now + 0.5));
+        let Some(t) = [t_frame, t_answer, t_wake]
+            .into_iter()
+            .flatten()
+            .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.min(t))))
+        else {
+            break;
+        };
+        now = t;
+        if t_frame == Some(t) {
+            let i = next_frame;
+            next_frame += 1;
+            planner.on_frame(FrameIn {
+                id: i as u64,
+                arrival_ms: t,
+                deadline_ms: deadline(i),
+                confidence: frames[i].confidence,
+                raw_confidence: frames[i].raw_confidence,
+            });
+        }
+        while answers.peek().is_some_and(|p| p.at <= now) {
+            let p = answers.pop().expect("peeked");
+            let i = p.id as usize;
+            let r = sent[i].expect("answers are for sent frames");
+            if p.failed {
+                planner.on_failure(p.id, p.at);
+                continue;
+            }
+            resolved[i] = Some((p.at, frames[i].server[r].correct));
+            planner.on_answer(AnswerIn {
+                id: p.id,
+                now_ms: p.at,
+                bytes: p.bytes,
+                server_ms: p.server_ms,
+                rtt_ms: Some(cfg.rtt_ms),
+            });
+        }
+        let actions = planner.poll(now);
+        apply(
+            now,
+            actions,
+            &mut link,
+            &mut answers,
+            &mut resolved,
+            &mut sent,
+            &mut bytes_total,
+        );
+    }
+    // Frames that were sent but not answered in time leave at their deadline with the device
+    // label; frames the policy never decided (a policy bug) count as wrong and late.
+    let mut right = 0usize;
+    let mut leave = f64::NEG_INFINITY;
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n {
+        let (at, correct) = match (resolved[i], sent[i]) {
+            (Some(r), _) => r,
+            (None, Some(_)) => {
+                missed += 1;
+                (deadline(i), frames[i].device_correct)
+            }
+            (None, None) => (deadline(i), false),
+        };
+        right += usize::from(correct);
+        leave = leave.max(at);
+        latencies.push(leave - arrival(i));
+    }
+    latencies.sort_by(f64::total_cmp);
+    let offloaded: Vec<u32> = sent.iter().flatten().map(|&r| shorts[r]).collect();
+    SimResult {
+        accuracy: right as f64 / n.max(1) as f64,
+        deadline_miss_rate: missed as f64 / n.max(1) as f64,
+        offload_ratio: offloaded.len() as f64 / n.max(1) as f64,
+        mean_resolution: if offloaded.is_empty() {
+            0.0
+        } else {
+            offloaded.iter().map(|&s| s as f64).sum::<f64>() / offloaded.len() as f64
+        },
+        bytes: bytes_total,
+        latency_p50_ms: percentile(&latencies, 0.5),
+        latency_p99_ms: percentile(&latencies, 0.99),
+        sent_at: sent.iter().map(|s| s.map_or(0, |r| shorts[r])).collect(),
+    }
+}
+
+/// The clairvoyant upper bound: knowing which frames the device gets wrong, what the server
+/// answers at every resolution and the link's future capacity, the most frames that can be right.
+///
+/// Exact by dynamic programming over frames in arrival order with state "when the uplink is next
+/// free" (1 ms steps, clamped to the current arrival: an idle link's past capacity is lost).
+/// Sending in arrival order is optimal for a FIFO link because deadlines are in arrival order.
+/// Two relaxations keep it an upper bound of the simulation: a transfer takes
+/// `max(1, floor(bytes / 1500))` delivery opportunities (the simulation's partial opportunities
+/// can only be slower), and states are rounded down.
+pub fn clairvoyant(
+    frames: &[SimFrame],
+    shorts: &[u32],
+    trace: &Trace,
+    cfg: &SimConfig,
+) -> SimResult {
+    use std::collections::BTreeMap;
+    let n = frames.len();
+    let arrival = |i: usize| i as f64 * 1000.0 / cfg.fps;
+    // state (link free at, ms) -> (frames right so far, back-pointer index)
+    let mut layers: Vec<BTreeMap<u64, (u32, u64, Option<usize>)>> = Vec::with_capacity(n + 1);
+    let mut first = BTreeMap::new();
+    first.insert(0u64, (0u32, 0u64, None));
+    layers.push(first);
+    for (i, f) in frames.iter().enumerate() {
+        let a = arrival(i);
+        let a_ms = a.floor() as u64;
+        let dl = a + cfg.deadline_ms;
+        let mut next: BTreeMap<u64, (u32, u64, Option<usize>)> = BTreeMap::new();
+        let mut relax = |state: u64, value: u32, from: u64, choice: Option<usize>| {
+            let e = next.entry(state).or_insert((0, from, choice));
+            if value > e.0 || (value == e.0 && e.2.is_some() && choice.is_none()) {
+                *e = (value, from, choice);
+            }
+        };
+        for (&state, &(value, _, _)) in &layers[i] {
+            let free = state.max(a_ms);
+            relax(free, value + u32::from(f.device_correct), state, None);
+            if f.device_correct {
+                continue;
+            }
+            for (r, s) in f.server.iter().enumerate() {
+                if !s.correct {
+                    continue;
+                }
+                let bytes = s.bytes as u64 + cfg.overhead_bytes as u64;
+                let start = free.max((a + s.encode_ms).floor() as u64);
+                let k = trace.first_at_or_after(start) + (bytes / MTU).max(1) - 1;
+                let done = trace.time_of(k);
+                if done as f64 + cfg.rtt_ms + s.server_ms <= dl {
+                    relax(done, value + 1, state, Some(r));
+                }
+            }
+        }
+        // Dominance: a later free time with no more frames right is useless.
+        let mut pruned = BTreeMap::new();
+        let mut best = None::<u32>;
+        for (&s, &v) in &next {
+            if best.is_none_or(|b| v.0 > b) {
+                best = Some(v.0);
+                pruned.insert(s, v);
+            }
+        }
+        layers.push(pruned);
+    }
+    let (mut state, &(right, _, _)) = layers[n]
+        .iter()
+        .max_by_key(|(s, v)| (v.0, std::cmp::Reverse(**s)))
+        .map(|(s, v)| (*s, v))
+        .unwrap_or((0, &(0, 0, None)));
+    let mut sent_at = vec![0u32; n];
+    let mut bytes = 0u64;
+    for i in (1..=n).rev() {
+        let (_, from, choice) = layers[i][&state];
+        if let Some(r) = choice {
+            sent_at[i - 1] = shorts[r];
+            bytes += frames[i - 1].server[r].bytes as u64 + cfg.overhead_bytes as u64;
+        }
+        state = from;
+    }
+    let offloaded: Vec<u32> = sent_at.iter().copied().filter(|&s| s > 0).collect();
+    SimResult {
+        accuracy: right as f64 / n.max(1) as f64,
+        deadline_miss_rate: 0.0,
+        offload_ratio: offloaded.len() as f64 / n.max(1) as f64,
+        mean_resolution: if offloaded.is_empty() {
+            0.0
+        } else {
+            offloaded.iter().map(|&s| s as f64).sum::<f64>() / offloaded.len() as f64
+        },
+        bytes,
+        latency_p50_ms: f64::NAN,
+        latency_p99_ms: f64::NAN,
+        sent_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offload::planner::{Rule, RulePlanner};
+    use crate::profile::{FrameObservation, Profile, ServerObservation};
+
+    /// Frames alternating sure-and-right / unsure-and-wrong; the server is right at the large
+    /// resolution only.
+    fn frames(n: usize) -> Vec<SimFrame> {
+        (0..n)
+            .map(|i| {
+                let unsure = i % 2 == 1;
+                SimFrame {
+                    confidence: if unsure { 0.2 } else { 0.95 },
+                    raw_confidence: if unsure { 0.2 } else { 0.95 },
+                    device_correct: !unsure,
+                    server: vec![
+                        SimServer {
+                            bytes: 4000,
+                            correct: false,
+                            encode_ms: 1.0,
+                            server_ms: 20.0,
+                        },
+                        SimServer {
+                            bytes: 12000,
+                            correct: true,
+                            encode_ms: 1.0,
+                            server_ms: 20.0,
+                        },
+                    ],
+                }
+            })
+            .collect()
+    }
+
+    fn profile_of(frames: &[SimFrame]) -> Profile {
+        let obs: Vec<FrameObservation> = frames
+            .iter()
+            .map(|f| FrameObservation {
+                device_confidence: f.confidence,
+                raw_confidence: f.raw_confidence,
+                device_correct: f.device_correct,
+                server: f
+                    .server
+                    .iter()
+                    .map(|s| ServerObservation {
+                        jpeg_bytes: s.bytes,
+                        server_correct: s.correct,
+                        encode_us: 1000,
+                        decode_us: 0,
+                        inference_us: 20_000,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let m = crate::profile::ModelRef {
+            file: "m".into(),
+            sha256: "0".into(),
+        };
+        Profile::build(
+            crate::profile::ProfileInputs {
+                device_model: m.clone(),
+                server_model: m,
+                calibration: None,
+                jpeg_quality: 80,
+                encoder: "t".into(),
+                fitted_on: crate::profile::FittedOn {
+                    source: "synthetic".into(),
+                    n: obs.len(),
+                    frame_width: 480,
+                    frame_height: 360,
+                },
+                resolutions: vec![(96, 128, 96), (224, 298, 224)],
+            },
+            &obs,
+        )
+        .unwrap()
+    }
+
+    fn cfg() -> SimConfig {
+        SimConfig {
+            fps: 10.0,
+            deadline_ms: 500.0,
+            rtt_ms: 40.0,
+            queue_bytes: 10_000_000,
+            overhead_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn policies_on_a_fast_and_a_slow_link() {
+        let f = frames(200);
+        let p = profile_of(&f);
+        let fast = Trace::constant(8e6);
+        let local = simulate(
+            &mut RulePlanner::new(Rule::Local, &p, 224, 8e6, 40.0),
+            &f,
+            &fast,
+            &cfg(),
+        );
+        assert_eq!(local.accuracy, 0.5);
+        assert_eq!(local.offload_ratio, 0.0);
+        let cbo = simulate(
+            &mut super::super::planner::CboPlanner::new(p.clone(), 8e6, 40.0),
+            &f,
+            &fast,
+            &cfg(),
+        );
+        assert_eq!(cbo.accuracy, 1.0, "{cbo:?}");
+        assert_eq!(cbo.deadline_miss_rate, 0.0);
+        // Every unsure frame goes at 224 (spare capacity may carry sure frames too: the profile
+        // says the server is right on them slightly more often than their confidence).
+        assert!(cbo.offload_ratio >= 0.5, "{cbo:?}");
+        assert!(cbo.sent_at.iter().skip(1).step_by(2).all(|&s| s == 224));
+        let bound = clairvoyant(&f, &[96, 224], &fast, &cfg());
+        assert_eq!(bound.accuracy, 1.0);
+        // 0.5 Mbit/s: a 12 kB frame takes 192 ms; one every 200 ms at 10 fps / 2 → link nearly
+        // full. `all` at 224 floods the link and misses deadlines; cbo does not.
+        let slow = Trace::constant(0.5e6);
+        let all = simulate(
+            &mut RulePlanner::new(Rule::All, &p, 224, 0.5e6, 40.0),
+            &f,
+            &slow,
+            &cfg(),
+        );
+        assert!(all.deadline_miss_rate > 0.3, "{all:?}");
+        let cbo = simulate(
+            &mut super::super::planner::CboPlanner::new(p.clone(), 0.5e6, 40.0),
+            &f,
+            &slow,
+            &cfg(),
+        );
+        assert!(cbo.deadline_miss_rate <= 0.01, "{cbo:?}");
+        assert!(cbo.accuracy > all.accuracy, "{cbo:?} vs {all:?}");
+        let bound = clairvoyant(&f, &[96, 224], &slow, &cfg());
+        assert!(bound.accuracy >= cbo.accuracy, "{bound:?} vs {cbo:?}");
+        assert!(bound.accuracy >= local.accuracy);
+        // Frames leave in order within the deadline.
+        assert!(cbo.latency_p99_ms <= 500.0 + 1.0);
+    }
+}

@@ -1,0 +1,314 @@
+//! `cbo eval`: replays offloading policies over a labelled clip against real uplink traces.
+//!
+//! The device model runs over every frame and the server model over every frame at every
+//! resolution of the profile once (cached in `--cache DIR`), through the element's own code
+//! (see `cbo profile`); then each policy is replayed with the element's event model
+//! ([`crate::offload::sim`]) for every trace and deadline. The `cbo` policy reads the offload
+//! profile (default: the one shipped for the default model pair).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sha2::Digest;
+
+use crate::offload::planner::{CboPlanner, Planner, Rule, RulePlanner};
+use crate::offload::sim::{SimConfig, SimFrame, SimResult, SimServer, clairvoyant, simulate};
+use crate::profile::{FrameObservation, Profile};
+use crate::tools::dataset::InputArgs;
+use crate::tools::profile::{ProfileArgs, measure};
+use crate::trace::Trace;
+
+pub const ALL_POLICIES: &str = "local,all,threshold,threshold-raw,fastva,cbo,clairvoyant";
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Labelled clip
+    #[arg(long)]
+    pub video: PathBuf,
+    /// Its per-frame labels (CSV with `frame`, `class_index`)
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// Mahimahi uplink trace(s), comma-separated
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub trace: Vec<PathBuf>,
+    /// Deadline(s) in ms, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "500")]
+    pub deadline_ms: Vec<f64>,
+    /// Round-trip time added to the trace's uplink (one-way delay = half)
+    #[arg(long, default_value_t = 40.0)]
+    pub rtt_ms: f64,
+    /// Frame rate of the replay
+    #[arg(long, default_value_t = 10.0)]
+    pub fps: f64,
+    #[arg(long, value_delimiter = ',', default_value = ALL_POLICIES)]
+    pub policies: Vec<String>,
+    /// Offload profile for the cbo policy (default: the shipped one for the default pair)
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// threshold / threshold-raw policies: offload below this confidence
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f64,
+    /// all / threshold policies: their fixed short side
+    #[arg(long, default_value_t = 224)]
+    pub resolution: u32,
+    /// Uplink estimate the adaptive policies start from, Mbit/s
+    #[arg(long, default_value_t = 1.0)]
+    pub initial_uplink_mbps: f64,
+    /// Drop-tail queue in front of the uplink, bytes
+    #[arg(long, default_value_t = 150_000)]
+    pub queue_bytes: u64,
+    /// Directory caching the per-frame model results between runs
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Use at most this many frames (0 = all)
+    #[arg(long, default_value_t = 0)]
+    pub max_frames: usize,
+    /// Print one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Run {
+    pub trace: String,
+    pub trace_mean_mbps: f64,
+    pub deadline_ms: f64,
+    pub policies: BTreeMap<String, SimResult>,
+    /// (cbo − local) / (clairvoyant − local), when all three ran.
+    pub cbo_share_of_clairvoyant_gain: Option<f64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EvalReport {
+    pub frames: usize,
+    pub fps: f64,
+    pub rtt_ms: f64,
+    pub runs: Vec<Run>,
+}
+
+fn sim_frames(obs: &[FrameObservation]) -> Vec<SimFrame> {
+    obs.iter()
+        .map(|o| SimFrame {
+            confidence: o.device_confidence,
+            raw_confidence: o.raw_confidence,
+            device_correct: o.device_correct,
+            server: o
+                .server
+                .iter()
+                .map(|s| SimServer {
+                    bytes: s.jpeg_bytes,
+                    correct: s.server_correct,
+                    encode_ms: s.encode_us as f64 / 1000.0,
+                    server_ms: (s.decode_us + s.inference_us) as f64 / 1000.0,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Per-frame results for the clip at the profile's resolutions, from the cache when possible.
+fn frames(args: &EvalArgs, profile: &Profile) -> Result<Vec<SimFrame>, String> {
+    let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
+    let key = {
+        let meta = std::fs::metadata(&args.video)
+            .map_err(|e| format!("cannot read '{}': {e}", args.video.display()))?;
+        let mut h = sha2::Sha256::new();
+        h.update(
+            args.video
+                .canonicalize()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .as_bytes(),
+        );
+        h.update(meta.len().to_le_bytes());
+        h.update(std::fs::read(&args.labels).unwrap_or_default());
+        h.update(profile.device_model.sha256.as_bytes());
+        h.update(profile.server_model.sha256.as_bytes());
+        if let Some(c) = &profile.calibration {
+            h.update(c.sha256.as_bytes());
+        }
+        h.update(format!("{shorts:?} q{} n{}", profile.jpeg_quality, args.max_frames).as_bytes());
+        format!("{:x}", h.finalize())
+    };
+    let cache_file = args
+        .cache
+        .as_ref()
+        .map(|d| d.join(format!("eval-{}.json", &key[..16])));
+    if let Some(f) = &cache_file
+        && let Ok(text) = std::fs::read_to_string(f)
+        && let Ok(frames) = serde_json::from_str::<Vec<SimFrame>>(&text)
+    {
+        eprintln!("using cached model results {}", f.display());
+        return Ok(frames);
+    }
+    let models = crate::inference::models_dir();
+    let args_p = ProfileArgs {
+        device_model: Some(models.join(&profile.device_model.file)),
+        device_input_mean: "127".into(),
+        device_input_std: "128".into(),
+        device_output_kind: crate::postprocess::OutputKind::Auto,
+        calibration: profile.calibration.as_ref().map(|c| models.join(&c.file)),
+        raw_confidence: profile.calibration.is_none(),
+        server_model: Some(models.join(&profile.server_model.file)),
+        server_input_mean: "127".into(),
+        server_input_std: "128".into(),
+        server_output_kind: crate::postprocess::OutputKind::Auto,
+        input: InputArgs {
+            images: None,
+            split: None,
+            video: Some(args.video.clone()),
+            labels: Some(args.labels.clone()),
+            max_samples: args.max_frames,
+        },
+        resolutions: shorts,
+        jpeg_quality: profile.jpeg_quality,
+        execution_provider: crate::inference::ExecutionProvider::Auto,
+        threads: 0,
+        out: PathBuf::new(),
+        json: false,
+    };
+    let (_, obs) = measure(&args_p)?;
+    let frames = sim_frames(&obs);
+    if let Some(f) = &cache_file {
+        if let Some(dir) = f.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::write(f, serde_json::to_string(&frames).expect("serialisable"))
+            .map_err(|e| format!("cannot write cache '{}': {e}", f.display()))?;
+    }
+    Ok(frames)
+}
+
+fn planner(
+    name: &str,
+    args: &EvalArgs,
+    profile: &Profile,
+) -> Result<Option<Box<dyn Planner>>, String> {
+    let bps = args.initial_uplink_mbps * 1e6;
+    let rule = |r| -> Box<dyn Planner> {
+        Box::new(RulePlanner::new(
+            r,
+            profile,
+            args.resolution,
+            bps,
+            args.rtt_ms,
+        ))
+    };
+    Ok(Some(match name {
+        "local" => rule(Rule::Local),
+        "all" => rule(Rule::All),
+        "threshold" => rule(Rule::Threshold(args.threshold)),
+        "threshold-raw" => rule(Rule::ThresholdRaw(args.threshold)),
+        "fastva" => rule(Rule::FastVa),
+        "cbo" => Box::new(CboPlanner::new(profile.clone(), bps, args.rtt_ms)),
+        "clairvoyant" => return Ok(None),
+        other => return Err(format!("unknown policy '{other}' (known: {ALL_POLICIES})")),
+    }))
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
+    let profile_path = args.profile.clone().unwrap_or_else(|| {
+        crate::inference::models_dir().join("efficientnet-lite0-to-lite2.profile.json")
+    });
+    let profile = Profile::load(&profile_path).map_err(|e| e.0)?;
+    for p in &args.policies {
+        planner(p, args, &profile)?;
+    }
+    let traces = args
+        .trace
+        .iter()
+        .map(|t| Trace::load(t).map(|tr| (t, tr)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let frames = frames(args, &profile)?;
+    let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
+    let mut runs = Vec::new();
+    for (path, trace) in &traces {
+        for &deadline in &args.deadline_ms {
+            let cfg = SimConfig {
+                fps: args.fps,
+                deadline_ms: deadline,
+                rtt_ms: args.rtt_ms,
+                queue_bytes: args.queue_bytes,
+                overhead_bytes: 200,
+            };
+            let mut policies = BTreeMap::new();
+            for name in &args.policies {
+                let result = match planner(name, args, &profile)? {
+                    Some(mut p) => simulate(p.as_mut(), &frames, trace, &cfg),
+                    None => clairvoyant(&frames, &shorts, trace, &cfg),
+                };
+                policies.insert(name.clone(), result);
+            }
+            let share = match (
+                policies.get("cbo"),
+                policies.get("local"),
+                policies.get("clairvoyant"),
+            ) {
+                (Some(c), Some(l), Some(b)) if b.accuracy > l.accuracy => {
+                    Some((c.accuracy - l.accuracy) / (b.accuracy - l.accuracy))
+                }
+                _ => None,
+            };
+            runs.push(Run {
+                trace: file_name(path),
+                trace_mean_mbps: trace.mean_bps() / 1e6,
+                deadline_ms: deadline,
+                policies,
+                cbo_share_of_clairvoyant_gain: share,
+            });
+        }
+    }
+    Ok(EvalReport {
+        frames: frames.len(),
+        fps: args.fps,
+        rtt_ms: args.rtt_ms,
+        runs,
+    })
+}
+
+/// JSON as the issue specifies for one trace and deadline (`{"policies": {...}}`), or every run.
+pub fn to_json(r: &EvalReport) -> serde_json::Value {
+    if r.runs.len() == 1 {
+        serde_json::to_value(&r.runs[0]).expect("serialisable")
+    } else {
+        serde_json::to_value(r).expect("serialisable")
+    }
+}
+
+pub fn print_table(r: &EvalReport) {
+    println!("{} frames at {} fps, RTT {} ms", r.frames, r.fps, r.rtt_ms);
+    for run in &r.runs {
+        println!(
+            "\n{} ({:.2} Mbit/s), deadline {} ms{}",
+            run.trace,
+            run.trace_mean_mbps,
+            run.deadline_ms,
+            run.cbo_share_of_clairvoyant_gain
+                .map(|s| format!(": cbo reaches {:.0} % of the clairvoyant gain", s * 100.0))
+                .unwrap_or_default()
+        );
+        println!(
+            "  {:<14} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}",
+            "policy", "accuracy", "miss", "offload", "res", "bytes", "p50 ms", "p99 ms"
+        );
+        for (name, s) in &run.policies {
+            println!(
+                "  {:<14} {:>8.3} {:>8.3} {:>8.3} {:>8.0} {:>10} {:>8.0} {:>8.0}",
+                name,
+                s.accuracy,
+                s.deadline_miss_rate,
+                s.offload_ratio,
+                s.mean_resolution,
+                s.bytes,
+                s.latency_p50_ms,
+                s.latency_p99_ms
+            );
+        }
+    }
+}
