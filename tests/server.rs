@@ -355,6 +355,14 @@ fn garbage_bytes_on_a_request_stream_are_answered_bad_request() {
                 ErrorCode::BadRequest
             );
         }
+        // A header whose error message would quote a huge value: answered with a short message
+        // (an unbounded one would not fit in a reply header).
+        let quoted = "A".repeat(protocol::MAX_HEADER_BYTES - 200);
+        let header = serde_json::json!({ "frame_id": quoted, "top_k": 5 });
+        let bytes = protocol::encode(protocol::Kind::Request, &header, b"");
+        let e = raw_error(&session.connection, &bytes).await;
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.len() < 1000, "{} byte message", e.message.len());
         fx.good_request(&session.connection, 1, 1).await;
     }));
 }
