@@ -731,9 +731,12 @@ fn connection_and_pending_limits_with_a_fixed_batch_model() {
             send.write_all(&request[..50]).await.unwrap();
             stalled.push((send, recv));
         }
-        // Let the server see both streams before the third request.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(fx.server.stats().requests_in_progress, 2);
+        // Let the server see both streams (and finish with earlier ones) before the third.
+        let until = Instant::now() + Duration::from_secs(5);
+        while fx.server.stats().requests_in_progress != 2 {
+            assert!(Instant::now() < until, "{:?}", fx.server.stats());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         match quic::request(
             &good.connection,
             &fx.header(61, 1),

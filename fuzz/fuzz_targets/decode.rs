@@ -25,14 +25,23 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(r) = protocol::decode_response(data)
         && fits(&r)
     {
-        match (&r, protocol::decode_response(&protocol::encode_response(&r))) {
+        match (
+            &r,
+            protocol::decode_response(&protocol::encode_response(&r)),
+        ) {
             // JSON has no infinities: a score like 1e39 decodes to inf and encodes as null,
             // which then does not decode. Only finite answers must survive the trip.
             (Response::Answer(a), _) if a.scores.iter().any(|s| !s.is_finite()) => {}
             // Scores are parsed through f64, so they may move by an f32 rounding step.
             (Response::Answer(a), Ok(Response::Answer(b))) => {
-                assert_eq!((a.frame_id, &a.class_ids, &a.labels), (b.frame_id, &b.class_ids, &b.labels));
-                assert_eq!((a.decode_us, a.queue_us, a.inference_us, a.batch), (b.decode_us, b.queue_us, b.inference_us, b.batch));
+                assert_eq!(
+                    (a.frame_id, &a.class_ids, &a.labels),
+                    (b.frame_id, &b.class_ids, &b.labels)
+                );
+                assert_eq!(
+                    (a.decode_us, a.queue_us, a.inference_us, a.batch),
+                    (b.decode_us, b.queue_us, b.inference_us, b.batch)
+                );
                 assert_eq!(a.scores.len(), b.scores.len());
                 for (x, y) in a.scores.iter().zip(&b.scores) {
                     assert!((x - y).abs() <= x.abs() * 1e-6, "{x} vs {y}");

@@ -235,7 +235,7 @@ async fn request(
     who: Arc<String>,
 ) {
     let _in_progress = shared.requests.enter();
-    let received = Instant::now();
+    let arrived = Instant::now();
     let limits = &shared.limits;
     // Known once the header is decoded; refusals before that carry frame id 0.
     let mut frame_id = None;
@@ -251,7 +251,7 @@ async fn request(
         Ok(_permit) => {
             match tokio::time::timeout(
                 limits.request_timeout,
-                read_and_classify(&mut recv, &shared, received, &mut frame_id),
+                read_and_classify(&mut recv, &shared, arrived, &mut frame_id),
             )
             .await
             {
@@ -318,7 +318,7 @@ async fn request(
 async fn read_and_classify(
     recv: &mut quinn::RecvStream,
     shared: &Shared,
-    received: Instant,
+    arrived: Instant,
     frame_id: &mut Option<u64>,
 ) -> Option<Outcome> {
     let limits = &shared.limits;
@@ -351,8 +351,8 @@ async fn read_and_classify(
     let job = Job {
         frame_id: header.frame_id,
         top_k: usize::from(header.top_k).clamp(1, limits.max_top_k.max(1)),
-        received,
-        deadline: received + budget,
+        received: Instant::now(),
+        deadline: arrived + budget,
         jpeg_offset,
         bytes,
         reply,
