@@ -355,6 +355,14 @@ fn garbage_bytes_on_a_request_stream_are_answered_bad_request() {
                 ErrorCode::BadRequest
             );
         }
+        // A header whose error message would quote a huge value: answered with a short message
+        // (an unbounded one would not fit in a reply header).
+        let quoted = "A".repeat(protocol::MAX_HEADER_BYTES - 200);
+        let header = serde_json::json!({ "frame_id": quoted, "top_k": 5 });
+        let bytes = protocol::encode(protocol::Kind::Request, &header, b"");
+        let e = raw_error(&session.connection, &bytes).await;
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.len() < 1000, "{} byte message", e.message.len());
         fx.good_request(&session.connection, 1, 1).await;
     }));
 }
@@ -723,9 +731,12 @@ fn connection_and_pending_limits_with_a_fixed_batch_model() {
             send.write_all(&request[..50]).await.unwrap();
             stalled.push((send, recv));
         }
-        // Let the server see both streams before the third request.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(fx.server.stats().requests_in_progress, 2);
+        // Let the server see both streams (and finish with earlier ones) before the third.
+        let until = Instant::now() + Duration::from_secs(5);
+        while fx.server.stats().requests_in_progress != 2 {
+            assert!(Instant::now() < until, "{:?}", fx.server.stats());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         match quic::request(
             &good.connection,
             &fx.header(61, 1),

@@ -132,6 +132,8 @@ fn read_token(path: &std::path::Path) -> Result<String, String> {
 }
 
 fn config(cli: &Cli) -> Result<ServerConfig, String> {
+    // Checked before a self-signed identity is created, so a typo leaves no files behind.
+    let token = cli.token_file.as_deref().map(read_token).transpose()?;
     let identity = match (&cli.cert, &cli.key, &cli.self_signed) {
         (Some(cert), Some(key), None) => gstcbo::tls::load_pem(cert, key)?,
         (None, None, Some(dir)) => gstcbo::tls::load_or_create_self_signed(dir)?,
@@ -156,7 +158,7 @@ fn config(cli: &Cli) -> Result<ServerConfig, String> {
     };
     let ms = Duration::from_millis;
     let mut config = ServerConfig::new(resolve(&cli.listen)?, model, identity);
-    config.token = cli.token_file.as_deref().map(read_token).transpose()?;
+    config.token = token;
     config.max_batch = cli.max_batch.max(1);
     config.batch_timeout = ms(cli.batch_timeout_ms);
     config.decode_threads = cli.decode_threads;

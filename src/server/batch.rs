@@ -159,3 +159,36 @@ pub fn run_batch(
     }
     Ok(out.len() / batch.n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preprocess::{InputType, Layout};
+
+    #[test]
+    fn batch_tensor_stacks_images_of_the_model_input() {
+        let spec = TensorSpec {
+            layout: Layout::Nchw,
+            width: 2,
+            height: 2,
+            elem: InputType::F32,
+        };
+        let mut b = BatchTensor::new(spec, 3);
+        assert!(b.is_empty());
+        b.push(&Tensor::F32(vec![1.0; 12])).unwrap();
+        b.push(&Tensor::F32(vec![2.0; 12])).unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.shape(), [2, 3, 2, 2]);
+        let Tensor::F32(data) = &b.data else {
+            panic!("f32 batch")
+        };
+        assert_eq!(&data[10..14], &[1.0, 1.0, 2.0, 2.0]);
+        // Wrong size or element type is refused, not stacked.
+        assert!(b.push(&Tensor::F32(vec![0.0; 11])).is_err());
+        assert!(b.push(&Tensor::U8(vec![0; 12])).is_err());
+        assert_eq!(b.len(), 2);
+        b.clear();
+        assert!(b.is_empty());
+        assert_eq!(b.shape(), [0, 3, 2, 2]);
+    }
+}

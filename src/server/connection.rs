@@ -20,6 +20,53 @@ fn code_name(code: ErrorCode) -> String {
     crate::quic::code_name(code)
 }
 
+/// Longest message put in a reply. Error texts can quote the request (serde_json quotes the
+/// offending value of a malformed header), and a reply's header must stay within
+/// [`protocol::MAX_HEADER_BYTES`]: `protocol::encode` panics on a larger one.
+const MAX_MESSAGE_BYTES: usize = 400;
+
+/// Cuts `s` to [`MAX_MESSAGE_BYTES`] on a character boundary.
+fn bounded(mut s: String) -> String {
+    if s.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// Encodes a response whose header is guaranteed to fit a frame: an answer with many or long
+/// labels (a large `--max-top-k`, a user's labels file) loses its last classes, then has its
+/// labels shortened, rather than make the encoder panic.
+fn encode_response(mut response: Response) -> Vec<u8> {
+    let fits = |r: &Response| {
+        serde_json::to_vec(r).map_or(true, |v| v.len() <= protocol::MAX_HEADER_BYTES)
+    };
+    while !fits(&response) {
+        match &mut response {
+            Response::Answer(a) if a.class_ids.len() > 1 => {
+                a.class_ids.pop();
+                a.scores.pop();
+                a.labels.pop();
+            }
+            Response::Answer(a) => {
+                for l in &mut a.labels {
+                    *l = bounded(std::mem::take(l));
+                }
+                if !fits(&response) {
+                    // Cannot happen with bounded labels; never panic on it either.
+                    response = Response::Error(refusal(0, ErrorCode::Internal, "answer too large"));
+                }
+            }
+            Response::Error(e) => e.message = bounded(std::mem::take(&mut e.message)),
+        }
+    }
+    protocol::encode_response(&response)
+}
+
 /// Serves one incoming connection until it closes or the server stops.
 pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let remote = incoming.remote_address();
@@ -115,7 +162,7 @@ async fn hello(
     let result = match recv.read_to_end(MAX_HELLO_BYTES).await {
         Ok(bytes) => match protocol::decode_hello(&bytes) {
             Ok(hello) => check_token(shared, &hello.token).map(|()| hello.client),
-            Err(e) => Err((e.code(), format!("bad hello: {e}"))),
+            Err(e) => Err((e.code(), bounded(format!("bad hello: {e}")))),
         },
         Err(quinn::ReadToEndError::TooLong) => Err((
             ErrorCode::BadRequest,
@@ -188,7 +235,7 @@ async fn request(
     who: Arc<String>,
 ) {
     let _in_progress = shared.requests.enter();
-    let received = Instant::now();
+    let arrived = Instant::now();
     let limits = &shared.limits;
     // Known once the header is decoded; refusals before that carry frame id 0.
     let mut frame_id = None;
@@ -204,7 +251,7 @@ async fn request(
         Ok(_permit) => {
             match tokio::time::timeout(
                 limits.request_timeout,
-                read_and_classify(&mut recv, &shared, received, &mut frame_id),
+                read_and_classify(&mut recv, &shared, arrived, &mut frame_id),
             )
             .await
             {
@@ -244,7 +291,8 @@ async fn request(
             }
             Response::Answer(answer)
         }
-        Err(e) => {
+        Err(mut e) => {
+            e.message = bounded(e.message);
             shared.refused.fetch_add(1, Ordering::Relaxed);
             let what = match frame_id {
                 Some(id) => format!("frame {id}"),
@@ -258,12 +306,7 @@ async fn request(
             Response::Error(e)
         }
     };
-    if send
-        .write_all(&protocol::encode_response(&response))
-        .await
-        .is_ok()
-        && send.finish().is_ok()
-    {
+    if send.write_all(&encode_response(response)).await.is_ok() && send.finish().is_ok() {
         // Keep counting as in progress until the client has the answer, so a shutdown drain
         // does not close the connection under it.
         let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
@@ -275,7 +318,7 @@ async fn request(
 async fn read_and_classify(
     recv: &mut quinn::RecvStream,
     shared: &Shared,
-    received: Instant,
+    arrived: Instant,
     frame_id: &mut Option<u64>,
 ) -> Option<Outcome> {
     let limits = &shared.limits;
@@ -308,8 +351,8 @@ async fn read_and_classify(
     let job = Job {
         frame_id: header.frame_id,
         top_k: usize::from(header.top_k).clamp(1, limits.max_top_k.max(1)),
-        received,
-        deadline: received + budget,
+        received: Instant::now(),
+        deadline: arrived + budget,
         jpeg_offset,
         bytes,
         reply,
@@ -324,4 +367,61 @@ async fn read_and_classify(
             "the inference worker dropped the request",
         ))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Answer;
+
+    #[test]
+    fn messages_are_cut_on_character_boundaries() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = "é".repeat(MAX_MESSAGE_BYTES);
+        let cut = bounded(long);
+        assert!(cut.len() <= MAX_MESSAGE_BYTES + 3);
+        assert!(cut.ends_with("..."));
+    }
+
+    #[test]
+    fn oversized_replies_are_shrunk_to_fit_a_frame() {
+        let n = 255;
+        let answer = Answer {
+            frame_id: 1,
+            class_ids: (0..n).collect(),
+            scores: vec![0.001; n as usize],
+            labels: (0..n)
+                .map(|i| format!("a rather long class name {i}"))
+                .collect(),
+            decode_us: 1,
+            queue_us: 2,
+            inference_us: 3,
+            batch: 4,
+        };
+        let bytes = encode_response(Response::Answer(answer.clone()));
+        let Response::Answer(got) = protocol::decode_response(&bytes).unwrap() else {
+            panic!("still an answer");
+        };
+        assert!(got.class_ids.len() > 10 && got.class_ids.len() < n as usize);
+        assert_eq!(got.class_ids[..], answer.class_ids[..got.class_ids.len()]);
+        assert_eq!(got.labels.len(), got.class_ids.len());
+
+        // One class with a label of control characters (6 bytes each once escaped).
+        let mut one = answer;
+        one.class_ids.truncate(1);
+        one.scores.truncate(1);
+        one.labels = vec!["\u{1}".repeat(3000)];
+        let bytes = encode_response(Response::Answer(one));
+        assert!(matches!(
+            protocol::decode_response(&bytes).unwrap(),
+            Response::Answer(_)
+        ));
+
+        let error = refusal(3, ErrorCode::BadRequest, "\"".repeat(5000));
+        let bytes = encode_response(Response::Error(error));
+        assert!(matches!(
+            protocol::decode_response(&bytes).unwrap(),
+            Response::Error(ErrorReply { frame_id: 3, .. })
+        ));
+    }
 }

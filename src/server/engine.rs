@@ -38,7 +38,7 @@ pub struct Job {
     pub frame_id: u64,
     /// Classes wanted, already capped to the server's maximum and at least 1.
     pub top_k: usize,
-    /// When the server had read the request.
+    /// When the server had read the whole request (queue time counts from here).
     pub received: Instant,
     /// Work not started by then is dropped (answered [`ErrorCode::Timeout`]): the client's
     /// deadline hint or the server's per-request time, whichever is first.
