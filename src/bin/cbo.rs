@@ -2,7 +2,7 @@
 //! calibrate, profile and evaluate offloading policies).
 
 use clap::{Parser, Subcommand};
-use gstcbo::tools::{bench, calibrate, classify, loadgen, profile};
+use gstcbo::tools::{bench, calibrate, classify, loadgen, netem, profile};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +29,17 @@ enum Command {
     Profile(profile::ProfileArgs),
     /// Load a running cboserver with concurrent clients; compare with a bare ORT batch loop
     Loadgen(loadgen::LoadgenArgs),
+    /// Relay UDP between cbofilter and cboserver through a real cellular uplink (Mahimahi trace)
+    ///
+    /// A userspace UDP relay that delivers uplink packets by a Mahimahi trace (one 1500-byte
+    /// opportunity per listed millisecond, IP and UDP headers included), behind a drop-tail queue,
+    /// with a one-way delay each way and a fixed-rate downlink. Point the element's
+    /// server-address at --listen. Loopback addresses only.
+    ///
+    /// Prints `relaying on ADDR -> SERVER` on stdout once ready; with --verbose, one line per
+    /// second of uplink activity on stderr. Trace time 0 is when the relay starts; the trace
+    /// repeats. SIGINT/SIGTERM stop it and print totals on stderr.
+    Netem(netem::NetemArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,6 +81,7 @@ fn main() -> std::process::ExitCode {
                 loadgen::print_report(&r);
             }
         }),
+        Command::Netem(args) => netem::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

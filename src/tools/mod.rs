@@ -6,6 +6,7 @@ pub mod calibrate;
 pub mod classify;
 pub mod dataset;
 pub mod loadgen;
+pub mod netem;
 pub mod plot;
 pub mod profile;
 
