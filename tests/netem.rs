@@ -133,10 +133,12 @@ fn uplink_throughput_follows_the_trace_and_the_queue_drops_the_excess() {
             (0.9..1.1).contains(&ratio),
             "delivered {link_bytes} B vs capacity {capacity} B in [{a}, {b}) ms"
         );
-        // The relay's own per-second series says the same for the full second in the middle.
+        // The relay's own per-second series says the same for the full second in the middle
+        // (a datagram counts in the second its last byte crosses, so a second may show up to one
+        // datagram more than its capacity).
         let s1 = stats.seconds[1];
         let r1 = s1.delivered_bytes as f64 / s1.capacity_bytes as f64;
-        assert!((0.9..=1.0).contains(&r1), "{s1:?}");
+        assert!((0.9..1.1).contains(&r1), "{s1:?}");
         assert!(
             s1.dropped_packets > 0 && s1.peak_backlog_bytes > 0,
             "{s1:?}"
