@@ -12,6 +12,7 @@ pub mod cli;
 pub mod inference;
 pub mod jpeg;
 pub mod meta;
+pub mod netem;
 pub mod offload;
 pub mod ortlib;
 pub mod postprocess;

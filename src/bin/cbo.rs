@@ -1,8 +1,8 @@
-//! `cbo`: tools around the cbofilter element (classify a clip, benchmark, and, as they land,
-//! calibrate, profile and evaluate offloading policies).
+//! `cbo`: tools around the cbofilter element: classify a clip, benchmark, calibrate, profile,
+//! evaluate offloading policies, emulate a cellular uplink, load-test a server.
 
 use clap::{Parser, Subcommand};
-use gstcbo::tools::{bench, calibrate, classify, eval, loadgen, profile};
+use gstcbo::tools::{bench, calibrate, classify, eval, loadgen, netem, profile};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +31,17 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Load a running cboserver with concurrent clients; compare with a bare ORT batch loop
     Loadgen(loadgen::LoadgenArgs),
+    /// Relay UDP between cbofilter and cboserver through a real cellular uplink (Mahimahi trace)
+    ///
+    /// A userspace UDP relay that delivers uplink packets by a Mahimahi trace (one 1500-byte
+    /// opportunity per listed millisecond, IP and UDP headers included), behind a drop-tail queue,
+    /// with a one-way delay each way and a fixed-rate downlink. Point the element's
+    /// server-address at --listen. Loopback addresses only.
+    ///
+    /// Prints `relaying on ADDR -> SERVER` on stdout once ready; with --verbose, one line per
+    /// second of uplink activity on stderr. Trace time 0 is when the relay starts; the trace
+    /// repeats. SIGINT/SIGTERM stop it and print totals on stderr.
+    Netem(netem::NetemArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -82,6 +93,7 @@ fn main() -> std::process::ExitCode {
                 loadgen::print_report(&r);
             }
         }),
+        Command::Netem(args) => netem::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ pub mod classify;
 pub mod dataset;
 pub mod eval;
 pub mod loadgen;
+pub mod netem;
 pub mod plot;
 pub mod profile;
 
