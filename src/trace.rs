@@ -111,9 +111,8 @@ pub struct LinkQueue {
     /// Bytes of the opportunity `next - 1` still unused (an opportunity partly used by the last
     /// packet serves the next packet too).
     spare: u64,
-    /// When the last queued byte leaves, ms, and how many bytes are queued behind the link.
+    /// When the last queued byte leaves, ms.
     busy_until_ms: u64,
-    queued_bytes: u64,
     queue_limit_bytes: u64,
 }
 
@@ -124,7 +123,6 @@ impl LinkQueue {
             next: 0,
             spare: 0,
             busy_until_ms: 0,
-            queued_bytes: 0,
             queue_limit_bytes,
         }
     }
@@ -133,13 +131,14 @@ impl LinkQueue {
         &self.trace
     }
 
-    /// Bytes waiting at `now_ms` (those not yet delivered).
+    /// Bytes waiting at `now_ms`: those assigned to opportunities at or after `now_ms` (the ones
+    /// before have crossed), less the unused part of the last assigned opportunity.
     pub fn backlog_bytes(&self, now_ms: u64) -> u64 {
-        if now_ms >= self.busy_until_ms {
-            0
-        } else {
-            self.queued_bytes
+        let first = self.trace.first_at_or_after(now_ms);
+        if self.next <= first {
+            return 0;
         }
+        (self.next - first) * MTU - self.spare
     }
 
     /// Enqueues a packet of `bytes` arriving at `now_ms`; returns when its last byte crosses the
@@ -152,9 +151,8 @@ impl LinkQueue {
                 self.next = first;
                 self.spare = 0;
             }
-            self.queued_bytes = 0;
         }
-        if self.queued_bytes + bytes > self.queue_limit_bytes {
+        if self.backlog_bytes(now_ms) + bytes > self.queue_limit_bytes {
             return None;
         }
         let mut left = bytes;
@@ -170,7 +168,6 @@ impl LinkQueue {
             self.spare = MTU - used;
         }
         self.busy_until_ms = done_at;
-        self.queued_bytes += bytes;
         Some(done_at)
     }
 }
@@ -233,6 +230,50 @@ mod tests {
         let mut q = LinkQueue::new(Trace::parse("10\n").unwrap(), 3000);
         assert_eq!(q.send(0, 3000), Some(20));
         assert_eq!(q.send(0, 1), None);
+        // Drop-tail on what is still queued: once the first packet has crossed (t=10), the
+        // second one's 1500 bytes leave room for 1500 more.
+        assert_eq!(q.backlog_bytes(11), 1500);
+        assert_eq!(q.send(11, 1500), Some(30));
+        assert_eq!(q.send(11, 1), None);
+    }
+
+    #[test]
+    fn a_saturated_queue_stays_full_and_drops_evenly() {
+        // 2 Mbit/s, 30 kB queue, offered twice the rate: after the queue fills, about every
+        // other packet is accepted, and the link never idles.
+        let trace = Trace::constant(2e6);
+        let mut q = LinkQueue::new(trace.clone(), 30_000);
+        let (mut accepted_bytes, mut longest_drop_run, mut run) = (0u64, 0u32, 0u32);
+        let mut last_done = 0;
+        for t in (0..2000u64).step_by(5) {
+            for _ in 0..2 {
+                match q.send(t, 1228) {
+                    Some(done) => {
+                        accepted_bytes += 1228;
+                        last_done = done;
+                        run = 0;
+                    }
+                    None => {
+                        run += 1;
+                        longest_drop_run = longest_drop_run.max(run);
+                    }
+                }
+            }
+            if t >= 200 {
+                assert!(
+                    q.backlog_bytes(t) > 30_000 - 2 * 1500,
+                    "t={t}: {}",
+                    q.backlog_bytes(t)
+                );
+            }
+        }
+        assert!(longest_drop_run <= 4, "{longest_drop_run}");
+        // Everything accepted crosses back to back: the capacity up to the last completion.
+        let carried = trace.capacity_bytes(0, last_done + 1);
+        assert!(
+            accepted_bytes <= carried && carried - accepted_bytes < 1500,
+            "{accepted_bytes} vs {carried}"
+        );
     }
 
     #[test]

@@ -39,6 +39,10 @@ const SAMPLE_AGE_MS: f64 = 10_000.0;
 
 /// Link-time resolution of the planner's dynamic programme.
 pub const TIME_STEP_MS: f64 = 2.0;
+/// Smallest expected accuracy gain worth a transfer: the profile's per-bin accuracies carry
+/// a few points of sampling noise, and a transfer that gains less only takes link time (and
+/// deadline risk) from frames that gain more. Tuned on the dev clip and traces.
+pub const MIN_GAIN: f64 = 0.03;
 /// Safety margin on every deadline.
 pub const MARGIN_MS: f64 = 10.0;
 
@@ -313,7 +317,7 @@ impl CboPlanner {
                     choice[k + 1][s] = None;
                 }
                 for (r, &(cost, after, _)) in costs.iter().enumerate() {
-                    if gains[r] <= 0.0 {
+                    if gains[r] <= MIN_GAIN {
                         continue;
                     }
                     let s2 = s + cost;
@@ -394,8 +398,9 @@ impl Planner for CboPlanner {
             let mut keep = vec![false; self.waiting.len()];
             for (k, f) in self.waiting.iter().enumerate() {
                 let hopeless = self.last_chance(f) < t0;
-                let useless = (0..self.opts.len())
-                    .all(|r| self.profile.server_accuracy(f.confidence, r) <= f.confidence);
+                let useless = (0..self.opts.len()).all(|r| {
+                    self.profile.server_accuracy(f.confidence, r) - f.confidence <= MIN_GAIN
+                });
                 if plan[k].is_none() && (hopeless || useless) {
                     keep[k] = true;
                     kept_any = true;

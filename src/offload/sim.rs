@@ -42,7 +42,7 @@ pub struct SimConfig {
     pub rtt_ms: f64,
     /// Drop-tail queue in front of the uplink.
     pub queue_bytes: u64,
-    /// Per-request bytes on top of the JPEG (QUIC/TLS/UDP/IP headers, the request header).
+    /// Per-request bytes on top of the JPEG: the request header and the QUIC stream set-up.
     pub overhead_bytes: u32,
 }
 
@@ -82,6 +82,14 @@ impl Ord for Pending {
         // Min-heap on time.
         other.at.total_cmp(&self.at).then(other.id.cmp(&self.id))
     }
+}
+
+/// Bytes a request of a `jpeg`-byte image puts on the uplink: the JPEG and the request overhead,
+/// in ~1200-byte QUIC datagrams each carrying ~46 bytes of QUIC/AEAD and 28 of UDP/IPv4 headers
+/// (the relay, like Mahimahi, carries whole IP packets).
+pub fn wire_bytes(jpeg: u32, cfg: &SimConfig) -> u64 {
+    let payload = jpeg as u64 + cfg.overhead_bytes as u64;
+    payload + payload.div_ceil(1200) * 74
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -124,7 +132,7 @@ pub fn simulate(
                 Action::Keep => resolved[i] = Some((now, frames[i].device_correct)),
                 Action::Send { resolution } => {
                     let s = frames[i].server[resolution];
-                    let bytes = s.bytes as u64 + cfg.overhead_bytes as u64;
+                    let bytes = wire_bytes(s.bytes, cfg);
                     *bytes_total += bytes;
                     sent[i] = Some(resolution);
                     let enqueue = now + s.encode_ms;
@@ -277,7 +285,7 @@ pub fn clairvoyant(
                 if !s.correct {
                     continue;
                 }
-                let bytes = s.bytes as u64 + cfg.overhead_bytes as u64;
+                let bytes = wire_bytes(s.bytes, cfg);
                 let start = free.max((a + s.encode_ms).floor() as u64);
                 let k = trace.first_at_or_after(start) + (bytes / MTU).max(1) - 1;
                 let done = trace.time_of(k);
@@ -308,7 +316,7 @@ pub fn clairvoyant(
         let (_, from, choice) = layers[i][&state];
         if let Some(r) = choice {
             sent_at[i - 1] = shorts[r];
-            bytes += frames[i - 1].server[r].bytes as u64 + cfg.overhead_bytes as u64;
+            bytes += wire_bytes(frames[i - 1].server[r].bytes, cfg);
         }
         state = from;
     }
