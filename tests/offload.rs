@@ -438,3 +438,63 @@ fn stats_property_counts_what_happened() {
     assert!(st.get::<u64>("bytes-sent").unwrap() > 1000 * answered);
     assert!(st.get::<bool>("connected").unwrap());
 }
+
+#[test]
+fn cbo_policy_offloads_what_the_profile_says_gains() {
+    let server = Server::start(None);
+    let cal = repo().join("models/efficientnet-lite0-int8pt-224.calibration.json");
+    let run = run_pipeline(&clip_pipeline(
+        &props(
+            &server.addr,
+            &server.cert,
+            &format!("policy=cbo deadline=1500 calibration=\"{}\"", cal.display()),
+        ),
+        60,
+    ));
+    assert_complete(&run, 60);
+    assert!(
+        !run.warnings.iter().any(|w| w.contains("profile")),
+        "the bundled profile matches the default model: {:?}",
+        run.warnings
+    );
+    let answered: Vec<_> = run
+        .results
+        .iter()
+        .filter(|r| r.source == Source::Server)
+        .collect();
+    assert!(
+        answered.len() >= 10,
+        "{:?}",
+        run.results.iter().map(|r| &r.decision).collect::<Vec<_>>()
+    );
+    let profile = gstcbo::profile::Profile::load(
+        &repo().join("models/efficientnet-lite0-to-lite2.profile.json"),
+    )
+    .unwrap();
+    let shorts: Vec<i32> = profile
+        .resolutions
+        .iter()
+        .map(|r| r.short_side as i32)
+        .collect();
+    for r in &run.results {
+        match r.decision.as_str() {
+            // Kept frames are ones the server would not improve on by the minimum gain, or that
+            // could not be served in time.
+            "device" => assert_eq!(r.source, Source::Device),
+            "offload" => {
+                assert_eq!(r.source, Source::Server);
+                assert!(shorts.contains(&r.resolution), "{}", r.resolution);
+            }
+            "late" | "failed" | "offline" => assert_eq!(r.source, Source::Device),
+            other => panic!("unexpected decision {other}"),
+        }
+    }
+    // Confident frames (server no better) stay on the device.
+    for r in run.results.iter().filter(|r| r.device_confidence > 0.97) {
+        assert_eq!(
+            r.decision, "device",
+            "frame {} p={}",
+            r.frame, r.device_confidence
+        );
+    }
+}

@@ -9,6 +9,7 @@
 //! waits for its answer or its deadline (`deadline` ms after it entered the element), and the
 //! frames behind it wait with it. The latency query adds the deadline.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -23,9 +24,11 @@ use crate::inference::{self, Classifier, InferenceError, ModelConfig};
 use crate::meta::{CboResult, Source};
 use crate::offload::client::{ClientConfig, ClientEvent, OffloadClient, OffloadJob, ServerResult};
 use crate::offload::hold::{HoldQueue, Outcome};
+use crate::offload::planner::{Action, AnswerIn, CboPlanner, FrameIn, Planner};
 use crate::offload::policy::{self, Decision, PolicyConfig, PolicyKind};
 use crate::postprocess::OutputKind;
 use crate::preprocess::Normalization;
+use crate::profile::Profile;
 use crate::tls::Trust;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -60,6 +63,10 @@ const DEFAULT_RESOLUTION: u32 = 224;
 const DEFAULT_JPEG_QUALITY: u32 = 80;
 const DEFAULT_MAX_IN_FLIGHT: u32 = 8;
 const DEFAULT_THRESHOLD: f64 = 0.5;
+const DEFAULT_PROFILE: &str = "efficientnet-lite0-to-lite2.profile.json";
+/// Uplink estimate policy=cbo starts from before any answer has measured it.
+const INITIAL_UPLINK_BPS: f64 = 1e6;
+const INITIAL_RTT_MS: f64 = 40.0;
 /// Items the hold queue may contain before the streaming thread waits (downstream is slower
 /// than the source): bounds memory without ever dropping a frame.
 const MAX_HELD_ITEMS: usize = 512;
@@ -89,6 +96,7 @@ struct Settings {
     max_in_flight: u32,
     policy: Policy,
     threshold: f64,
+    profile: String,
 }
 
 impl Default for Settings {
@@ -118,6 +126,10 @@ impl Default for Settings {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             policy: Policy::Local,
             threshold: DEFAULT_THRESHOLD,
+            profile: inference::models_dir()
+                .join(DEFAULT_PROFILE)
+                .display()
+                .to_string(),
         }
     }
 }
@@ -202,7 +214,52 @@ pub struct CboFilter {
     state: Mutex<Option<State>>,
     hold: Arc<Hold>,
     client: Mutex<Option<OffloadClient>>,
+    /// policy=cbo: the planner and what it needs, shared with completions and its timer thread.
+    driver: Mutex<Option<Arc<CboDriver>>>,
     active_provider: Mutex<String>,
+}
+
+/// Drives the sans-IO CBO planner for the element: feeds it frames and answers with the element's
+/// clock, and carries out its actions on the hold queue and the offload client.
+struct CboDriver {
+    planner: Mutex<CboPlanner>,
+    epoch: Instant,
+    /// Frames the planner has not decided yet: what sending them needs.
+    pending: Mutex<HashMap<u64, (gst::Buffer, gst_video::VideoInfo, Instant)>>,
+    stop: std::sync::atomic::AtomicBool,
+    /// Set (and `wake` notified) when something happened that the planner should see now.
+    woken: Mutex<bool>,
+    wake: Condvar,
+    timer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl CboDriver {
+    fn ms(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.epoch).as_secs_f64() * 1000.0
+    }
+
+    fn wake(&self) {
+        *self.woken.lock().unwrap() = true;
+        self.wake.notify_all();
+    }
+
+    /// Sleeps until the planner's next wake-up (at most 20 ms) or until woken.
+    fn sleep(&self) {
+        let wait = {
+            let p = self.planner.lock().unwrap();
+            let now = self.ms(Instant::now());
+            p.next_wakeup().map_or(20.0, |w| w - now).clamp(0.5, 20.0)
+        };
+        let mut woken = self.woken.lock().unwrap();
+        if !*woken {
+            woken = self
+                .wake
+                .wait_timeout(woken, Duration::from_secs_f64(wait / 1000.0))
+                .unwrap()
+                .0;
+        }
+        *woken = false;
+    }
 }
 
 #[glib::object_subclass]
@@ -267,6 +324,7 @@ impl ObjectSubclass for CboFilter {
             state: Mutex::new(None),
             hold: Arc::new(Hold::default()),
             client: Mutex::new(None),
+            driver: Mutex::new(None),
             active_provider: Mutex::new(String::new()),
         }
     }
@@ -417,6 +475,12 @@ impl ObjectImpl for CboFilter {
                     .default_value(DEFAULT_THRESHOLD)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecString::builder("profile")
+                    .nick("Profile")
+                    .blurb("policy=cbo: offload profile (`cbo profile`) of this device model and the server's: JPEG bytes and server accuracy per resolution and confidence bin; default: the bundled profile of the default model pair")
+                    .default_value(Some(defaults.profile.as_str()))
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("cbo-stats structure: frames, kept, offloaded, answered, late, failed, busy, offline, bytes-sent, rtt-ms, uplink-kbps, encode-ms, reconnects, connected; also posted as an element message every second while offloading")
@@ -475,6 +539,9 @@ impl ObjectImpl for CboFilter {
             "jpeg-quality" => s.jpeg_quality = value.get().expect("type checked upstream"),
             "max-in-flight" => s.max_in_flight = value.get().expect("type checked upstream"),
             "policy" => s.policy = value.get().expect("type checked upstream"),
+            "profile" => {
+                s.profile = opt_string(value).unwrap_or_else(|| Settings::default().profile)
+            }
             "threshold" => {
                 s.threshold = value.get().expect("type checked upstream");
                 if let Some(p) = self
@@ -517,6 +584,7 @@ impl ObjectImpl for CboFilter {
             "max-in-flight" => s.max_in_flight.to_value(),
             "policy" => s.policy.to_value(),
             "threshold" => s.threshold.to_value(),
+            "profile" => s.profile.to_value(),
             "stats" => {
                 drop(s);
                 self.stats().to_value()
@@ -624,17 +692,7 @@ impl CboFilter {
             Policy::Local => return None,
             Policy::All => PolicyKind::All,
             Policy::Threshold => PolicyKind::Threshold,
-            Policy::Cbo => {
-                gst::element_imp_warning!(
-                    self,
-                    gst::LibraryError::Settings,
-                    (
-                        "policy=cbo is not available in this version; using policy=threshold (threshold={})",
-                        s.threshold
-                    )
-                );
-                PolicyKind::Threshold
-            }
+            Policy::Cbo => PolicyKind::Cbo,
         };
         if s.server.is_empty() {
             gst::element_imp_warning!(
@@ -678,6 +736,13 @@ impl CboFilter {
             }
         };
         let mut policy = self.offload_policy(&settings);
+        let profile = match policy {
+            Some(p) if p.kind == PolicyKind::Cbo => Some(
+                Profile::load(std::path::Path::new(&settings.profile))
+                    .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{e}")))?,
+            ),
+            _ => None,
+        };
         let trust = match (&settings.server_cert, &settings.server_fingerprint) {
             (Some(_), Some(_)) => {
                 return Err(gst::error_msg!(
@@ -739,6 +804,10 @@ impl CboFilter {
                     }
                 }
             }
+        }
+        if let (Some(profile), Some(_)) = (profile, policy) {
+            self.check_profile(&profile, &config.model, &settings);
+            self.start_driver(profile);
         }
         *self.hold.inner.lock().unwrap() = HoldInner::default();
         *self.state.lock().unwrap() = Some(State {
@@ -811,7 +880,243 @@ impl CboFilter {
         }
     }
 
+    /// Warns when the profile was measured for another device model or another kind of
+    /// confidence than this element produces: its accuracies would not describe these frames.
+    fn check_profile(&self, profile: &Profile, model: &std::path::Path, s: &Settings) {
+        let model_sha = crate::calibration::sha256_file(model).unwrap_or_default();
+        if profile.device_model.sha256 != model_sha {
+            gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Settings,
+                (
+                    "profile {} was measured for device model {}, not {}: policy=cbo will misjudge what offloading gains (run `cbo profile` for this model)",
+                    s.profile,
+                    profile.device_model.file,
+                    model.display()
+                )
+            );
+        }
+        if profile.calibration.is_some() && s.calibration.is_none() {
+            gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Settings,
+                (
+                    "profile {} bins frames by calibrated confidence ({}) but no calibration is set",
+                    s.profile,
+                    profile
+                        .calibration
+                        .as_ref()
+                        .map(|c| c.file.as_str())
+                        .unwrap_or("")
+                )
+            );
+        }
+    }
+
+    fn start_driver(&self, profile: Profile) {
+        let driver = Arc::new(CboDriver {
+            planner: Mutex::new(CboPlanner::new(profile, INITIAL_UPLINK_BPS, INITIAL_RTT_MS)),
+            epoch: Instant::now(),
+            pending: Mutex::new(HashMap::new()),
+            stop: std::sync::atomic::AtomicBool::new(false),
+            woken: Mutex::new(false),
+            wake: Condvar::new(),
+            timer: Mutex::new(None),
+        });
+        let weak = self.obj().downgrade();
+        let d = driver.clone();
+        let timer = std::thread::Builder::new()
+            .name("cbo-planner".into())
+            .spawn(move || {
+                while !d.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    d.sleep();
+                    match weak.upgrade() {
+                        Some(obj) => obj.imp().drive_cbo(),
+                        None => break,
+                    }
+                }
+            });
+        match timer {
+            Ok(t) => *driver.timer.lock().unwrap() = Some(t),
+            Err(e) => gst::error!(CAT, imp = self, "cannot start the planner thread: {e}"),
+        }
+        *self.driver.lock().unwrap() = Some(driver);
+    }
+
+    /// Runs the planner now and carries out its decisions.
+    fn drive_cbo(&self) {
+        let Some(driver) = self.driver.lock().unwrap().clone() else {
+            return;
+        };
+        let client_guard = self.client.lock().unwrap();
+        let Some(client) = client_guard.as_ref() else {
+            return;
+        };
+        let rtt_us = client.stats().rtt_us;
+        let (actions, shorts) = {
+            let mut p = driver.planner.lock().unwrap();
+            if rtt_us > 0 {
+                p.link.rtt_ms = rtt_us as f64 / 1000.0;
+            }
+            let shorts = p.resolutions().to_vec();
+            (p.poll(driver.ms(Instant::now())), shorts)
+        };
+        for (id, action) in actions {
+            let pending = driver.pending.lock().unwrap().remove(&id);
+            match action {
+                Action::Keep => {
+                    let mut inner = self.hold.inner.lock().unwrap();
+                    if inner.queue.release(id, |item| {
+                        if let Item::Frame { result, .. } = item {
+                            result.decision = "device".into();
+                        }
+                    }) {
+                        inner.counts.kept += 1;
+                    }
+                    self.hold.cond.notify_all();
+                }
+                Action::Send { resolution } => {
+                    let Some((buffer, info, deadline)) = pending else {
+                        continue;
+                    };
+                    let short = shorts[resolution];
+                    {
+                        let mut inner = self.hold.inner.lock().unwrap();
+                        let waiting = inner.queue.update(id, |item| {
+                            if let Item::Frame { result, .. } = item {
+                                result.decision = "offload".into();
+                                result.resolution = short as i32;
+                            }
+                        });
+                        if !waiting {
+                            continue;
+                        }
+                        inner.counts.offloaded += 1;
+                    }
+                    let hold = self.hold.clone();
+                    let d = driver.clone();
+                    client.submit(
+                        OffloadJob {
+                            frame_id: id,
+                            buffer,
+                            info,
+                            short_side: short,
+                            deadline,
+                        },
+                        Box::new(move |r| {
+                            let now = d.ms(Instant::now());
+                            {
+                                let mut p = d.planner.lock().unwrap();
+                                match &r {
+                                    Ok(sr) => p.on_answer(AnswerIn {
+                                        id,
+                                        now_ms: now,
+                                        bytes: sr.jpeg_bytes as f64,
+                                        server_ms: (sr.answer.decode_us
+                                            + sr.answer.queue_us
+                                            + sr.answer.inference_us)
+                                            as f64
+                                            / 1000.0,
+                                        rtt_ms: None,
+                                    }),
+                                    Err(_) => p.on_failure(id, now),
+                                }
+                            }
+                            let mut inner = hold.inner.lock().unwrap();
+                            match r {
+                                Ok(sr) => {
+                                    inner.queue.answer(id, sr);
+                                }
+                                Err(reason) => {
+                                    inner.queue.fail(id, reason);
+                                }
+                            }
+                            hold.cond.notify_all();
+                            drop(inner);
+                            // The planner thread re-plans now: the link may be free.
+                            d.wake();
+                        }),
+                    );
+                }
+            }
+        }
+    }
+
+    /// policy=cbo: queues the frame undecided and lets the planner decide.
+    fn hold_frame_cbo(
+        &self,
+        driver: &CboDriver,
+        buffer: gst::Buffer,
+        info: gst_video::VideoInfo,
+        entered: Instant,
+        deadline: Instant,
+        mut result: CboResult,
+    ) -> Result<(), gst::FlowError> {
+        let connected = self
+            .client
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|c| c.connected());
+        let mut inner = self.hold.inner.lock().unwrap();
+        while inner.queue.len() >= MAX_HELD_ITEMS && !inner.flushing {
+            inner = self
+                .hold
+                .cond
+                .wait_timeout(inner, Duration::from_millis(20))
+                .unwrap()
+                .0;
+        }
+        if inner.flushing {
+            return Err(gst::FlowError::Flushing);
+        }
+        inner.counts.frames += 1;
+        let id = result.frame;
+        if !connected {
+            inner.counts.offline += 1;
+            result.decision = "offline".into();
+            inner.queue.push_ready(Item::Frame { buffer, result });
+            self.hold.cond.notify_all();
+            return Ok(());
+        }
+        // Undecided: if the planner never sends it, it leaves kept, or late at its deadline.
+        result.decision = "late".into();
+        let frame = FrameIn {
+            id,
+            arrival_ms: driver.ms(entered),
+            deadline_ms: driver.ms(deadline),
+            confidence: result.device_confidence,
+            raw_confidence: result.raw_confidence,
+        };
+        inner.queue.push_waiting(
+            Item::Frame {
+                buffer: buffer.clone(),
+                result,
+            },
+            id,
+            deadline,
+        );
+        drop(inner);
+        driver
+            .pending
+            .lock()
+            .unwrap()
+            .insert(id, (buffer, info, deadline));
+        driver.planner.lock().unwrap().on_frame(frame);
+        self.drive_cbo();
+        Ok(())
+    }
+
     fn stop(&self) {
+        let driver = self.driver.lock().unwrap().take();
+        if let Some(driver) = driver {
+            driver.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            driver.wake();
+            if let Some(t) = driver.timer.lock().unwrap().take() {
+                let _ = t.join();
+            }
+            driver.pending.lock().unwrap().clear();
+        }
         // Dropping the client closes the connection; completions still running find the queue
         // empty and are ignored.
         self.client.lock().unwrap().take();
@@ -910,7 +1215,13 @@ impl CboFilter {
             state.last_stats = entered;
         }
         drop(guard);
-        self.hold_frame(buffer, info, result.clone(), &policy, deadline, &mut result)?;
+        let driver = self.driver.lock().unwrap().clone();
+        match driver {
+            Some(d) if policy.kind == PolicyKind::Cbo => {
+                self.hold_frame_cbo(&d, buffer, info, entered, deadline, result)?
+            }
+            _ => self.hold_frame(buffer, info, result.clone(), &policy, deadline, &mut result)?,
+        }
         if post_stats {
             let msg = gst::message::Element::builder(self.stats())
                 .src(&*self.obj())

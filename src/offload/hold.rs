@@ -120,6 +120,38 @@ impl<P, A> HoldQueue<P, A> {
         }
     }
 
+    /// Lets a waiting frame `id` leave as soon as it reaches the head (the policy kept it on
+    /// the device), after `f` updated its payload. False when it is no longer waiting.
+    pub fn release(&mut self, id: u64, f: impl FnOnce(&mut P)) -> bool {
+        match self
+            .entries
+            .iter_mut()
+            .find(|e| matches!(e.slot, Slot::Waiting { id: i, .. } if i == id))
+        {
+            Some(e) => {
+                f(&mut e.payload);
+                e.slot = Slot::Ready;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Updates the payload of waiting frame `id` (it keeps waiting). False when it left.
+    pub fn update(&mut self, id: u64, f: impl FnOnce(&mut P)) -> bool {
+        match self
+            .entries
+            .iter_mut()
+            .find(|e| matches!(e.slot, Slot::Waiting { id: i, .. } if i == id))
+        {
+            Some(e) => {
+                f(&mut e.payload);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Removes and returns the head item if it may leave at `now`.
     pub fn pop(&mut self, now: Instant) -> Option<(P, Outcome<A>)> {
         let ready = match &self.entries.front()?.slot {
@@ -186,6 +218,21 @@ mod tests {
         assert_eq!(q.late_answers(), 1);
         assert!(q.is_empty());
         assert_eq!(q.pop(ms(1000)), None);
+    }
+
+    #[test]
+    fn release_and_update_touch_only_waiting_frames() {
+        let t0 = Instant::now();
+        let mut q: HoldQueue<u32, ()> = HoldQueue::default();
+        q.push_waiting(1, 1, t0 + Duration::from_secs(1));
+        q.push_waiting(2, 2, t0 + Duration::from_secs(1));
+        assert!(q.update(2, |p| *p = 20));
+        assert!(q.release(1, |p| *p = 10));
+        assert_eq!(q.pop(t0), Some((10, Outcome::Ready)));
+        assert_eq!(q.pop(t0), None, "2 still waits");
+        assert!(!q.release(1, |_| {}), "1 already left");
+        assert!(q.release(2, |_| {}));
+        assert_eq!(q.pop(t0), Some((20, Outcome::Ready)));
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub enum PolicyKind {
     All,
     /// Offload frames whose (calibrated) confidence is below the threshold.
     Threshold,
+    /// The CBO planner ([`super::planner::CboPlanner`]) decides; [`decide`] is not used.
+    Cbo,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,6 +64,7 @@ pub fn decide(cfg: &PolicyConfig, confidence: f64, in_flight: usize, connected: 
         PolicyKind::Local => false,
         PolicyKind::All => true,
         PolicyKind::Threshold => confidence < cfg.threshold,
+        PolicyKind::Cbo => false,
     };
     if !wants {
         Decision::Keep

@@ -259,8 +259,9 @@ pub fn clairvoyant(
     use std::collections::BTreeMap;
     let n = frames.len();
     let arrival = |i: usize| i as f64 * 1000.0 / cfg.fps;
-    // state (link free at, ms) -> (frames right so far, back-pointer index)
-    let mut layers: Vec<BTreeMap<u64, (u32, u64, Option<usize>)>> = Vec::with_capacity(n + 1);
+    // Per frame: state (link free at, ms) -> (frames right so far, previous state, resolution).
+    type Layer = BTreeMap<u64, (u32, u64, Option<usize>)>;
+    let mut layers: Vec<Layer> = Vec::with_capacity(n + 1);
     let mut first = BTreeMap::new();
     first.insert(0u64, (0u32, 0u64, None));
     layers.push(first);
@@ -268,7 +269,7 @@ pub fn clairvoyant(
         let a = arrival(i);
         let a_ms = a.floor() as u64;
         let dl = a + cfg.deadline_ms;
-        let mut next: BTreeMap<u64, (u32, u64, Option<usize>)> = BTreeMap::new();
+        let mut next = Layer::new();
         let mut relax = |state: u64, value: u32, from: u64, choice: Option<usize>| {
             let e = next.entry(state).or_insert((0, from, choice));
             if value > e.0 || (value == e.0 && e.2.is_some() && choice.is_none()) {
