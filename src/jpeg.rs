@@ -160,7 +160,10 @@ impl FrameDecoder {
             .read_header(jpeg)
             .map_err(|e| JpegError::Decode(e.to_string()))?;
         let (w, h) = (header.width, header.height);
-        if w == 0 || h == 0 || w > MAX_DECODED_SIDE || h > MAX_DECODED_SIDE {
+        if w == 0 || h == 0 {
+            return Err(JpegError::Decode(format!("image of {w}x{h} pixels")));
+        }
+        if w > MAX_DECODED_SIDE || h > MAX_DECODED_SIDE {
             return Err(JpegError::TooLarge {
                 width: w,
                 height: h,

@@ -264,3 +264,58 @@ fn shipped_profile_matches_the_default_models() {
     // And the server gains little on frames the device is sure of.
     assert!(p.server_accuracy(0.95, r224) - p.bins[9].device_accuracy < 0.05);
 }
+
+#[test]
+fn cbo_eval_replays_every_policy_against_a_real_trace() {
+    let a = common::assets();
+    let out = Command::new(env!("CARGO_BIN_EXE_cbo"))
+        .args(["eval", "--video"])
+        .arg(a.join("video/dev-slideshow.mp4"))
+        .arg("--labels")
+        .arg(a.join("video/dev-slideshow.labels.csv"))
+        .arg("--trace")
+        .arg(a.join("traces/Verizon-LTE-short.up"))
+        .args(["--deadline-ms", "500", "--max-frames", "40", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &v["policies"];
+    let acc = |name: &str| p[name]["accuracy"].as_f64().unwrap();
+    for name in [
+        "local",
+        "all",
+        "threshold",
+        "threshold-raw",
+        "fastva",
+        "cbo",
+        "clairvoyant",
+    ] {
+        let s = &p[name];
+        for field in [
+            "accuracy",
+            "deadline_miss_rate",
+            "offload_ratio",
+            "mean_resolution",
+            "bytes",
+            "latency_p50_ms",
+            "latency_p99_ms",
+        ] {
+            assert!(
+                !s[field].is_null() || field.starts_with("latency"),
+                "{name}.{field}"
+            );
+        }
+        // The clairvoyant schedule is an upper bound on every policy.
+        assert!(acc("clairvoyant") >= acc(name), "{name}");
+    }
+    assert_eq!(p["local"]["offload_ratio"].as_f64().unwrap(), 0.0);
+    assert_eq!(p["all"]["offload_ratio"].as_f64().unwrap(), 1.0);
+    assert_eq!(p["all"]["mean_resolution"].as_f64().unwrap(), 224.0);
+    // Frames leave within the deadline under every policy.
+    assert!(p["cbo"]["latency_p99_ms"].as_f64().unwrap() <= 501.0);
+}

@@ -18,6 +18,9 @@ use crate::tools::dataset::InputArgs;
 use crate::tools::profile::{ProfileArgs, measure};
 use crate::trace::Trace;
 
+/// Policies the element itself implements (the others exist only in the simulator).
+pub const E2E_POLICIES: [&str; 4] = ["local", "all", "threshold", "cbo"];
+
 pub const ALL_POLICIES: &str = "local,all,threshold,threshold-raw,fastva,cbo,clairvoyant";
 
 #[derive(Debug, clap::Args)]
@@ -66,6 +69,11 @@ pub struct EvalArgs {
     /// Print one JSON object
     #[arg(long)]
     pub json: bool,
+    /// Also run the real cbofilter (clip paced in real time) and a real cboserver through
+    /// `cbo netem` on each trace and deadline, for the policies the element has (local, all,
+    /// threshold, cbo), and report the same figures
+    #[arg(long)]
+    pub e2e: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -76,6 +84,9 @@ pub struct Run {
     pub policies: BTreeMap<String, SimResult>,
     /// (cbo − local) / (clairvoyant − local), when all three ran.
     pub cbo_share_of_clairvoyant_gain: Option<f64>,
+    /// `--e2e`: the same policies run for real (element, relay, server).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub e2e: BTreeMap<String, SimResult>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -255,12 +266,36 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
                 }
                 _ => None,
             };
+            let mut e2e = BTreeMap::new();
+            if args.e2e {
+                for name in args
+                    .policies
+                    .iter()
+                    .filter(|p| E2E_POLICIES.contains(&p.as_str()))
+                {
+                    eprintln!(
+                        "e2e: {name} on {} with a {deadline} ms deadline ({} frames in real time)",
+                        file_name(path),
+                        frames.len()
+                    );
+                    let r = super::eval_e2e::run(
+                        args,
+                        &profile_path,
+                        name,
+                        trace,
+                        deadline,
+                        frames.len(),
+                    )?;
+                    e2e.insert(name.clone(), r);
+                }
+            }
             runs.push(Run {
                 trace: file_name(path),
                 trace_mean_mbps: trace.mean_bps() / 1e6,
                 deadline_ms: deadline,
                 policies,
                 cbo_share_of_clairvoyant_gain: share,
+                e2e,
             });
         }
     }
@@ -308,6 +343,21 @@ pub fn print_table(r: &EvalReport) {
                 s.bytes,
                 s.latency_p50_ms,
                 s.latency_p99_ms
+            );
+        }
+        for (name, s) in &run.e2e {
+            let sim = run.policies.get(name).map_or(f64::NAN, |p| p.accuracy);
+            println!(
+                "  {:<14} {:>8.3} {:>8.3} {:>8.3} {:>8.0} {:>10} {:>8.0} {:>8.0}  (simulated {:.3})",
+                format!("e2e {name}"),
+                s.accuracy,
+                s.deadline_miss_rate,
+                s.offload_ratio,
+                s.mean_resolution,
+                s.bytes,
+                s.latency_p50_ms,
+                s.latency_p99_ms,
+                sim
             );
         }
     }

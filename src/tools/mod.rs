@@ -6,6 +6,7 @@ pub mod calibrate;
 pub mod classify;
 pub mod dataset;
 pub mod eval;
+pub mod eval_e2e;
 pub mod loadgen;
 pub mod netem;
 pub mod plot;

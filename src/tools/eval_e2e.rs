@@ -1,0 +1,182 @@
+//! `cbo eval --e2e`: one policy for real. The clip is paced in real time at `--fps` into the real
+//! `cbofilter`, whose QUIC traffic crosses `cbo netem` (the trace, RTT/2 each way) to a real
+//! `cboserver` with the profile's server model, all in this process on 127.0.0.1. The figures
+//! come from the CboMeta of every frame, so they compare directly with the simulation's.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+use super::eval::EvalArgs;
+use crate::inference::{self, ModelConfig};
+use crate::meta::{CboResult, Source};
+use crate::netem::NetemConfig;
+use crate::offload::sim::SimResult;
+use crate::profile::Profile;
+use crate::server::{Server, ServerConfig};
+use crate::trace::Trace;
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+pub fn run(
+    args: &EvalArgs,
+    profile_path: &Path,
+    policy: &str,
+    trace: &Trace,
+    deadline_ms: f64,
+    frames: usize,
+) -> Result<SimResult, String> {
+    super::init_gstreamer()?;
+    let profile = Profile::load(profile_path).map_err(|e| e.0)?;
+    let models = inference::models_dir();
+    let labels = crate::tools::dataset::read_clip_labels(&args.labels)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let certs = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let identity = crate::tls::load_or_create_self_signed(certs.path())?;
+    let server_config = ServerConfig::new(
+        "127.0.0.1:0".parse().expect("literal address"),
+        ModelConfig {
+            model: models.join(&profile.server_model.file),
+            ..ModelConfig::default()
+        },
+        identity,
+    );
+    let server = rt.block_on(Server::start(server_config))?;
+    let mut netem_config = NetemConfig::new(
+        "127.0.0.1:0".parse().expect("literal address"),
+        server.local_addr(),
+        trace.clone(),
+    );
+    netem_config.delay = Duration::from_secs_f64(args.rtt_ms / 2000.0);
+    netem_config.queue_bytes = args.queue_bytes;
+    let netem = rt.block_on(crate::netem::start(netem_config))?;
+
+    // Real-time pacing (identity sync=true) makes the file behave like a camera at --fps; the
+    // in-flight window is opened wide, as the simulation has none.
+    let desc = format!(
+        "filesrc location=\"{}\" ! decodebin ! videorate ! video/x-raw,framerate={}/1000 ! \
+         identity sync=true eos-after={frames} ! cbofilter name=cbo server={} \
+         server-cert=\"{}\" policy={policy} deadline={} threshold={} resolution={} \
+         max-in-flight=1000 profile=\"{}\" {} ! fakesink sync=false",
+        args.video.display(),
+        (args.fps * 1000.0).round() as u64,
+        netem.local_addr(),
+        certs.path().join("cert.pem").display(),
+        deadline_ms.round() as u64,
+        args.threshold,
+        args.resolution,
+        profile_path.display(),
+        profile
+            .calibration
+            .as_ref()
+            .map(|c| format!("calibration=\"{}\"", models.join(&c.file).display()))
+            .unwrap_or_default()
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .map_err(|e| format!("cannot build the pipeline: {e}"))?
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline");
+    let cbo = pipeline.by_name("cbo").expect("named");
+    let entered = Arc::new(Mutex::new(std::collections::VecDeque::<Instant>::new()));
+    let results = Arc::new(Mutex::new(Vec::<(CboResult, f64)>::new()));
+    let e = entered.clone();
+    cbo.static_pad("sink")
+        .expect("sink pad")
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            e.lock().unwrap().push_back(Instant::now());
+            gst::PadProbeReturn::Ok
+        });
+    let (e, r) = (entered.clone(), results.clone());
+    cbo.static_pad("src")
+        .expect("src pad")
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(buf) = info.buffer()
+                && let Some(Ok(res)) = CboResult::from_buffer(buf)
+            {
+                let t0 = e.lock().unwrap().pop_front();
+                let ms = t0.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
+                r.lock().unwrap().push((res, ms));
+            }
+            gst::PadProbeReturn::Ok
+        });
+    // The connection must be up before the clip starts, as in the simulation.
+    pipeline
+        .set_state(gst::State::Paused)
+        .map_err(|_| "cannot start the e2e pipeline".to_string())?;
+    let t_connect = Instant::now();
+    while !cbo
+        .property::<gst::Structure>("stats")
+        .get::<bool>("connected")
+        .unwrap_or(false)
+        && t_connect.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|_| "cannot start the e2e pipeline".to_string())?;
+    let bus = pipeline.bus().expect("bus");
+    let mut error = None;
+    for msg in bus.iter_timed(gst::ClockTime::NONE) {
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(err) => {
+                error = Some(err.error().to_string());
+                break;
+            }
+            _ => {}
+        }
+    }
+    let bytes = cbo
+        .property::<gst::Structure>("stats")
+        .get::<u64>("bytes-sent")
+        .unwrap_or(0);
+    let _ = pipeline.set_state(gst::State::Null);
+    rt.block_on(netem.shutdown());
+    let _ = rt.block_on(server.shutdown());
+    if let Some(e) = error {
+        return Err(format!("e2e pipeline failed: {e}"));
+    }
+    let results = results.lock().unwrap();
+    let n = results.len().max(1) as f64;
+    let right = results
+        .iter()
+        .filter(|(r, _)| labels.get(r.frame as usize).map(|&c| c as i32) == Some(r.class_id))
+        .count();
+    let sent: Vec<u32> = results
+        .iter()
+        .filter(|(r, _)| r.resolution > 0)
+        .map(|(r, _)| r.resolution as u32)
+        .collect();
+    let missed = results
+        .iter()
+        .filter(|(r, _)| r.resolution > 0 && r.source != Source::Server)
+        .count();
+    let mut lat: Vec<f64> = results.iter().map(|(_, ms)| *ms).collect();
+    lat.sort_by(f64::total_cmp);
+    Ok(SimResult {
+        accuracy: right as f64 / n,
+        deadline_miss_rate: missed as f64 / n,
+        offload_ratio: sent.len() as f64 / n,
+        mean_resolution: if sent.is_empty() {
+            0.0
+        } else {
+            sent.iter().map(|&s| s as f64).sum::<f64>() / sent.len() as f64
+        },
+        bytes,
+        latency_p50_ms: percentile(&lat, 0.5),
+        latency_p99_ms: percentile(&lat, 0.99),
+        sent_at: Vec::new(),
+    })
+}
