@@ -268,6 +268,8 @@ fn shipped_profile_matches_the_default_models() {
 #[test]
 fn cbo_eval_replays_every_policy_against_a_real_trace() {
     let a = common::assets();
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("eval.png");
     let out = Command::new(env!("CARGO_BIN_EXE_cbo"))
         .args(["eval", "--video"])
         .arg(a.join("video/dev-slideshow.mp4"))
@@ -275,7 +277,15 @@ fn cbo_eval_replays_every_policy_against_a_real_trace() {
         .arg(a.join("video/dev-slideshow.labels.csv"))
         .arg("--trace")
         .arg(a.join("traces/Verizon-LTE-short.up"))
-        .args(["--deadline-ms", "500", "--max-frames", "40", "--json"])
+        .args([
+            "--deadline-ms",
+            "500",
+            "--max-frames",
+            "40",
+            "--json",
+            "--plot",
+        ])
+        .arg(&png)
         .output()
         .unwrap();
     assert!(
@@ -318,4 +328,8 @@ fn cbo_eval_replays_every_policy_against_a_real_trace() {
     assert_eq!(p["all"]["mean_resolution"].as_f64().unwrap(), 224.0);
     // Frames leave within the deadline under every policy.
     assert!(p["cbo"]["latency_p99_ms"].as_f64().unwrap() <= 501.0);
+    for f in [png.clone(), dir.path().join("eval.Verizon-LTE-short.png")] {
+        let bytes = std::fs::read(&f).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG", "{}", f.display());
+    }
 }

@@ -69,6 +69,10 @@ pub struct EvalArgs {
     /// Print one JSON object
     #[arg(long)]
     pub json: bool,
+    /// Write plots: accuracy vs deadline per policy and trace (this path), and the cbo policy's
+    /// uplink use and resolution over time against each trace's capacity (PATH-stem.TRACE.png)
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// Also run the real cbofilter (clip paced in real time) and a real cboserver through
     /// `cbo netem` on each trace and deadline, for the policies the element has (local, all,
     /// threshold, cbo), and report the same figures
@@ -297,6 +301,73 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
                 cbo_share_of_clairvoyant_gain: share,
                 e2e,
             });
+        }
+    }
+    if let Some(png) = &args.plot {
+        let points: Vec<(String, f64, String, f64)> = runs
+            .iter()
+            .flat_map(|r| {
+                r.policies
+                    .iter()
+                    .map(move |(p, s)| (r.trace.clone(), r.deadline_ms, p.clone(), s.accuracy))
+            })
+            .collect();
+        super::plot::accuracy_vs_deadline(png, &points)?;
+        // Over time: cbo at the longest deadline on each trace.
+        let longest = args.deadline_ms.iter().copied().fold(0.0, f64::max);
+        for (path, trace) in &traces {
+            let Some(run) = runs
+                .iter()
+                .find(|r| r.trace == file_name(path) && r.deadline_ms == longest)
+            else {
+                continue;
+            };
+            let Some(cbo) = run.policies.get("cbo") else {
+                continue;
+            };
+            let secs = (frames.len() as f64 / args.fps).ceil() as usize;
+            let mut sent = vec![0.0; secs];
+            let mut res_sum = vec![0.0; secs];
+            let mut res_n = vec![0.0; secs];
+            for (i, &short) in cbo.sent_at.iter().enumerate() {
+                if short == 0 {
+                    continue;
+                }
+                let sec = ((i as f64 / args.fps) as usize).min(secs - 1);
+                let r = shorts.iter().position(|&s| s == short).unwrap_or(0);
+                sent[sec] += frames[i].server[r].bytes as f64 * 8.0 / 1000.0;
+                res_sum[sec] += short as f64;
+                res_n[sec] += 1.0;
+            }
+            let capacity: Vec<f64> = (0..secs)
+                .map(|s| {
+                    trace.capacity_bytes(s as u64 * 1000, (s as u64 + 1) * 1000) as f64 * 8.0
+                        / 1000.0
+                })
+                .collect();
+            let mean_res: Vec<f64> = res_sum
+                .iter()
+                .zip(&res_n)
+                .map(|(s, n)| if *n > 0.0 { s / n } else { 0.0 })
+                .collect();
+            let stem = png
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let out = png.with_file_name(format!(
+                "{stem}.{}.png",
+                file_name(path).trim_end_matches(".up")
+            ));
+            super::plot::offload_over_time(
+                &out,
+                &format!(
+                    "cbo on {} ({longest} ms deadline): uplink use and resolution vs capacity",
+                    file_name(path)
+                ),
+                &capacity,
+                &sent,
+                &mean_res,
+            )?;
         }
     }
     Ok(EvalReport {

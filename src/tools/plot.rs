@@ -159,6 +159,155 @@ pub fn reliability_diagram(
     Ok(())
 }
 
+/// One line per policy: accuracy against the deadline, one panel per trace.
+/// `runs`: (trace name, deadline ms, policy, accuracy).
+pub fn accuracy_vs_deadline(
+    path: &Path,
+    runs: &[(String, f64, String, f64)],
+) -> Result<(), String> {
+    ensure_font()?;
+    let mut traces: Vec<&str> = runs.iter().map(|r| r.0.as_str()).collect();
+    traces.dedup();
+    let mut policies: Vec<&str> = runs.iter().map(|r| r.2.as_str()).collect();
+    policies.sort();
+    policies.dedup();
+    let (dmin, dmax) = runs
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), r| (a.min(r.1), b.max(r.1)));
+    let (amin, amax) = runs
+        .iter()
+        .fold((1.0f64, 0.0f64), |(a, b), r| (a.min(r.3), b.max(r.3)));
+    let root =
+        BitMapBackend::new(path, (420 * traces.len().max(1) as u32, 460)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let panels = root.split_evenly((1, traces.len().max(1)));
+    for (area, trace) in panels.iter().zip(&traces) {
+        let mut chart = ChartBuilder::on(area)
+            .caption(*trace, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(48)
+            .build_cartesian_2d(
+                (dmin * 0.9)..(dmax * 1.05),
+                (amin - 0.01).max(0.0)..(amax + 0.01).min(1.0),
+            )
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("deadline (ms)")
+            .y_desc("accuracy")
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(err)?;
+        for (k, policy) in policies.iter().enumerate() {
+            let color = Palette99::pick(k).to_rgba();
+            let mut pts: Vec<(f64, f64)> = runs
+                .iter()
+                .filter(|r| r.0 == *trace && r.2 == *policy)
+                .map(|r| (r.1, r.3))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let width = if *policy == "cbo" { 3 } else { 1 };
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))
+                .map_err(err)?
+                .label(*policy)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(width))
+                });
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 11))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Per second of the replay: the trace's capacity, and what `cbo` sent (kbit/s) and at which
+/// mean resolution.
+pub fn offload_over_time(
+    path: &Path,
+    title: &str,
+    capacity_kbps: &[f64],
+    sent_kbps: &[f64],
+    mean_resolution: &[f64],
+) -> Result<(), String> {
+    ensure_font()?;
+    let root = BitMapBackend::new(path, (1200, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let n = capacity_kbps.len().max(1) as f64;
+    let ymax = capacity_kbps
+        .iter()
+        .chain(sent_kbps)
+        .copied()
+        .fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .right_y_label_area_size(48)
+        .build_cartesian_2d(0.0..n, 0.0..ymax * 1.05)
+        .map_err(err)?
+        .set_secondary_coord(0.0..n, 0.0..340.0);
+    chart
+        .configure_mesh()
+        .x_desc("time (s)")
+        .y_desc("kbit/s")
+        .label_style(("sans-serif", 12))
+        .disable_mesh()
+        .draw()
+        .map_err(err)?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("mean offload resolution (px)")
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(err)?;
+    let series = |v: &[f64]| -> Vec<(f64, f64)> {
+        v.iter().enumerate().map(|(i, &y)| (i as f64, y)).collect()
+    };
+    chart
+        .draw_series(LineSeries::new(series(capacity_kbps), BLACK.mix(0.5)))
+        .map_err(err)?
+        .label("trace capacity")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.5)));
+    chart
+        .draw_series(LineSeries::new(series(sent_kbps), BLUE.stroke_width(2)))
+        .map_err(err)?
+        .label("cbo uplink use")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE.stroke_width(2)));
+    chart
+        .draw_secondary_series(
+            series(mean_resolution)
+                .into_iter()
+                .filter(|p| p.1 > 0.0)
+                .map(|p| Circle::new(p, 2, RED.filled())),
+        )
+        .map_err(err)?
+        .label("mean resolution (right axis)")
+        .legend(|(x, y)| Circle::new((x + 8, y), 3, RED.filled()));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 11))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
