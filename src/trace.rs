@@ -278,7 +278,12 @@ mod tests {
 
     #[test]
     fn real_traces_have_the_documented_means() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets/traces");
+        // The shared assets: CBO_ASSETS, or ../shared/assets beside the checkout (as the
+        // integration tests find them).
+        let assets = std::env::var_os("CBO_ASSETS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets"));
+        let dir = assets.join("traces");
         for (file, mbps) in [
             ("Verizon-LTE-short.up", 5.95),
             ("TMobile-LTE-short.up", 13.3),
