@@ -1,0 +1,113 @@
+//! Reading the CboMeta from C and Python: the examples in examples/c and examples/python are
+//! built and run against the plugin this test run built, and must report for every frame the
+//! same label the typed Rust API reads.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use common::{bottle_clip, plugin_dir, repo, run_pipeline};
+
+const FRAMES: usize = 40;
+
+/// Frame → label from the Rust API on the same frames.
+fn rust_labels() -> HashMap<u64, String> {
+    let run = run_pipeline(&format!(
+        "filesrc location=\"{}\" ! decodebin ! identity eos-after={FRAMES} ! cbofilter name=cbo ! fakesink",
+        bottle_clip().display()
+    ));
+    assert!(run.error.is_none(), "{:?}", run.error);
+    run.results
+        .into_iter()
+        .map(|r| (r.frame, r.label))
+        .collect()
+}
+
+/// Parses `frame<TAB>label<TAB>confidence<TAB>source` lines and checks them against `expected`.
+fn check_output(who: &str, out: &std::process::Output, expected: &HashMap<u64, String>) {
+    assert!(
+        out.status.success(),
+        "{who} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= FRAMES, "{who}: {} lines", lines.len());
+    let (mut same, mut compared) = (0, 0);
+    for line in lines {
+        let f: Vec<&str> = line.split('\t').collect();
+        assert_eq!(f.len(), 4, "{who}: '{line}'");
+        let frame: u64 = f[0].parse().unwrap();
+        let confidence: f64 = f[2].parse().unwrap();
+        assert!((0.0..=1.0).contains(&confidence));
+        assert_eq!(f[3], "device");
+        if let Some(label) = expected.get(&frame) {
+            compared += 1;
+            same += usize::from(f[1] == label);
+        }
+    }
+    // Same frames, same model: the same labels, but for the rare frame whose top two classes
+    // are within ONNX Runtime's run-to-run rounding of each other.
+    assert!(compared >= FRAMES, "{who}: {compared} frames compared");
+    assert!(
+        same * 100 >= compared * 95,
+        "{who}: {same} of {compared} labels agree with the Rust API"
+    );
+}
+
+fn child_env(cmd: &mut Command, plugins: &std::path::Path, registry: &std::path::Path) {
+    cmd.env("GST_PLUGIN_PATH", plugins)
+        .env("GST_REGISTRY", registry)
+        .env_remove("GST_PLUGIN_SYSTEM_PATH_1_0");
+}
+
+#[test]
+fn c_example_reads_the_meta() {
+    let expected = rust_labels();
+    let plugins = plugin_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("read_meta");
+    let build = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cc \"{}\" -o \"{}\" $(pkg-config --cflags --libs gstreamer-1.0)",
+            repo().join("examples/c/read_meta.c").display(),
+            exe.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "the C example does not build: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let mut cmd = Command::new(&exe);
+    cmd.arg(bottle_clip()).arg(FRAMES.to_string());
+    child_env(&mut cmd, plugins.path(), &dir.path().join("registry.bin"));
+    check_output("C", &cmd.output().unwrap(), &expected);
+}
+
+#[test]
+fn python_example_reads_the_meta() {
+    let expected = rust_labels();
+    let plugins = plugin_dir();
+    let dir = tempfile::tempdir().unwrap();
+    // Debian's interpreter has PyGObject (python3-gi, installed by `make setup`); a python3
+    // earlier on PATH (pyenv, venv) may not.
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| {
+            Command::new(p)
+                .args(["-c", "import gi"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("a python3 with PyGObject (python3-gi)");
+    let mut cmd = Command::new(python);
+    cmd.arg(repo().join("examples/python/read_meta.py"))
+        .arg(bottle_clip())
+        .arg(FRAMES.to_string());
+    child_env(&mut cmd, plugins.path(), &dir.path().join("registry.bin"));
+    check_output("Python", &cmd.output().unwrap(), &expected);
+}
