@@ -344,20 +344,28 @@ pub fn run_session(
     let outputs = session
         .run(ort::inputs![input_name => input])
         .map_err(run)?;
-    let out = &outputs[0];
+    read_scores(&outputs[0], &output_name, row)
+}
+
+/// Reads a score tensor (f32, f16, or u8 quantised probabilities) into `row`, all images of the
+/// batch one after the other.
+pub fn read_scores(
+    value: &ort::value::DynValue,
+    name: &str,
+    row: &mut Vec<f32>,
+) -> Result<(), InferenceError> {
     row.clear();
-    if let Ok((_, data)) = out.try_extract_tensor::<f32>() {
+    if let Ok((_, data)) = value.try_extract_tensor::<f32>() {
         row.extend_from_slice(data);
-    } else if let Ok((_, data)) = out.try_extract_tensor::<half::f16>() {
+    } else if let Ok((_, data)) = value.try_extract_tensor::<half::f16>() {
         row.extend(data.iter().map(|v| v.to_f32()));
-    } else if let Ok((_, data)) = out.try_extract_tensor::<u8>() {
+    } else if let Ok((_, data)) = value.try_extract_tensor::<u8>() {
         // Quantised probabilities (TFLite convention: scale 1/256).
         row.extend(data.iter().map(|&v| v as f32 / 256.0));
     } else {
         return Err(InferenceError::Run(format!(
-            "output '{}' is {:?}; expected a f32/f16/u8 score tensor",
-            output_name,
-            out.dtype()
+            "output '{name}' is {:?}; expected a f32/f16/u8 score tensor",
+            value.dtype()
         )));
     }
     Ok(())

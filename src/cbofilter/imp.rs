@@ -196,6 +196,23 @@ struct Hold {
     cond: Condvar,
 }
 
+impl Hold {
+    /// Records how offloaded frame `id` ended (from the client's threads) and wakes the output
+    /// task.
+    fn complete(&self, id: u64, result: Result<ServerResult, String>) {
+        let mut inner = self.inner.lock().unwrap();
+        match result {
+            Ok(answer) => {
+                inner.queue.answer(id, answer);
+            }
+            Err(reason) => {
+                inner.queue.fail(id, reason);
+            }
+        }
+        self.cond.notify_all();
+    }
+}
+
 #[derive(Default)]
 struct HoldInner {
     queue: HoldQueue<Item, ServerResult>,
@@ -1022,17 +1039,7 @@ impl CboFilter {
                                     Err(_) => p.on_failure(id, now),
                                 }
                             }
-                            let mut inner = hold.inner.lock().unwrap();
-                            match r {
-                                Ok(sr) => {
-                                    inner.queue.answer(id, sr);
-                                }
-                                Err(reason) => {
-                                    inner.queue.fail(id, reason);
-                                }
-                            }
-                            hold.cond.notify_all();
-                            drop(inner);
+                            hold.complete(id, r);
                             // The planner thread re-plans now: the link may be free.
                             d.wake();
                         }),
@@ -1292,18 +1299,7 @@ impl CboFilter {
                         short_side,
                         deadline,
                     },
-                    Box::new(move |r| {
-                        let mut inner = hold.inner.lock().unwrap();
-                        match r {
-                            Ok(answer) => {
-                                inner.queue.answer(id, answer);
-                            }
-                            Err(reason) => {
-                                inner.queue.fail(id, reason);
-                            }
-                        }
-                        hold.cond.notify_all();
-                    }),
+                    Box::new(move |r| hold.complete(id, r)),
                 );
             }
             (d, _) => {

@@ -135,21 +135,7 @@ pub fn run_batch(
     let outputs = session
         .run(ort::inputs![input_name => input])
         .map_err(run)?;
-    let value = &outputs[0];
-    out.clear();
-    if let Ok((_, data)) = value.try_extract_tensor::<f32>() {
-        out.extend_from_slice(data);
-    } else if let Ok((_, data)) = value.try_extract_tensor::<half::f16>() {
-        out.extend(data.iter().map(|v| v.to_f32()));
-    } else if let Ok((_, data)) = value.try_extract_tensor::<u8>() {
-        // Quantised probabilities (TFLite convention: scale 1/256), as run_session reads them.
-        out.extend(data.iter().map(|&v| v as f32 / 256.0));
-    } else {
-        return Err(InferenceError::Run(format!(
-            "first output is {:?}; expected a f32/f16/u8 score tensor",
-            value.dtype()
-        )));
-    }
+    crate::inference::read_scores(&outputs[0], "first", out)?;
     if out.is_empty() || !out.len().is_multiple_of(batch.n) {
         return Err(InferenceError::Run(format!(
             "{} scores for a batch of {}",
