@@ -498,3 +498,44 @@ fn cbo_policy_offloads_what_the_profile_says_gains() {
         );
     }
 }
+
+/// The file recipes in pipelines/ run as documented against this build's plugin.
+#[test]
+fn file_recipes_run() {
+    let plugins = common::plugin_dir();
+    let registry = tempfile::tempdir().unwrap();
+    let run = |script: &str, extra: &[(&str, &str)]| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo().join("pipelines").join(script))
+            .env("CBO_PLUGIN_DIR", plugins.path())
+            .env("GST_REGISTRY", registry.path().join("registry.bin"))
+            .env("FRAMES", "20");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let device = run("file-device-only.sh", &[]);
+    assert!(device.matches("cbo-result").count() >= 20, "{device}");
+    let server = Server::start(Some("t0k"));
+    let cert = server.cert.display().to_string();
+    let offload = run(
+        "file-offload.sh",
+        &[
+            ("SERVER", server.addr.as_str()),
+            ("CERT", cert.as_str()),
+            ("TOKEN", "t0k"),
+        ],
+    );
+    assert!(offload.matches("cbo-result").count() >= 20, "{offload}");
+    assert!(
+        offload.contains("source=(string)server"),
+        "some frames answered by the server: {offload}"
+    );
+}
