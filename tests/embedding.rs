@@ -111,3 +111,50 @@ fn python_example_reads_the_meta() {
     child_env(&mut cmd, plugins.path(), &dir.path().join("registry.bin"));
     check_output("Python", &cmd.output().unwrap(), &expected);
 }
+
+/// The Rust embedding example (examples/embed.rs, built by `cargo test --all-targets`).
+fn embed_example() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let path = profile_dir.join("examples/embed");
+    assert!(
+        path.is_file(),
+        "{} missing: run the tests with --all-targets",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn rust_example_prints_json_lines_and_reports_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(embed_example())
+        .arg(bottle_clip())
+        .arg("25")
+        .env("GST_REGISTRY", dir.path().join("registry.bin"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 25, "{} lines", lines.len());
+    for (i, v) in lines.iter().enumerate() {
+        assert_eq!(v["frame"].as_u64(), Some(i as u64));
+        assert_eq!(v["source"], "device");
+        assert!(!v["label"].as_str().unwrap().is_empty());
+        assert!(v["confidence"].as_f64().unwrap() > 0.0);
+    }
+    let missing = Command::new(embed_example())
+        .arg(dir.path().join("no-such-video.mp4"))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-video.mp4"));
+}
