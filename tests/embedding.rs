@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::process::Command;
 
 use common::{bottle_clip, plugin_dir, repo, run_pipeline};
+use gst::prelude::*;
 
 const FRAMES: usize = 40;
 
@@ -157,4 +158,38 @@ fn rust_example_prints_json_lines_and_reports_bad_input() {
         .unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-video.mp4"));
+}
+
+/// The meta travels with the buffer through the elements applications put after cbofilter.
+#[test]
+fn meta_survives_queue_tee_videoconvert_videoscale() {
+    let counted = std::sync::Arc::new(std::sync::Mutex::new((0usize, 0usize)));
+    let c = counted.clone();
+    let run = common::run_with(
+        "videotestsrc num-buffers=8 ! video/x-raw,width=320,height=240 ! cbofilter name=cbo ! \
+         queue ! tee name=t ! queue ! videoconvert ! videoscale ! \
+         video/x-raw,format=RGB,width=160,height=120 ! fakesink name=end  t. ! queue ! fakesink",
+        move |p| {
+            let end = p.by_name("end").unwrap();
+            end.static_pad("sink")
+                .unwrap()
+                .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                    if let Some(buf) = info.buffer() {
+                        let mut c = c.lock().unwrap();
+                        c.0 += 1;
+                        if gstcbo::CboResult::from_buffer(buf).is_some_and(|r| r.is_ok()) {
+                            c.1 += 1;
+                        }
+                    }
+                    gst::PadProbeReturn::Ok
+                });
+        },
+    );
+    assert!(run.error.is_none(), "{:?}", run.error);
+    let (buffers, with_meta) = *counted.lock().unwrap();
+    assert_eq!(buffers, 8);
+    assert_eq!(
+        with_meta, 8,
+        "every converted and scaled buffer still carries CboMeta"
+    );
 }

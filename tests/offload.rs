@@ -539,3 +539,44 @@ fn file_recipes_run() {
         "some frames answered by the server: {offload}"
     );
 }
+
+/// pipelines/overlay.sh writes an MP4 whose frames carry the caption drawn from the meta.
+#[test]
+fn overlay_recipe_writes_an_mp4() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("overlay.mp4");
+    let server = Server::start(None);
+    let cert = server.cert.display().to_string();
+    let status = Command::new("bash")
+        .arg(repo().join("pipelines/overlay.sh"))
+        .arg(bottle_clip())
+        .arg(&out)
+        .env("CBO_BIN", env!("CARGO_BIN_EXE_cbo"))
+        .env("FRAMES", "20")
+        .env("SERVER", &server.addr)
+        .env("CERT", &cert)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(String::from_utf8_lossy(&status.stderr).contains("frames)"));
+    // The MP4 decodes back to at least the 20 frames written.
+    common::init();
+    let (frames, _) = gstcbo::tools::decode_frames(&out, 1000).unwrap();
+    assert!(frames.len() >= 20, "{} frames", frames.len());
+    // Captions as drawn: label, percent, source.
+    let r = gstcbo::CboResult {
+        label: "water_bottle".into(),
+        confidence: 0.49,
+        source: Source::Server,
+        resolution: 224,
+        ..Default::default()
+    };
+    assert_eq!(
+        gstcbo::tools::overlay::caption(&r),
+        "water_bottle  49%  [server @224px]"
+    );
+}

@@ -2,7 +2,7 @@
 //! evaluate offloading policies, emulate a cellular uplink, load-test a server.
 
 use clap::{Parser, Subcommand};
-use gstcbo::tools::{bench, calibrate, classify, eval, loadgen, netem, profile};
+use gstcbo::tools::{bench, calibrate, classify, eval, loadgen, netem, overlay, profile};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +29,8 @@ enum Command {
     Profile(profile::ProfileArgs),
     /// Replay offloading policies over a labelled clip against uplink traces (simulation)
     Eval(eval::EvalArgs),
+    /// Draw each frame's label, confidence and source on the video and write an MP4
+    Overlay(overlay::OverlayArgs),
     /// Load a running cboserver with concurrent clients; compare with a bare ORT batch loop
     Loadgen(loadgen::LoadgenArgs),
     /// Relay UDP between cbofilter and cboserver through a real cellular uplink (Mahimahi trace)
@@ -69,6 +71,9 @@ fn main() -> std::process::ExitCode {
             }
         }),
         Command::Ece(args) => calibrate::ece(&args).map(|v| println!("{v}")),
+        Command::Overlay(args) => {
+            overlay::run(&args).map(|n| eprintln!("wrote {} ({n} frames)", args.output.display()))
+        }
         Command::Eval(args) => eval::run(&args).map(|r| {
             if args.json {
                 println!(

@@ -68,7 +68,7 @@ pub struct OffloadArgs {
 }
 
 impl OffloadArgs {
-    fn element_properties(&self) -> Result<Vec<(&'static str, String)>, String> {
+    pub fn element_properties(&self) -> Result<Vec<(&'static str, String)>, String> {
         let Some(server) = &self.server else {
             return Ok(Vec::new());
         };

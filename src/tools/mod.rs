@@ -9,6 +9,7 @@ pub mod eval;
 pub mod eval_e2e;
 pub mod loadgen;
 pub mod netem;
+pub mod overlay;
 pub mod plot;
 pub mod profile;
 

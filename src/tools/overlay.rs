@@ -1,0 +1,106 @@
+//! `cbo overlay`: draws each frame's label, confidence and source (device/server) on the video
+//! with `textoverlay` and writes an MP4. The text of each frame is set from that frame's CboMeta
+//! by a probe on the overlay's video input, just before the frame is drawn.
+
+use std::path::PathBuf;
+
+use gst::prelude::*;
+
+use crate::cli::ModelArgs;
+use crate::meta::CboResult;
+use crate::tools::classify::OffloadArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct OverlayArgs {
+    /// Input video file
+    pub input: PathBuf,
+    /// MP4 file to write
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Calibration file for the model (the element's `calibration`)
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    #[command(flatten)]
+    pub offload: OffloadArgs,
+    /// Stop after this many frames (0 = whole clip)
+    #[arg(long, default_value_t = 0)]
+    pub max_frames: u64,
+}
+
+/// The caption of one frame.
+pub fn caption(r: &CboResult) -> String {
+    let source = match r.source {
+        crate::meta::Source::Server => format!("server @{}px", r.resolution),
+        crate::meta::Source::Device => "device".into(),
+    };
+    format!("{}  {:.0}%  [{}]", r.label, r.confidence * 100.0, source)
+}
+
+pub fn run(args: &OverlayArgs) -> Result<u64, String> {
+    super::init_gstreamer()?;
+    if !args.input.is_file() {
+        return Err(format!("video '{}' does not exist", args.input.display()));
+    }
+    let config = args.model.to_config()?;
+    let limit = if args.max_frames > 0 {
+        format!("identity eos-after={} ! ", args.max_frames)
+    } else {
+        String::new()
+    };
+    let desc = format!(
+        "{} ! {limit}cbofilter name=cbo ! textoverlay name=overlay valignment=top halignment=left \
+         font-desc=\"Sans Bold 18\" shaded-background=true ! videoconvert ! \
+         x264enc speed-preset=veryfast ! mp4mux ! filesink location=\"{}\"",
+        super::file_source(&args.input),
+        args.output.display().to_string().replace('"', "\\\"")
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .map_err(|e| format!("cannot build the pipeline: {e}"))?
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline");
+    let cbo = pipeline.by_name("cbo").expect("named");
+    for (name, value) in args.model.element_properties(&config) {
+        cbo.set_property_from_str(name, &value);
+    }
+    if let Some(cal) = &args.calibration {
+        cbo.set_property("calibration", cal.display().to_string());
+    }
+    for (name, value) in args.offload.element_properties()? {
+        cbo.set_property_from_str(name, &value);
+    }
+    let overlay = pipeline.by_name("overlay").expect("named");
+    let frames = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let f = frames.clone();
+    let ov = overlay.downgrade();
+    overlay
+        .static_pad("video_sink")
+        .expect("textoverlay has a video_sink pad")
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let (Some(buf), Some(ov)) = (info.buffer(), ov.upgrade())
+                && let Some(Ok(r)) = CboResult::from_buffer(buf)
+            {
+                ov.set_property("text", caption(&r));
+                f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|_| "cannot start the pipeline".to_string())?;
+    let bus = pipeline.bus().expect("bus");
+    let mut result = Ok(());
+    for msg in bus.iter_timed(gst::ClockTime::NONE) {
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => {
+                result = Err(format!("{}", e.error()));
+                break;
+            }
+            gst::MessageView::Warning(w) => eprintln!("warning: {}", w.error()),
+            _ => {}
+        }
+    }
+    let _ = pipeline.set_state(gst::State::Null);
+    result.map(|_| frames.load(std::sync::atomic::Ordering::SeqCst))
+}
