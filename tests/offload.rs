@@ -580,3 +580,25 @@ fn overlay_recipe_writes_an_mp4() {
         "water_bottle  49%  [server @224px]"
     );
 }
+
+#[test]
+fn a_missing_or_corrupt_profile_is_an_error_at_start() {
+    let (_dir, cert) = cert_dir();
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bad.path(), "{\"format\": \"cbo-profile\", \"version\": 7}").unwrap();
+    for (profile, expect) in [
+        ("/nonexistent/p.json".to_string(), "cannot read profile"),
+        (bad.path().display().to_string(), "version"),
+    ] {
+        let run = run_pipeline(&clip_pipeline(
+            &props(
+                &format!("127.0.0.1:{}", free_port()),
+                &cert,
+                &format!("policy=cbo profile=\"{profile}\""),
+            ),
+            5,
+        ));
+        let (err, _) = run.error.expect("an element error");
+        assert!(err.to_string().contains(expect), "{err}");
+    }
+}
