@@ -3,8 +3,9 @@
 //! Builds `uridecodebin uri=... ! cbofilter ! fakesink` around a file or a URI (`rtsp://` camera,
 //! `http://`, `file://`), reads each buffer's `CboMeta` through the typed API
 //! (`gstcbo::CboResult::from_buffer`) and prints one JSON line per frame. When the source fails
-//! (a camera going away), it tears the pipeline down and builds it again with exponential
-//! backoff (0.5 s doubling to 10 s), as a long-running application would.
+//! (a camera going away: an error, or no frame for 5 s, since `rtspsrc` sometimes only warns
+//! and waits), it tears the pipeline down and builds it again with exponential backoff (0.5 s
+//! doubling to 10 s), as a long-running application would.
 //!
 //!     cargo run --release --example embed -- FILE-OR-URI [MAX_FRAMES]
 //!
@@ -12,8 +13,12 @@
 //! GST_PLUGIN_PATH is needed.
 
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// No frame for this long means the source is stuck: restart.
+const STALL: Duration = Duration::from_secs(5);
 
 use gst::prelude::*;
 use gstcbo::CboResult;
@@ -40,6 +45,8 @@ fn run_once(uri: &str, max_frames: u64, printed: &Arc<AtomicU64>) -> Result<bool
     let cbo = pipeline.by_name("cbo").expect("named in the description");
     let count = printed.clone();
     let weak = pipeline.downgrade();
+    let last_frame = Arc::new(Mutex::new(Instant::now()));
+    let last = last_frame.clone();
     cbo.static_pad("src")
         .expect("src pad")
         .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
@@ -57,6 +64,7 @@ fn run_once(uri: &str, max_frames: u64, printed: &Arc<AtomicU64>) -> Result<bool
                     "decision": r.decision,
                 });
                 println!("{line}");
+                *last.lock().unwrap() = Instant::now();
                 let n = count.fetch_add(1, Ordering::SeqCst) + 1;
                 if max_frames > 0
                     && n == max_frames
@@ -73,7 +81,15 @@ fn run_once(uri: &str, max_frames: u64, printed: &Arc<AtomicU64>) -> Result<bool
         .map_err(|_| "cannot start the pipeline".to_string())?;
     let bus = pipeline.bus().expect("pipeline bus");
     let mut outcome = Ok(true);
-    for msg in bus.iter_timed(gst::ClockTime::NONE) {
+    loop {
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(500)) else {
+            if last_frame.lock().unwrap().elapsed() > STALL {
+                eprintln!("embed: no frame for {} s", STALL.as_secs());
+                outcome = Ok(false);
+                break;
+            }
+            continue;
+        };
         match msg.view() {
             gst::MessageView::Eos(_) => break,
             gst::MessageView::Error(e) => {

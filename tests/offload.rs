@@ -602,3 +602,65 @@ fn a_missing_or_corrupt_profile_is_an_error_at_start() {
         assert!(err.to_string().contains(expect), "{err}");
     }
 }
+
+/// Live source, hold mode, `sync=true` sink: the latency the element reports (the deadline)
+/// lets the sink schedule held frames, so none is late and no frame is dropped for lateness.
+#[test]
+fn hold_mode_with_a_synchronised_live_sink_has_no_late_frames() {
+    let server = Server::start(None);
+    // 100 ms each way through the relay: answers take well over one frame interval, so frames
+    // are held far beyond the source's own latency.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut relay = gstcbo::netem::NetemConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        server.addr.parse().unwrap(),
+        gstcbo::trace::Trace::constant(50e6),
+    );
+    relay.delay = Duration::from_millis(100);
+    let relay = rt.block_on(gstcbo::netem::start(relay)).unwrap();
+    let relay_addr = relay.local_addr().to_string();
+    let desc = format!(
+        "videotestsrc is-live=true num-buffers=60 pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1 ! \
+         cbofilter name=cbo {} ! fakesink name=sink sync=true qos=true max-lateness=20000000",
+        props(
+            &relay_addr,
+            &server.cert,
+            "policy=all deadline=600 max-in-flight=16"
+        )
+    );
+    // The sink's own counts, read when EOS reaches it: (rendered, dropped).
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(None::<(u64, u64)>));
+    let c = counts.clone();
+    let run = common::run_with(&desc, move |p| {
+        let sink = p.by_name("sink").unwrap();
+        sink.static_pad("sink").unwrap().add_probe(
+            gst::PadProbeType::EVENT_DOWNSTREAM,
+            move |pad, info| {
+                if let Some(gst::PadProbeData::Event(e)) = &info.data
+                    && e.type_() == gst::EventType::Eos
+                {
+                    let st = pad
+                        .parent_element()
+                        .unwrap()
+                        .property::<gst::Structure>("stats");
+                    *c.lock().unwrap() = Some((
+                        st.get::<u64>("rendered").unwrap(),
+                        st.get::<u64>("dropped").unwrap(),
+                    ));
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+    });
+    assert_complete(&run, 60);
+    assert!(
+        run.warnings.is_empty(),
+        "no late-buffer warnings: {:?}",
+        run.warnings
+    );
+    let (rendered, dropped) = counts.lock().unwrap().expect("EOS reached the sink");
+    assert_eq!(dropped, 0, "the sink dropped late frames");
+    assert!(rendered >= 59, "rendered {rendered}");
+    drop(relay);
+    assert!(count(&run, "offload") > 10);
+}
