@@ -20,6 +20,6 @@ exec gst-launch-1.0 -m \
     filesrc location="$video" ! decodebin ! ${FRAMES:+identity eos-after=$FRAMES !} \
     cbofilter post-messages=true \
         calibration="$here/models/efficientnet-lite0-int8pt-224.calibration.json" \
-        server="$SERVER" server-cert="$CERT" token="${TOKEN:-}" \
+        server="$SERVER" server-cert="$CERT" ${TOKEN:+token="$TOKEN"} \
         policy="${POLICY:-threshold}" threshold=0.5 deadline=500 ! \
     fakesink sync=false

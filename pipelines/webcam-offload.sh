@@ -15,6 +15,6 @@ exec gst-launch-1.0 -m \
     v4l2src device="$device" ! videoconvert ! \
     cbofilter post-messages=true \
         calibration="$here/models/efficientnet-lite0-int8pt-224.calibration.json" \
-        server="$SERVER" server-cert="$CERT" token="${TOKEN:-}" \
+        server="$SERVER" server-cert="$CERT" ${TOKEN:+token="$TOKEN"} \
         policy="${POLICY:-cbo}" deadline="${DEADLINE:-300}" ! \
     videoconvert ! autovideosink

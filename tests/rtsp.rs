@@ -197,3 +197,78 @@ fn embedding_example_recovers_when_the_rtsp_server_restarts() {
         errors.lock().unwrap()
     );
 }
+
+/// The RTSP recipes in pipelines/ run against a real RTSP server (device only, and offloading to
+/// a real cboserver).
+#[test]
+fn rtsp_recipes_run() {
+    let plugins = common::plugin_dir();
+    let registry = tempfile::tempdir().unwrap();
+    let run = |script: &str, url: &str, extra: &[(&str, String)]| {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(common::repo().join("pipelines").join(script))
+            .arg(url)
+            .env("CBO_PLUGIN_DIR", plugins.path())
+            .env("GST_REGISTRY", registry.path().join("registry.bin"));
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let served = serve();
+    let out = run("rtsp-device-only.sh", &served.url, &[]);
+    let n = *served.served.lock().unwrap() as usize;
+    served.stop();
+    assert!(out.matches("cbo-result").count() * 100 >= n * 95, "{out}");
+
+    // A real cboserver in this process, trusted through its self-signed certificate.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let identity = gstcbo::tls::load_or_create_self_signed(certs.path()).unwrap();
+    let server = rt
+        .block_on(gstcbo::server::Server::start(
+            gstcbo::server::ServerConfig::new(
+                "127.0.0.1:0".parse().unwrap(),
+                gstcbo::inference::ModelConfig {
+                    model: common::repo().join("models/efficientnet-lite2-fp32-260.onnx"),
+                    ..Default::default()
+                },
+                identity,
+            ),
+        ))
+        .unwrap();
+    let served = serve();
+    let out = run(
+        "rtsp-offload.sh",
+        &served.url,
+        &[
+            ("SERVER", server.local_addr().to_string()),
+            ("CERT", certs.path().join("cert.pem").display().to_string()),
+            ("POLICY", "all".into()),
+        ],
+    );
+    let n = *served.served.lock().unwrap() as usize;
+    served.stop();
+    let _ = rt.block_on(server.shutdown());
+    let got = out.matches("cbo-result").count();
+    let decisions: Vec<&str> = out
+        .split("decision=(string)")
+        .skip(1)
+        .map(|t| t.split(',').next().unwrap_or(""))
+        .collect();
+    assert!(got * 100 >= n * 95, "{got} of {n}: {decisions:?}");
+    let warnings: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("WARNING") || l.contains("(warning)"))
+        .collect();
+    assert!(
+        out.contains("source=(string)server"),
+        "{decisions:?} {warnings:?}"
+    );
+}
