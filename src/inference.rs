@@ -324,8 +324,19 @@ pub fn run_session(
     tensor: &Tensor,
     row: &mut Vec<f32>,
 ) -> Result<(), InferenceError> {
+    run_tensor(session, input_name, spec.shape(), tensor, row)
+}
+
+/// Runs the session on `tensor` of `shape` (any batch size) and reads the first output's scores
+/// into `out`, all images one after the other. `run_session` and the server's batches use it.
+pub fn run_tensor(
+    session: &mut Session,
+    input_name: &str,
+    shape: [usize; 4],
+    tensor: &Tensor,
+    out: &mut Vec<f32>,
+) -> Result<(), InferenceError> {
     let run = |e: ort::Error| InferenceError::Run(e.to_string());
-    let shape = spec.shape();
     let input = match tensor {
         Tensor::F32(v) => TensorRef::from_array_view((shape, v.as_slice()))
             .map_err(run)?
@@ -344,7 +355,7 @@ pub fn run_session(
     let outputs = session
         .run(ort::inputs![input_name => input])
         .map_err(run)?;
-    read_scores(&outputs[0], &output_name, row)
+    read_scores(&outputs[0], &output_name, out)
 }
 
 /// Reads a score tensor (f32, f16, or u8 quantised probabilities) into `row`, all images of the

@@ -3,7 +3,6 @@
 //! runs exactly one image; `cbo loadgen`'s bare baseline uses the same function as the server.
 
 use ort::session::Session;
-use ort::value::TensorRef;
 
 use crate::inference::InferenceError;
 use crate::preprocess::{Tensor, TensorSpec};
@@ -116,26 +115,7 @@ pub fn run_batch(
     if batch.is_empty() {
         return Err(InferenceError::Run("empty batch".into()));
     }
-    let run = |e: ort::Error| InferenceError::Run(e.to_string());
-    let shape = batch.shape();
-    let input = match &batch.data {
-        Tensor::F32(v) => TensorRef::from_array_view((shape, v.as_slice()))
-            .map_err(run)?
-            .into_dyn(),
-        Tensor::F16(v) => TensorRef::from_array_view((shape, v.as_slice()))
-            .map_err(run)?
-            .into_dyn(),
-        Tensor::U8(v) => TensorRef::from_array_view((shape, v.as_slice()))
-            .map_err(run)?
-            .into_dyn(),
-        Tensor::I8(v) => TensorRef::from_array_view((shape, v.as_slice()))
-            .map_err(run)?
-            .into_dyn(),
-    };
-    let outputs = session
-        .run(ort::inputs![input_name => input])
-        .map_err(run)?;
-    crate::inference::read_scores(&outputs[0], "first", out)?;
+    crate::inference::run_tensor(session, input_name, batch.shape(), &batch.data, out)?;
     if out.is_empty() || !out.len().is_multiple_of(batch.n) {
         return Err(InferenceError::Run(format!(
             "{} scores for a batch of {}",
