@@ -21,7 +21,10 @@ demo: build
 	bash scripts/demo.sh
 
 # The whole test suite: unit tests, integration tests on real models and clips, doc tests.
+# `cargo test` builds examples only as (empty) test harnesses, so the runnable examples/embed
+# that tests/embedding.rs drives is built first.
 test: setup
+	$(CARGO) build --examples
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 

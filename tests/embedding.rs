@@ -113,14 +113,15 @@ fn python_example_reads_the_meta() {
     check_output("Python", &cmd.output().unwrap(), &expected);
 }
 
-/// The Rust embedding example (examples/embed.rs, built by `cargo test --all-targets`).
+/// The Rust embedding example (examples/embed.rs, built by `make test` with `cargo build --examples`;
+/// `cargo test` alone builds examples only as empty test harnesses).
 fn embed_example() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let path = profile_dir.join("examples/embed");
     assert!(
         path.is_file(),
-        "{} missing: run the tests with --all-targets",
+        "{} missing: build it first with `cargo build --examples` (make test does)",
         path.display()
     );
     path
