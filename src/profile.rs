@@ -33,6 +33,9 @@ pub struct FrameObservation {
     /// Its raw softmax confidence.
     pub raw_confidence: f64,
     pub device_correct: bool,
+    /// The device's top-1 class and the labelled class (for answer reuse in `cbo eval`).
+    pub device_class: i32,
+    pub truth: i32,
     /// One entry per profiled resolution, in the profile's order.
     pub server: Vec<ServerObservation>,
 }
@@ -41,6 +44,8 @@ pub struct FrameObservation {
 pub struct ServerObservation {
     pub jpeg_bytes: u32,
     pub server_correct: bool,
+    /// The server's top-1 class.
+    pub server_class: i32,
     pub encode_us: u32,
     pub decode_us: u32,
     pub inference_us: u32,
@@ -342,11 +347,14 @@ mod tests {
             device_confidence: conf,
             raw_confidence: conf,
             device_correct: device,
+            device_class: if device { 1 } else { 2 },
+            truth: 1,
             server: server
                 .iter()
                 .map(|&(b, c)| ServerObservation {
                     jpeg_bytes: b,
                     server_correct: c,
+                    server_class: if c { 1 } else { 3 },
                     encode_us: 1000,
                     decode_us: 500,
                     inference_us: 20_000,

@@ -328,6 +328,15 @@ fn cbo_eval_replays_every_policy_against_a_real_trace() {
     assert_eq!(p["all"]["mean_resolution"].as_f64().unwrap(), 224.0);
     // Frames leave within the deadline under every policy.
     assert!(p["cbo"]["latency_p99_ms"].as_f64().unwrap() <= 501.0);
+    // The reuse variants ran too, bounded by their own clairvoyant bound (which is at least the
+    // plain one), and reuse answers only where a run of equal device labels allows.
+    for name in ["cbo+reuse", "clairvoyant+reuse"] {
+        assert!(!p[name]["accuracy"].is_null(), "{name}");
+    }
+    assert!(acc("clairvoyant+reuse") >= acc("cbo+reuse"));
+    assert!(acc("clairvoyant+reuse") >= acc("clairvoyant"));
+    assert_eq!(p["cbo"]["reuse_ratio"].as_f64().unwrap(), 0.0);
+    assert!(p["cbo+reuse"]["reuse_ratio"].as_f64().unwrap() > 0.0);
     for f in [png.clone(), dir.path().join("eval.Verizon-LTE-short.png")] {
         let bytes = std::fs::read(&f).unwrap();
         assert_eq!(&bytes[1..4], b"PNG", "{}", f.display());

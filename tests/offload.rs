@@ -120,6 +120,19 @@ fn live_pipeline(cbo: &str, frames: u32, fps: u32) -> String {
     )
 }
 
+/// The short sides of the bundled profile (where cbo and fastva send frames).
+fn profile_resolutions() -> Vec<i32> {
+    let profile = gstcbo::profile::Profile::load(
+        &repo().join("models/efficientnet-lite0-to-lite2.profile.json"),
+    )
+    .unwrap();
+    profile
+        .resolutions
+        .iter()
+        .map(|r| r.short_side as i32)
+        .collect()
+}
+
 /// Every frame that entered left once, in order, with a result. `frames`: how many entered at
 /// least (`identity eos-after` lets a few more through than it is set to).
 fn assert_complete(run: &Run, frames: usize) {
@@ -203,6 +216,104 @@ fn threshold_offloads_low_confidence_frames_and_merges_server_labels_in_order() 
     }
     // The per-frame messages carry the merged result too.
     assert_eq!(run.element_messages.len(), run.frames_in);
+}
+
+#[test]
+fn threshold_raw_and_fastva_baselines_run_in_the_element() {
+    let server = Server::start(None);
+    let cal = repo().join("models/efficientnet-lite0-int8pt-224.calibration.json");
+    let cal = format!("calibration=\"{}\"", cal.display());
+    // The device's raw and calibrated confidences per frame, from a device-only run.
+    let device = run_pipeline(&clip_pipeline(&cal, 40));
+    assert_complete(&device, 40);
+    // A threshold between the raw and the calibrated confidence of the frame where they differ
+    // most: there the two rules must disagree.
+    let widest = device
+        .results
+        .iter()
+        .max_by(|a, b| {
+            (a.raw_confidence - a.device_confidence)
+                .abs()
+                .total_cmp(&(b.raw_confidence - b.device_confidence).abs())
+        })
+        .unwrap();
+    let t = (widest.raw_confidence + widest.device_confidence) / 2.0;
+    assert!((widest.raw_confidence - widest.device_confidence).abs() > 0.01);
+    let run = run_pipeline(&clip_pipeline(
+        &props(
+            &server.addr,
+            &server.cert,
+            &format!("{cal} policy=threshold-raw threshold={t} deadline=5000"),
+        ),
+        40,
+    ));
+    assert_complete(&run, 40);
+    let mut calibrated_would_differ = 0;
+    for (d, r) in device.results.iter().zip(&run.results) {
+        // Skip frames within ORT's run-to-run rounding of the threshold.
+        if (d.raw_confidence - t).abs() < 1e-3 || r.frame == 0 {
+            continue;
+        }
+        let offloaded = r.decision != "device";
+        assert_eq!(
+            offloaded,
+            d.raw_confidence < t,
+            "frame {} raw {} calibrated {}: {}",
+            r.frame,
+            d.raw_confidence,
+            d.device_confidence,
+            r.decision
+        );
+        calibrated_would_differ += usize::from((d.device_confidence < t) != offloaded);
+    }
+    // The rule looks at the raw confidence, not the calibrated one.
+    assert!(calibrated_would_differ > 0);
+    // FastVA ignores confidence: on loopback every frame goes, at the largest profile
+    // resolution that the link estimate says arrives in time. (Paced in real time: a file
+    // decoded as fast as possible would arrive faster than any link, and FastVA rightly keeps
+    // what cannot arrive in time.)
+    let run = run_pipeline(&format!(
+        "filesrc location=\"{}\" ! decodebin ! identity sync=true eos-after=40 ! cbofilter name=cbo {} ! fakesink",
+        bottle_clip().display(),
+        props(
+            &server.addr,
+            &server.cert,
+            &format!("{cal} policy=fastva deadline=1000"),
+        )
+    ));
+    assert_complete(&run, 40);
+    let shorts = profile_resolutions();
+    let offloaded: Vec<_> = run
+        .results
+        .iter()
+        .filter(|r| r.decision == "offload")
+        .collect();
+    assert!(
+        offloaded.len() >= 30,
+        "{:?}",
+        run.results.iter().map(|r| &r.decision).collect::<Vec<_>>()
+    );
+    assert!(offloaded.iter().all(|r| shorts.contains(&r.resolution)));
+    // Its surer frames go about as often as its unsure ones (a confidence rule would send none
+    // of the surer half).
+    let mut confidences: Vec<f64> = run.results.iter().map(|r| r.device_confidence).collect();
+    confidences.sort_by(f64::total_cmp);
+    let median = confidences[confidences.len() / 2];
+    let rate = |sure: bool| {
+        let half: Vec<_> = run
+            .results
+            .iter()
+            .filter(|r| (r.device_confidence >= median) == sure)
+            .collect();
+        half.iter().filter(|r| r.decision == "offload").count() as f64 / half.len() as f64
+    };
+    assert!(
+        rate(true) >= 0.5 && rate(true) >= rate(false) - 0.25,
+        "surer half {} vs less sure half {}",
+        rate(true),
+        rate(false)
+    );
+    assert!(run.results.iter().all(|r| r.decision != "reuse"));
 }
 
 #[test]
@@ -467,15 +578,7 @@ fn cbo_policy_offloads_what_the_profile_says_gains() {
         "{:?}",
         run.results.iter().map(|r| &r.decision).collect::<Vec<_>>()
     );
-    let profile = gstcbo::profile::Profile::load(
-        &repo().join("models/efficientnet-lite0-to-lite2.profile.json"),
-    )
-    .unwrap();
-    let shorts: Vec<i32> = profile
-        .resolutions
-        .iter()
-        .map(|r| r.short_side as i32)
-        .collect();
+    let shorts = profile_resolutions();
     for r in &run.results {
         match r.decision.as_str() {
             // Kept frames are ones the server would not improve on by the minimum gain, or that
@@ -486,9 +589,50 @@ fn cbo_policy_offloads_what_the_profile_says_gains() {
                 assert!(shorts.contains(&r.resolution), "{}", r.resolution);
             }
             "late" | "failed" | "offline" => assert_eq!(r.source, Source::Device),
+            "reuse" => assert_eq!(r.source, Source::Server),
             other => panic!("unexpected decision {other}"),
         }
     }
+    // Answer reuse (on by default): a reused label is the latest answer's of an unbroken run of
+    // the same device label.
+    let mut source: Option<&gstcbo::CboResult> = None;
+    let mut reused = 0;
+    for (i, r) in run.results.iter().enumerate() {
+        if i > 0 && run.results[i - 1].device_class_id != r.device_class_id {
+            source = None;
+        }
+        if r.decision == "offload" {
+            source = Some(r);
+        } else if r.decision == "reuse" {
+            let s = source.unwrap_or_else(|| panic!("frame {} reused nothing", r.frame));
+            assert_eq!(s.device_class_id, r.device_class_id);
+            assert_eq!((r.class_id, &r.label), (s.class_id, &s.label));
+            assert!(
+                r.confidence > r.device_confidence,
+                "reused only when more likely right"
+            );
+            reused += 1;
+        }
+    }
+    assert!(
+        reused > 0,
+        "{:?}",
+        run.results.iter().map(|r| &r.decision).collect::<Vec<_>>()
+    );
+    // reuse-window=0 turns it off.
+    let run = run_pipeline(&clip_pipeline(
+        &props(
+            &server.addr,
+            &server.cert,
+            &format!(
+                "policy=cbo deadline=1500 reuse-window=0 calibration=\"{}\"",
+                cal.display()
+            ),
+        ),
+        30,
+    ));
+    assert_complete(&run, 30);
+    assert!(run.results.iter().all(|r| r.decision != "reuse"));
     // Confident frames (server no better) stay on the device.
     for r in run.results.iter().filter(|r| r.device_confidence > 0.97) {
         assert_eq!(

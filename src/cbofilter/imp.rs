@@ -21,11 +21,13 @@ use gst::subclass::prelude::*;
 use super::{ExecutionProviderProp, OutputKindProp, Policy};
 use crate::calibration::{CalibrationFile, Calibrator};
 use crate::inference::{self, Classifier, InferenceError, ModelConfig};
+use crate::jpeg::FrameEncoder;
 use crate::meta::{CboResult, Source};
 use crate::offload::client::{ClientConfig, ClientEvent, OffloadClient, OffloadJob, ServerResult};
 use crate::offload::hold::{HoldQueue, Outcome};
-use crate::offload::planner::{Action, AnswerIn, CboPlanner, FrameIn, Planner};
+use crate::offload::planner::{Action, AnswerIn, CboPlanner, FrameIn, Planner, Rule, RulePlanner};
 use crate::offload::policy::{self, Decision, PolicyConfig, PolicyKind};
+use crate::offload::reuse::{AnswerReuse, Answered, Leaving};
 use crate::postprocess::OutputKind;
 use crate::preprocess::Normalization;
 use crate::profile::Profile;
@@ -62,9 +64,12 @@ const DEFAULT_DEADLINE_MS: u32 = 200;
 const DEFAULT_RESOLUTION: u32 = 224;
 const DEFAULT_JPEG_QUALITY: u32 = 80;
 const DEFAULT_MAX_IN_FLIGHT: u32 = 8;
+/// policy=cbo: how long a server answer may serve the following frames (`cbo eval` measured
+/// cbo with and without reuse; see the README).
+const DEFAULT_REUSE_WINDOW_MS: u32 = 1000;
 const DEFAULT_THRESHOLD: f64 = 0.5;
 const DEFAULT_PROFILE: &str = "efficientnet-lite0-to-lite2.profile.json";
-/// Uplink estimate policy=cbo starts from before any answer has measured it.
+/// Uplink estimate policy=cbo / fastva start from before any answer has measured it.
 const INITIAL_UPLINK_BPS: f64 = 1e6;
 const INITIAL_RTT_MS: f64 = 40.0;
 /// Items the hold queue may contain before the streaming thread waits (downstream is slower
@@ -94,6 +99,7 @@ struct Settings {
     resolution: u32,
     jpeg_quality: u32,
     max_in_flight: u32,
+    reuse_window_ms: u32,
     policy: Policy,
     threshold: f64,
     profile: String,
@@ -124,6 +130,7 @@ impl Default for Settings {
             resolution: DEFAULT_RESOLUTION,
             jpeg_quality: DEFAULT_JPEG_QUALITY,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            reuse_window_ms: DEFAULT_REUSE_WINDOW_MS,
             policy: Policy::Local,
             threshold: DEFAULT_THRESHOLD,
             profile: inference::models_dir()
@@ -186,6 +193,18 @@ struct FrameCounts {
     failed: u64,
     busy: u64,
     offline: u64,
+    /// Frames that left with a reused earlier answer (policy=cbo, `reuse-window`).
+    reused: u64,
+}
+
+/// A server answer as answer reuse carries it to the following frames.
+#[derive(Debug, Clone)]
+struct ServerLabel {
+    class_id: i32,
+    label: String,
+    score: f64,
+    top_classes: Vec<i32>,
+    top_scores: Vec<f64>,
 }
 
 /// The hold queue and what the output task reports back, shared with the task and with the
@@ -231,7 +250,7 @@ pub struct CboFilter {
     state: Mutex<Option<State>>,
     hold: Arc<Hold>,
     client: Mutex<Option<OffloadClient>>,
-    /// policy=cbo: the planner and what it needs, shared with completions and its timer thread.
+    /// policy=cbo / fastva: the planner and what it needs, shared with completions and its timer thread.
     driver: Mutex<Option<Arc<CboDriver>>>,
     active_provider: Mutex<String>,
 }
@@ -239,7 +258,14 @@ pub struct CboFilter {
 /// Drives the sans-IO CBO planner for the element: feeds it frames and answers with the element's
 /// clock, and carries out its actions on the hold queue and the offload client.
 struct CboDriver {
-    planner: Mutex<CboPlanner>,
+    planner: Mutex<Box<dyn Planner>>,
+    /// The planner's profile: what a reused answer is worth.
+    profile: Profile,
+    /// Answer reuse at the output (`reuse-window` > 0), in stream order.
+    reuse: Option<Mutex<AnswerReuse<ServerLabel>>>,
+    /// Encodes each undecided frame at the profile's smallest resolution: its size tells the
+    /// planner how large the frame will be at the others.
+    size_probe: Option<Mutex<(FrameEncoder, u32)>>,
     epoch: Instant,
     /// Frames the planner has not decided yet: what sending them needs.
     pending: Mutex<HashMap<u64, (gst::Buffer, gst_video::VideoInfo, Instant)>>,
@@ -457,7 +483,7 @@ impl ObjectImpl for CboFilter {
                     .build(),
                 glib::ParamSpecUInt::builder("resolution")
                     .nick("Resolution")
-                    .blurb("Short side in pixels of offloaded frames (aspect ratio kept, never upscaled), before JPEG encoding")
+                    .blurb("policy=all / threshold / threshold-raw: short side in pixels of offloaded frames (aspect ratio kept, never upscaled), before JPEG encoding; cbo and fastva pick among the profile's resolutions")
                     .minimum(16)
                     .maximum(4096)
                     .default_value(DEFAULT_RESOLUTION)
@@ -479,6 +505,13 @@ impl ObjectImpl for CboFilter {
                     .default_value(DEFAULT_MAX_IN_FLIGHT)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("reuse-window")
+                    .nick("Reuse window (ms)")
+                    .blurb("policy=cbo: a server answer also labels the following frames that stay on the device, while the device's top-1 is unchanged and for at most this many ms after the answered frame, where the profile says the answer is more likely right than the device (decision=reuse); the planner counts on it. 0 disables")
+                    .maximum(60_000)
+                    .default_value(DEFAULT_REUSE_WINDOW_MS)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("policy", Policy::Local)
                     .nick("Policy")
                     .blurb("Which frames to offload when a server is set")
@@ -486,7 +519,7 @@ impl ObjectImpl for CboFilter {
                     .build(),
                 glib::ParamSpecDouble::builder("threshold")
                     .nick("Threshold")
-                    .blurb("policy=threshold: offload frames whose confidence (calibrated when a calibration is set) is below this")
+                    .blurb("policy=threshold: offload frames whose confidence (calibrated when a calibration is set) is below this; policy=threshold-raw: whose raw softmax confidence is")
                     .minimum(0.0)
                     .maximum(1.0)
                     .default_value(DEFAULT_THRESHOLD)
@@ -494,13 +527,13 @@ impl ObjectImpl for CboFilter {
                     .build(),
                 glib::ParamSpecString::builder("profile")
                     .nick("Profile")
-                    .blurb("policy=cbo: offload profile (`cbo profile`) of this device model and the server's: JPEG bytes and server accuracy per resolution and confidence bin; default: the bundled profile of the default model pair")
+                    .blurb("policy=cbo (and fastva, for its sizes and server times): offload profile (`cbo profile`) of this device model and the server's: JPEG bytes and server accuracy per resolution and confidence bin; default: the bundled profile of the default model pair")
                     .default_value(Some(defaults.profile.as_str()))
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("cbo-stats structure: frames, kept, offloaded, answered, late, failed, busy, offline, bytes-sent, rtt-ms, uplink-kbps, encode-ms, reconnects, connected; also posted as an element message every second while offloading")
+                    .blurb("cbo-stats structure: frames, kept, offloaded, answered, late, failed, busy, offline, reused, bytes-sent, rtt-ms, uplink-kbps, encode-ms, reconnects, connected; also posted as an element message every second while offloading")
                     .read_only()
                     .build(),
             ]
@@ -555,6 +588,7 @@ impl ObjectImpl for CboFilter {
             "resolution" => s.resolution = value.get().expect("type checked upstream"),
             "jpeg-quality" => s.jpeg_quality = value.get().expect("type checked upstream"),
             "max-in-flight" => s.max_in_flight = value.get().expect("type checked upstream"),
+            "reuse-window" => s.reuse_window_ms = value.get().expect("type checked upstream"),
             "policy" => s.policy = value.get().expect("type checked upstream"),
             "profile" => {
                 s.profile = opt_string(value).unwrap_or_else(|| Settings::default().profile)
@@ -599,6 +633,7 @@ impl ObjectImpl for CboFilter {
             "resolution" => s.resolution.to_value(),
             "jpeg-quality" => s.jpeg_quality.to_value(),
             "max-in-flight" => s.max_in_flight.to_value(),
+            "reuse-window" => s.reuse_window_ms.to_value(),
             "policy" => s.policy.to_value(),
             "threshold" => s.threshold.to_value(),
             "profile" => s.profile.to_value(),
@@ -710,6 +745,8 @@ impl CboFilter {
             Policy::All => PolicyKind::All,
             Policy::Threshold => PolicyKind::Threshold,
             Policy::Cbo => PolicyKind::Cbo,
+            Policy::ThresholdRaw => PolicyKind::ThresholdRaw,
+            Policy::FastVa => PolicyKind::FastVa,
         };
         if s.server.is_empty() {
             gst::element_imp_warning!(
@@ -754,7 +791,7 @@ impl CboFilter {
         };
         let mut policy = self.offload_policy(&settings);
         let profile = match policy {
-            Some(p) if p.kind == PolicyKind::Cbo => Some(
+            Some(p) if p.kind.planned() => Some(
                 Profile::load(std::path::Path::new(&settings.profile))
                     .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{e}")))?,
             ),
@@ -822,9 +859,9 @@ impl CboFilter {
                 }
             }
         }
-        if let (Some(profile), Some(_)) = (profile, policy) {
+        if let (Some(profile), Some(p)) = (profile, policy) {
             self.check_profile(&profile, &config.model, &settings);
-            self.start_driver(profile);
+            self.start_driver(profile, &settings, p.kind);
         }
         *self.hold.inner.lock().unwrap() = HoldInner::default();
         *self.state.lock().unwrap() = Some(State {
@@ -930,9 +967,42 @@ impl CboFilter {
         }
     }
 
-    fn start_driver(&self, profile: Profile) {
+    fn start_driver(&self, profile: Profile, settings: &Settings, kind: PolicyKind) {
+        let mut reuse = None;
+        let mut size_probe = None;
+        let planner: Box<dyn Planner> = if kind == PolicyKind::Cbo {
+            let mut planner = CboPlanner::new(profile.clone(), INITIAL_UPLINK_BPS, INITIAL_RTT_MS);
+            if settings.reuse_window_ms > 0 {
+                let window = settings.reuse_window_ms as f64;
+                planner = planner.with_reuse(window);
+                reuse = Some(Mutex::new(AnswerReuse::new(window)));
+            }
+            size_probe = match (
+                FrameEncoder::new(settings.jpeg_quality),
+                profile.resolutions.first(),
+            ) {
+                (Ok(e), Some(r)) => Some(Mutex::new((e, r.short_side))),
+                (Err(e), _) => {
+                    gst::warning!(CAT, imp = self, "no JPEG size probe: {e}");
+                    None
+                }
+                _ => None,
+            };
+            Box::new(planner)
+        } else {
+            Box::new(RulePlanner::new(
+                Rule::FastVa,
+                &profile,
+                settings.resolution,
+                INITIAL_UPLINK_BPS,
+                INITIAL_RTT_MS,
+            ))
+        };
         let driver = Arc::new(CboDriver {
-            planner: Mutex::new(CboPlanner::new(profile, INITIAL_UPLINK_BPS, INITIAL_RTT_MS)),
+            planner: Mutex::new(planner),
+            profile,
+            reuse,
+            size_probe,
             epoch: Instant::now(),
             pending: Mutex::new(HashMap::new()),
             stop: std::sync::atomic::AtomicBool::new(false),
@@ -972,11 +1042,12 @@ impl CboFilter {
         let rtt_us = client.stats().rtt_us;
         let (actions, shorts) = {
             let mut p = driver.planner.lock().unwrap();
+            let now = driver.ms(Instant::now());
             if rtt_us > 0 {
-                p.link.rtt_ms = rtt_us as f64 / 1000.0;
+                p.on_rtt(now, rtt_us as f64 / 1000.0);
             }
             let shorts = p.resolutions().to_vec();
-            (p.poll(driver.ms(Instant::now())), shorts)
+            (p.poll(now), shorts)
         };
         for (id, action) in actions {
             let pending = driver.pending.lock().unwrap().remove(&id);
@@ -1049,7 +1120,7 @@ impl CboFilter {
         }
     }
 
-    /// policy=cbo: queues the frame undecided and lets the planner decide.
+    /// policy=cbo / fastva: queues the frame undecided and lets the planner decide.
     fn hold_frame_cbo(
         &self,
         driver: &CboDriver,
@@ -1065,6 +1136,19 @@ impl CboFilter {
             .unwrap()
             .as_ref()
             .is_some_and(|c| c.connected());
+        // The frame's JPEG size at the smallest resolution (~0.3 ms): the planner scales the
+        // profile's sizes by it.
+        let small_jpeg_bytes = driver.size_probe.as_ref().and_then(|probe| {
+            let frame =
+                gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), &info).ok()?;
+            let mut probe = probe.lock().unwrap();
+            let short = probe.1;
+            probe
+                .0
+                .encode(&frame, short)
+                .ok()
+                .map(|j| j.bytes.len() as f64)
+        });
         let mut inner = self.hold.inner.lock().unwrap();
         while inner.queue.len() >= MAX_HELD_ITEMS && !inner.flushing {
             inner = self
@@ -1094,6 +1178,8 @@ impl CboFilter {
             deadline_ms: driver.ms(deadline),
             confidence: result.device_confidence,
             raw_confidence: result.raw_confidence,
+            class: result.class_id,
+            small_jpeg_bytes,
         };
         inner.queue.push_waiting(
             Item::Frame {
@@ -1224,7 +1310,7 @@ impl CboFilter {
         drop(guard);
         let driver = self.driver.lock().unwrap().clone();
         match driver {
-            Some(d) if policy.kind == PolicyKind::Cbo => {
+            Some(d) if policy.kind.planned() => {
                 self.hold_frame_cbo(&d, buffer, info, entered, deadline, result)?
             }
             _ => self.hold_frame(buffer, info, result.clone(), &policy, deadline, &mut result)?,
@@ -1261,7 +1347,13 @@ impl CboFilter {
             }
             let (in_flight, connected) =
                 client.map_or((0, false), |c| (c.in_flight(), c.connected()));
-            let d = policy::decide(policy, device.confidence, in_flight, connected);
+            let d = policy::decide(
+                policy,
+                device.confidence,
+                device.raw_confidence,
+                in_flight,
+                connected,
+            );
             // Non-live: wait for an answer to free a slot (answers notify the condvar).
             if d != Decision::WaitForRoom && inner.queue.len() < MAX_HELD_ITEMS {
                 break d;
@@ -1380,6 +1472,67 @@ impl CboFilter {
         result
     }
 
+    /// policy=cbo with `reuse-window`: remembers server answers and gives one to a frame that
+    /// stays on the device when [`AnswerReuse`] says it applies. Runs on the output task, so
+    /// frames come in stream order.
+    fn apply_reuse(&self, buffer: &gst::Buffer, mut result: CboResult) -> CboResult {
+        let Some(driver) = self.driver.lock().unwrap().clone() else {
+            return result;
+        };
+        let Some(reuse) = &driver.reuse else {
+            return result;
+        };
+        // Stream time, so that a file decoded faster than real time keeps the window's meaning.
+        let arrival_ms = match buffer.pts() {
+            Some(pts) => pts.nseconds() as f64 / 1e6,
+            None => driver.ms(Instant::now()),
+        };
+        let answer = (result.source == Source::Server).then(|| {
+            let r = driver
+                .profile
+                .resolutions
+                .iter()
+                .position(|p| p.short_side as i32 == result.resolution)
+                .unwrap_or(0);
+            Answered {
+                label: ServerLabel {
+                    class_id: result.class_id,
+                    label: result.label.clone(),
+                    score: result.raw_confidence,
+                    top_classes: result.top_classes.clone(),
+                    top_scores: result.top_scores.clone(),
+                },
+                expected_accuracy: driver.profile.server_accuracy(result.device_confidence, r),
+            }
+        });
+        let reused = reuse.lock().unwrap().next(Leaving {
+            arrival_ms,
+            device_class: result.device_class_id,
+            device_confidence: result.device_confidence,
+            answer,
+        });
+        if let Some(u) = reused {
+            gst::trace!(
+                CAT,
+                imp = self,
+                "frame {}: reusing the answer of {:.0} ms earlier ({})",
+                result.frame,
+                u.age_ms,
+                u.label.label
+            );
+            result.class_id = u.label.class_id;
+            result.label = u.label.label;
+            result.confidence = u.expected_accuracy;
+            result.raw_confidence = u.label.score;
+            result.top_classes = u.label.top_classes;
+            result.top_scores = u.label.top_scores;
+            result.source = Source::Server;
+            result.decision = "reuse".into();
+            self.hold.inner.lock().unwrap().counts.reused += 1;
+        }
+        result
+    }
+
     /// One iteration of the source pad task: waits until the head of the hold queue may leave,
     /// then pushes it.
     fn output_loop(&self) {
@@ -1415,6 +1568,7 @@ impl CboFilter {
             }
             Item::Frame { buffer, result } => {
                 let result = self.finish_result(result, outcome);
+                let result = self.apply_reuse(&buffer, result);
                 let post = self
                     .state
                     .lock()
@@ -1539,6 +1693,12 @@ impl CboFilter {
                 if let Some(s) = self.state.lock().unwrap().as_mut() {
                     s.live = None;
                 }
+                // After a seek the next frames need not look like the last ones.
+                if let Some(d) = self.driver.lock().unwrap().as_ref()
+                    && let Some(r) = &d.reuse
+                {
+                    r.lock().unwrap().reset();
+                }
                 let ret = self.srcpad.push_event(event);
                 ret && self.start_task().is_ok()
             }
@@ -1609,6 +1769,7 @@ impl CboFilter {
             .field("failed", counts.failed)
             .field("busy", counts.busy)
             .field("offline", counts.offline)
+            .field("reused", counts.reused)
             .field("bytes-sent", c.bytes_sent)
             .field("rtt-ms", c.rtt_us as f64 / 1000.0)
             .field("uplink-kbps", c.uplink_bps / 1000.0)

@@ -31,10 +31,20 @@ pub enum Policy {
     )]
     Threshold = 2,
     #[enum_value(
-        name = "CBO: maximise expected accuracy under the deadline and the measured uplink (not in this version: acts as threshold)",
+        name = "CBO: which frames to offload and at which resolution, maximising expected accuracy under the deadline and the measured uplink (needs `profile`)",
         nick = "cbo"
     )]
     Cbo = 3,
+    #[enum_value(
+        name = "Threshold on raw confidence: offload frames whose uncalibrated softmax confidence is below `threshold` (baseline)",
+        nick = "threshold-raw"
+    )]
+    ThresholdRaw = 4,
+    #[enum_value(
+        name = "FastVA: offload whenever the uplink estimate says the answer arrives in time, at the largest resolution that does, ignoring confidence (baseline; uses the profile's sizes)",
+        nick = "fastva"
+    )]
+    FastVa = 5,
 }
 
 /// `output-kind` property.

@@ -14,7 +14,10 @@
 //! uplink and `s_r` the server time. The uplink is one FIFO (QUIC streams share one congestion
 //! window), so frames are sent in deadline (= arrival) order, and with an estimated bandwidth `B`
 //! a set of choices is feasible iff, in order, every offloaded frame's cumulative link time meets
-//! `t0 + Σ b/B + RTT + s_r + e_r + margin ≤ d_i` (`t0`: when the link is free, `e_r`: encode time).
+//! `t0 + Σ b/B + RTT + s_r + e_r + margin + slack · b_i/B ≤ d_i` (`t0`: when the link is free,
+//! `e_r`: encode time, `slack`: [`TRANSFER_SLACK`]). `b` is per frame: the profile's size at `r`
+//! scaled by the frame's own JPEG size at the smallest resolution, when the caller measured it
+//! ([`FrameIn::small_jpeg_bytes`]).
 //!
 //! The planner maximises `Σ_i gain_i` with `gain = A(p_i, r) − p_i` over the frames waiting for a
 //! decision, a multiple-choice knapsack with deadlines solved exactly by dynamic programming over
@@ -27,13 +30,20 @@
 //!
 //! Bandwidth is estimated from answers: request `k` finished its upload at
 //! `c_k = answer_k − RTT − s_k`, and occupied the link for `c_k − max(send_k, c_{k−1})`, so
-//! `B ≈ bytes / that` (EWMA); queueing behind our own earlier requests is not counted as slowness.
+//! `bytes / that` is a sample; queueing behind our own earlier requests is not counted as
+//! slowness. A request with no answer by its deadline gives an upper bound the same way. The
+//! planner uses a low percentile of recent samples ([`LinkEstimate`]).
+//!
+//! With answer reuse ([`super::reuse`], [`CboPlanner::with_reuse`]) keeping a frame is worth
+//! more than `p_i` when it is in the run of equal device labels of the latest sent frame: it will
+//! get that frame's answer, right with probability `A(p_j, r_j)` (weighted by the recent share of
+//! answers that arrived, until it has).
 
 use crate::profile::Profile;
 
 /// Throughput samples the bandwidth estimate looks at, and the percentile of them it uses.
 const SAMPLES: usize = 10;
-const PERCENTILE: usize = 20;
+const PERCENTILE: usize = 10;
 /// Samples older than this no longer describe the link.
 const SAMPLE_AGE_MS: f64 = 10_000.0;
 
@@ -45,6 +55,11 @@ pub const TIME_STEP_MS: f64 = 2.0;
 pub const MIN_GAIN: f64 = 0.03;
 /// Safety margin on every deadline.
 pub const MARGIN_MS: f64 = 10.0;
+/// And a margin in proportion to the transfer's own predicted link time: the estimate is a
+/// low percentile of recent throughput, yet a cellular uplink still delivers a given transfer
+/// up to ~30 % slower than it (bursty grants, frames larger than predicted). Tuned on the dev
+/// traces for a deadline-miss rate under 1 %.
+pub const TRANSFER_SLACK: f64 = 0.3;
 
 /// What to do with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +79,11 @@ pub struct FrameIn {
     /// Calibrated confidence of the device's top-1.
     pub confidence: f64,
     pub raw_confidence: f64,
+    /// The device's top-1 (answer reuse follows runs of equal labels).
+    pub class: i32,
+    /// This frame's JPEG size at the planner's smallest resolution, when the caller encoded it
+    /// (it predicts the frame's size at the others).
+    pub small_jpeg_bytes: Option<f64>,
 }
 
 /// An answer (or its absence) for a sent frame.
@@ -91,6 +111,8 @@ pub trait Planner: Send {
     fn next_wakeup(&self) -> Option<f64>;
     /// Resolution list the indices of [`Action::Send`] refer to (short sides).
     fn resolutions(&self) -> &[u32];
+    /// A round-trip time the transport measured at `now_ms`.
+    fn on_rtt(&mut self, now_ms: f64, rtt_ms: f64);
 }
 
 /// Link estimates shared by the adaptive policies.
@@ -102,6 +124,8 @@ pub struct LinkEstimate {
     pub bandwidth: f64,
     /// Recent per-request throughput samples (time, bytes per ms), newest last.
     samples: std::collections::VecDeque<(f64, f64)>,
+    /// Recent transport RTT samples (time, ms), newest last.
+    rtts: std::collections::VecDeque<(f64, f64)>,
     /// Where the estimate starts, and returns to once every sample is stale: a probe.
     initial: f64,
     /// Typical server time, from answers.
@@ -121,6 +145,7 @@ impl LinkEstimate {
         Self {
             bandwidth: initial_bps / 8.0 / 1000.0,
             samples: std::collections::VecDeque::new(),
+            rtts: std::collections::VecDeque::new(),
             initial: initial_bps / 8.0 / 1000.0,
             server_ms: 0.0,
             rtt_ms,
@@ -129,6 +154,26 @@ impl LinkEstimate {
             last_completion_ms: f64::NEG_INFINITY,
             sent: Vec::new(),
         }
+    }
+
+    /// A transport RTT sample. The planner uses the minimum of the last [`SAMPLE_AGE_MS`]: the
+    /// transport's smoothed RTT includes the time our own packets queue at the bottleneck, which
+    /// the link model already counts as upload time (counting it twice made the element plan
+    /// with ~100 ms less than it had on a slow uplink).
+    pub fn on_rtt(&mut self, now_ms: f64, rtt_ms: f64) {
+        while self
+            .rtts
+            .front()
+            .is_some_and(|&(t, _)| now_ms - t > SAMPLE_AGE_MS)
+        {
+            self.rtts.pop_front();
+        }
+        // Keep only samples that can still be the minimum (a monotone queue).
+        while self.rtts.back().is_some_and(|&(_, r)| r >= rtt_ms) {
+            self.rtts.pop_back();
+        }
+        self.rtts.push_back((now_ms, rtt_ms));
+        self.rtt_ms = self.rtts.front().map_or(rtt_ms, |&(_, r)| r);
     }
 
     /// Records a send of `bytes` at `now`, returning when its upload should finish.
@@ -185,16 +230,14 @@ impl LinkEstimate {
         let Some(pos) = self.sent.iter().position(|s| s.0 == a.id) else {
             return;
         };
-        let (_, sent_ms, bytes) = self.sent.remove(pos);
+        // What actually crossed (the send recorded only the prediction).
+        let (_, sent_ms, _) = self.sent.remove(pos);
+        let bytes = a.bytes;
         let completion = a.now_ms - self.rtt_ms - a.server_ms;
         let busy = completion - sent_ms.max(self.last_completion_ms);
         self.last_completion_ms = self.last_completion_ms.max(completion);
         if busy > 0.5 {
-            let sample = bytes / busy;
-            if self.samples.len() == SAMPLES {
-                self.samples.pop_front();
-            }
-            self.samples.push_back((a.now_ms, sample));
+            self.push_sample(a.now_ms, bytes / busy);
         }
         self.refresh(a.now_ms);
         if let Some(p) = predicted_bytes.filter(|&p| p > 0.0) {
@@ -202,11 +245,27 @@ impl LinkEstimate {
         }
     }
 
-    /// A request got no answer (given up at its deadline, or failed): it no longer occupies the
-    /// estimate; the overdue check already accounted for the slowness it showed.
+    /// A request got no answer (given up at its deadline, or failed). Its upload had not finished
+    /// by `now − RTT − server time`, so the link delivered fewer than `bytes / busy` bytes per ms:
+    /// that bound becomes a sample. Without it a run of failures (an outage, or frames larger
+    /// than the profile predicts) would leave no trace once the request is gone, and the estimate
+    /// would stay at its optimistic value while every transfer misses.
     pub fn on_failure(&mut self, id: u64, now: f64) {
-        self.sent.retain(|s| s.0 != id);
+        if let Some(pos) = self.sent.iter().position(|s| s.0 == id) {
+            let (_, sent_ms, bytes) = self.sent.remove(pos);
+            let busy = now - self.rtt_ms - self.server_ms - sent_ms.max(self.last_completion_ms);
+            if busy > 0.5 {
+                self.push_sample(now, bytes / busy);
+            }
+        }
         self.refresh(now);
+    }
+
+    fn push_sample(&mut self, now: f64, bytes_per_ms: f64) {
+        if self.samples.len() == SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((now, bytes_per_ms));
     }
 }
 
@@ -244,6 +303,29 @@ pub struct CboPlanner {
     predicted: Vec<(u64, f64)>,
     /// Server time assumed per resolution: the profile's, scaled by what answers report.
     server_scale: f64,
+    /// Answer reuse ([`super::reuse`]), when the element applies it: a waiting frame in the
+    /// run of the latest sent frame will get that frame's answer if it stays on the device, so
+    /// keeping it is worth the answer's expected accuracy, not just its own confidence.
+    reuse_window_ms: Option<f64>,
+    /// Run of equal device labels: the label of the newest frame and the run's number.
+    run: (Option<i32>, u64),
+    /// Run number of each waiting frame.
+    run_of: std::collections::HashMap<u64, u64>,
+    /// The latest sent frame of a run, whose answer the run's next frames would reuse.
+    source: Option<ReuseSource>,
+    /// Share of recent transfers answered in time (moving average): how much an answer still
+    /// on its way is worth to the frames counting on it.
+    delivery: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ReuseSource {
+    id: u64,
+    run: u64,
+    arrival_ms: f64,
+    /// The profile's server accuracy for that frame at the resolution it went at.
+    accuracy: f64,
+    answered: bool,
 }
 
 impl CboPlanner {
@@ -258,19 +340,68 @@ impl CboPlanner {
             waiting: Vec::new(),
             predicted: Vec::new(),
             server_scale: 1.0,
+            reuse_window_ms: None,
+            run: (None, 0),
+            run_of: std::collections::HashMap::new(),
+            source: None,
+            delivery: 1.0,
         }
     }
 
-    fn bytes(&self, r: usize) -> f64 {
-        self.opts[r].bytes * self.link.size_ratio
+    /// Plans for an element that reuses answers within `window_ms` ([`super::reuse`]).
+    pub fn with_reuse(mut self, window_ms: f64) -> Self {
+        self.reuse_window_ms = Some(window_ms);
+        self
     }
 
-    /// Link time (ms) of resolution `r`, and the fixed time after the upload.
-    fn costs(&self, r: usize) -> (f64, f64) {
+    /// What keeping frame `f` on the device is worth: its confidence, or the expected accuracy
+    /// of the answer it will reuse (weighted by the chance that answer arrives, while it has
+    /// not).
+    fn keep_value(&self, f: &FrameIn) -> f64 {
+        match (self.reuse_window_ms, self.source) {
+            (Some(w), Some(s))
+                if self.run_of.get(&f.id) == Some(&s.run)
+                    && f.arrival_ms > s.arrival_ms
+                    && f.arrival_ms - s.arrival_ms <= w =>
+            {
+                let better = (s.accuracy - f.confidence).max(0.0);
+                let arrives = if s.answered { 1.0 } else { self.delivery };
+                f.confidence + arrives * better
+            }
+            _ => f.confidence,
+        }
+    }
+
+    fn gain(&self, f: &FrameIn, r: usize) -> f64 {
+        self.profile.server_accuracy(f.confidence, r) - self.keep_value(f)
+    }
+
+    /// Predicted JPEG bytes of frame `f` at `r` before the stream's correction: the profile's
+    /// mean, scaled by how this frame's small JPEG compares with the profile's (frame sizes
+    /// swing 2x from scene to scene; the small encode predicts the large one within ~10 %).
+    fn predicted_bytes(&self, f: &FrameIn, r: usize) -> f64 {
+        let scale = match f.small_jpeg_bytes {
+            Some(b) if b > 0.0 && self.opts[0].bytes > 0.0 => b / self.opts[0].bytes,
+            _ => 1.0,
+        };
+        self.opts[r].bytes * scale
+    }
+
+    fn bytes(&self, f: &FrameIn, r: usize) -> f64 {
+        self.predicted_bytes(f, r) * self.link.size_ratio
+    }
+
+    /// Link time (ms) of frame `f` at resolution `r`, and the fixed time after the upload.
+    fn costs(&self, f: &FrameIn, r: usize) -> (f64, f64) {
         let o = &self.opts[r];
+        let tx = self.bytes(f, r) / self.link.bandwidth.max(1e-6);
         (
-            self.bytes(r) / self.link.bandwidth.max(1e-6),
-            self.link.rtt_ms + o.server_ms * self.server_scale + o.encode_ms + MARGIN_MS,
+            tx,
+            self.link.rtt_ms
+                + o.server_ms * self.server_scale
+                + o.encode_ms
+                + MARGIN_MS
+                + TRANSFER_SLACK * tx,
         )
     }
 
@@ -296,16 +427,21 @@ impl CboPlanner {
         let mut best = vec![vec![NONE; steps]; n + 1];
         let mut choice = vec![vec![None::<usize>; steps]; n + 1];
         best[0][0] = 0.0;
-        let costs: Vec<(usize, f64, f64)> = (0..self.opts.len())
-            .map(|r| {
-                let (tx, after) = self.costs(r);
-                (((tx / TIME_STEP_MS).ceil() as usize).max(1), after, tx)
+        // Per waiting frame and resolution: link steps and the time after the upload.
+        let costs: Vec<Vec<(usize, f64)>> = self
+            .waiting
+            .iter()
+            .map(|f| {
+                (0..self.opts.len())
+                    .map(|r| {
+                        let (tx, after) = self.costs(f, r);
+                        (((tx / TIME_STEP_MS).ceil() as usize).max(1), after)
+                    })
+                    .collect()
             })
             .collect();
         for (k, f) in self.waiting.iter().enumerate() {
-            let gains: Vec<f64> = (0..self.opts.len())
-                .map(|r| self.profile.server_accuracy(f.confidence, r) - f.confidence)
-                .collect();
+            let gains: Vec<f64> = (0..self.opts.len()).map(|r| self.gain(f, r)).collect();
             for s in 0..steps {
                 let v = best[k][s];
                 if v == NONE {
@@ -316,7 +452,7 @@ impl CboPlanner {
                     best[k + 1][s] = v;
                     choice[k + 1][s] = None;
                 }
-                for (r, &(cost, after, _)) in costs.iter().enumerate() {
+                for (r, &(cost, after)) in costs[k].iter().enumerate() {
                     if gains[r] <= MIN_GAIN {
                         continue;
                     }
@@ -347,7 +483,7 @@ impl CboPlanner {
             let c = choice[k][s];
             out[k - 1] = c;
             if let Some(r) = c {
-                s -= costs[r].0;
+                s -= costs[k - 1][r].0;
             }
         }
         out
@@ -357,7 +493,7 @@ impl CboPlanner {
     fn last_chance(&self, f: &FrameIn) -> f64 {
         (0..self.opts.len())
             .map(|r| {
-                let (tx, after) = self.costs(r);
+                let (tx, after) = self.costs(f, r);
                 f.deadline_ms - after - tx
             })
             .fold(f64::NEG_INFINITY, f64::max)
@@ -370,6 +506,10 @@ impl Planner for CboPlanner {
     }
 
     fn on_frame(&mut self, frame: FrameIn) {
+        if self.run.0 != Some(frame.class) {
+            self.run = (Some(frame.class), self.run.1 + 1);
+        }
+        self.run_of.insert(frame.id, self.run.1);
         self.waiting.push(frame);
     }
 
@@ -380,10 +520,18 @@ impl Planner for CboPlanner {
             .position(|p| p.0 == a.id)
             .map(|i| self.predicted.swap_remove(i).1);
         self.link.on_answer(&a, predicted);
+        self.delivery = 0.9 * self.delivery + 0.1;
+        if let Some(s) = self.source.as_mut().filter(|s| s.id == a.id) {
+            s.answered = true;
+        }
     }
 
     fn on_failure(&mut self, id: u64, now_ms: f64) {
         self.predicted.retain(|p| p.0 != id);
+        self.delivery *= 0.9;
+        if self.source.is_some_and(|s| s.id == id) {
+            self.source = None;
+        }
         self.link.on_failure(id, now_ms);
     }
 
@@ -398,9 +546,7 @@ impl Planner for CboPlanner {
             let mut keep = vec![false; self.waiting.len()];
             for (k, f) in self.waiting.iter().enumerate() {
                 let hopeless = self.last_chance(f) < t0;
-                let useless = (0..self.opts.len()).all(|r| {
-                    self.profile.server_accuracy(f.confidence, r) - f.confidence <= MIN_GAIN
-                });
+                let useless = (0..self.opts.len()).all(|r| self.gain(f, r) <= MIN_GAIN);
                 if plan[k].is_none() && (hopeless || useless) {
                     keep[k] = true;
                     kept_any = true;
@@ -408,10 +554,12 @@ impl Planner for CboPlanner {
             }
             if kept_any {
                 let mut k = 0;
+                let run_of = &mut self.run_of;
                 self.waiting.retain(|f| {
                     let drop = keep[k];
                     k += 1;
                     if drop {
+                        run_of.remove(&f.id);
                         actions.push((f.id, Action::Keep));
                     }
                     !drop
@@ -425,9 +573,19 @@ impl Planner for CboPlanner {
             {
                 let r = plan[k].expect("position found a Some");
                 let f = self.waiting.remove(k);
-                let bytes = self.bytes(r);
+                if let Some(run) = self.run_of.remove(&f.id) {
+                    let accuracy = self.profile.server_accuracy(f.confidence, r);
+                    self.source = Some(ReuseSource {
+                        id: f.id,
+                        run,
+                        arrival_ms: f.arrival_ms,
+                        accuracy,
+                        answered: false,
+                    });
+                }
+                let bytes = self.bytes(&f, r);
                 self.link.on_send(f.id, now, bytes);
-                self.predicted.push((f.id, self.opts[r].bytes));
+                self.predicted.push((f.id, self.predicted_bytes(&f, r)));
                 actions.push((f.id, Action::Send { resolution: r }));
                 continue;
             }
@@ -453,6 +611,10 @@ impl Planner for CboPlanner {
 
     fn resolutions(&self) -> &[u32] {
         &self.shorts
+    }
+
+    fn on_rtt(&mut self, now_ms: f64, rtt_ms: f64) {
+        self.link.on_rtt(now_ms, rtt_ms);
     }
 }
 
@@ -564,6 +726,10 @@ impl Planner for RulePlanner {
     fn resolutions(&self) -> &[u32] {
         &self.shorts
     }
+
+    fn on_rtt(&mut self, now_ms: f64, rtt_ms: f64) {
+        self.link.on_rtt(now_ms, rtt_ms);
+    }
 }
 
 #[cfg(test)]
@@ -626,6 +792,8 @@ mod tests {
             deadline_ms: at + 500.0,
             confidence: p,
             raw_confidence: p,
+            class: id as i32,
+            small_jpeg_bytes: None,
         }
     }
 
@@ -666,6 +834,146 @@ mod tests {
     }
 
     #[test]
+    fn a_transfer_that_misses_its_deadline_lowers_the_estimate() {
+        // Planned at 1000 B/ms; 15 kB had not crossed after 480 ms: < 32 B/ms.
+        let mut link = LinkEstimate::new(8e6, 20.0);
+        link.on_send(0, 0.0, 15_000.0);
+        link.on_failure(0, 500.0);
+        assert!(link.bandwidth < 32.0, "{}", link.bandwidth);
+        // And the planner stops sending what cannot arrive at that rate.
+        let mut p = CboPlanner::new(profile(), 8e6, 20.0);
+        p.on_frame(frame(0, 0.0, 0.2));
+        assert_eq!(p.poll(0.0), vec![(0, Action::Send { resolution: 1 })]);
+        p.on_failure(0, 500.0);
+        // 5 kB at 31 B/ms (160 ms, +30 %, + 51 ms) still fits 500 ms; 15 kB does not.
+        p.on_frame(frame(1, 500.0, 0.2));
+        assert_eq!(p.poll(500.0), vec![(1, Action::Send { resolution: 0 })]);
+    }
+
+    #[test]
+    fn a_frame_that_encodes_large_is_planned_at_a_smaller_resolution() {
+        // 50 B/ms. A frame of the profile's size: 15 kB = 300 ms (+30 % slack, + RTT, server,
+        // encode, margin = 441 ms) fits 500 ms at 224. One whose small JPEG is 1.5x the profile's
+        // would take 450 ms at 224 (+ 186 ms): it goes at 96 (7.5 kB) instead.
+        let mut p = CboPlanner::new(profile(), 0.4e6, 20.0);
+        p.on_frame(FrameIn {
+            small_jpeg_bytes: Some(5000.0),
+            ..frame(0, 0.0, 0.2)
+        });
+        assert_eq!(p.poll(0.0), vec![(0, Action::Send { resolution: 1 })]);
+        let mut p = CboPlanner::new(profile(), 0.4e6, 20.0);
+        p.on_frame(FrameIn {
+            small_jpeg_bytes: Some(7500.0),
+            ..frame(0, 0.0, 0.2)
+        });
+        assert_eq!(p.poll(0.0), vec![(0, Action::Send { resolution: 0 })]);
+    }
+
+    #[test]
+    fn with_reuse_a_frame_alike_to_one_sent_stays() {
+        let alike = |id: u64, at: f64, class: i32| FrameIn {
+            class,
+            ..frame(id, at, 0.2)
+        };
+        for reuse in [false, true] {
+            let mut p = CboPlanner::new(profile(), 8e6, 20.0);
+            if reuse {
+                p = p.with_reuse(1000.0);
+            }
+            let answer = |id: u64, now_ms: f64| AnswerIn {
+                id,
+                now_ms,
+                bytes: 15000.0,
+                server_ms: 20.0,
+                rtt_ms: Some(20.0),
+            };
+            p.on_frame(alike(0, 0.0, 7));
+            assert_eq!(p.poll(0.0), vec![(0, Action::Send { resolution: 1 })]);
+            p.on_answer(answer(0, 60.0));
+            // Same device label 100 ms later: the answer for frame 0 (expected 0.9 right)
+            // will label it, so sending it gains nothing.
+            p.on_frame(alike(1, 100.0, 7));
+            let a = p.poll(100.0);
+            if reuse {
+                assert_eq!(a, vec![(1, Action::Keep)]);
+            } else {
+                assert_eq!(a, vec![(1, Action::Send { resolution: 1 })]);
+                p.on_answer(answer(1, 160.0));
+            }
+            // A new label is a new scene: sent either way; so is one past the window.
+            p.on_frame(alike(2, 200.0, 8));
+            assert_eq!(p.poll(200.0), vec![(2, Action::Send { resolution: 1 })]);
+            p.on_answer(answer(2, 260.0));
+            p.on_frame(alike(3, 1300.0, 8));
+            assert_eq!(p.poll(1300.0), vec![(3, Action::Send { resolution: 1 })]);
+        }
+    }
+
+    /// The DP's plan against every assignment of {keep, each resolution} to a small window,
+    /// under the same link-time steps and feasibility rule.
+    #[test]
+    fn the_knapsack_equals_brute_force_on_small_windows() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for case in 0..300 {
+            let bps = 0.2e6 + rand() * 2e6;
+            let mut p = CboPlanner::new(profile(), bps, 20.0);
+            let n = 1 + case % 5;
+            for i in 0..n as u64 {
+                let at = i as f64 * 100.0 * rand();
+                p.on_frame(FrameIn {
+                    deadline_ms: at + 200.0 + 600.0 * rand(),
+                    small_jpeg_bytes: Some(3000.0 + 4000.0 * rand()),
+                    ..frame(i, at, rand())
+                });
+            }
+            let t0 = 50.0 * rand();
+            let plan = p.plan(t0);
+            let value = |choice: &[Option<usize>]| -> Option<f64> {
+                let mut steps = 0usize;
+                let mut total = 0.0;
+                for (f, c) in p.waiting.iter().zip(choice) {
+                    let Some(r) = *c else { continue };
+                    let gain = p.gain(f, r);
+                    if gain <= MIN_GAIN {
+                        return None;
+                    }
+                    let (tx, after) = p.costs(f, r);
+                    steps += ((tx / TIME_STEP_MS).ceil() as usize).max(1);
+                    if t0 + steps as f64 * TIME_STEP_MS + after > f.deadline_ms {
+                        return None;
+                    }
+                    total += gain;
+                }
+                Some(total)
+            };
+            let options = p.opts.len() + 1;
+            let mut best = 0.0f64;
+            for code in 0..options.pow(n as u32) {
+                let choice: Vec<Option<usize>> = (0..n)
+                    .map(|k| match (code / options.pow(k as u32)) % options {
+                        0 => None,
+                        r => Some(r - 1),
+                    })
+                    .collect();
+                if let Some(v) = value(&choice) {
+                    best = best.max(v);
+                }
+            }
+            let got = value(&plan).expect("the plan is feasible");
+            assert!(
+                (got - best).abs() < 1e-9,
+                "case {case}: plan {plan:?} = {got}, brute force {best}"
+            );
+        }
+    }
+
+    #[test]
     fn every_frame_gets_exactly_one_action() {
         let mut p = CboPlanner::new(profile(), 2e6, 30.0);
         let mut seen = std::collections::HashMap::new();
@@ -698,6 +1006,20 @@ mod tests {
             assert!(seen.insert(id, a).is_none());
         }
         assert_eq!(seen.len(), 300);
+    }
+
+    #[test]
+    fn rtt_is_the_recent_minimum_not_the_queue_inflated_average() {
+        let mut link = LinkEstimate::new(1e6, 40.0);
+        link.on_rtt(0.0, 42.0);
+        link.on_rtt(100.0, 180.0);
+        link.on_rtt(200.0, 120.0);
+        assert_eq!(link.rtt_ms, 42.0);
+        // The 42 ms sample ages out; the smallest of the rest remains.
+        link.on_rtt(10_050.0, 150.0);
+        assert_eq!(link.rtt_ms, 120.0);
+        link.on_rtt(10_300.0, 60.0);
+        assert_eq!(link.rtt_ms, 60.0);
     }
 
     #[test]

@@ -15,7 +15,17 @@ use std::collections::BinaryHeap;
 use serde::Serialize;
 
 use super::planner::{Action, AnswerIn, FrameIn, Planner};
+use super::reuse::{AnswerReuse, Answered, Leaving};
+use crate::profile::Profile;
 use crate::trace::{LinkQueue, MTU, Trace};
+
+/// Answer reuse in a replay ([`super::reuse`]): the window, and the profile that says how likely
+/// an answer is right.
+#[derive(Debug, Clone, Copy)]
+pub struct SimReuse<'a> {
+    pub window_ms: f64,
+    pub profile: &'a Profile,
+}
 
 /// What is known about one frame (measured once, replayed under every policy).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -23,6 +33,9 @@ pub struct SimFrame {
     pub confidence: f64,
     pub raw_confidence: f64,
     pub device_correct: bool,
+    /// The device's top-1 and the true class (answer reuse compares them with server labels).
+    pub device_class: i32,
+    pub truth: i32,
     /// Per resolution, in the policy's resolution order.
     pub server: Vec<SimServer>,
 }
@@ -31,6 +44,8 @@ pub struct SimFrame {
 pub struct SimServer {
     pub bytes: u32,
     pub correct: bool,
+    /// The server's top-1.
+    pub class: i32,
     pub encode_ms: f64,
     pub server_ms: f64,
 }
@@ -56,6 +71,8 @@ pub struct SimResult {
     pub bytes: u64,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
+    /// Share of frames that left with a reused earlier answer.
+    pub reuse_ratio: f64,
     /// Per frame: the short side it was sent at (0 = kept), for plots.
     #[serde(skip)]
     pub sent_at: Vec<u32>,
@@ -99,12 +116,13 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-/// Replays `planner` over `frames` on `trace`.
+/// Replays `planner` over `frames` on `trace`, reusing answers as [`SimReuse`] says.
 pub fn simulate(
     planner: &mut dyn Planner,
     frames: &[SimFrame],
     trace: &Trace,
     cfg: &SimConfig,
+    reuse: Option<SimReuse<'_>>,
 ) -> SimResult {
     let n = frames.len();
     let shorts = planner.resolutions().to_vec();
@@ -175,6 +193,9 @@ pub fn simulate(
                 deadline_ms: deadline(i),
                 confidence: frames[i].confidence,
                 raw_confidence: frames[i].raw_confidence,
+                class: frames[i].device_class,
+                // The element encodes every undecided frame at the smallest resolution too.
+                small_jpeg_bytes: frames[i].server.first().map(|s| s.bytes as f64),
             });
         }
         while answers.peek().is_some_and(|p| p.at <= now) {
@@ -208,10 +229,12 @@ pub fn simulate(
     // Frames that were sent but not answered in time leave at their deadline with the device
     // label; frames the policy never decided (a policy bug) count as wrong and late.
     let mut right = 0usize;
+    let mut reused = 0usize;
     let mut leave = f64::NEG_INFINITY;
     let mut latencies = Vec::with_capacity(n);
+    let mut reuse_state = reuse.map(|r| (AnswerReuse::new(r.window_ms), r.profile));
     for i in 0..n {
-        let (at, correct) = match (resolved[i], sent[i]) {
+        let (at, mut correct) = match (resolved[i], sent[i]) {
             (Some(r), _) => r,
             (None, Some(_)) => {
                 missed += 1;
@@ -219,6 +242,26 @@ pub fn simulate(
             }
             (None, None) => (deadline(i), false),
         };
+        if let Some((state, profile)) = &mut reuse_state {
+            let f = &frames[i];
+            // Answered by the server: sent, and resolved before its deadline passed unanswered.
+            let answer = match (resolved[i], sent[i]) {
+                (Some(_), Some(r)) => Some(Answered {
+                    label: f.server[r].class,
+                    expected_accuracy: profile.server_accuracy(f.confidence, r),
+                }),
+                _ => None,
+            };
+            if let Some(u) = state.next(Leaving {
+                arrival_ms: arrival(i),
+                device_class: f.device_class,
+                device_confidence: f.confidence,
+                answer,
+            }) {
+                correct = u.label == f.truth;
+                reused += 1;
+            }
+        }
         right += usize::from(correct);
         leave = leave.max(at);
         latencies.push(leave - arrival(i));
@@ -237,6 +280,7 @@ pub fn simulate(
         bytes: bytes_total,
         latency_p50_ms: percentile(&latencies, 0.5),
         latency_p99_ms: percentile(&latencies, 0.99),
+        reuse_ratio: reused as f64 / n.max(1) as f64,
         sent_at: sent.iter().map(|s| s.map_or(0, |r| shorts[r])).collect(),
     }
 }
@@ -250,40 +294,76 @@ pub fn simulate(
 /// Two relaxations keep it an upper bound of the simulation: a transfer takes
 /// `max(1, floor(bytes / 1500))` delivery opportunities (the simulation's partial opportunities
 /// can only be slower), and states are rounded down.
+///
+/// With `reuse_window_ms` it bounds the policies that reuse answers ([`super::reuse`]): the state
+/// also holds the latest answered frame of the current run of equal device labels, and a frame
+/// that is not sent counts as right if the device is right *or* the server's label for that
+/// answered frame at *any* resolution is right for it (the real rule picks one of the two labels
+/// and the resolution that was sent, so this can only over-count).
 pub fn clairvoyant(
     frames: &[SimFrame],
     shorts: &[u32],
     trace: &Trace,
     cfg: &SimConfig,
+    reuse_window_ms: Option<f64>,
 ) -> SimResult {
     use std::collections::BTreeMap;
+    const NO_SOURCE: u32 = u32::MAX;
     let n = frames.len();
     let arrival = |i: usize| i as f64 * 1000.0 / cfg.fps;
-    // Per frame: state (link free at, ms) -> (frames right so far, previous state, resolution).
-    type Layer = BTreeMap<u64, (u32, u64, Option<usize>)>;
+    // First frame of the run of equal device labels each frame belongs to.
+    let mut run_start = vec![0usize; n];
+    for i in 1..n {
+        run_start[i] = if frames[i].device_class == frames[i - 1].device_class {
+            run_start[i - 1]
+        } else {
+            i
+        };
+    }
+    // Per frame: state (answered source frame, link free at ms) -> (frames right so far,
+    // previous state, resolution sent).
+    type Key = (u32, u64);
+    type Layer = BTreeMap<Key, (u32, Key, Option<usize>)>;
     let mut layers: Vec<Layer> = Vec::with_capacity(n + 1);
     let mut first = BTreeMap::new();
-    first.insert(0u64, (0u32, 0u64, None));
+    first.insert((NO_SOURCE, 0u64), (0u32, (NO_SOURCE, 0u64), None));
     layers.push(first);
     for (i, f) in frames.iter().enumerate() {
         let a = arrival(i);
         let a_ms = a.floor() as u64;
         let dl = a + cfg.deadline_ms;
         let mut next = Layer::new();
-        let mut relax = |state: u64, value: u32, from: u64, choice: Option<usize>| {
+        let mut relax = |state: Key, value: u32, from: Key, choice: Option<usize>| {
             let e = next.entry(state).or_insert((0, from, choice));
             if value > e.0 || (value == e.0 && e.2.is_some() && choice.is_none()) {
                 *e = (value, from, choice);
             }
         };
-        for (&state, &(value, _, _)) in &layers[i] {
+        for (&key, &(value, _, _)) in &layers[i] {
+            let (mut source, state) = key;
+            let usable = |j: u32| {
+                reuse_window_ms.is_some_and(|w| {
+                    j != NO_SOURCE && j as usize >= run_start[i] && a - arrival(j as usize) <= w
+                })
+            };
+            if !usable(source) {
+                source = NO_SOURCE;
+            }
             let free = state.max(a_ms);
-            relax(free, value + u32::from(f.device_correct), state, None);
-            if f.device_correct {
+            let kept_right = f.device_correct
+                || (source != NO_SOURCE
+                    && frames[source as usize]
+                        .server
+                        .iter()
+                        .any(|s| s.class == f.truth));
+            relax((source, free), value + u32::from(kept_right), key, None);
+            // Without reuse only a wrong device result is worth a transfer; with it, an answer
+            // may also serve the frames after it.
+            if kept_right && reuse_window_ms.is_none() {
                 continue;
             }
             for (r, s) in f.server.iter().enumerate() {
-                if !s.correct {
+                if !s.correct && reuse_window_ms.is_none() {
                     continue;
                 }
                 let bytes = wire_bytes(s.bytes, cfg);
@@ -291,35 +371,45 @@ pub fn clairvoyant(
                 let k = trace.first_at_or_after(start) + (bytes / MTU).max(1) - 1;
                 let done = trace.time_of(k);
                 if done as f64 + cfg.rtt_ms + s.server_ms <= dl {
-                    relax(done, value + 1, state, Some(r));
+                    let new_source = if reuse_window_ms.is_some() {
+                        i as u32
+                    } else {
+                        NO_SOURCE
+                    };
+                    relax(
+                        (new_source, done),
+                        value + u32::from(s.correct),
+                        key,
+                        Some(r),
+                    );
                 }
             }
         }
-        // Dominance: a later free time with no more frames right is useless.
+        // Dominance within a source: a later free time with no more frames right is useless.
         let mut pruned = BTreeMap::new();
-        let mut best = None::<u32>;
-        for (&s, &v) in &next {
-            if best.is_none_or(|b| v.0 > b) {
-                best = Some(v.0);
-                pruned.insert(s, v);
+        let mut best: Option<(u32, u32)> = None;
+        for (&k, &v) in &next {
+            if best.is_none_or(|(src, b)| src != k.0 || v.0 > b) {
+                best = Some((k.0, v.0));
+                pruned.insert(k, v);
             }
         }
         layers.push(pruned);
     }
-    let (mut state, &(right, _, _)) = layers[n]
+    let (mut key, &(right, _, _)) = layers[n]
         .iter()
-        .max_by_key(|(s, v)| (v.0, std::cmp::Reverse(**s)))
-        .map(|(s, v)| (*s, v))
-        .unwrap_or((0, &(0, 0, None)));
+        .max_by_key(|(k, v)| (v.0, std::cmp::Reverse(k.1)))
+        .map(|(k, v)| (*k, v))
+        .unwrap_or(((NO_SOURCE, 0), &(0, (NO_SOURCE, 0), None)));
     let mut sent_at = vec![0u32; n];
     let mut bytes = 0u64;
     for i in (1..=n).rev() {
-        let (_, from, choice) = layers[i][&state];
+        let (_, from, choice) = layers[i][&key];
         if let Some(r) = choice {
             sent_at[i - 1] = shorts[r];
             bytes += wire_bytes(frames[i - 1].server[r].bytes, cfg);
         }
-        state = from;
+        key = from;
     }
     let offloaded: Vec<u32> = sent_at.iter().copied().filter(|&s| s > 0).collect();
     SimResult {
@@ -334,6 +424,7 @@ pub fn clairvoyant(
         bytes,
         latency_p50_ms: f64::NAN,
         latency_p99_ms: f64::NAN,
+        reuse_ratio: 0.0,
         sent_at,
     }
 }
@@ -344,32 +435,51 @@ mod tests {
     use crate::offload::planner::{Rule, RulePlanner};
     use crate::profile::{FrameObservation, Profile, ServerObservation};
 
-    /// Frames alternating sure-and-right / unsure-and-wrong; the server is right at the large
-    /// resolution only.
+    /// A frame of true class `truth`: the device says `device_class` with `confidence`; the
+    /// server is right at the large resolution only.
+    fn frame(truth: i32, device_class: i32, confidence: f64) -> SimFrame {
+        SimFrame {
+            confidence,
+            raw_confidence: confidence,
+            device_correct: device_class == truth,
+            device_class,
+            truth,
+            server: vec![
+                SimServer {
+                    bytes: 4000,
+                    correct: false,
+                    class: -1,
+                    encode_ms: 1.0,
+                    server_ms: 20.0,
+                },
+                SimServer {
+                    bytes: 12000,
+                    correct: true,
+                    class: truth,
+                    encode_ms: 1.0,
+                    server_ms: 20.0,
+                },
+            ],
+        }
+    }
+
+    /// Frames alternating sure-and-right / unsure-and-wrong (every frame its own scene).
     fn frames(n: usize) -> Vec<SimFrame> {
-        (0..n)
+        (0..n as i32)
             .map(|i| {
-                let unsure = i % 2 == 1;
-                SimFrame {
-                    confidence: if unsure { 0.2 } else { 0.95 },
-                    raw_confidence: if unsure { 0.2 } else { 0.95 },
-                    device_correct: !unsure,
-                    server: vec![
-                        SimServer {
-                            bytes: 4000,
-                            correct: false,
-                            encode_ms: 1.0,
-                            server_ms: 20.0,
-                        },
-                        SimServer {
-                            bytes: 12000,
-                            correct: true,
-                            encode_ms: 1.0,
-                            server_ms: 20.0,
-                        },
-                    ],
+                if i % 2 == 1 {
+                    frame(i, 10_000 + i, 0.2)
+                } else {
+                    frame(i, i, 0.95)
                 }
             })
+            .collect()
+    }
+
+    /// Scenes of ten alike frames each, on all of which the device is unsure and wrong.
+    fn scenes(n: usize) -> Vec<SimFrame> {
+        (0..n as i32)
+            .map(|i| frame(i / 10, 10_000 + i / 10, 0.2))
             .collect()
     }
 
@@ -380,12 +490,15 @@ mod tests {
                 device_confidence: f.confidence,
                 raw_confidence: f.raw_confidence,
                 device_correct: f.device_correct,
+                device_class: f.device_class,
+                truth: f.truth,
                 server: f
                     .server
                     .iter()
                     .map(|s| ServerObservation {
                         jpeg_bytes: s.bytes,
                         server_correct: s.correct,
+                        server_class: s.class,
                         encode_us: 1000,
                         decode_us: 0,
                         inference_us: 20_000,
@@ -437,6 +550,7 @@ mod tests {
             &f,
             &fast,
             &cfg(),
+            None,
         );
         assert_eq!(local.accuracy, 0.5);
         assert_eq!(local.offload_ratio, 0.0);
@@ -445,6 +559,7 @@ mod tests {
             &f,
             &fast,
             &cfg(),
+            None,
         );
         assert_eq!(cbo.accuracy, 1.0, "{cbo:?}");
         assert_eq!(cbo.deadline_miss_rate, 0.0);
@@ -452,7 +567,7 @@ mod tests {
         // says the server is right on them slightly more often than their confidence).
         assert!(cbo.offload_ratio >= 0.5, "{cbo:?}");
         assert!(cbo.sent_at.iter().skip(1).step_by(2).all(|&s| s == 224));
-        let bound = clairvoyant(&f, &[96, 224], &fast, &cfg());
+        let bound = clairvoyant(&f, &[96, 224], &fast, &cfg(), None);
         assert_eq!(bound.accuracy, 1.0);
         // 0.5 Mbit/s: a 12 kB frame takes 192 ms; one every 200 ms at 10 fps / 2 → link nearly
         // full. `all` at 224 floods the link and misses deadlines; cbo does not.
@@ -462,6 +577,7 @@ mod tests {
             &f,
             &slow,
             &cfg(),
+            None,
         );
         assert!(all.deadline_miss_rate > 0.3, "{all:?}");
         let cbo = simulate(
@@ -469,13 +585,149 @@ mod tests {
             &f,
             &slow,
             &cfg(),
+            None,
         );
         assert!(cbo.deadline_miss_rate <= 0.01, "{cbo:?}");
         assert!(cbo.accuracy > all.accuracy, "{cbo:?} vs {all:?}");
-        let bound = clairvoyant(&f, &[96, 224], &slow, &cfg());
+        let bound = clairvoyant(&f, &[96, 224], &slow, &cfg(), None);
         assert!(bound.accuracy >= cbo.accuracy, "{bound:?} vs {cbo:?}");
         assert!(bound.accuracy >= local.accuracy);
         // Frames leave in order within the deadline.
         assert!(cbo.latency_p99_ms <= 500.0 + 1.0);
+    }
+
+    #[test]
+    fn reusing_answers_serves_alike_frames_on_a_slow_link() {
+        // One 12 kB transfer per 200 ms fits 0.5 Mbit/s; the scenes have ten frames per second.
+        let f = scenes(300);
+        let p = profile_of(&f);
+        let slow = Trace::constant(0.5e6);
+        let reuse = SimReuse {
+            window_ms: 1000.0,
+            profile: &p,
+        };
+        let plain = simulate(
+            &mut super::super::planner::CboPlanner::new(p.clone(), 0.5e6, 40.0),
+            &f,
+            &slow,
+            &cfg(),
+            None,
+        );
+        assert_eq!(plain.reuse_ratio, 0.0);
+        assert!(plain.accuracy < 0.6, "{plain:?}");
+        let reusing = simulate(
+            &mut super::super::planner::CboPlanner::new(p.clone(), 0.5e6, 40.0).with_reuse(1000.0),
+            &f,
+            &slow,
+            &cfg(),
+            Some(reuse),
+        );
+        // The first frame of each scene is sent; its answer labels the rest.
+        assert!(reusing.accuracy > 0.85, "{reusing:?}");
+        assert!(reusing.reuse_ratio > 0.6, "{reusing:?}");
+        assert!(reusing.offload_ratio < plain.offload_ratio, "{reusing:?}");
+        assert!(reusing.deadline_miss_rate <= 0.01, "{reusing:?}");
+        // The reuse bound bounds it, and is at least the bound without reuse.
+        let bound = clairvoyant(&f, &[96, 224], &slow, &cfg(), Some(1000.0));
+        let bound_plain = clairvoyant(&f, &[96, 224], &slow, &cfg(), None);
+        assert!(
+            bound.accuracy >= reusing.accuracy,
+            "{bound:?} vs {reusing:?}"
+        );
+        assert!(bound.accuracy >= bound_plain.accuracy);
+        assert!(bound_plain.accuracy >= plain.accuracy);
+        // Alternating scenes (every frame its own): nothing to reuse, nothing changes.
+        let f = frames(200);
+        let p = profile_of(&f);
+        let a = simulate(
+            &mut super::super::planner::CboPlanner::new(p.clone(), 0.5e6, 40.0),
+            &f,
+            &slow,
+            &cfg(),
+            None,
+        );
+        let b = simulate(
+            &mut super::super::planner::CboPlanner::new(p.clone(), 0.5e6, 40.0).with_reuse(1000.0),
+            &f,
+            &slow,
+            &cfg(),
+            Some(SimReuse {
+                window_ms: 1000.0,
+                profile: &p,
+            }),
+        );
+        assert_eq!(b.reuse_ratio, 0.0);
+        assert_eq!(a.accuracy, b.accuracy);
+    }
+
+    /// A scripted uplink: `(until_ms, packets_per_second)` phases (0 = outage), one period.
+    fn scripted(phases: &[(u64, u64)]) -> Trace {
+        let mut lines = Vec::new();
+        let mut from = 0;
+        for &(until, pps) in phases {
+            if let Some(gap) = 1000u64.checked_div(pps) {
+                lines.extend((from / gap + 1..=until / gap).map(|k| (k * gap).to_string()));
+            }
+            from = until;
+        }
+        // The period ends with the last phase.
+        lines.push(from.to_string());
+        Trace::parse(&lines.join("\n")).unwrap()
+    }
+
+    #[test]
+    fn a_scripted_link_steps_down_goes_out_and_comes_back() {
+        // Unsure frames (every other one) that the server gets right at 224 always and at 96
+        // half the time; sure frames stay whatever happens.
+        let f: Vec<SimFrame> = (0..700i32)
+            .map(|i| {
+                if i % 2 == 0 {
+                    // The server is no better on these (wrong on one in ten).
+                    let mut fr = frame(i, i, 0.95);
+                    fr.server[1].correct = i % 20 != 0;
+                    fr.server[1].class = if i % 20 != 0 { i } else { -1 };
+                    return fr;
+                }
+                let mut fr = frame(i, 10_000 + i, 0.2);
+                fr.server[0].correct = i % 4 == 1;
+                fr.server[0].class = if i % 4 == 1 { i } else { -1 };
+                fr
+            })
+            .collect();
+        let p = profile_of(&f);
+        // 0-20 s: 4 Mbit/s; 20-40 s: 0.24 Mbit/s (12 kB would take 600 ms); 40-50 s: outage;
+        // 50-70 s: 4 Mbit/s again.
+        let link = scripted(&[(20_000, 333), (40_000, 20), (50_000, 0), (70_000, 333)]);
+        let r = simulate(
+            &mut super::super::planner::CboPlanner::new(p.clone(), 4e6, 40.0),
+            &f,
+            &link,
+            &cfg(),
+            None,
+        );
+        let phase = |from_s: usize, to_s: usize| &r.sent_at[from_s * 10..to_s * 10];
+        let sent = |s: &[u32]| s.iter().filter(|&&x| x > 0).count();
+        let mean_res = |s: &[u32]| {
+            let v: Vec<f64> = s.iter().filter(|&&x| x > 0).map(|&x| x as f64).collect();
+            v.iter().sum::<f64>() / v.len().max(1) as f64
+        };
+        // Sure frames are never sent.
+        assert!(r.sent_at.iter().step_by(2).all(|&s| s == 0));
+        // Fast: every unsure frame, at 224.
+        assert!(sent(phase(1, 20)) >= 90, "{:?}", phase(1, 20));
+        assert_eq!(mean_res(phase(1, 20)), 224.0);
+        // Slow: only 96 fits the deadline.
+        let slow = phase(22, 40);
+        assert!(sent(slow) > 20, "{slow:?}");
+        assert!(mean_res(slow) < 100.0, "{slow:?}");
+        // Outage: nothing once it has shown (the first request overdue), nothing that cannot
+        // arrive.
+        assert_eq!(sent(phase(41, 50)), 0, "{:?}", phase(40, 50));
+        // Back: it probes and offloads again, at 224.
+        let back = phase(55, 70);
+        assert!(sent(back) > 40, "{back:?}");
+        assert!(mean_res(back) > 200.0);
+        // Only the frames in flight when the link stepped down or went out missed.
+        assert!(r.deadline_miss_rate <= 0.01, "{r:?}");
     }
 }

@@ -12,16 +12,30 @@ use std::path::{Path, PathBuf};
 use sha2::Digest;
 
 use crate::offload::planner::{CboPlanner, Planner, Rule, RulePlanner};
-use crate::offload::sim::{SimConfig, SimFrame, SimResult, SimServer, clairvoyant, simulate};
+use crate::offload::sim::{
+    SimConfig, SimFrame, SimResult, SimReuse, SimServer, clairvoyant, simulate,
+};
 use crate::profile::{FrameObservation, Profile};
 use crate::tools::dataset::InputArgs;
 use crate::tools::profile::{ProfileArgs, measure};
 use crate::trace::Trace;
 
-/// Policies the element itself implements (the others exist only in the simulator).
-pub const E2E_POLICIES: [&str; 4] = ["local", "all", "threshold", "cbo"];
+/// Policies the element itself implements (`clairvoyant` exists only in the simulator).
+pub const E2E_POLICIES: [&str; 7] = [
+    "local",
+    "all",
+    "threshold",
+    "threshold-raw",
+    "fastva",
+    "cbo",
+    "cbo+reuse",
+];
 
-pub const ALL_POLICIES: &str = "local,all,threshold,threshold-raw,fastva,cbo,clairvoyant";
+pub const ALL_POLICIES: &str =
+    "local,all,threshold,threshold-raw,fastva,cbo,clairvoyant,cbo+reuse,clairvoyant+reuse";
+
+/// A policy name with this suffix runs with answer reuse ([`crate::offload::reuse`]).
+pub const REUSE_SUFFIX: &str = "+reuse";
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -43,8 +57,13 @@ pub struct EvalArgs {
     /// Frame rate of the replay
     #[arg(long, default_value_t = 10.0)]
     pub fps: f64,
+    /// Policies to replay; any of them with `+reuse` (e.g. `cbo+reuse`) also reuses a recent
+    /// server answer for following frames while the device's top-1 is unchanged
     #[arg(long, value_delimiter = ',', default_value = ALL_POLICIES)]
     pub policies: Vec<String>,
+    /// `+reuse` policies: how long after a frame its answer may serve following frames
+    #[arg(long, default_value_t = 1000.0)]
+    pub reuse_window_ms: f64,
     /// Offload profile for the cbo policy (default: the shipped one for the default pair)
     #[arg(long)]
     pub profile: Option<PathBuf>,
@@ -74,8 +93,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Also run the real cbofilter (clip paced in real time) and a real cboserver through
-    /// `cbo netem` on each trace and deadline, for the policies the element has (local, all,
-    /// threshold, cbo), and report the same figures
+    /// `cbo netem` on each trace and deadline, for every policy but the clairvoyant ones, and
+    /// report the same figures
     #[arg(long)]
     pub e2e: bool,
 }
@@ -88,6 +107,9 @@ pub struct Run {
     pub policies: BTreeMap<String, SimResult>,
     /// (cbo − local) / (clairvoyant − local), when all three ran.
     pub cbo_share_of_clairvoyant_gain: Option<f64>,
+    /// (cbo+reuse − local) / (clairvoyant+reuse − local), when all three ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cbo_reuse_share_of_clairvoyant_reuse_gain: Option<f64>,
     /// `--e2e`: the same policies run for real (element, relay, server).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub e2e: BTreeMap<String, SimResult>,
@@ -107,12 +129,15 @@ fn sim_frames(obs: &[FrameObservation]) -> Vec<SimFrame> {
             confidence: o.device_confidence,
             raw_confidence: o.raw_confidence,
             device_correct: o.device_correct,
+            device_class: o.device_class,
+            truth: o.truth,
             server: o
                 .server
                 .iter()
                 .map(|s| SimServer {
                     bytes: s.jpeg_bytes,
                     correct: s.server_correct,
+                    class: s.server_class,
                     encode_ms: s.encode_us as f64 / 1000.0,
                     server_ms: (s.decode_us + s.inference_us) as f64 / 1000.0,
                 })
@@ -142,7 +167,13 @@ fn frames(args: &EvalArgs, profile: &Profile) -> Result<Vec<SimFrame>, String> {
         if let Some(c) = &profile.calibration {
             h.update(c.sha256.as_bytes());
         }
-        h.update(format!("{shorts:?} q{} n{}", profile.jpeg_quality, args.max_frames).as_bytes());
+        h.update(
+            format!(
+                "v2 {shorts:?} q{} n{}",
+                profile.jpeg_quality, args.max_frames
+            )
+            .as_bytes(),
+        );
         format!("{:x}", h.finalize())
     };
     let cache_file = args
@@ -209,12 +240,17 @@ fn planner(
             args.rtt_ms,
         ))
     };
+    let reuse = name.ends_with(REUSE_SUFFIX);
+    let name = name.strip_suffix(REUSE_SUFFIX).unwrap_or(name);
     Ok(Some(match name {
         "local" => rule(Rule::Local),
         "all" => rule(Rule::All),
         "threshold" => rule(Rule::Threshold(args.threshold)),
         "threshold-raw" => rule(Rule::ThresholdRaw(args.threshold)),
         "fastva" => rule(Rule::FastVa),
+        "cbo" if reuse => Box::new(
+            CboPlanner::new(profile.clone(), bps, args.rtt_ms).with_reuse(args.reuse_window_ms),
+        ),
         "cbo" => Box::new(CboPlanner::new(profile.clone(), bps, args.rtt_ms)),
         "clairvoyant" => return Ok(None),
         other => return Err(format!("unknown policy '{other}' (known: {ALL_POLICIES})")),
@@ -254,22 +290,40 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
             };
             let mut policies = BTreeMap::new();
             for name in &args.policies {
+                let reuse = name.ends_with(REUSE_SUFFIX);
                 let result = match planner(name, args, &profile)? {
-                    Some(mut p) => simulate(p.as_mut(), &frames, trace, &cfg),
-                    None => clairvoyant(&frames, &shorts, trace, &cfg),
+                    Some(mut p) => simulate(
+                        p.as_mut(),
+                        &frames,
+                        trace,
+                        &cfg,
+                        reuse.then_some(SimReuse {
+                            window_ms: args.reuse_window_ms,
+                            profile: &profile,
+                        }),
+                    ),
+                    None => clairvoyant(
+                        &frames,
+                        &shorts,
+                        trace,
+                        &cfg,
+                        reuse.then_some(args.reuse_window_ms),
+                    ),
                 };
                 policies.insert(name.clone(), result);
             }
-            let share = match (
-                policies.get("cbo"),
+            let share = |cbo: &str, bound: &str| match (
+                policies.get(cbo),
                 policies.get("local"),
-                policies.get("clairvoyant"),
+                policies.get(bound),
             ) {
                 (Some(c), Some(l), Some(b)) if b.accuracy > l.accuracy => {
                     Some((c.accuracy - l.accuracy) / (b.accuracy - l.accuracy))
                 }
                 _ => None,
             };
+            let reuse_share = share("cbo+reuse", "clairvoyant+reuse");
+            let share = share("cbo", "clairvoyant");
             let mut e2e = BTreeMap::new();
             if args.e2e {
                 for name in args
@@ -299,6 +353,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
                 deadline_ms: deadline,
                 policies,
                 cbo_share_of_clairvoyant_gain: share,
+                cbo_reuse_share_of_clairvoyant_reuse_gain: reuse_share,
                 e2e,
             });
         }
@@ -313,7 +368,8 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
             })
             .collect();
         super::plot::accuracy_vs_deadline(png, &points)?;
-        // Over time: cbo at the longest deadline on each trace.
+        // Over time: cbo (with reuse, as the element runs it by default, when it ran) at the
+        // longest deadline on each trace.
         let longest = args.deadline_ms.iter().copied().fold(0.0, f64::max);
         for (path, trace) in &traces {
             let Some(run) = runs
@@ -322,7 +378,10 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
             else {
                 continue;
             };
-            let Some(cbo) = run.policies.get("cbo") else {
+            let Some((cbo_name, cbo)) = ["cbo+reuse", "cbo"]
+                .into_iter()
+                .find_map(|n| run.policies.get(n).map(|r| (n, r)))
+            else {
                 continue;
             };
             let secs = (frames.len() as f64 / args.fps).ceil() as usize;
@@ -361,7 +420,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
             super::plot::offload_over_time(
                 &out,
                 &format!(
-                    "cbo on {} ({longest} ms deadline): uplink use and resolution vs capacity",
+                    "{cbo_name} on {} ({longest} ms deadline): uplink use and resolution vs capacity",
                     file_name(path)
                 ),
                 &capacity,

@@ -11,7 +11,7 @@ use gst::prelude::*;
 
 use super::eval::EvalArgs;
 use crate::inference::{self, ModelConfig};
-use crate::meta::{CboResult, Source};
+use crate::meta::CboResult;
 use crate::netem::NetemConfig;
 use crate::offload::sim::SimResult;
 use crate::profile::Profile;
@@ -64,11 +64,16 @@ pub fn run(
 
     // Real-time pacing (identity sync=true) makes the file behave like a camera at --fps; the
     // in-flight window is opened wide, as the simulation has none.
+    // `cbo+reuse` is the element's policy=cbo with answer reuse; plain `cbo` turns it off.
+    let (policy, reuse) = match policy.strip_suffix(super::eval::REUSE_SUFFIX) {
+        Some(p) => (p, args.reuse_window_ms.round() as u64),
+        None => (policy, 0),
+    };
     let desc = format!(
         "filesrc location=\"{}\" ! decodebin ! videorate ! video/x-raw,framerate={}/1000 ! \
          identity sync=true eos-after={frames} ! cbofilter name=cbo server={} \
-         server-cert=\"{}\" policy={policy} deadline={} threshold={} resolution={} \
-         max-in-flight=1000 profile=\"{}\" {} ! fakesink sync=false",
+         server-cert=\"{}\" policy={policy} reuse-window={reuse} deadline={} threshold={} \
+         resolution={} max-in-flight=1000 profile=\"{}\" {} ! fakesink sync=false",
         args.video.display(),
         (args.fps * 1000.0).round() as u64,
         netem.local_addr(),
@@ -161,7 +166,11 @@ pub fn run(
         .collect();
     let missed = results
         .iter()
-        .filter(|(r, _)| r.resolution > 0 && r.source != Source::Server)
+        .filter(|(r, _)| r.resolution > 0 && r.decision != "offload")
+        .count();
+    let reused = results
+        .iter()
+        .filter(|(r, _)| r.decision == "reuse")
         .count();
     let mut lat: Vec<f64> = results.iter().map(|(_, ms)| *ms).collect();
     lat.sort_by(f64::total_cmp);
@@ -177,6 +186,7 @@ pub fn run(
         bytes,
         latency_p50_ms: percentile(&lat, 0.5),
         latency_p99_ms: percentile(&lat, 0.99),
+        reuse_ratio: reused as f64 / n,
         sent_at: Vec::new(),
     })
 }

@@ -207,7 +207,7 @@ pub fn accuracy_vs_deadline(
                 .map(|r| (r.1, r.3))
                 .collect();
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let width = if *policy == "cbo" { 3 } else { 1 };
+            let width = if policy.starts_with("cbo") { 3 } else { 1 };
             chart
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))
                 .map_err(err)?
@@ -284,7 +284,7 @@ pub fn offload_over_time(
     chart
         .draw_series(LineSeries::new(series(sent_kbps), BLUE.stroke_width(2)))
         .map_err(err)?
-        .label("cbo uplink use")
+        .label("uplink use")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE.stroke_width(2)));
     chart
         .draw_secondary_series(

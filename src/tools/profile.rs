@@ -209,6 +209,7 @@ pub fn measure(args: &ProfileArgs) -> Result<(ProfileInputs, Vec<FrameObservatio
             server_obs.push(ServerObservation {
                 jpeg_bytes: jpeg.bytes.len() as u32,
                 server_correct: answer.class_id == class as i32,
+                server_class: answer.class_id,
                 encode_us: (t1 - t0).as_micros() as u32,
                 decode_us: (t2 - t1).as_micros() as u32,
                 inference_us: timing.inference_us as u32,
@@ -218,6 +219,8 @@ pub fn measure(args: &ProfileArgs) -> Result<(ProfileInputs, Vec<FrameObservatio
             device_confidence: confidence,
             raw_confidence: result.confidence,
             device_correct: result.class_id == class as i32,
+            device_class: result.class_id,
+            truth: class as i32,
             server: server_obs,
         });
         Ok(())

@@ -12,12 +12,19 @@ use gstcbo::CboResult;
 
 static INIT: Once = Once::new();
 
-/// Initialises GStreamer once per test binary, with a throw-away registry so tests neither read
-/// nor write the user's, and registers the plugin linked into the test.
+/// Initialises GStreamer once per test binary, with a private registry so tests neither read
+/// nor write the user's, and registers the plugin linked into the test. The registry lives in
+/// cargo's scratch directory under `target/`, one per test binary (reused from run to run, not
+/// one more file in /tmp per run).
 pub fn init() {
     INIT.call_once(|| {
+        let exe = std::env::current_exe().unwrap_or_default();
+        let name = exe
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let registry =
-            std::env::temp_dir().join(format!("cbo-test-registry-{}.bin", std::process::id()));
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gst-registry-{name}.bin"));
         // SAFETY: runs once, before GStreamer or any test thread reads the environment.
         unsafe { std::env::set_var("GST_REGISTRY", registry) };
         gst::init().unwrap();

@@ -1,0 +1,145 @@
+//! Reusing a recent server answer for the frames that follow it (pure: no GStreamer, no I/O).
+//!
+//! Consecutive video frames are alike. While the device keeps giving the same top-1 as it gave
+//! for a frame the server answered, the scene most likely still shows what the server saw, so
+//! the server's label is a better guess than the device's for those frames too. A run ends when
+//! the device's top-1 changes (the scene or the object changed) or the answered frame is older
+//! than the window. The server's label replaces the device's only where it is more likely right:
+//! its expected accuracy (the profile's server accuracy for the answered frame's confidence and
+//! resolution) must exceed the device's calibrated confidence for this frame.
+//!
+//! Frames are fed in stream order as they leave, so every answer that can be reused has arrived
+//! (a frame leaves only after the frames before it).
+
+/// A server answer for a frame; `T` is what the caller needs of it (a class id in the
+/// simulator, the whole answer in the element).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answered<T> {
+    pub label: T,
+    /// Probability the label is right, as the profile predicts it.
+    pub expected_accuracy: f64,
+}
+
+/// A frame leaving the element.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leaving<T> {
+    pub arrival_ms: f64,
+    /// The device's top-1 and its calibrated confidence.
+    pub device_class: i32,
+    pub device_confidence: f64,
+    /// The server's answer for this frame, if it has one.
+    pub answer: Option<Answered<T>>,
+}
+
+/// What a reused label is worth, for the frame it is given to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reused<T> {
+    pub label: T,
+    pub expected_accuracy: f64,
+    /// How far back the answered frame arrived.
+    pub age_ms: f64,
+}
+
+#[derive(Debug, Clone)]
+struct Source<T> {
+    device_class: i32,
+    arrival_ms: f64,
+    answer: Answered<T>,
+}
+
+/// The run state: the latest answer and the device label it was given for.
+#[derive(Debug, Clone)]
+pub struct AnswerReuse<T> {
+    window_ms: f64,
+    source: Option<Source<T>>,
+    last_device_class: Option<i32>,
+}
+
+impl<T: Clone> AnswerReuse<T> {
+    /// `window_ms`: how long after the answered frame's arrival its answer may still be reused.
+    pub fn new(window_ms: f64) -> Self {
+        Self {
+            window_ms,
+            source: None,
+            last_device_class: None,
+        }
+    }
+
+    /// Feeds the next frame in stream order; returns the answer to use instead of the device's
+    /// result, if one applies. Frames with their own answer return `None` (and start a run).
+    pub fn next(&mut self, f: Leaving<T>) -> Option<Reused<T>> {
+        if self.last_device_class != Some(f.device_class) {
+            self.source = None;
+        }
+        self.last_device_class = Some(f.device_class);
+        if let Some(answer) = f.answer {
+            self.source = Some(Source {
+                device_class: f.device_class,
+                arrival_ms: f.arrival_ms,
+                answer,
+            });
+            return None;
+        }
+        let s = self.source.as_ref()?;
+        let age_ms = f.arrival_ms - s.arrival_ms;
+        (s.device_class == f.device_class
+            && age_ms <= self.window_ms
+            && s.answer.expected_accuracy > f.device_confidence)
+            .then(|| Reused {
+                label: s.answer.label.clone(),
+                expected_accuracy: s.answer.expected_accuracy,
+                age_ms,
+            })
+    }
+
+    /// Forgets the run (after a flush or a gap in the stream).
+    pub fn reset(&mut self) {
+        self.source = None;
+        self.last_device_class = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(t: f64, class: i32, conf: f64, answer: Option<(i32, f64)>) -> Leaving<i32> {
+        Leaving {
+            arrival_ms: t,
+            device_class: class,
+            device_confidence: conf,
+            answer: answer.map(|(label, expected_accuracy)| Answered {
+                label,
+                expected_accuracy,
+            }),
+        }
+    }
+
+    #[test]
+    fn answer_carries_over_while_the_device_label_holds() {
+        let mut r = AnswerReuse::new(1000.0);
+        assert_eq!(r.next(frame(0.0, 5, 0.3, None)), None);
+        assert_eq!(r.next(frame(100.0, 5, 0.3, Some((7, 0.8)))), None);
+        let got = r.next(frame(200.0, 5, 0.4, None)).unwrap();
+        assert_eq!((got.label, got.age_ms), (7, 100.0));
+        assert_eq!(r.next(frame(300.0, 5, 0.4, None)).unwrap().label, 7);
+        // The device changes its mind: the run ends, and does not resume when it changes back.
+        assert_eq!(r.next(frame(400.0, 6, 0.4, None)), None);
+        assert_eq!(r.next(frame(500.0, 5, 0.4, None)), None);
+    }
+
+    #[test]
+    fn only_within_the_window_and_only_when_more_likely_right() {
+        let mut r = AnswerReuse::new(250.0);
+        r.next(frame(0.0, 1, 0.2, Some((2, 0.7))));
+        // The device is surer than the answer is expected to be right.
+        assert_eq!(r.next(frame(100.0, 1, 0.9, None)), None);
+        assert!(r.next(frame(200.0, 1, 0.5, None)).is_some());
+        assert_eq!(r.next(frame(300.0, 1, 0.5, None)), None, "past the window");
+        // A newer answer starts a new run.
+        r.next(frame(400.0, 1, 0.2, Some((3, 0.75))));
+        assert_eq!(r.next(frame(500.0, 1, 0.5, None)).unwrap().label, 3);
+        r.reset();
+        assert_eq!(r.next(frame(600.0, 1, 0.5, None)), None);
+    }
+}
