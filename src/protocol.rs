@@ -215,13 +215,17 @@ impl ProtocolError {
     }
 }
 
-/// Encodes one frame.
-pub fn encode<H: Serialize>(kind: Kind, header: &H, payload: &[u8]) -> Vec<u8> {
-    let json = serde_json::to_vec(header).expect("protocol headers serialise");
-    assert!(
-        json.len() <= MAX_HEADER_BYTES,
-        "protocol headers are small by construction"
-    );
+/// Encodes one frame. A header that does not fit [`MAX_HEADER_BYTES`] (a multi-kilobyte token,
+/// a long error text) is an error for the caller to report, as the decoder would refuse it.
+pub fn encode<H: Serialize>(
+    kind: Kind,
+    header: &H,
+    payload: &[u8],
+) -> Result<Vec<u8>, ProtocolError> {
+    let json = serde_json::to_vec(header).map_err(|e| ProtocolError::BadHeader(e.to_string()))?;
+    if json.len() > MAX_HEADER_BYTES {
+        return Err(ProtocolError::HeaderTooLarge(json.len()));
+    }
     let mut out = Vec::with_capacity(PREFIX_BYTES + json.len() + payload.len());
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
@@ -229,7 +233,7 @@ pub fn encode<H: Serialize>(kind: Kind, header: &H, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&(json.len() as u16).to_be_bytes());
     out.extend_from_slice(&json);
     out.extend_from_slice(payload);
-    out
+    Ok(out)
 }
 
 /// Splits a frame into kind, header JSON and payload, checking magic, version and sizes.
@@ -281,7 +285,7 @@ fn no_payload<H>((h, payload): (H, &[u8])) -> Result<H, ProtocolError> {
     }
 }
 
-pub fn encode_hello(h: &Hello) -> Vec<u8> {
+pub fn encode_hello(h: &Hello) -> Result<Vec<u8>, ProtocolError> {
     encode(Kind::Hello, h, &[])
 }
 
@@ -289,7 +293,7 @@ pub fn decode_hello(bytes: &[u8]) -> Result<Hello, ProtocolError> {
     no_payload(decode_as(bytes, Kind::Hello)?)
 }
 
-pub fn encode_hello_reply(h: &HelloReply) -> Vec<u8> {
+pub fn encode_hello_reply(h: &HelloReply) -> Result<Vec<u8>, ProtocolError> {
     encode(Kind::HelloReply, h, &[])
 }
 
@@ -298,7 +302,7 @@ pub fn decode_hello_reply(bytes: &[u8]) -> Result<HelloReply, ProtocolError> {
 }
 
 /// Encodes a request; `header.jpeg_len` is set from `jpeg`.
-pub fn encode_request(header: &RequestHeader, jpeg: &[u8]) -> Vec<u8> {
+pub fn encode_request(header: &RequestHeader, jpeg: &[u8]) -> Result<Vec<u8>, ProtocolError> {
     let mut h = header.clone();
     h.jpeg_len = jpeg.len() as u32;
     encode(Kind::Request, &h, jpeg)
@@ -316,7 +320,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<(RequestHeader, &[u8]), ProtocolEr
     Ok((h, payload))
 }
 
-pub fn encode_response(r: &Response) -> Vec<u8> {
+pub fn encode_response(r: &Response) -> Result<Vec<u8>, ProtocolError> {
     encode(Kind::Response, r, &[])
 }
 
@@ -352,9 +356,21 @@ mod tests {
     }
 
     #[test]
+    fn an_oversized_header_is_an_error_not_a_panic() {
+        let hello = Hello {
+            token: "t".repeat(MAX_HEADER_BYTES),
+            client: "c".into(),
+        };
+        assert!(matches!(
+            encode_hello(&hello),
+            Err(ProtocolError::HeaderTooLarge(n)) if n > MAX_HEADER_BYTES
+        ));
+    }
+
+    #[test]
     fn round_trips() {
         let jpeg = vec![0xFF, 0xD8, 1, 2, 3, 0xFF, 0xD9];
-        let bytes = encode_request(&request(), &jpeg);
+        let bytes = encode_request(&request(), &jpeg).unwrap();
         let (h, payload) = decode_request(&bytes).unwrap();
         assert_eq!(h.frame_id, 42);
         assert_eq!(h.jpeg_len, 7);
@@ -364,7 +380,7 @@ mod tests {
             token: "s3cret".into(),
             client: "test".into(),
         };
-        assert_eq!(decode_hello(&encode_hello(&hello)).unwrap(), hello);
+        assert_eq!(decode_hello(&encode_hello(&hello).unwrap()).unwrap(), hello);
         let reply = HelloReply {
             ok: false,
             code: ErrorCode::Unauthorized,
@@ -373,7 +389,7 @@ mod tests {
             max_request_bytes: 1 << 20,
         };
         assert_eq!(
-            decode_hello_reply(&encode_hello_reply(&reply)).unwrap(),
+            decode_hello_reply(&encode_hello_reply(&reply).unwrap()).unwrap(),
             reply
         );
         for r in [
@@ -393,13 +409,13 @@ mod tests {
                 message: "not a JPEG".into(),
             }),
         ] {
-            assert_eq!(decode_response(&encode_response(&r)).unwrap(), r);
+            assert_eq!(decode_response(&encode_response(&r).unwrap()).unwrap(), r);
         }
     }
 
     #[test]
     fn rejects_bad_input_without_panicking() {
-        let good = encode_request(&request(), b"jpeg");
+        let good = encode_request(&request(), b"jpeg").unwrap();
         assert_eq!(decode_request(b""), Err(ProtocolError::Truncated(0)));
         assert_eq!(
             decode_request(b"GET / HTTP/1.1"),
@@ -436,7 +452,7 @@ mod tests {
             decode_request(&huge),
             Err(ProtocolError::HeaderTooLarge(_))
         ));
-        let garbage = encode(Kind::Request, &serde_json::json!({"frame_id": "x"}), b"");
+        let garbage = encode(Kind::Request, &serde_json::json!({"frame_id": "x"}), b"").unwrap();
         assert!(matches!(
             decode_request(&garbage),
             Err(ProtocolError::BadHeader(_))
@@ -448,7 +464,8 @@ mod tests {
                 client: String::new(),
             },
             b"extra",
-        );
+        )
+        .unwrap();
         assert_eq!(
             decode_hello(&hello_with_payload),
             Err(ProtocolError::UnexpectedPayload(5))

@@ -193,7 +193,8 @@ pub async fn connect(
     let hello = protocol::encode_hello(&protocol::Hello {
         token: token.to_string(),
         client: client_name.to_string(),
-    });
+    })
+    .map_err(|e| ConnectError::Protocol(format!("cannot send the token: {e}")))?;
     let attempt = async {
         let connection = connecting.await.map_err(connect_error)?;
         match exchange_hello(&connection, &hello).await {
@@ -289,7 +290,8 @@ pub async fn request(
         .open_bi()
         .await
         .map_err(request_connection_error)?;
-    let bytes = protocol::encode_request(header, jpeg);
+    let bytes = protocol::encode_request(header, jpeg)
+        .map_err(|e| RequestError::Protocol(format!("cannot encode the request: {e}")))?;
     let mut stopped = None;
     match send.write_all(&bytes).await {
         Ok(()) => {

@@ -293,6 +293,7 @@ fn hello_bytes(token: &str) -> Vec<u8> {
         token: token.into(),
         client: "raw".into(),
     })
+    .unwrap()
 }
 
 fn close_code(e: &quinn::ConnectionError) -> Option<ErrorCode> {
@@ -359,7 +360,7 @@ fn garbage_bytes_on_a_request_stream_are_answered_bad_request() {
         // (an unbounded one would not fit in a reply header).
         let quoted = "A".repeat(protocol::MAX_HEADER_BYTES - 200);
         let header = serde_json::json!({ "frame_id": quoted, "top_k": 5 });
-        let bytes = protocol::encode(protocol::Kind::Request, &header, b"");
+        let bytes = protocol::encode(protocol::Kind::Request, &header, b"").unwrap();
         let e = raw_error(&session.connection, &bytes).await;
         assert_eq!(e.code, ErrorCode::BadRequest);
         assert!(e.message.len() < 1000, "{} byte message", e.message.len());
@@ -372,7 +373,7 @@ fn a_truncated_header_is_answered_bad_request() {
     let fx = fixture();
     fx.block_on(fx.while_serving(async {
         let (_endpoint, session) = fx.session().await;
-        let full = protocol::encode_request(&fx.header(5, 0), &fx.frames[0].bytes);
+        let full = protocol::encode_request(&fx.header(5, 0), &fx.frames[0].bytes).unwrap();
         let cut = &full[..protocol::PREFIX_BYTES + 20];
         let e = raw_error(&session.connection, cut).await;
         assert_eq!(e.code, ErrorCode::BadRequest);
@@ -451,7 +452,7 @@ fn a_wrong_protocol_version_is_refused_on_hello_and_request() {
 
         // Request of version 2 on an authenticated connection: answered, connection kept.
         let (_e2, session) = fx.session().await;
-        let mut r = protocol::encode_request(&fx.header(6, 0), &fx.frames[0].bytes);
+        let mut r = protocol::encode_request(&fx.header(6, 0), &fx.frames[0].bytes).unwrap();
         r[2] = 2;
         let e = raw_error(&session.connection, &r).await;
         assert_eq!(e.code, ErrorCode::UnsupportedVersion);
@@ -465,7 +466,7 @@ fn extra_streams_wait_for_credit_and_stalled_streams_time_out() {
     fx.block_on(fx.while_serving(async {
         let (_endpoint, session) = fx.session().await;
         let conn = &session.connection;
-        let request = protocol::encode_request(&fx.header(8, 0), &fx.frames[0].bytes);
+        let request = protocol::encode_request(&fx.header(8, 0), &fx.frames[0].bytes).unwrap();
         // Fill the connection's stream limit with requests that never finish.
         let mut stalled = Vec::new();
         for _ in 0..MAX_STREAMS {
@@ -526,7 +527,7 @@ fn missing_or_wrong_tokens_are_refused_with_a_reason() {
         }
         // A client that skips the hello gets no work done: its first stream must be a hello.
         let (_e, connection) = fx.raw_connection().await;
-        let request = protocol::encode_request(&fx.header(1, 0), &fx.frames[0].bytes);
+        let request = protocol::encode_request(&fx.header(1, 0), &fx.frames[0].bytes).unwrap();
         let reply = hello(&connection, &request).await;
         assert!(!reply.ok);
         assert_eq!(reply.code, ErrorCode::BadRequest);
@@ -724,7 +725,7 @@ fn connection_and_pending_limits_with_a_fixed_batch_model() {
         fx.good_request(&good.connection, 50, 0).await;
 
         // Pending limit: two stalled requests occupy the server; a third is refused at once.
-        let request = protocol::encode_request(&fx.header(60, 0), &fx.frames[0].bytes);
+        let request = protocol::encode_request(&fx.header(60, 0), &fx.frames[0].bytes).unwrap();
         let mut stalled = Vec::new();
         for _ in 0..2 {
             let (mut send, recv) = second.connection.open_bi().await.unwrap();

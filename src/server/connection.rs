@@ -22,7 +22,7 @@ fn code_name(code: ErrorCode) -> String {
 
 /// Longest message put in a reply. Error texts can quote the request (serde_json quotes the
 /// offending value of a malformed header), and a reply's header must stay within
-/// [`protocol::MAX_HEADER_BYTES`]: `protocol::encode` panics on a larger one.
+/// [`protocol::MAX_HEADER_BYTES`]: `protocol::encode` refuses a larger one.
 const MAX_MESSAGE_BYTES: usize = 400;
 
 /// Cuts `s` to [`MAX_MESSAGE_BYTES`] on a character boundary.
@@ -64,7 +64,15 @@ fn encode_response(mut response: Response) -> Vec<u8> {
             Response::Error(e) => e.message = bounded(std::mem::take(&mut e.message)),
         }
     }
-    protocol::encode_response(&response)
+    // The loop above makes it fit; should it not, the client gets a short error, not nothing.
+    protocol::encode_response(&response).unwrap_or_else(|_| {
+        protocol::encode_response(&Response::Error(refusal(
+            0,
+            ErrorCode::Internal,
+            "answer too large",
+        )))
+        .unwrap_or_default()
+    })
 }
 
 /// Serves one incoming connection until it closes or the server stops.
@@ -188,7 +196,7 @@ async fn hello(
     };
     let _ = recv.stop(varint(ErrorCode::Ok));
     if send
-        .write_all(&protocol::encode_hello_reply(&reply))
+        .write_all(&protocol::encode_hello_reply(&reply).unwrap_or_default())
         .await
         .is_ok()
         && send.finish().is_ok()
