@@ -346,6 +346,23 @@ fn wrong_token_and_untrusted_certificate_fall_back_to_the_device_with_a_warning(
         "warnings: {:?}",
         run.warnings
     );
+
+    // A token too long for the protocol's header: a clear warning, not a panic.
+    let run = run_pipeline(&clip_pipeline(
+        &props(
+            &server.addr,
+            &server.cert,
+            &format!("token={} policy=all", "x".repeat(5000)),
+        ),
+        20,
+    ));
+    assert_complete(&run, 20);
+    assert!(run.results.iter().all(|r| r.source == Source::Device));
+    assert!(
+        run.warnings.iter().any(|w| w.contains("token")),
+        "warnings: {:?}",
+        run.warnings
+    );
     assert!(started.elapsed() < Duration::from_secs(60), "no hang");
 }
 
