@@ -320,49 +320,25 @@ fn threshold_raw_and_fastva_baselines_run_in_the_element() {
 fn wrong_token_and_untrusted_certificate_fall_back_to_the_device_with_a_warning() {
     let server = Server::start(Some("right"));
     let started = Instant::now();
-    let run = run_pipeline(&clip_pipeline(
-        &props(&server.addr, &server.cert, "token=wrong policy=all"),
-        20,
-    ));
-    assert_complete(&run, 20);
-    assert!(run.results.iter().all(|r| r.source == Source::Device));
-    assert!(
-        run.warnings.iter().any(|w| w.contains("token")),
-        "warnings: {:?}",
-        run.warnings
-    );
-
+    // Every frame classified on the device, and a warning that names the cause.
+    let device_only_warning = |cert: &Path, extra: &str, cause: &str| {
+        let run = run_pipeline(&clip_pipeline(&props(&server.addr, cert, extra), 20));
+        assert_complete(&run, 20);
+        assert!(run.results.iter().all(|r| r.source == Source::Device));
+        assert!(
+            run.warnings
+                .iter()
+                .any(|w| w.to_lowercase().contains(cause)),
+            "warnings: {:?}",
+            run.warnings
+        );
+    };
+    device_only_warning(&server.cert, "token=wrong policy=all", "token");
     let (_other_dir, other_cert) = cert_dir();
-    let run = run_pipeline(&clip_pipeline(
-        &props(&server.addr, &other_cert, "token=right policy=all"),
-        20,
-    ));
-    assert_complete(&run, 20);
-    assert!(run.results.iter().all(|r| r.source == Source::Device));
-    assert!(
-        run.warnings
-            .iter()
-            .any(|w| w.to_lowercase().contains("certificate")),
-        "warnings: {:?}",
-        run.warnings
-    );
-
+    device_only_warning(&other_cert, "token=right policy=all", "certificate");
     // A token too long for the protocol's header: a clear warning, not a panic.
-    let run = run_pipeline(&clip_pipeline(
-        &props(
-            &server.addr,
-            &server.cert,
-            &format!("token={} policy=all", "x".repeat(5000)),
-        ),
-        20,
-    ));
-    assert_complete(&run, 20);
-    assert!(run.results.iter().all(|r| r.source == Source::Device));
-    assert!(
-        run.warnings.iter().any(|w| w.contains("token")),
-        "warnings: {:?}",
-        run.warnings
-    );
+    let long = format!("token={} policy=all", "x".repeat(5000));
+    device_only_warning(&server.cert, &long, "token");
     assert!(started.elapsed() < Duration::from_secs(60), "no hang");
 }
 

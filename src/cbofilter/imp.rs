@@ -1137,8 +1137,9 @@ impl CboFilter {
             .as_ref()
             .is_some_and(|c| c.connected());
         // The frame's JPEG size at the smallest resolution (~0.3 ms): the planner scales the
-        // profile's sizes by it.
-        let small_jpeg_bytes = driver.size_probe.as_ref().and_then(|probe| {
+        // profile's sizes by it. Not while offline: the frame stays on the device anyway.
+        let probe = driver.size_probe.as_ref().filter(|_| connected);
+        let small_jpeg_bytes = probe.and_then(|probe| {
             let frame =
                 gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), &info).ok()?;
             let mut probe = probe.lock().unwrap();
