@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what cbo needs on a fresh Debian 12 / Ubuntu 24.04 machine, and nothing that is there
-# already: GStreamer (dev packages and plugins), a Rust toolchain if missing, and the ONNX Runtime
-# shared library from the official `onnxruntime` PyPI wheel into .cache/onnxruntime/lib/.
-# Idempotent and quick when everything is in place. Run as root or with sudo available.
+# already: GStreamer (dev packages and the plugins that provide every element listed in
+# scripts/gst-elements.tsv, each of which is then checked to exist), a Rust toolchain if missing,
+# and the ONNX Runtime shared library from the official `onnxruntime` PyPI wheel into
+# .cache/onnxruntime/lib/. Idempotent and quick when everything is in place. Run as root or with
+# sudo available.
 set -euo pipefail
 
 ORT_VERSION=1.31.1
@@ -19,19 +21,32 @@ as_root() {
     fi
 }
 
-# Debian/Ubuntu packages: the GStreamer stack the plugin builds against and the plugins its
-# pipelines, tests and demo use (decodebin, H.264 decoders, x264enc/mp4mux for the overlay recipe,
-# the RTSP server library), libjpeg-turbo for the offload JPEG path, a font for the plots, plus the
-# build tools.
+# Debian/Ubuntu packages: the GStreamer stack the plugin builds against, the RTSP server library
+# the tests serve from, libjpeg-turbo for the offload JPEG path, PyGObject for the Python example,
+# a font for the plots, plus the build tools. The packages that provide the GStreamer *elements*
+# the project uses are not listed here: they come from scripts/gst-elements.tsv (element, package),
+# the one list of required elements, which is also checked element by element below.
 packages=(
     pkg-config build-essential curl ca-certificates python3 python3-pip
     libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
-    libgstrtspserver-1.0-dev
-    gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-    gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+    libgstrtspserver-1.0-dev gstreamer1.0-tools
     python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
     libturbojpeg0-dev fonts-dejavu-core
 )
+elements_tsv="$here/scripts/gst-elements.tsv"
+# element -> package, in the file's order.
+declare -A element_package=()
+elements=()
+while IFS=$'\t' read -r element package _; do
+    case "$element" in ''|'#'*) continue ;; esac
+    if [ -z "${package:-}" ]; then
+        say "$elements_tsv: element '$element' names no package"; exit 1
+    fi
+    elements+=("$element")
+    element_package[$element]=$package
+    case " ${packages[*]} " in *" $package "*) ;; *) packages+=("$package") ;; esac
+done <"$elements_tsv"
+
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -41,6 +56,21 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     as_root apt-get update -qq
     as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The promise is elements, not packages: a package can be installed while the element is not
+# there (another distribution splits plugins differently, a file was removed, a stale registry).
+absent=()
+for element in "${elements[@]}"; do
+    gst-inspect-1.0 --exists "$element" 2>/dev/null || absent+=("$element")
+done
+if [ ${#absent[@]} -gt 0 ]; then
+    for element in "${absent[@]}"; do
+        say "missing GStreamer element '$element': install the package '${element_package[$element]}'" \
+            "(apt-get install ${element_package[$element]}), or fix its line in scripts/gst-elements.tsv"
+    done
+    say "set-up incomplete: ${#absent[@]} GStreamer element(s) missing"
+    exit 1
 fi
 
 # Rust: the pinned toolchain needs rust-version 1.92 or newer.

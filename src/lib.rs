@@ -9,6 +9,7 @@ use gst::glib;
 pub mod calibration;
 mod cbofilter;
 pub mod cli;
+pub mod gstelements;
 pub mod inference;
 pub mod jpeg;
 pub mod meta;

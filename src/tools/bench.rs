@@ -143,7 +143,7 @@ fn filter_round(
 /// The error text of an error message; `None` for anything else (EOS).
 fn error_text(msg: &gst::Message) -> Option<String> {
     match msg.view() {
-        gst::MessageView::Error(e) => Some(e.error().to_string()),
+        gst::MessageView::Error(e) => Some(crate::gstelements::describe_error(e)),
         _ => None,
     }
 }

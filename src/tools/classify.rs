@@ -163,10 +163,7 @@ pub fn run(args: &ClassifyArgs) -> Result<ClassifySummary, String> {
         "{} ! cbofilter name=cbo ! fakesink sync=false",
         source_description(&args.input)
     );
-    let pipeline = gst::parse::launch(&desc)
-        .map_err(|e| format!("cannot build the pipeline: {e}"))?
-        .downcast::<gst::Pipeline>()
-        .expect("a pipeline");
+    let pipeline = crate::gstelements::launch_pipeline(&desc)?;
     let cbo = pipeline.by_name("cbo").expect("named in the description");
     for (name, value) in args.model.element_properties(&config) {
         cbo.set_property_from_str(name, &value);
@@ -241,7 +238,7 @@ pub fn run(args: &ClassifyArgs) -> Result<ClassifySummary, String> {
                 gst::MessageView::Error(e) => {
                     break Err(format!(
                         "{}{}",
-                        e.error(),
+                        crate::gstelements::describe_error(e),
                         e.debug().map(|d| format!(" ({d})")).unwrap_or_default()
                     ));
                 }
@@ -319,7 +316,7 @@ fn first_error(pipeline: &gst::Pipeline) -> Option<String> {
     let msg =
         bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])?;
     match msg.view() {
-        gst::MessageView::Error(e) => Some(e.error().to_string()),
+        gst::MessageView::Error(e) => Some(crate::gstelements::describe_error(e)),
         _ => None,
     }
 }

@@ -88,10 +88,7 @@ pub fn run(
             .map(|c| format!("calibration=\"{}\"", models.join(&c.file).display()))
             .unwrap_or_default()
     );
-    let pipeline = gst::parse::launch(&desc)
-        .map_err(|e| format!("cannot build the pipeline: {e}"))?
-        .downcast::<gst::Pipeline>()
-        .expect("a pipeline");
+    let pipeline = crate::gstelements::launch_pipeline(&desc)?;
     let cbo = pipeline.by_name("cbo").expect("named");
     let entered = Arc::new(Mutex::new(std::collections::VecDeque::<Instant>::new()));
     let results = Arc::new(Mutex::new(Vec::<(CboResult, f64)>::new()));
@@ -137,7 +134,7 @@ pub fn run(
         match msg.view() {
             gst::MessageView::Eos(_) => break,
             gst::MessageView::Error(err) => {
-                error = Some(err.error().to_string());
+                error = Some(crate::gstelements::describe_error(err));
                 break;
             }
             _ => {}

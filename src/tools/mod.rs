@@ -57,10 +57,7 @@ pub fn for_each_frame(
         return Err(format!("'{}' does not exist", path.display()));
     }
     let desc = format!("{} ! appsink name=sink sync=false", file_source(path));
-    let pipeline = gst::parse::launch(&desc)
-        .map_err(|e| format!("cannot build decoder pipeline: {e}"))?
-        .downcast::<gst::Pipeline>()
-        .expect("parse_launch of several elements gives a pipeline");
+    let pipeline = crate::gstelements::launch_pipeline(&desc)?;
     let sink = pipeline
         .by_name("sink")
         .expect("sink is in the description")
@@ -90,7 +87,7 @@ pub fn for_each_frame(
                 let err =
                     bus.pop_filtered(&[gst::MessageType::Error])
                         .and_then(|m| match m.view() {
-                            gst::MessageView::Error(e) => Some(e.error().to_string()),
+                            gst::MessageView::Error(e) => Some(crate::gstelements::describe_error(e)),
                             _ => None,
                         });
                 break match err {

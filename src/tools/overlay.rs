@@ -55,10 +55,7 @@ pub fn run(args: &OverlayArgs) -> Result<u64, String> {
         super::file_source(&args.input),
         args.output.display().to_string().replace('"', "\\\"")
     );
-    let pipeline = gst::parse::launch(&desc)
-        .map_err(|e| format!("cannot build the pipeline: {e}"))?
-        .downcast::<gst::Pipeline>()
-        .expect("a pipeline");
+    let pipeline = crate::gstelements::launch_pipeline(&desc)?;
     let cbo = pipeline.by_name("cbo").expect("named");
     for (name, value) in args.model.element_properties(&config) {
         cbo.set_property_from_str(name, &value);
@@ -94,7 +91,7 @@ pub fn run(args: &OverlayArgs) -> Result<u64, String> {
         match msg.view() {
             gst::MessageView::Eos(_) => break,
             gst::MessageView::Error(e) => {
-                result = Err(format!("{}", e.error()));
+                result = Err(crate::gstelements::describe_error(e));
                 break;
             }
             gst::MessageView::Warning(w) => eprintln!("warning: {}", w.error()),

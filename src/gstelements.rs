@@ -1,0 +1,128 @@
+//! The GStreamer elements cbo builds by name, and which distribution package provides each.
+//!
+//! The list is `scripts/gst-elements.tsv`, read here at build time, so the set-up script (which
+//! installs and checks those packages), the tools' error messages and `tests/setup_elements.rs`
+//! (which fails when a pipeline uses an element missing from the list) all share one list.
+
+/// `scripts/gst-elements.tsv`: `element<TAB>package<TAB>used by`, `#` comments.
+const ELEMENTS_TSV: &str = include_str!("../scripts/gst-elements.tsv");
+
+/// The required elements and their packages, in the file's order.
+pub fn required() -> impl Iterator<Item = (&'static str, &'static str)> {
+    ELEMENTS_TSV
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut fields = l.split('\t');
+            Some((fields.next()?.trim(), fields.next()?.trim()))
+        })
+}
+
+/// The Debian 12 / Ubuntu 24.04 package that provides `element`, if cbo uses it.
+pub fn providing_package(element: &str) -> Option<&'static str> {
+    required().find(|(e, _)| *e == element).map(|(_, p)| p)
+}
+
+/// What to tell a user whose GStreamer lacks `element`.
+pub fn missing_element_message(element: &str) -> String {
+    match providing_package(element) {
+        Some(package) => format!(
+            "GStreamer element \"{element}\" is missing: install the package '{package}' \
+             (apt-get install {package}; `make setup` installs everything cbo needs)"
+        ),
+        None => format!(
+            "GStreamer element \"{element}\" is missing (no plugin on this system provides it; \
+             `gst-inspect-1.0 {element}` confirms)"
+        ),
+    }
+}
+
+/// `gst::parse::launch` for a pipeline description, with an error that names the package of
+/// a missing element instead of GStreamer's bare `no element "X"`.
+pub fn launch_pipeline(desc: &str) -> Result<gst::Pipeline, String> {
+    let element = gst::parse::launch(desc).map_err(|e| {
+        let text = e.to_string();
+        match missing_element_name(&text) {
+            Some(name) => format!("cannot build the pipeline: {}", missing_element_message(name)),
+            None => format!("cannot build the pipeline: {text}"),
+        }
+    })?;
+    element
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| format!("cannot build the pipeline: '{desc}' is a single element"))
+}
+
+/// The element named in GStreamer's parse error `no element "NAME"`.
+fn missing_element_name(error: &str) -> Option<&str> {
+    let rest = &error[error.find("no element \"")? + "no element \"".len()..];
+    Some(&rest[..rest.find('"')?])
+}
+
+/// A hint for a pipeline error that means a decoder or demuxer is missing (decodebin posts
+/// "Your GStreamer installation is missing a plug-in"): the packages that provide the decoders
+/// cbo's clips and streams need. `None` for other errors.
+pub fn missing_plugin_hint(error: &str) -> Option<String> {
+    if !error.contains("missing a plug-in") && !error.contains("No decoder available") {
+        return None;
+    }
+    let packages: Vec<&str> = ["avdec_h264", "h264parse", "qtdemux"]
+        .iter()
+        .filter_map(|e| providing_package(e))
+        .collect();
+    Some(format!(
+        "a decoder is missing: H.264 clips and RTSP streams need the packages {} \
+         (`make setup` installs them)",
+        packages.join(", ")
+    ))
+}
+
+/// A pipeline error message's text, followed by the package hint when it means a missing decoder.
+pub fn describe_error(error: &gst::message::Error) -> String {
+    let text = error.error().to_string();
+    match missing_plugin_hint(&text) {
+        Some(hint) => format!("{text} ({hint})"),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_parses_and_names_a_package_for_every_element() {
+        let all: Vec<_> = required().collect();
+        assert!(all.len() > 20, "{all:?}");
+        for (element, package) in &all {
+            assert!(!element.is_empty() && !package.is_empty(), "{element}: {package}");
+            assert!(!element.contains(' ') && !package.contains(' '));
+        }
+        assert_eq!(providing_package("textoverlay"), Some("gstreamer1.0-x"));
+        assert_eq!(providing_package("x264enc"), Some("gstreamer1.0-plugins-ugly"));
+        assert_eq!(providing_package("cbofilter"), None);
+    }
+
+    #[test]
+    fn a_parse_error_names_the_element_and_its_package() {
+        assert_eq!(
+            missing_element_name("no element \"textoverlay\""),
+            Some("textoverlay")
+        );
+        assert_eq!(missing_element_name("syntax error"), None);
+        let m = missing_element_message("textoverlay");
+        assert!(m.contains("textoverlay") && m.contains("gstreamer1.0-x"), "{m}");
+        let m = missing_element_message("nosuchthing");
+        assert!(m.contains("nosuchthing") && m.contains("no plugin"), "{m}");
+    }
+
+    #[test]
+    fn launching_with_an_unknown_element_names_it() {
+        gst::init().unwrap();
+        let err = launch_pipeline("videotestsrc ! cbo-surely-not-an-element ! fakesink")
+            .unwrap_err();
+        assert!(err.contains("cbo-surely-not-an-element"), "{err}");
+        let hint = missing_plugin_hint("Your GStreamer installation is missing a plug-in.").unwrap();
+        assert!(hint.contains("gstreamer1.0-libav"), "{hint}");
+        assert!(missing_plugin_hint("Internal data stream error.").is_none());
+    }
+}
