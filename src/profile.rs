@@ -243,6 +243,24 @@ impl Profile {
         (bin.server_accuracy[r] * n + overall * PRIOR_FRAMES) / (n + PRIOR_FRAMES)
     }
 
+    /// What sending a frame of calibrated confidence `confidence` at resolution `r` is expected
+    /// to gain over keeping the device's label, `z` standard errors below the profile's estimate.
+    ///
+    /// The estimate is paired within the confidence bin (server accuracy minus device accuracy
+    /// on the same frames), shrunk towards no gain by [`PRIOR_FRAMES`] pseudo-frames, so a thin
+    /// bin promises little. Its standard error uses the variance of the per-frame difference of
+    /// two right/wrong outcomes (at most the share of frames on which they differ) over the
+    /// bin's frames. Video frames are correlated (a scene is many alike frames), so the bin's
+    /// `n` overstates the independent evidence; `z` (chosen by cross-validation) absorbs that.
+    pub fn gain_lower_bound(&self, confidence: f64, r: usize, z: f64) -> f64 {
+        let bin = &self.bins[bin_of(confidence)];
+        let n = bin.n as f64;
+        let (a, b) = (bin.server_accuracy[r], bin.device_accuracy);
+        let shrunk = (a - b) * n / (n + PRIOR_FRAMES);
+        let var = (a * (1.0 - b) + b * (1.0 - a) - (a - b).powi(2)).max(0.0);
+        shrunk - z * (var / (n + PRIOR_FRAMES)).sqrt()
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a profile serialises")
     }

@@ -131,6 +131,11 @@ impl LinkQueue {
         &self.trace
     }
 
+    /// When the last byte accepted so far crosses the link.
+    pub fn busy_until_ms(&self) -> u64 {
+        self.busy_until_ms
+    }
+
     /// Bytes waiting at `now_ms`: those assigned to opportunities at or after `now_ms` (the ones
     /// before have crossed), less the unused part of the last assigned opportunity.
     pub fn backlog_bytes(&self, now_ms: u64) -> u64 {

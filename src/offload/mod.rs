@@ -9,3 +9,4 @@ pub mod planner;
 pub mod policy;
 pub mod reuse;
 pub mod sim;
+pub mod summary;

@@ -39,27 +39,44 @@
 //! get that frame's answer, right with probability `A(p_j, r_j)` (weighted by the recent share of
 //! answers that arrived, until it has).
 
-use crate::profile::Profile;
+use std::sync::Arc;
 
-/// Throughput samples the bandwidth estimate looks at, and the percentile of them it uses.
-const SAMPLES: usize = 10;
-const PERCENTILE: usize = 10;
-/// Samples older than this no longer describe the link.
+use crate::profile::Profile;
+use crate::trace::{LinkQueue, MTU, Trace};
+
+/// Delivery records (per-request throughput, or its upper bound for a request that failed) the
+/// link estimate keeps.
+const SAMPLES: usize = 20;
+/// Records older than this no longer describe the link.
 const SAMPLE_AGE_MS: f64 = 10_000.0;
+/// The quantile of recent throughput FastVA plans with (its paper uses the recent throughput;
+/// a low quantile keeps its deadline misses comparable).
+pub const FASTVA_QUANTILE: f64 = 0.1;
 
 /// Link-time resolution of the planner's dynamic programme.
 pub const TIME_STEP_MS: f64 = 2.0;
-/// Smallest expected accuracy gain worth a transfer: the profile's per-bin accuracies carry
-/// a few points of sampling noise, and a transfer that gains less only takes link time (and
-/// deadline risk) from frames that gain more. Tuned on the dev clip and traces.
-pub const MIN_GAIN: f64 = 0.03;
-/// Safety margin on every deadline.
+/// Safety margin on every deadline: timer granularity and the encoder's variation.
 pub const MARGIN_MS: f64 = 10.0;
-/// And a margin in proportion to the transfer's own predicted link time: the estimate is a
-/// low percentile of recent throughput, yet a cellular uplink still delivers a given transfer
-/// up to ~30 % slower than it (bursty grants, frames larger than predicted). Tuned on the dev
-/// traces for a deadline-miss rate under 1 %.
-pub const TRANSFER_SLACK: f64 = 0.3;
+
+/// The cbo planner's two constants. Both have a meaning, and both are chosen by
+/// leave-one-source-out cross-validation over the trace corpus and the dev clips
+/// (`cbo eval --cv`, docs/evaluation.md), never on the traces they are reported on.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CboParams {
+    /// A transfer is planned only when the probability that its answer arrives by the frame's
+    /// deadline ([`LinkEstimate::arrival_probability`]) is at least this: a miss gains nothing
+    /// and holds the frame until its deadline.
+    pub min_arrival: f64,
+    /// The gain of a transfer is taken `gain_z` standard errors below the profile's estimate
+    /// ([`Profile::gain_lower_bound`]): the profile comes from one clip, other content gains less.
+    pub gain_z: f64,
+}
+
+/// The constants the element and `cbo eval` use (chosen by `cbo eval --cv` on the dev grid).
+pub const DEFAULT_PARAMS: CboParams = CboParams {
+    min_arrival: 0.9,
+    gain_z: 1.0,
+};
 
 /// What to do with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,16 +135,26 @@ pub trait Planner: Send {
 /// Link estimates shared by the adaptive policies.
 #[derive(Debug, Clone)]
 pub struct LinkEstimate {
-    /// Bytes per ms the planners plan with: a low percentile of recent samples, because a
-    /// cellular uplink's capacity swings several-fold within a second and an optimistic
-    /// estimate turns straight into deadline misses.
+    /// Bytes per ms the planners charge for link time: the [`Self::quantile`] of recent
+    /// delivery records, because a cellular uplink's capacity swings several-fold within a
+    /// second and an optimistic estimate turns straight into deadline misses.
     pub bandwidth: f64,
-    /// Recent per-request throughput samples (time, bytes per ms), newest last.
+    /// Which quantile of the records [`Self::bandwidth`] is (0.1: exceeded 90 % of the time).
+    quantile: f64,
+    /// Recent per-request delivery records (time, bytes per ms), newest last. A request that
+    /// failed contributes the upper bound its failure proves.
     samples: std::collections::VecDeque<(f64, f64)>,
     /// Recent transport RTT samples (time, ms), newest last.
     rtts: std::collections::VecDeque<(f64, f64)>,
-    /// Where the estimate starts, and returns to once every sample is stale: a probe.
+    /// Where the estimate starts, and returns to once every sample is stale: a probe. It also
+    /// counts as one record in [`Self::arrival_probability`] (a prior of weight one).
     initial: f64,
+    /// The bound the oldest unanswered request proves at the last refresh, if it is below the
+    /// records' quantile (an outage shows up here long before any answer does).
+    overdue: Option<f64>,
+    /// The latest failed request (time, the throughput bound its failure proves), until an
+    /// answer or [`SAMPLE_AGE_MS`] has passed: the newest evidence about the link.
+    last_failure: Option<(f64, f64)>,
     /// Typical server time, from answers.
     server_ms: f64,
     pub rtt_ms: f64,
@@ -144,9 +171,12 @@ impl LinkEstimate {
     pub fn new(initial_bps: f64, rtt_ms: f64) -> Self {
         Self {
             bandwidth: initial_bps / 8.0 / 1000.0,
+            quantile: FASTVA_QUANTILE,
             samples: std::collections::VecDeque::new(),
             rtts: std::collections::VecDeque::new(),
             initial: initial_bps / 8.0 / 1000.0,
+            overdue: None,
+            last_failure: None,
             server_ms: 0.0,
             rtt_ms,
             size_ratio: 1.0,
@@ -154,6 +184,64 @@ impl LinkEstimate {
             last_completion_ms: f64::NEG_INFINITY,
             sent: Vec::new(),
         }
+    }
+
+    /// Plans link time with the `quantile` of recent throughput.
+    pub fn with_quantile(mut self, quantile: f64) -> Self {
+        self.quantile = quantile.clamp(0.0, 1.0);
+        self
+    }
+
+    /// The rates [`Self::arrival_probability`] weighs, each with weight one: the recent records
+    /// and the initial estimate (a prior).
+    ///
+    /// Records are not independent draws: a link that is slow now stays slow for a while. So
+    /// the newest evidence that it is slow (a request overdue now, or a failure after the last
+    /// answer) caps every record: the link is taken to be no faster than that bound until an
+    /// answer says otherwise, as the bound caps [`Self::bandwidth`].
+    fn rates(&self) -> impl Iterator<Item = f64> + '_ {
+        let cap = self
+            .overdue
+            .unwrap_or(f64::INFINITY)
+            .min(self.last_failure.map_or(f64::INFINITY, |f| f.1));
+        self.samples
+            .iter()
+            .map(|s| s.1)
+            .chain(std::iter::once(self.initial))
+            .map(move |r| r.min(cap))
+    }
+
+    /// The probability that `bytes` handed to the uplink now, behind what is queued, are
+    /// answered within `available_ms` (deadline − start − RTT − server time − encode − margin),
+    /// estimated from this connection's delivery record: the share of recent requests whose
+    /// throughput would have carried them in time. A failed request counts at the upper bound
+    /// its failure proves (an outage: close to zero), the initial estimate as one more record,
+    /// and an unanswered request overdue by now caps them all.
+    pub fn arrival_probability(&self, bytes: f64, available_ms: f64) -> f64 {
+        if available_ms <= 0.0 {
+            return 0.0;
+        }
+        let need = bytes / available_ms;
+        let (mut ok, mut n) = (0usize, 0usize);
+        for r in self.rates() {
+            n += 1;
+            ok += usize::from(r >= need);
+        }
+        ok as f64 / n as f64
+    }
+
+    /// The latest times (as link-time offsets from `t0`, in ms) at which `bytes` may start and
+    /// still arrive within a deadline `deadline_after_ms` after `t0` (already net of RTT, server
+    /// and encode time), one per record, sorted latest first: the arrival probability of a start
+    /// `s` ms after `t0` is the share of these that are ≥ `s`. Lets the planner tabulate the
+    /// probability over every start time in one sweep.
+    fn latest_starts(&self, bytes: f64, deadline_after_ms: f64, out: &mut Vec<f64>) {
+        out.clear();
+        out.extend(
+            self.rates()
+                .map(|r| deadline_after_ms - bytes / r.max(1e-9)),
+        );
+        out.sort_by(|a, b| b.total_cmp(a));
     }
 
     /// A transport RTT sample. The planner uses the minimum of the last [`SAMPLE_AGE_MS`]: the
@@ -184,10 +272,10 @@ impl LinkEstimate {
         self.link_free_ms
     }
 
-    /// Recomputes the estimate at `now`: the low percentile of fresh samples, capped by what an
+    /// Recomputes the estimate at `now`: the quantile of fresh records, capped by what an
     /// overdue request proves. The oldest unanswered request has not finished uploading by
     /// `now − RTT − server time`; if that is longer than the estimate allowed, the link is slower
-    /// than estimated (an outage shows up here long before any answer does).
+    /// than estimated.
     pub fn refresh(&mut self, now: f64) {
         while self
             .samples
@@ -196,18 +284,26 @@ impl LinkEstimate {
         {
             self.samples.pop_front();
         }
+        self.overdue = None;
+        if self
+            .last_failure
+            .is_some_and(|(t, _)| now - t > SAMPLE_AGE_MS)
+        {
+            self.last_failure = None;
+        }
         self.bandwidth = if self.samples.is_empty() {
             self.initial
         } else {
             let mut sorted: Vec<f64> = self.samples.iter().map(|s| s.1).collect();
             sorted.sort_by(f64::total_cmp);
-            sorted[(sorted.len() - 1) * PERCENTILE / 100]
+            sorted[((sorted.len() - 1) as f64 * self.quantile).floor() as usize]
         };
         let outstanding: f64 = self.sent.iter().map(|s| s.2).sum();
         if let Some(&(_, sent, bytes)) = self.sent.first() {
             let busy = now - self.rtt_ms - self.server_ms - sent.max(self.last_completion_ms);
             if busy > bytes / self.bandwidth.max(1e-6) {
                 self.bandwidth = (bytes / busy).max(1e-3);
+                self.overdue = Some(self.bandwidth);
                 self.link_free_ms = now + outstanding / self.bandwidth;
                 return;
             }
@@ -217,8 +313,9 @@ impl LinkEstimate {
             .link_free_ms
             .min(now + outstanding / self.bandwidth.max(1e-6));
     }
-
     pub fn on_answer(&mut self, a: &AnswerIn, predicted_bytes: Option<f64>) {
+        // A request answered: the link carries again; what failed before is history.
+        self.last_failure = None;
         self.server_ms = if self.server_ms == 0.0 {
             a.server_ms
         } else {
@@ -256,6 +353,9 @@ impl LinkEstimate {
             let busy = now - self.rtt_ms - self.server_ms - sent_ms.max(self.last_completion_ms);
             if busy > 0.5 {
                 self.push_sample(now, bytes / busy);
+                let bound = bytes / busy;
+                let cap = self.last_failure.map_or(bound, |f| f.1.min(bound));
+                self.last_failure = Some((now, cap));
             }
         }
         self.refresh(now);
@@ -291,12 +391,35 @@ fn options(profile: &Profile) -> Vec<Option_> {
         .collect()
 }
 
+/// The future link capacity, known exactly: the `link-oracle` bound of `cbo eval` plans with it
+/// instead of the estimate, and otherwise as `cbo` does (calibrated confidence and the profile,
+/// not which frames the device gets wrong). Evaluation only.
+struct LinkOracle {
+    trace: Arc<Trace>,
+    /// Our own transfers on that link (predicted bytes): when it is free again.
+    queue: LinkQueue,
+}
+
+impl LinkOracle {
+    /// When `bytes` handed to the link at `start_ms`, behind nothing, have crossed.
+    fn done(&self, start_ms: f64, bytes: f64) -> f64 {
+        let k = self
+            .trace
+            .first_at_or_after(start_ms.max(0.0).ceil() as u64)
+            + ((bytes / MTU as f64).ceil() as u64).max(1)
+            - 1;
+        self.trace.time_of(k) as f64
+    }
+}
+
 /// The CBO planner (see the module docs).
 pub struct CboPlanner {
     profile: Profile,
+    params: CboParams,
     opts: Vec<Option_>,
     shorts: Vec<u32>,
     pub link: LinkEstimate,
+    oracle: Option<LinkOracle>,
     /// Frames waiting for a decision, in arrival order.
     waiting: Vec<FrameIn>,
     /// Bytes predicted for sent frames (for the size-ratio estimate).
@@ -328,15 +451,25 @@ struct ReuseSource {
     answered: bool,
 }
 
+/// One planned transfer option: its link steps from a start state, and its value there.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    end: usize,
+    value: f64,
+}
+
 impl CboPlanner {
     pub fn new(profile: Profile, initial_bps: f64, rtt_ms: f64) -> Self {
         let opts = options(&profile);
         let shorts = opts.iter().map(|o| o.short_side).collect();
         Self {
             profile,
+            params: DEFAULT_PARAMS,
             opts,
             shorts,
-            link: LinkEstimate::new(initial_bps, rtt_ms),
+            link: LinkEstimate::new(initial_bps, rtt_ms)
+                .with_quantile(1.0 - DEFAULT_PARAMS.min_arrival),
+            oracle: None,
             waiting: Vec::new(),
             predicted: Vec::new(),
             server_scale: 1.0,
@@ -348,10 +481,29 @@ impl CboPlanner {
         }
     }
 
+    /// Plans with other constants than [`DEFAULT_PARAMS`] (cross-validation).
+    pub fn with_params(mut self, params: CboParams) -> Self {
+        self.params = params;
+        self.link = self.link.with_quantile(1.0 - params.min_arrival);
+        self
+    }
+
     /// Plans for an element that reuses answers within `window_ms` ([`super::reuse`]).
     pub fn with_reuse(mut self, window_ms: f64) -> Self {
         self.reuse_window_ms = Some(window_ms);
         self
+    }
+
+    /// The `link-oracle` bound: knows the capacity of `trace` (the link it will be replayed on)
+    /// exactly instead of estimating it. Evaluation only.
+    pub fn with_link_oracle(mut self, trace: Arc<Trace>) -> Self {
+        let queue = LinkQueue::new((*trace).clone(), u64::MAX / 4);
+        self.oracle = Some(LinkOracle { trace, queue });
+        self
+    }
+
+    pub fn params(&self) -> CboParams {
+        self.params
     }
 
     /// What keeping frame `f` on the device is worth: its confidence, or the expected accuracy
@@ -372,8 +524,21 @@ impl CboPlanner {
         }
     }
 
+    /// Expected right labels gained by an answer for `f` at `r` over keeping it, if it arrives:
+    /// the server's accuracy on such frames (the device's confidence plus the profile's gain,
+    /// taken at its lower bound) minus what keeping it is worth.
     fn gain(&self, f: &FrameIn, r: usize) -> f64 {
-        self.profile.server_accuracy(f.confidence, r) - self.keep_value(f)
+        self.server_value(f.confidence, r) - self.keep_value(f)
+    }
+
+    /// The probability that the server's answer at `r` is right for a frame of calibrated
+    /// confidence `confidence`: that confidence plus the profile's gain at its lower bound.
+    fn server_value(&self, confidence: f64, r: usize) -> f64 {
+        (confidence
+            + self
+                .profile
+                .gain_lower_bound(confidence, r, self.params.gain_z))
+        .clamp(0.0, 1.0)
     }
 
     /// Predicted JPEG bytes of frame `f` at `r` before the stream's correction: the profile's
@@ -391,18 +556,78 @@ impl CboPlanner {
         self.predicted_bytes(f, r) * self.link.size_ratio
     }
 
-    /// Link time (ms) of frame `f` at resolution `r`, and the fixed time after the upload.
-    fn costs(&self, f: &FrameIn, r: usize) -> (f64, f64) {
+    /// The time a transfer of `f` at `r` needs besides its upload: encode, RTT, server, margin.
+    fn fixed_ms(&self, r: usize) -> f64 {
         let o = &self.opts[r];
-        let tx = self.bytes(f, r) / self.link.bandwidth.max(1e-6);
-        (
-            tx,
-            self.link.rtt_ms
-                + o.server_ms * self.server_scale
-                + o.encode_ms
-                + MARGIN_MS
-                + TRANSFER_SLACK * tx,
-        )
+        o.encode_ms + self.link.rtt_ms + o.server_ms * self.server_scale + MARGIN_MS
+    }
+
+    /// Per waiting frame and resolution, for every start state `s` (the link free at
+    /// `t0 + s · TIME_STEP_MS`): where the transfer leaves the link and what it is worth there,
+    /// `None` where it is not worth planning (gain ≤ 0, or arrival less likely than
+    /// [`CboParams::min_arrival`]).
+    ///
+    /// Estimated link: it occupies `bytes / bandwidth` of link time (the estimate's quantile),
+    /// and is worth `P(arrives) · gain`, `P` from the start on ([`LinkEstimate`]): the expected
+    /// number of right labels it adds, since a frame whose answer misses keeps the device label.
+    /// Link oracle: the trace says exactly when it crosses; worth `gain` if that is in time.
+    fn option_table(&self, t0: f64, steps: usize) -> Vec<Vec<Vec<Option<Step>>>> {
+        let mut starts = Vec::new();
+        self.waiting
+            .iter()
+            .map(|f| {
+                (0..self.opts.len())
+                    .map(|r| {
+                        let mut row = vec![None; steps];
+                        let gain = self.gain(f, r);
+                        if gain <= 0.0 {
+                            return row;
+                        }
+                        let bytes = self.bytes(f, r);
+                        let fixed = self.fixed_ms(r);
+                        let encode = self.opts[r].encode_ms;
+                        if let Some(o) = &self.oracle {
+                            for (s, cell) in row.iter_mut().enumerate() {
+                                let start = t0 + s as f64 * TIME_STEP_MS;
+                                let done = o.done(start + encode, bytes);
+                                if done + fixed - encode > f.deadline_ms {
+                                    break;
+                                }
+                                let end = (((done - t0) / TIME_STEP_MS).ceil() as usize).max(s + 1);
+                                if end < steps {
+                                    *cell = Some(Step { end, value: gain });
+                                }
+                            }
+                            return row;
+                        }
+                        let cost = ((bytes / self.link.bandwidth.max(1e-6) / TIME_STEP_MS).ceil()
+                            as usize)
+                            .max(1);
+                        self.link
+                            .latest_starts(bytes, f.deadline_ms - t0 - fixed, &mut starts);
+                        let n = starts.len() as f64;
+                        let mut ok = starts.len();
+                        for (s, cell) in row.iter_mut().enumerate() {
+                            let start = s as f64 * TIME_STEP_MS;
+                            while ok > 0 && starts[ok - 1] < start {
+                                ok -= 1;
+                            }
+                            let p = ok as f64 / n;
+                            if p < self.params.min_arrival {
+                                break;
+                            }
+                            if s + cost < steps {
+                                *cell = Some(Step {
+                                    end: s + cost,
+                                    value: p * gain,
+                                });
+                            }
+                        }
+                        row
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// Solves the knapsack over the waiting frames starting with the link free at `t0`;
@@ -422,26 +647,13 @@ impl CboPlanner {
             return vec![None; n];
         }
         let steps = (horizon / TIME_STEP_MS).ceil() as usize + 1;
+        let table = self.option_table(t0, steps);
         const NONE: f64 = f64::NEG_INFINITY;
-        // best[k][s]: max gain of the first k frames using s steps of link time.
+        // best[k][s]: max expected gain of the first k frames with the link free from step s.
         let mut best = vec![vec![NONE; steps]; n + 1];
-        let mut choice = vec![vec![None::<usize>; steps]; n + 1];
+        let mut choice = vec![vec![None::<(usize, usize)>; steps]; n + 1];
         best[0][0] = 0.0;
-        // Per waiting frame and resolution: link steps and the time after the upload.
-        let costs: Vec<Vec<(usize, f64)>> = self
-            .waiting
-            .iter()
-            .map(|f| {
-                (0..self.opts.len())
-                    .map(|r| {
-                        let (tx, after) = self.costs(f, r);
-                        (((tx / TIME_STEP_MS).ceil() as usize).max(1), after)
-                    })
-                    .collect()
-            })
-            .collect();
-        for (k, f) in self.waiting.iter().enumerate() {
-            let gains: Vec<f64> = (0..self.opts.len()).map(|r| self.gain(f, r)).collect();
+        for k in 0..n {
             for s in 0..steps {
                 let v = best[k][s];
                 if v == NONE {
@@ -452,22 +664,12 @@ impl CboPlanner {
                     best[k + 1][s] = v;
                     choice[k + 1][s] = None;
                 }
-                for (r, &(cost, after)) in costs[k].iter().enumerate() {
-                    if gains[r] <= MIN_GAIN {
-                        continue;
-                    }
-                    let s2 = s + cost;
-                    if s2 >= steps {
-                        continue;
-                    }
-                    let done = t0 + s2 as f64 * TIME_STEP_MS;
-                    if done + after > f.deadline_ms {
-                        continue;
-                    }
-                    let v2 = v + gains[r];
-                    if v2 > best[k + 1][s2] {
-                        best[k + 1][s2] = v2;
-                        choice[k + 1][s2] = Some(r);
+                for (r, row) in table[k].iter().enumerate() {
+                    let Some(step) = row[s] else { continue };
+                    let v2 = v + step.value;
+                    if v2 > best[k + 1][step.end] {
+                        best[k + 1][step.end] = v2;
+                        choice[k + 1][step.end] = Some((r, s));
                     }
                 }
             }
@@ -480,29 +682,59 @@ impl CboPlanner {
             );
         let mut out = vec![None; n];
         for k in (1..=n).rev() {
-            let c = choice[k][s];
-            out[k - 1] = c;
-            if let Some(r) = c {
-                s -= costs[k - 1][r].0;
+            if let Some((r, from)) = choice[k][s] {
+                out[k - 1] = Some(r);
+                s = from;
             }
         }
         out
     }
 
-    /// Latest time frame `f` could still start uploading at its best-fitting option.
+    /// Whether some option could still serve `f` if its upload started at `t0`.
+    fn servable_from(&self, f: &FrameIn, t0: f64) -> bool {
+        (0..self.opts.len()).any(|r| {
+            let bytes = self.bytes(f, r);
+            let fixed = self.fixed_ms(r);
+            match &self.oracle {
+                Some(o) => {
+                    let encode = self.opts[r].encode_ms;
+                    o.done(t0 + encode, bytes) + fixed - encode <= f.deadline_ms
+                }
+                None => {
+                    self.link
+                        .arrival_probability(bytes, f.deadline_ms - t0 - fixed)
+                        >= self.params.min_arrival
+                }
+            }
+        })
+    }
+
+    /// Latest time frame `f` could still start uploading at its best-fitting option, at the
+    /// planned bandwidth (a wake-up time; the decision itself is [`Self::servable_from`]).
     fn last_chance(&self, f: &FrameIn) -> f64 {
         (0..self.opts.len())
             .map(|r| {
-                let (tx, after) = self.costs(f, r);
-                f.deadline_ms - after - tx
+                f.deadline_ms - self.fixed_ms(r) - self.bytes(f, r) / self.link.bandwidth.max(1e-6)
             })
             .fold(f64::NEG_INFINITY, f64::max)
+    }
+
+    /// When the link is free for the next transfer.
+    fn link_free_ms(&self) -> f64 {
+        match &self.oracle {
+            Some(o) => o.queue.busy_until_ms() as f64,
+            None => self.link.link_free_ms,
+        }
     }
 }
 
 impl Planner for CboPlanner {
     fn name(&self) -> &'static str {
-        "cbo"
+        if self.oracle.is_some() {
+            "link-oracle"
+        } else {
+            "cbo"
+        }
     }
 
     fn on_frame(&mut self, frame: FrameIn) {
@@ -540,14 +772,16 @@ impl Planner for CboPlanner {
         let mut actions = Vec::new();
         loop {
             // Frames no option can serve any more, or that nothing improves, leave now.
-            let t0 = self.link.link_free_ms.max(now);
+            let t0 = self.link_free_ms().max(now);
             let plan = self.plan(t0);
             let mut kept_any = false;
             let mut keep = vec![false; self.waiting.len()];
             for (k, f) in self.waiting.iter().enumerate() {
-                let hopeless = self.last_chance(f) < t0;
-                let useless = (0..self.opts.len()).all(|r| self.gain(f, r) <= MIN_GAIN);
-                if plan[k].is_none() && (hopeless || useless) {
+                if plan[k].is_some() {
+                    continue;
+                }
+                let useless = (0..self.opts.len()).all(|r| self.gain(f, r) <= 0.0);
+                if useless || !self.servable_from(f, t0) {
                     keep[k] = true;
                     kept_any = true;
                 }
@@ -569,12 +803,12 @@ impl Planner for CboPlanner {
             // Commit the first planned frame when the link is (about to be) free.
             let first = plan.iter().position(|c| c.is_some());
             if let Some(k) = first
-                && self.link.link_free_ms <= now + TIME_STEP_MS
+                && self.link_free_ms() <= now + TIME_STEP_MS
             {
                 let r = plan[k].expect("position found a Some");
                 let f = self.waiting.remove(k);
                 if let Some(run) = self.run_of.remove(&f.id) {
-                    let accuracy = self.profile.server_accuracy(f.confidence, r);
+                    let accuracy = self.server_value(f.confidence, r);
                     self.source = Some(ReuseSource {
                         id: f.id,
                         run,
@@ -585,6 +819,10 @@ impl Planner for CboPlanner {
                 }
                 let bytes = self.bytes(&f, r);
                 self.link.on_send(f.id, now, bytes);
+                if let Some(o) = &mut self.oracle {
+                    let enqueue = (now + self.opts[r].encode_ms).ceil() as u64;
+                    o.queue.send(enqueue, bytes.round() as u64);
+                }
                 self.predicted.push((f.id, self.predicted_bytes(&f, r)));
                 actions.push((f.id, Action::Send { resolution: r }));
                 continue;
@@ -595,17 +833,15 @@ impl Planner for CboPlanner {
     }
 
     fn next_wakeup(&self) -> Option<f64> {
+        if self.waiting.is_empty() {
+            return None;
+        }
         let chance = self
             .waiting
             .iter()
             .map(|f| self.last_chance(f))
             .fold(f64::INFINITY, f64::min);
-        let link = if self.waiting.is_empty() {
-            f64::INFINITY
-        } else {
-            self.link.link_free_ms
-        };
-        let t = chance.min(link);
+        let t = chance.min(self.link_free_ms());
         t.is_finite().then_some(t)
     }
 
@@ -934,21 +1170,24 @@ mod tests {
             }
             let t0 = 50.0 * rand();
             let plan = p.plan(t0);
+            // The same options the planner sees (link steps and expected gain per start
+            // state); the brute force tries every combination of them in arrival order.
+            let horizon = p
+                .waiting
+                .iter()
+                .map(|f| f.deadline_ms)
+                .fold(f64::NEG_INFINITY, f64::max)
+                - t0;
+            let steps = (horizon / TIME_STEP_MS).ceil() as usize + 1;
+            let table = p.option_table(t0, steps);
             let value = |choice: &[Option<usize>]| -> Option<f64> {
-                let mut steps = 0usize;
+                let mut s = 0usize;
                 let mut total = 0.0;
-                for (f, c) in p.waiting.iter().zip(choice) {
+                for (k, c) in choice.iter().enumerate() {
                     let Some(r) = *c else { continue };
-                    let gain = p.gain(f, r);
-                    if gain <= MIN_GAIN {
-                        return None;
-                    }
-                    let (tx, after) = p.costs(f, r);
-                    steps += ((tx / TIME_STEP_MS).ceil() as usize).max(1);
-                    if t0 + steps as f64 * TIME_STEP_MS + after > f.deadline_ms {
-                        return None;
-                    }
-                    total += gain;
+                    let step = table[k][r][s]?;
+                    total += step.value;
+                    s = step.end;
                 }
                 Some(total)
             };

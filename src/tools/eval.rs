@@ -8,13 +8,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::Digest;
 
-use crate::offload::planner::{CboPlanner, Planner, Rule, RulePlanner};
+use crate::offload::planner::{CboParams, CboPlanner, DEFAULT_PARAMS, Planner, Rule, RulePlanner};
 use crate::offload::sim::{
     SimConfig, SimFrame, SimResult, SimReuse, SimServer, clairvoyant, simulate,
 };
+use crate::offload::summary::{PolicySummary, summarise};
 use crate::profile::{FrameObservation, Profile};
 use crate::tools::dataset::InputArgs;
 use crate::tools::profile::{ProfileArgs, measure};
@@ -31,21 +33,21 @@ pub const E2E_POLICIES: [&str; 7] = [
     "cbo+reuse",
 ];
 
-pub const ALL_POLICIES: &str =
-    "local,all,threshold,threshold-raw,fastva,cbo,clairvoyant,cbo+reuse,clairvoyant+reuse";
+pub const ALL_POLICIES: &str = "local,all,threshold,threshold-raw,fastva,cbo,link-oracle,clairvoyant,\
+     cbo+reuse,link-oracle+reuse,clairvoyant+reuse";
 
 /// A policy name with this suffix runs with answer reuse ([`crate::offload::reuse`]).
 pub const REUSE_SUFFIX: &str = "+reuse";
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
-    /// Labelled clip
-    #[arg(long)]
-    pub video: PathBuf,
-    /// Its per-frame labels (CSV with `frame`, `class_index`)
-    #[arg(long)]
-    pub labels: PathBuf,
-    /// Mahimahi uplink trace(s), comma-separated
+    /// Labelled clip(s), comma-separated
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub video: Vec<PathBuf>,
+    /// Their per-frame labels (CSV with `frame`, `class_index`), in the same order
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub labels: Vec<PathBuf>,
+    /// Mahimahi uplink trace(s) or directories of them (every `*.up` inside), comma-separated
     #[arg(long, value_delimiter = ',', required = true)]
     pub trace: Vec<PathBuf>,
     /// Deadline(s) in ms, comma-separated
@@ -88,6 +90,9 @@ pub struct EvalArgs {
     /// Print one JSON object
     #[arg(long)]
     pub json: bool,
+    /// Settings replayed in parallel (0: one per core)
+    #[arg(long, default_value_t = 0)]
+    pub jobs: usize,
     /// Write plots: accuracy vs deadline per policy and trace (this path), and the cbo policy's
     /// uplink use and resolution over time against each trace's capacity (PATH-stem.TRACE.png)
     #[arg(long)]
@@ -101,7 +106,11 @@ pub struct EvalArgs {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Run {
+    /// The clip's file name.
+    pub clip: String,
     pub trace: String,
+    /// Where the trace comes from ([`trace_source`]): the unit of leave-one-out validation.
+    pub source: String,
     pub trace_mean_mbps: f64,
     pub deadline_ms: f64,
     pub policies: BTreeMap<String, SimResult>,
@@ -117,10 +126,47 @@ pub struct Run {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EvalReport {
-    pub frames: usize,
+    /// Frames per clip, by clip file name.
+    pub frames: BTreeMap<String, usize>,
     pub fps: f64,
     pub rtt_ms: f64,
     pub runs: Vec<Run>,
+    /// Per policy over every run ([`crate::offload::summary`]).
+    pub summary: BTreeMap<String, PolicySummary>,
+}
+
+/// The source of a trace, for leave-one-source-out validation: the leading letters of its file
+/// name, lower-cased (`nyc3g-up-subway.up` and `nyc4g-DL-….up` → `nyc`, `ATT-LTE-driving.up` →
+/// `att`). Traces from one measurement campaign share a prefix in the corpus's naming.
+pub fn trace_source(file_name: &str) -> String {
+    file_name
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// The trace files `--trace` names: files as given, directories as every `*.up` inside (sorted).
+pub fn trace_files(args: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for p in args {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| format!("cannot read '{}': {e}", p.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|f| f.extension().is_some_and(|x| x == "up") && f.is_file())
+                .collect();
+            if found.is_empty() {
+                return Err(format!("no *.up trace in '{}'", p.display()));
+            }
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
 }
 
 fn sim_frames(obs: &[FrameObservation]) -> Vec<SimFrame> {
@@ -147,21 +193,26 @@ fn sim_frames(obs: &[FrameObservation]) -> Vec<SimFrame> {
 }
 
 /// Per-frame results for the clip at the profile's resolutions, from the cache when possible.
-fn frames(args: &EvalArgs, profile: &Profile) -> Result<Vec<SimFrame>, String> {
+fn frames(
+    args: &EvalArgs,
+    video: &Path,
+    labels: &Path,
+    profile: &Profile,
+) -> Result<Vec<SimFrame>, String> {
     let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
     let key = {
-        let meta = std::fs::metadata(&args.video)
-            .map_err(|e| format!("cannot read '{}': {e}", args.video.display()))?;
+        let meta = std::fs::metadata(video)
+            .map_err(|e| format!("cannot read '{}': {e}", video.display()))?;
         let mut h = sha2::Sha256::new();
         h.update(
-            args.video
+            video
                 .canonicalize()
                 .unwrap_or_default()
                 .to_string_lossy()
                 .as_bytes(),
         );
         h.update(meta.len().to_le_bytes());
-        h.update(std::fs::read(&args.labels).unwrap_or_default());
+        h.update(std::fs::read(labels).unwrap_or_default());
         h.update(profile.device_model.sha256.as_bytes());
         h.update(profile.server_model.sha256.as_bytes());
         if let Some(c) = &profile.calibration {
@@ -202,8 +253,8 @@ fn frames(args: &EvalArgs, profile: &Profile) -> Result<Vec<SimFrame>, String> {
         input: InputArgs {
             images: None,
             split: None,
-            video: Some(args.video.clone()),
-            labels: Some(args.labels.clone()),
+            video: Some(video.to_path_buf()),
+            labels: Some(labels.to_path_buf()),
             max_samples: args.max_frames,
         },
         resolutions: shorts,
@@ -229,6 +280,18 @@ fn planner(
     name: &str,
     args: &EvalArgs,
     profile: &Profile,
+    trace: &Arc<Trace>,
+) -> Result<Option<Box<dyn Planner>>, String> {
+    planner_with(name, args, profile, trace, DEFAULT_PARAMS)
+}
+
+/// [`planner`] with the cbo planner's constants given (cross-validation).
+fn planner_with(
+    name: &str,
+    args: &EvalArgs,
+    profile: &Profile,
+    trace: &Arc<Trace>,
+    params: CboParams,
 ) -> Result<Option<Box<dyn Planner>>, String> {
     let bps = args.initial_uplink_mbps * 1e6;
     let rule = |r| -> Box<dyn Planner> {
@@ -248,10 +311,16 @@ fn planner(
         "threshold" => rule(Rule::Threshold(args.threshold)),
         "threshold-raw" => rule(Rule::ThresholdRaw(args.threshold)),
         "fastva" => rule(Rule::FastVa),
-        "cbo" if reuse => Box::new(
-            CboPlanner::new(profile.clone(), bps, args.rtt_ms).with_reuse(args.reuse_window_ms),
-        ),
-        "cbo" => Box::new(CboPlanner::new(profile.clone(), bps, args.rtt_ms)),
+        "cbo" | "link-oracle" => {
+            let mut p = CboPlanner::new(profile.clone(), bps, args.rtt_ms).with_params(params);
+            if reuse {
+                p = p.with_reuse(args.reuse_window_ms);
+            }
+            if name == "link-oracle" {
+                p = p.with_link_oracle(trace.clone());
+            }
+            Box::new(p)
+        }
         "clairvoyant" => return Ok(None),
         other => return Err(format!("unknown policy '{other}' (known: {ALL_POLICIES})")),
     }))
@@ -263,232 +332,454 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// A labelled clip and its per-frame model results.
+struct Clip {
+    video: PathBuf,
+    labels: PathBuf,
+    name: String,
+    frames: Vec<SimFrame>,
+}
+
+/// One (clip, trace, deadline) setting: every policy replayed.
+fn run_setting(
+    args: &EvalArgs,
+    profile: &Profile,
+    clip: &Clip,
+    trace: &Arc<Trace>,
+    deadline: f64,
+) -> Result<BTreeMap<String, SimResult>, String> {
+    let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
+    let cfg = sim_config(args, deadline);
+    let mut policies = BTreeMap::new();
+    for name in &args.policies {
+        let reuse = name.ends_with(REUSE_SUFFIX);
+        let result = match planner(name, args, profile, trace)? {
+            Some(mut p) => simulate(
+                p.as_mut(),
+                &clip.frames,
+                trace,
+                &cfg,
+                reuse.then_some(SimReuse {
+                    window_ms: args.reuse_window_ms,
+                    profile,
+                }),
+            ),
+            None => clairvoyant(
+                &clip.frames,
+                &shorts,
+                trace,
+                &cfg,
+                reuse.then_some(args.reuse_window_ms),
+            ),
+        };
+        policies.insert(name.clone(), result);
+    }
+    Ok(policies)
+}
+
+/// The replay's link and timing for one deadline.
+pub fn sim_config(args: &EvalArgs, deadline_ms: f64) -> SimConfig {
+    SimConfig {
+        fps: args.fps,
+        deadline_ms,
+        rtt_ms: args.rtt_ms,
+        queue_bytes: args.queue_bytes,
+        overhead_bytes: 200,
+    }
+}
+
+/// Runs `f` over `items` on `jobs` threads (0: one per core), keeping the order.
+pub fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let jobs = if jobs == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        jobs
+    }
+    .min(items.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out: Vec<std::sync::Mutex<Option<R>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    *out[i].lock().expect("result slot") = Some(r);
+                }
+            });
+        }
+    });
+    out.into_iter()
+        .map(|m| {
+            m.into_inner()
+                .expect("result slot")
+                .expect("every item ran")
+        })
+        .collect()
+}
+
 pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
     let profile_path = args.profile.clone().unwrap_or_else(|| {
         crate::inference::models_dir().join("efficientnet-lite0-to-lite2.profile.json")
     });
     let profile = Profile::load(&profile_path).map_err(|e| e.0)?;
-    for p in &args.policies {
-        planner(p, args, &profile)?;
+    if args.video.len() != args.labels.len() {
+        return Err(format!(
+            "{} clip(s) but {} label file(s): give --labels in the order of --video",
+            args.video.len(),
+            args.labels.len()
+        ));
     }
-    let traces = args
-        .trace
-        .iter()
-        .map(|t| Trace::load(t).map(|tr| (t, tr)))
+    let traces = trace_files(&args.trace)?
+        .into_iter()
+        .map(|t| Trace::load(&t).map(|tr| (t, Arc::new(tr))))
         .collect::<Result<Vec<_>, _>>()?;
-    let frames = frames(args, &profile)?;
+    for p in &args.policies {
+        planner(p, args, &profile, &traces[0].1)?;
+    }
+    let clips = args
+        .video
+        .iter()
+        .zip(&args.labels)
+        .map(|(v, l)| {
+            Ok(Clip {
+                video: v.clone(),
+                labels: l.clone(),
+                name: file_name(v),
+                frames: frames(args, v, l, &profile)?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
+    let settings: Vec<(usize, usize, f64)> = (0..clips.len())
+        .flat_map(|c| {
+            (0..traces.len()).flat_map(move |t| args.deadline_ms.iter().map(move |&d| (c, t, d)))
+        })
+        .collect();
+    let results = parallel_map(&settings, args.jobs, |&(c, t, d)| {
+        run_setting(args, &profile, &clips[c], &traces[t].1, d)
+    });
     let mut runs = Vec::new();
-    for (path, trace) in &traces {
-        for &deadline in &args.deadline_ms {
-            let cfg = SimConfig {
-                fps: args.fps,
-                deadline_ms: deadline,
-                rtt_ms: args.rtt_ms,
-                queue_bytes: args.queue_bytes,
-                overhead_bytes: 200,
-            };
-            let mut policies = BTreeMap::new();
-            for name in &args.policies {
-                let reuse = name.ends_with(REUSE_SUFFIX);
-                let result = match planner(name, args, &profile)? {
-                    Some(mut p) => simulate(
-                        p.as_mut(),
-                        &frames,
-                        trace,
-                        &cfg,
-                        reuse.then_some(SimReuse {
-                            window_ms: args.reuse_window_ms,
-                            profile: &profile,
-                        }),
-                    ),
-                    None => clairvoyant(
-                        &frames,
-                        &shorts,
-                        trace,
-                        &cfg,
-                        reuse.then_some(args.reuse_window_ms),
-                    ),
-                };
-                policies.insert(name.clone(), result);
+    for (&(c, t, deadline), policies) in settings.iter().zip(results) {
+        let policies = policies?;
+        let (path, trace) = &traces[t];
+        let clip = &clips[c];
+        let share = |cbo: &str, bound: &str| match (
+            policies.get(cbo),
+            policies.get("local"),
+            policies.get(bound),
+        ) {
+            (Some(c), Some(l), Some(b)) if b.accuracy > l.accuracy => {
+                Some((c.accuracy - l.accuracy) / (b.accuracy - l.accuracy))
             }
-            let share = |cbo: &str, bound: &str| match (
-                policies.get(cbo),
-                policies.get("local"),
-                policies.get(bound),
-            ) {
-                (Some(c), Some(l), Some(b)) if b.accuracy > l.accuracy => {
-                    Some((c.accuracy - l.accuracy) / (b.accuracy - l.accuracy))
-                }
-                _ => None,
-            };
-            let reuse_share = share("cbo+reuse", "clairvoyant+reuse");
-            let share = share("cbo", "clairvoyant");
-            let mut e2e = BTreeMap::new();
-            if args.e2e {
-                for name in args
-                    .policies
-                    .iter()
-                    .filter(|p| E2E_POLICIES.contains(&p.as_str()))
-                {
-                    eprintln!(
-                        "e2e: {name} on {} with a {deadline} ms deadline ({} frames in real time)",
-                        file_name(path),
-                        frames.len()
-                    );
-                    let r = super::eval_e2e::run(
-                        args,
-                        &profile_path,
-                        name,
-                        trace,
-                        deadline,
-                        frames.len(),
-                    )?;
-                    e2e.insert(name.clone(), r);
-                }
+            _ => None,
+        };
+        let reuse_share = share("cbo+reuse", "clairvoyant+reuse");
+        let share = share("cbo", "clairvoyant");
+        let mut e2e = BTreeMap::new();
+        if args.e2e {
+            for name in args
+                .policies
+                .iter()
+                .filter(|p| E2E_POLICIES.contains(&p.as_str()))
+            {
+                eprintln!(
+                    "e2e: {name} on {} / {} with a {deadline} ms deadline ({} frames in real time)",
+                    clip.name,
+                    file_name(path),
+                    clip.frames.len()
+                );
+                let r = super::eval_e2e::run(
+                    args,
+                    &clip.video,
+                    &clip.labels,
+                    &profile_path,
+                    name,
+                    trace,
+                    deadline,
+                    clip.frames.len(),
+                )?;
+                e2e.insert(name.clone(), r);
             }
-            runs.push(Run {
-                trace: file_name(path),
-                trace_mean_mbps: trace.mean_bps() / 1e6,
-                deadline_ms: deadline,
-                policies,
-                cbo_share_of_clairvoyant_gain: share,
-                cbo_reuse_share_of_clairvoyant_reuse_gain: reuse_share,
-                e2e,
-            });
         }
+        runs.push(Run {
+            clip: clip.name.clone(),
+            trace: file_name(path),
+            source: trace_source(&file_name(path)),
+            trace_mean_mbps: trace.mean_bps() / 1e6,
+            deadline_ms: deadline,
+            policies,
+            cbo_share_of_clairvoyant_gain: share,
+            cbo_reuse_share_of_clairvoyant_reuse_gain: reuse_share,
+            e2e,
+        });
     }
     if let Some(png) = &args.plot {
-        let points: Vec<(String, f64, String, f64)> = runs
-            .iter()
-            .flat_map(|r| {
-                r.policies
-                    .iter()
-                    .map(move |(p, s)| (r.trace.clone(), r.deadline_ms, p.clone(), s.accuracy))
-            })
-            .collect();
-        super::plot::accuracy_vs_deadline(png, &points)?;
-        // Over time: cbo (with reuse, as the element runs it by default, when it ran) at the
-        // longest deadline on each trace.
-        let longest = args.deadline_ms.iter().copied().fold(0.0, f64::max);
-        for (path, trace) in &traces {
-            let Some(run) = runs
-                .iter()
-                .find(|r| r.trace == file_name(path) && r.deadline_ms == longest)
-            else {
-                continue;
-            };
-            let Some((cbo_name, cbo)) = ["cbo+reuse", "cbo"]
-                .into_iter()
-                .find_map(|n| run.policies.get(n).map(|r| (n, r)))
-            else {
-                continue;
-            };
-            let secs = (frames.len() as f64 / args.fps).ceil() as usize;
-            let mut sent = vec![0.0; secs];
-            let mut res_sum = vec![0.0; secs];
-            let mut res_n = vec![0.0; secs];
-            for (i, &short) in cbo.sent_at.iter().enumerate() {
-                if short == 0 {
-                    continue;
-                }
-                let sec = ((i as f64 / args.fps) as usize).min(secs - 1);
-                let r = shorts.iter().position(|&s| s == short).unwrap_or(0);
-                sent[sec] += frames[i].server[r].bytes as f64 * 8.0 / 1000.0;
-                res_sum[sec] += short as f64;
-                res_n[sec] += 1.0;
-            }
-            let capacity: Vec<f64> = (0..secs)
-                .map(|s| {
-                    trace.capacity_bytes(s as u64 * 1000, (s as u64 + 1) * 1000) as f64 * 8.0
-                        / 1000.0
-                })
-                .collect();
-            let mean_res: Vec<f64> = res_sum
-                .iter()
-                .zip(&res_n)
-                .map(|(s, n)| if *n > 0.0 { s / n } else { 0.0 })
-                .collect();
-            let stem = png
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let out = png.with_file_name(format!(
-                "{stem}.{}.png",
-                file_name(path).trim_end_matches(".up")
-            ));
-            super::plot::offload_over_time(
-                &out,
-                &format!(
-                    "{cbo_name} on {} ({longest} ms deadline): uplink use and resolution vs capacity",
-                    file_name(path)
-                ),
-                &capacity,
-                &sent,
-                &mean_res,
-            )?;
-        }
+        plots(args, png, &runs, &clips[0], &traces, &shorts)?;
     }
+    let summary = summarise(&runs.iter().map(|r| &r.policies).collect::<Vec<_>>());
     Ok(EvalReport {
-        frames: frames.len(),
+        frames: clips
+            .iter()
+            .map(|c| (c.name.clone(), c.frames.len()))
+            .collect(),
         fps: args.fps,
         rtt_ms: args.rtt_ms,
         runs,
+        summary,
     })
 }
 
-/// JSON as the issue specifies for one trace and deadline (`{"policies": {...}}`), or every run.
+/// `--plot`: accuracy vs deadline per policy and trace (first clip), the cbo policy's uplink use
+/// over time per trace, and, for a grid, the regret per setting.
+fn plots(
+    args: &EvalArgs,
+    png: &Path,
+    runs: &[Run],
+    clip: &Clip,
+    traces: &[(PathBuf, Arc<Trace>)],
+    shorts: &[u32],
+) -> Result<(), String> {
+    let frames = &clip.frames;
+    let points: Vec<(String, f64, String, f64)> = runs
+        .iter()
+        .filter(|r| r.clip == clip.name)
+        .flat_map(|r| {
+            r.policies
+                .iter()
+                .map(move |(p, s)| (r.trace.clone(), r.deadline_ms, p.clone(), s.accuracy))
+        })
+        .collect();
+    super::plot::accuracy_vs_deadline(png, &points)?;
+    let stem = png
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if runs.len() > 1 {
+        let regrets: Vec<(String, Vec<f64>)> =
+            ["cbo+reuse", "cbo", "threshold", "threshold-raw", "fastva"]
+                .iter()
+                .filter(|p| runs.iter().any(|r| r.policies.contains_key(**p)))
+                .map(|p| {
+                    let mut v: Vec<f64> = runs
+                        .iter()
+                        .filter_map(|r| {
+                            let best = crate::offload::summary::CAUSAL_BASELINES
+                                .iter()
+                                .filter_map(|b| r.policies.get(*b))
+                                .map(|b| b.accuracy)
+                                .fold(f64::NEG_INFINITY, f64::max);
+                            r.policies.get(*p).map(|s| (best - s.accuracy) * 100.0)
+                        })
+                        .collect();
+                    v.sort_by(f64::total_cmp);
+                    (p.to_string(), v)
+                })
+                .collect();
+        super::plot::regret_per_setting(
+            &png.with_file_name(format!("{stem}.regret.png")),
+            &regrets,
+        )?;
+    }
+    // Over time: cbo (with reuse, as the element runs it by default, when it ran) at the
+    // longest deadline on each trace.
+    let longest = args.deadline_ms.iter().copied().fold(0.0, f64::max);
+    for (path, trace) in traces {
+        let Some(run) = runs.iter().find(|r| {
+            r.clip == clip.name && r.trace == file_name(path) && r.deadline_ms == longest
+        }) else {
+            continue;
+        };
+        let Some((cbo_name, cbo)) = ["cbo+reuse", "cbo"]
+            .into_iter()
+            .find_map(|n| run.policies.get(n).map(|r| (n, r)))
+        else {
+            continue;
+        };
+        let secs = (frames.len() as f64 / args.fps).ceil() as usize;
+        let mut sent = vec![0.0; secs];
+        let mut res_sum = vec![0.0; secs];
+        let mut res_n = vec![0.0; secs];
+        for (i, &short) in cbo.sent_at.iter().enumerate() {
+            if short == 0 {
+                continue;
+            }
+            let sec = ((i as f64 / args.fps) as usize).min(secs - 1);
+            let r = shorts.iter().position(|&s| s == short).unwrap_or(0);
+            sent[sec] += frames[i].server[r].bytes as f64 * 8.0 / 1000.0;
+            res_sum[sec] += short as f64;
+            res_n[sec] += 1.0;
+        }
+        let capacity: Vec<f64> = (0..secs)
+            .map(|s| {
+                trace.capacity_bytes(s as u64 * 1000, (s as u64 + 1) * 1000) as f64 * 8.0 / 1000.0
+            })
+            .collect();
+        let mean_res: Vec<f64> = res_sum
+            .iter()
+            .zip(&res_n)
+            .map(|(s, n)| if *n > 0.0 { s / n } else { 0.0 })
+            .collect();
+        let out = png.with_file_name(format!(
+            "{stem}.{}.png",
+            file_name(path).trim_end_matches(".up")
+        ));
+        super::plot::offload_over_time(
+            &out,
+            &format!(
+                "{cbo_name} on {} ({longest} ms deadline): uplink use and resolution vs capacity",
+                file_name(path)
+            ),
+            &capacity,
+            &sent,
+            &mean_res,
+        )?;
+    }
+    Ok(())
+}
+
+/// JSON: for one setting the run itself (`{"policies": {...}, ...}`), for a grid every run;
+/// both with `"summary"` (per policy over the runs).
 pub fn to_json(r: &EvalReport) -> serde_json::Value {
-    if r.runs.len() == 1 {
+    let mut v = if r.runs.len() == 1 {
         serde_json::to_value(&r.runs[0]).expect("serialisable")
     } else {
         serde_json::to_value(r).expect("serialisable")
-    }
+    };
+    v["summary"] = serde_json::to_value(&r.summary).expect("serialisable");
+    v
 }
 
 pub fn print_table(r: &EvalReport) {
-    println!("{} frames at {} fps, RTT {} ms", r.frames, r.fps, r.rtt_ms);
+    let clips: Vec<String> = r.frames.iter().map(|(c, n)| format!("{c} ({n})")).collect();
+    println!(
+        "{} at {} fps, RTT {} ms, {} setting(s)",
+        clips.join(", "),
+        r.fps,
+        r.rtt_ms,
+        r.runs.len()
+    );
+    if r.runs.len() <= 12 {
+        for run in &r.runs {
+            print_run(run);
+        }
+    } else {
+        print_grid(r);
+    }
+    print_summary(&r.summary);
+}
+
+fn print_run(run: &Run) {
+    println!(
+        "\n{} on {} ({:.2} Mbit/s), deadline {} ms{}",
+        run.clip,
+        run.trace,
+        run.trace_mean_mbps,
+        run.deadline_ms,
+        run.cbo_share_of_clairvoyant_gain
+            .map(|s| format!(": cbo reaches {:.0} % of the clairvoyant gain", s * 100.0))
+            .unwrap_or_default()
+    );
+    println!(
+        "  {:<18} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}",
+        "policy", "accuracy", "miss", "offload", "res", "bytes", "p50 ms", "p99 ms"
+    );
+    for (name, s) in &run.policies {
+        println!(
+            "  {:<18} {:>8.3} {:>8.3} {:>8.3} {:>8.0} {:>10} {:>8.0} {:>8.0}",
+            name,
+            s.accuracy,
+            s.deadline_miss_rate,
+            s.offload_ratio,
+            s.mean_resolution,
+            s.bytes,
+            s.latency_p50_ms,
+            s.latency_p99_ms
+        );
+    }
+    for (name, s) in &run.e2e {
+        let sim = run.policies.get(name).map_or(f64::NAN, |p| p.accuracy);
+        println!(
+            "  {:<18} {:>8.3} {:>8.3} {:>8.3} {:>8.0} {:>10} {:>8.0} {:>8.0}  (simulated {:.3})",
+            format!("e2e {name}"),
+            s.accuracy,
+            s.deadline_miss_rate,
+            s.offload_ratio,
+            s.mean_resolution,
+            s.bytes,
+            s.latency_p50_ms,
+            s.latency_p99_ms,
+            sim
+        );
+    }
+}
+
+/// A grid: one line per setting, accuracy per policy.
+fn print_grid(r: &EvalReport) {
+    let names: Vec<&String> = r.summary.keys().collect();
+    print!("\n{:<22} {:<38} {:>6}", "clip", "trace", "ms");
+    for n in &names {
+        print!(" {:>9}", shorten(n));
+    }
+    println!();
     for run in &r.runs {
-        println!(
-            "\n{} ({:.2} Mbit/s), deadline {} ms{}",
-            run.trace,
-            run.trace_mean_mbps,
-            run.deadline_ms,
-            run.cbo_share_of_clairvoyant_gain
-                .map(|s| format!(": cbo reaches {:.0} % of the clairvoyant gain", s * 100.0))
-                .unwrap_or_default()
-        );
-        println!(
-            "  {:<14} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}",
-            "policy", "accuracy", "miss", "offload", "res", "bytes", "p50 ms", "p99 ms"
-        );
-        for (name, s) in &run.policies {
-            println!(
-                "  {:<14} {:>8.3} {:>8.3} {:>8.3} {:>8.0} {:>10} {:>8.0} {:>8.0}",
-                name,
-                s.accuracy,
-                s.deadline_miss_rate,
-                s.offload_ratio,
-                s.mean_resolution,
-                s.bytes,
-                s.latency_p50_ms,
-                s.latency_p99_ms
-            );
+        print!("{:<22} {:<38} {:>6}", run.clip, run.trace, run.deadline_ms);
+        for n in &names {
+            match run.policies.get(*n) {
+                Some(s) => print!(" {:>9.3}", s.accuracy),
+                None => print!(" {:>9}", "-"),
+            }
         }
-        for (name, s) in &run.e2e {
-            let sim = run.policies.get(name).map_or(f64::NAN, |p| p.accuracy);
-            println!(
-                "  {:<14} {:>8.3} {:>8.3} {:>8.3} {:>8.0} {:>10} {:>8.0} {:>8.0}  (simulated {:.3})",
-                format!("e2e {name}"),
-                s.accuracy,
-                s.deadline_miss_rate,
-                s.offload_ratio,
-                s.mean_resolution,
-                s.bytes,
-                s.latency_p50_ms,
-                s.latency_p99_ms,
-                sim
-            );
-        }
+        println!();
+    }
+}
+
+fn shorten(name: &str) -> String {
+    name.replace("clairvoyant", "clairv")
+        .replace("threshold", "thr")
+        .replace("link-oracle", "oracle")
+}
+
+fn print_summary(summary: &BTreeMap<String, PolicySummary>) {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0}%", v * 100.0));
+    println!(
+        "\nsummary over {} setting(s) (regret: points below the best of local/all/threshold/threshold-raw/fastva)",
+        summary.values().map(|s| s.settings).max().unwrap_or(0)
+    );
+    println!(
+        "  {:<18} {:>8} {:>8} {:>8} {:>6} {:>7} {:>9} {:>6} {:>7} {:>7} {:>7}",
+        "policy",
+        "accuracy",
+        "regret",
+        "worst",
+        "best",
+        "<local",
+        "worst<loc",
+        "miss",
+        "offload",
+        "clairv",
+        "oracle"
+    );
+    for (name, s) in summary {
+        println!(
+            "  {:<18} {:>8.3} {:>8.2} {:>8.2} {:>5.0}% {:>6.0}% {:>9.2} {:>5.2}% {:>6.0}% {:>7} {:>7}",
+            name,
+            s.mean_accuracy,
+            s.mean_regret * 100.0,
+            s.worst_regret * 100.0,
+            s.best_share * 100.0,
+            s.below_local_share * 100.0,
+            s.worst_below_local * 100.0,
+            s.mean_miss_rate * 100.0,
+            s.mean_offload_ratio * 100.0,
+            pct(s.clairvoyant_gain_share),
+            pct(s.link_oracle_gain_share),
+        );
     }
 }

@@ -27,6 +27,8 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 pub fn run(
     args: &EvalArgs,
+    video: &Path,
+    labels: &Path,
     profile_path: &Path,
     policy: &str,
     trace: &Trace,
@@ -36,7 +38,7 @@ pub fn run(
     super::init_gstreamer()?;
     let profile = Profile::load(profile_path).map_err(|e| e.0)?;
     let models = inference::models_dir();
-    let labels = crate::tools::dataset::read_clip_labels(&args.labels)?;
+    let labels = crate::tools::dataset::read_clip_labels(labels)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -74,7 +76,7 @@ pub fn run(
          identity sync=true eos-after={frames} ! cbofilter name=cbo server={} \
          server-cert=\"{}\" policy={policy} reuse-window={reuse} deadline={} threshold={} \
          resolution={} max-in-flight=1000 profile=\"{}\" {} ! fakesink sync=false",
-        args.video.display(),
+        video.display(),
         (args.fps * 1000.0).round() as u64,
         netem.local_addr(),
         certs.path().join("cert.pem").display(),

@@ -336,3 +336,67 @@ mod tests {
         assert!(bytes.len() > 5000);
     }
 }
+
+/// Regret per setting, sorted: one line per policy, points below the best causal baseline of
+/// each setting (negative: better than every baseline) against the setting's rank.
+/// `series`: (policy, regrets in points, sorted ascending).
+pub fn regret_per_setting(path: &Path, series: &[(String, Vec<f64>)]) -> Result<(), String> {
+    ensure_font()?;
+    let n = series.iter().map(|s| s.1.len()).max().unwrap_or(0).max(1);
+    let (lo, hi) = series
+        .iter()
+        .flat_map(|s| s.1.iter())
+        .fold((0.0f64, 0.0f64), |(a, b), &v| (a.min(v), b.max(v)));
+    let root = BitMapBackend::new(path, (900, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "regret per setting vs the best simple rule (sorted; lower is better)",
+            ("sans-serif", 16),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0.0..n as f64, (lo - 0.5)..(hi + 0.5))
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("settings (clip × trace × deadline), sorted by regret")
+        .y_desc("regret (accuracy points)")
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, 0.0), (n as f64, 0.0)],
+            BLACK.mix(0.4).stroke_width(1),
+        ))
+        .map_err(err)?;
+    for (k, (policy, v)) in series.iter().enumerate() {
+        let color = Palette99::pick(k).to_rgba();
+        let width = if policy.starts_with("cbo") { 3 } else { 1 };
+        let scale = n as f64 / v.len().max(1) as f64;
+        let pts: Vec<(f64, f64)> = v
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| ((i as f64 + 0.5) * scale, r))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(width)))
+            .map_err(err)?
+            .label(policy.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(width))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 11))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
