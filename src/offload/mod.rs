@@ -8,5 +8,6 @@ pub mod hold;
 pub mod planner;
 pub mod policy;
 pub mod reuse;
+pub mod crossval;
 pub mod sim;
 pub mod summary;

@@ -587,9 +587,16 @@ impl CboPlanner {
                         let fixed = self.fixed_ms(r);
                         let encode = self.opts[r].encode_ms;
                         if let Some(o) = &self.oracle {
+                            // Start times only grow with `s`: walk the trace's opportunities
+                            // forward instead of searching for each.
+                            let packets = ((bytes / MTU as f64).ceil() as u64).max(1) - 1;
+                            let mut first = o.trace.first_at_or_after((t0 + encode).ceil() as u64);
                             for (s, cell) in row.iter_mut().enumerate() {
-                                let start = t0 + s as f64 * TIME_STEP_MS;
-                                let done = o.done(start + encode, bytes);
+                                let start = (t0 + s as f64 * TIME_STEP_MS + encode).ceil() as u64;
+                                while o.trace.time_of(first) < start {
+                                    first += 1;
+                                }
+                                let done = o.trace.time_of(first + packets) as f64;
                                 if done + fixed - encode > f.deadline_ms {
                                     break;
                                 }

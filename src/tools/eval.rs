@@ -16,6 +16,7 @@ use crate::offload::planner::{CboParams, CboPlanner, DEFAULT_PARAMS, Planner, Ru
 use crate::offload::sim::{
     SimConfig, SimFrame, SimResult, SimReuse, SimServer, clairvoyant, simulate,
 };
+use crate::offload::crossval::{CvSetting, choose, leave_one_out};
 use crate::offload::summary::{PolicySummary, summarise};
 use crate::profile::{FrameObservation, Profile};
 use crate::tools::dataset::InputArgs;
@@ -93,6 +94,16 @@ pub struct EvalArgs {
     /// Settings replayed in parallel (0: one per core)
     #[arg(long, default_value_t = 0)]
     pub jobs: usize,
+    /// Choose the cbo planner's constants by cross-validation (leave one trace source and one
+    /// clip out) over the candidates below, and report the cross-validated results
+    #[arg(long)]
+    pub cv: bool,
+    /// `--cv`: candidate least arrival probabilities of a planned transfer
+    #[arg(long, value_delimiter = ',', default_value = "0.7,0.8,0.9,0.95,0.98")]
+    pub cv_min_arrival: Vec<f64>,
+    /// `--cv`: candidate z of the lower confidence bound on the profile's gain
+    #[arg(long, value_delimiter = ',', default_value = "0,0.5,1,2")]
+    pub cv_gain_z: Vec<f64>,
     /// Write plots: accuracy vs deadline per policy and trace (this path), and the cbo policy's
     /// uplink use and resolution over time against each trace's capacity (PATH-stem.TRACE.png)
     #[arg(long)]
@@ -133,7 +144,36 @@ pub struct EvalReport {
     pub runs: Vec<Run>,
     /// Per policy over every run ([`crate::offload::summary`]).
     pub summary: BTreeMap<String, PolicySummary>,
+    /// `--cv`: the cross-validated constants and results.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cv: Option<CvReport>,
 }
+
+/// `--cv`: the cbo policies' results with constants chosen on other sources and clips only.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CvReport {
+    pub candidates: Vec<CboParams>,
+    /// The candidate chosen on every setting: what the element should ship.
+    pub chosen_on_all: CboParams,
+    /// The candidate each held-out (clip, source) cell was scored with.
+    pub folds: Vec<CvFold>,
+    /// Like [`EvalReport::summary`], with `cbo`, `cbo+reuse`, `link-oracle` and
+    /// `link-oracle+reuse` replaced by their cross-validated results.
+    pub summary: BTreeMap<String, PolicySummary>,
+    /// Per run, the cross-validated results of those policies.
+    pub runs: Vec<BTreeMap<String, SimResult>>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CvFold {
+    pub clip: String,
+    pub source: String,
+    pub params: CboParams,
+    pub trained_on: usize,
+}
+
+/// The policies `--cv` replays with every candidate.
+const CV_POLICIES: [&str; 4] = ["cbo", "cbo+reuse", "link-oracle", "link-oracle+reuse"];
 
 /// The source of a trace, for leave-one-source-out validation: the leading letters of its file
 /// name, lower-cased (`nyc3g-up-subway.up` and `nyc4g-DL-….up` → `nyc`, `ATT-LTE-driving.up` →
@@ -340,16 +380,63 @@ struct Clip {
     frames: Vec<SimFrame>,
 }
 
-/// One (clip, trace, deadline) setting: every policy replayed.
+/// Per candidate of `--cv`, the cbo policies' results in one setting.
+type CandidateResults = Vec<BTreeMap<String, SimResult>>;
+
+/// One (clip, trace, deadline) setting: every policy replayed, and with `--cv` the cbo policies
+/// with every candidate.
 fn run_setting(
     args: &EvalArgs,
     profile: &Profile,
     clip: &Clip,
     trace: &Arc<Trace>,
     deadline: f64,
-) -> Result<BTreeMap<String, SimResult>, String> {
-    let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
+    candidates: &[CboParams],
+) -> Result<(BTreeMap<String, SimResult>, CandidateResults), String> {
     let cfg = sim_config(args, deadline);
+    let mut per_candidate: CandidateResults = Vec::new();
+    for (k, &params) in candidates.iter().enumerate() {
+        let mut results = BTreeMap::new();
+        for name in CV_POLICIES
+            .iter()
+            .filter(|p| args.policies.iter().any(|q| q == *p))
+        {
+            // The link oracle knows when a transfer arrives: of the constants only the gain's
+            // bound matters to it, so candidates that differ in nothing else share its replay.
+            if name.starts_with("link-oracle")
+                && let Some(done) = candidates[..k]
+                    .iter()
+                    .position(|c| c.gain_z == params.gain_z)
+                    .and_then(|j| per_candidate[j].get(*name))
+            {
+                results.insert(name.to_string(), done.clone());
+                continue;
+            }
+            let mut p = planner_with(name, args, profile, trace, params)?
+                .expect("cbo policies have planners");
+            let reuse = name.ends_with(REUSE_SUFFIX).then_some(SimReuse {
+                window_ms: args.reuse_window_ms,
+                profile,
+            });
+            results.insert(
+                name.to_string(),
+                simulate(p.as_mut(), &clip.frames, trace, &cfg, reuse),
+            );
+        }
+        per_candidate.push(results);
+    }
+    Ok((run_policies(args, profile, clip, trace, &cfg)?, per_candidate))
+}
+
+fn run_policies(
+    args: &EvalArgs,
+    profile: &Profile,
+    clip: &Clip,
+    trace: &Arc<Trace>,
+    cfg: &SimConfig,
+) -> Result<BTreeMap<String, SimResult>, String> {
+    let cfg = *cfg;
+    let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
     let mut policies = BTreeMap::new();
     for name in &args.policies {
         let reuse = name.ends_with(REUSE_SUFFIX);
@@ -462,12 +549,27 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
             (0..traces.len()).flat_map(move |t| args.deadline_ms.iter().map(move |&d| (c, t, d)))
         })
         .collect();
+    let candidates: Vec<CboParams> = if args.cv {
+        args.cv_min_arrival
+            .iter()
+            .flat_map(|&min_arrival| {
+                args.cv_gain_z.iter().map(move |&gain_z| CboParams {
+                    min_arrival,
+                    gain_z,
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let results = parallel_map(&settings, args.jobs, |&(c, t, d)| {
-        run_setting(args, &profile, &clips[c], &traces[t].1, d)
+        run_setting(args, &profile, &clips[c], &traces[t].1, d, &candidates)
     });
     let mut runs = Vec::new();
-    for (&(c, t, deadline), policies) in settings.iter().zip(results) {
-        let policies = policies?;
+    let mut per_candidate = Vec::new();
+    for (&(c, t, deadline), result) in settings.iter().zip(results) {
+        let (policies, candidate_results) = result?;
+        per_candidate.push(candidate_results);
         let (path, trace) = &traces[t];
         let clip = &clips[c];
         let share = |cbo: &str, bound: &str| match (
@@ -524,6 +626,9 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
         plots(args, png, &runs, &clips[0], &traces, &shorts)?;
     }
     let summary = summarise(&runs.iter().map(|r| &r.policies).collect::<Vec<_>>());
+    let cv = args
+        .cv
+        .then(|| cross_validate(&runs, &per_candidate, &candidates));
     Ok(EvalReport {
         frames: clips
             .iter()
@@ -533,7 +638,75 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
         rtt_ms: args.rtt_ms,
         runs,
         summary,
+        cv,
     })
+}
+
+/// `--cv`: every setting's cbo policies scored with the candidate chosen without its trace
+/// source and clip ([`crate::offload::crossval`]); the candidate is chosen on `cbo+reuse` (the
+/// element's default) when it ran, else on `cbo`, and the other cbo policies use the same.
+fn cross_validate(
+    runs: &[Run],
+    per_candidate: &[CandidateResults],
+    candidates: &[CboParams],
+) -> CvReport {
+    let on = ["cbo+reuse", "cbo"]
+        .into_iter()
+        .find(|p| per_candidate.first().and_then(|c| c.first()).is_some_and(|m| m.contains_key(*p)))
+        .unwrap_or("cbo");
+    let settings: Vec<CvSetting> = runs
+        .iter()
+        .zip(per_candidate)
+        .map(|(run, cands)| CvSetting {
+            clip: run.clip.clone(),
+            source: run.source.clone(),
+            best_baseline: best_baseline(&run.policies),
+            per_candidate: cands
+                .iter()
+                .map(|m| m.get(on).cloned().unwrap_or_default())
+                .collect(),
+        })
+        .collect();
+    let (chosen, folds) = leave_one_out(&settings);
+    let all = choose(&settings, |_| true).unwrap_or(0);
+    let cv_runs: Vec<BTreeMap<String, SimResult>> = per_candidate
+        .iter()
+        .zip(&chosen)
+        .map(|(cands, &k)| cands.get(k).cloned().unwrap_or_default())
+        .collect();
+    let merged: Vec<BTreeMap<String, SimResult>> = runs
+        .iter()
+        .zip(&cv_runs)
+        .map(|(run, cv)| {
+            let mut m = run.policies.clone();
+            m.extend(cv.iter().map(|(k, v)| (k.clone(), v.clone())));
+            m
+        })
+        .collect();
+    CvReport {
+        candidates: candidates.to_vec(),
+        chosen_on_all: candidates.get(all).copied().unwrap_or(DEFAULT_PARAMS),
+        folds: folds
+            .into_iter()
+            .map(|f| CvFold {
+                clip: f.clip,
+                source: f.source,
+                params: candidates.get(f.chosen).copied().unwrap_or(DEFAULT_PARAMS),
+                trained_on: f.trained_on,
+            })
+            .collect(),
+        summary: summarise(&merged.iter().collect::<Vec<_>>()),
+        runs: cv_runs,
+    }
+}
+
+/// The best causal baseline's accuracy in one setting (−∞ when none ran).
+fn best_baseline(policies: &BTreeMap<String, SimResult>) -> f64 {
+    crate::offload::summary::CAUSAL_BASELINES
+        .iter()
+        .filter_map(|b| policies.get(*b))
+        .map(|b| b.accuracy)
+        .fold(f64::NEG_INFINITY, f64::max)
 }
 
 /// `--plot`: accuracy vs deadline per policy and trace (first clip), the cbo policy's uplink use
@@ -673,6 +846,22 @@ pub fn print_table(r: &EvalReport) {
         print_grid(r);
     }
     print_summary(&r.summary);
+    if let Some(cv) = &r.cv {
+        println!(
+            "\ncross-validated (leave one trace source and one clip out; {} candidates): chosen on all \
+             settings: min_arrival {} gain_z {}",
+            cv.candidates.len(),
+            cv.chosen_on_all.min_arrival,
+            cv.chosen_on_all.gain_z
+        );
+        for f in &cv.folds {
+            println!(
+                "  held out {:<24} {:<10} -> min_arrival {:<5} gain_z {:<4} (trained on {} settings)",
+                f.clip, f.source, f.params.min_arrival, f.params.gain_z, f.trained_on
+            );
+        }
+        print_summary(&cv.summary);
+    }
 }
 
 fn print_run(run: &Run) {
