@@ -84,6 +84,11 @@ pub struct ConfidenceBin {
     pub device_accuracy: f64,
     /// Server top-1 accuracy on these frames, one per resolution in `resolutions` order.
     pub server_accuracy: Vec<f64>,
+    /// Distinct scenes (runs of consecutive frames with the same true class) among these frames:
+    /// the independent evidence behind the accuracies, since the frames of one scene are nearly
+    /// copies of each other. Absent in profiles made before it was recorded (then `n` counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenes: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,12 +198,33 @@ impl Profile {
                 }
             })
             .collect();
+        // Scene number of each observation: a new scene whenever the true class changes (a
+        // photo set has one scene per photo, a clip one per shot).
+        let scene_of: Vec<usize> = obs
+            .iter()
+            .scan((None, 0usize), |(last, n), o| {
+                if *last != Some(o.truth) {
+                    *last = Some(o.truth);
+                    *n += 1;
+                }
+                Some(*n)
+            })
+            .collect();
         let bins = (0..CONFIDENCE_BINS)
             .map(|k| {
                 let in_bin: Vec<&FrameObservation> = obs
                     .iter()
                     .filter(|o| bin_of(o.device_confidence) == k)
                     .collect();
+                let mut scenes: Vec<usize> = obs
+                    .iter()
+                    .zip(&scene_of)
+                    .filter(|(o, _)| bin_of(o.device_confidence) == k)
+                    .map(|(_, &s)| s)
+                    .collect();
+                scenes.dedup();
+                scenes.sort_unstable();
+                scenes.dedup();
                 ConfidenceBin {
                     lo: k as f64 / CONFIDENCE_BINS as f64,
                     hi: (k + 1) as f64 / CONFIDENCE_BINS as f64,
@@ -208,6 +234,7 @@ impl Profile {
                     server_accuracy: (0..nres)
                         .map(|r| mean(in_bin.iter().map(|o| acc(o.server[r].server_correct))))
                         .collect(),
+                    scenes: Some(scenes.len()),
                 }
             })
             .collect();
@@ -247,14 +274,14 @@ impl Profile {
     /// to gain over keeping the device's label, `z` standard errors below the profile's estimate.
     ///
     /// The estimate is paired within the confidence bin (server accuracy minus device accuracy
-    /// on the same frames), shrunk towards no gain by [`PRIOR_FRAMES`] pseudo-frames, so a thin
+    /// on the same frames), shrunk towards no gain by [`PRIOR_FRAMES`] pseudo-samples, so a thin
     /// bin promises little. Its standard error uses the variance of the per-frame difference of
     /// two right/wrong outcomes (at most the share of frames on which they differ) over the
-    /// bin's frames. Video frames are correlated (a scene is many alike frames), so the bin's
-    /// `n` overstates the independent evidence; `z` (chosen by cross-validation) absorbs that.
+    /// bin's *scenes*, not its frames: the frames of one scene are nearly copies, and counting
+    /// them as independent made the one-clip profile promise gains other clips do not show.
     pub fn gain_lower_bound(&self, confidence: f64, r: usize, z: f64) -> f64 {
         let bin = &self.bins[bin_of(confidence)];
-        let n = bin.n as f64;
+        let n = bin.scenes.unwrap_or(bin.n).min(bin.n) as f64;
         let (a, b) = (bin.server_accuracy[r], bin.device_accuracy);
         let shrunk = (a - b) * n / (n + PRIOR_FRAMES);
         let var = (a * (1.0 - b) + b * (1.0 - a) - (a - b).powi(2)).max(0.0);

@@ -4,10 +4,10 @@
 //! replay of all of it ([`sim`]).
 
 pub mod client;
+pub mod crossval;
 pub mod hold;
 pub mod planner;
 pub mod policy;
 pub mod reuse;
-pub mod crossval;
 pub mod sim;
 pub mod summary;

@@ -53,6 +53,22 @@ const SAMPLE_AGE_MS: f64 = 10_000.0;
 /// a low quantile keeps its deadline misses comparable).
 pub const FASTVA_QUANTILE: f64 = 0.1;
 
+/// What one request adds to its JPEG on the uplink: the protocol frame and JSON header and the
+/// QUIC stream's set-up (measured on the wire: ~200 bytes).
+pub const REQUEST_OVERHEAD_BYTES: f64 = 200.0;
+/// QUIC packs a request into datagrams of about this many payload bytes, each carrying this
+/// many bytes of QUIC/AEAD (46) and UDP/IPv4 (28) headers (the relay, like Mahimahi, carries
+/// whole IP packets).
+pub const DATAGRAM_PAYLOAD_BYTES: f64 = 1200.0;
+pub const DATAGRAM_OVERHEAD_BYTES: f64 = 74.0;
+
+/// Bytes a request for a `jpeg`-byte image puts on the uplink. Planners reason in these: a
+/// 5 kB JPEG costs ~5.5 kB of link, and ignoring that made every early transfer late.
+pub fn wire_bytes(jpeg: f64) -> f64 {
+    let payload = jpeg + REQUEST_OVERHEAD_BYTES;
+    payload + (payload / DATAGRAM_PAYLOAD_BYTES).ceil() * DATAGRAM_OVERHEAD_BYTES
+}
+
 /// Link-time resolution of the planner's dynamic programme.
 pub const TIME_STEP_MS: f64 = 2.0;
 /// Safety margin on every deadline: timer granularity and the encoder's variation.
@@ -108,6 +124,7 @@ pub struct FrameIn {
 pub struct AnswerIn {
     pub id: u64,
     pub now_ms: f64,
+    /// The request's JPEG bytes (the planner adds the request overhead, [`wire_bytes`]).
     pub bytes: f64,
     /// Server decode + queue + inference.
     pub server_ms: f64,
@@ -211,17 +228,17 @@ impl LinkEstimate {
             .map(move |r| r.min(cap))
     }
 
-    /// The probability that `bytes` handed to the uplink now, behind what is queued, are
-    /// answered within `available_ms` (deadline − start − RTT − server time − encode − margin),
-    /// estimated from this connection's delivery record: the share of recent requests whose
-    /// throughput would have carried them in time. A failed request counts at the upper bound
-    /// its failure proves (an outage: close to zero), the initial estimate as one more record,
-    /// and an unanswered request overdue by now caps them all.
-    pub fn arrival_probability(&self, bytes: f64, available_ms: f64) -> f64 {
-        if available_ms <= 0.0 {
+    /// The probability that `bytes` handed to the uplink now, behind `ahead` bytes still to
+    /// cross it, are answered within `budget_ms` (the deadline less now, RTT, server time,
+    /// encode and margin), estimated from this connection's delivery record: the share of recent
+    /// requests whose throughput would have carried all of it in time. A failed request counts
+    /// at the upper bound its failure proves (an outage: close to zero), the initial estimate as
+    /// one more record, and the newest evidence of a slow link caps them all ([`Self::rates`]).
+    pub fn arrival_probability(&self, ahead: f64, bytes: f64, budget_ms: f64) -> f64 {
+        if budget_ms <= 0.0 {
             return 0.0;
         }
-        let need = bytes / available_ms;
+        let need = (ahead + bytes) / budget_ms;
         let (mut ok, mut n) = (0usize, 0usize);
         for r in self.rates() {
             n += 1;
@@ -230,16 +247,24 @@ impl LinkEstimate {
         ok as f64 / n as f64
     }
 
-    /// The latest times (as link-time offsets from `t0`, in ms) at which `bytes` may start and
-    /// still arrive within a deadline `deadline_after_ms` after `t0` (already net of RTT, server
-    /// and encode time), one per record, sorted latest first: the arrival probability of a start
-    /// `s` ms after `t0` is the share of these that are ≥ `s`. Lets the planner tabulate the
-    /// probability over every start time in one sweep.
-    fn latest_starts(&self, bytes: f64, deadline_after_ms: f64, out: &mut Vec<f64>) {
+    /// For a transfer of `bytes` that waits behind `ahead + s · charge` bytes when the planner
+    /// puts it `s` ms of link time after its start (`charge`: the bytes per ms planned link time
+    /// stands for), with `budget_ms` from now: per record, the largest `s` at which that record's
+    /// throughput still carries everything in time, sorted largest first. The arrival
+    /// probability at `s` is the share of these that are ≥ `s`, so the planner tabulates it over
+    /// every `s` in one sweep.
+    fn latest_starts(
+        &self,
+        ahead: f64,
+        bytes: f64,
+        budget_ms: f64,
+        charge: f64,
+        out: &mut Vec<f64>,
+    ) {
         out.clear();
         out.extend(
             self.rates()
-                .map(|r| deadline_after_ms - bytes / r.max(1e-9)),
+                .map(|r| (r * budget_ms - bytes - ahead) / charge.max(1e-9)),
         );
         out.sort_by(|a, b| b.total_cmp(a));
     }
@@ -329,7 +354,7 @@ impl LinkEstimate {
         };
         // What actually crossed (the send recorded only the prediction).
         let (_, sent_ms, _) = self.sent.remove(pos);
-        let bytes = a.bytes;
+        let bytes = wire_bytes(a.bytes);
         let completion = a.now_ms - self.rtt_ms - a.server_ms;
         let busy = completion - sent_ms.max(self.last_completion_ms);
         self.last_completion_ms = self.last_completion_ms.max(completion);
@@ -467,8 +492,9 @@ impl CboPlanner {
             params: DEFAULT_PARAMS,
             opts,
             shorts,
-            link: LinkEstimate::new(initial_bps, rtt_ms)
-                .with_quantile(1.0 - DEFAULT_PARAMS.min_arrival),
+            // Link time is charged at the median throughput (the expected occupancy); how
+            // likely a transfer is to arrive comes from the whole record.
+            link: LinkEstimate::new(initial_bps, rtt_ms).with_quantile(0.5),
             oracle: None,
             waiting: Vec::new(),
             predicted: Vec::new(),
@@ -484,7 +510,6 @@ impl CboPlanner {
     /// Plans with other constants than [`DEFAULT_PARAMS`] (cross-validation).
     pub fn with_params(mut self, params: CboParams) -> Self {
         self.params = params;
-        self.link = self.link.with_quantile(1.0 - params.min_arrival);
         self
     }
 
@@ -552,8 +577,10 @@ impl CboPlanner {
         self.opts[r].bytes * scale
     }
 
+    /// Predicted bytes on the uplink for frame `f` at `r`: the predicted JPEG, corrected by
+    /// this stream's actual/predicted ratio, plus the request overhead.
     fn bytes(&self, f: &FrameIn, r: usize) -> f64 {
-        self.predicted_bytes(f, r) * self.link.size_ratio
+        wire_bytes(self.predicted_bytes(f, r) * self.link.size_ratio)
     }
 
     /// The time a transfer of `f` at `r` needs besides its upload: encode, RTT, server, margin.
@@ -571,7 +598,7 @@ impl CboPlanner {
     /// and is worth `P(arrives) · gain`, `P` from the start on ([`LinkEstimate`]): the expected
     /// number of right labels it adds, since a frame whose answer misses keeps the device label.
     /// Link oracle: the trace says exactly when it crosses; worth `gain` if that is in time.
-    fn option_table(&self, t0: f64, steps: usize) -> Vec<Vec<Vec<Option<Step>>>> {
+    fn option_table(&self, now: f64, t0: f64, steps: usize) -> Vec<Vec<Vec<Option<Step>>>> {
         let mut starts = Vec::new();
         self.waiting
             .iter()
@@ -607,11 +634,17 @@ impl CboPlanner {
                             }
                             return row;
                         }
-                        let cost = ((bytes / self.link.bandwidth.max(1e-6) / TIME_STEP_MS).ceil()
-                            as usize)
-                            .max(1);
-                        self.link
-                            .latest_starts(bytes, f.deadline_ms - t0 - fixed, &mut starts);
+                        let charge = self.link.bandwidth.max(1e-6);
+                        let cost = ((bytes / charge / TIME_STEP_MS).ceil() as usize).max(1);
+                        // Until `t0` the link carries what we sent before: that many bytes are
+                        // ahead of this transfer at `s = 0`.
+                        self.link.latest_starts(
+                            (t0 - now).max(0.0) * charge,
+                            bytes,
+                            f.deadline_ms - now - fixed,
+                            charge,
+                            &mut starts,
+                        );
                         let n = starts.len() as f64;
                         let mut ok = starts.len();
                         for (s, cell) in row.iter_mut().enumerate() {
@@ -637,9 +670,9 @@ impl CboPlanner {
             .collect()
     }
 
-    /// Solves the knapsack over the waiting frames starting with the link free at `t0`;
+    /// Solves the knapsack over the waiting frames at `now`, with the link free from `t0`;
     /// returns the option chosen per waiting frame.
-    fn plan(&self, t0: f64) -> Vec<Option<usize>> {
+    fn plan(&self, now: f64, t0: f64) -> Vec<Option<usize>> {
         let n = self.waiting.len();
         if n == 0 {
             return Vec::new();
@@ -654,7 +687,7 @@ impl CboPlanner {
             return vec![None; n];
         }
         let steps = (horizon / TIME_STEP_MS).ceil() as usize + 1;
-        let table = self.option_table(t0, steps);
+        let table = self.option_table(now, t0, steps);
         const NONE: f64 = f64::NEG_INFINITY;
         // best[k][s]: max expected gain of the first k frames with the link free from step s.
         let mut best = vec![vec![NONE; steps]; n + 1];
@@ -697,8 +730,8 @@ impl CboPlanner {
         out
     }
 
-    /// Whether some option could still serve `f` if its upload started at `t0`.
-    fn servable_from(&self, f: &FrameIn, t0: f64) -> bool {
+    /// Whether some option could still serve `f` at `now` if its upload started at `t0`.
+    fn servable_from(&self, f: &FrameIn, now: f64, t0: f64) -> bool {
         (0..self.opts.len()).any(|r| {
             let bytes = self.bytes(f, r);
             let fixed = self.fixed_ms(r);
@@ -708,8 +741,9 @@ impl CboPlanner {
                     o.done(t0 + encode, bytes) + fixed - encode <= f.deadline_ms
                 }
                 None => {
+                    let ahead = (t0 - now).max(0.0) * self.link.bandwidth;
                     self.link
-                        .arrival_probability(bytes, f.deadline_ms - t0 - fixed)
+                        .arrival_probability(ahead, bytes, f.deadline_ms - now - fixed)
                         >= self.params.min_arrival
                 }
             }
@@ -780,7 +814,7 @@ impl Planner for CboPlanner {
         loop {
             // Frames no option can serve any more, or that nothing improves, leave now.
             let t0 = self.link_free_ms().max(now);
-            let plan = self.plan(t0);
+            let plan = self.plan(now, t0);
             let mut kept_any = false;
             let mut keep = vec![false; self.waiting.len()];
             for (k, f) in self.waiting.iter().enumerate() {
@@ -788,7 +822,7 @@ impl Planner for CboPlanner {
                     continue;
                 }
                 let useless = (0..self.opts.len()).all(|r| self.gain(f, r) <= 0.0);
-                if useless || !self.servable_from(f, t0) {
+                if useless || !self.servable_from(f, now, t0) {
                     keep[k] = true;
                     kept_any = true;
                 }
@@ -936,7 +970,8 @@ impl Planner for RulePlanner {
                     .rev()
                     .find(|&r| {
                         let o = &self.opts[r];
-                        let tx = o.bytes * self.link.size_ratio / self.link.bandwidth.max(1e-6);
+                        let tx = wire_bytes(o.bytes * self.link.size_ratio)
+                            / self.link.bandwidth.max(1e-6);
                         t0 + tx + self.link.rtt_ms + o.server_ms + o.encode_ms + MARGIN_MS
                             <= f.deadline_ms
                     })
@@ -944,7 +979,7 @@ impl Planner for RulePlanner {
             }
         };
         if let Action::Send { resolution } = action {
-            let bytes = self.opts[resolution].bytes * self.link.size_ratio;
+            let bytes = wire_bytes(self.opts[resolution].bytes * self.link.size_ratio);
             self.link.on_send(f.id, f.arrival_ms, bytes);
         }
         self.due.push((f.id, action));
@@ -1023,6 +1058,7 @@ mod tests {
                     mean_confidence: (k as f64 + 0.5) / 10.0,
                     device_accuracy: (k as f64 + 0.5) / 10.0,
                     server_accuracy: vec![0.6, 0.9],
+                    scenes: None,
                 })
                 .collect(),
         }
@@ -1176,7 +1212,7 @@ mod tests {
                 });
             }
             let t0 = 50.0 * rand();
-            let plan = p.plan(t0);
+            let plan = p.plan(0.0, t0);
             // The same options the planner sees (link steps and expected gain per start
             // state); the brute force tries every combination of them in arrival order.
             let horizon = p
@@ -1186,7 +1222,7 @@ mod tests {
                 .fold(f64::NEG_INFINITY, f64::max)
                 - t0;
             let steps = (horizon / TIME_STEP_MS).ceil() as usize + 1;
-            let table = p.option_table(t0, steps);
+            let table = p.option_table(0.0, t0, steps);
             let value = |choice: &[Option<usize>]| -> Option<f64> {
                 let mut s = 0usize;
                 let mut total = 0.0;

@@ -164,7 +164,8 @@ pub fn simulate(
                     answers.push(Pending {
                         at: at.unwrap_or(deadline),
                         id,
-                        bytes: bytes as f64,
+                        // The element reports the JPEG's size; the planner adds the overhead.
+                        bytes: s.bytes as f64,
                         server_ms: s.server_ms,
                         failed: at.is_none(),
                     });

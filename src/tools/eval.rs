@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use sha2::Digest;
 
+use crate::offload::crossval::{CvSetting, choose, leave_one_out};
 use crate::offload::planner::{CboParams, CboPlanner, DEFAULT_PARAMS, Planner, Rule, RulePlanner};
 use crate::offload::sim::{
     SimConfig, SimFrame, SimResult, SimReuse, SimServer, clairvoyant, simulate,
 };
-use crate::offload::crossval::{CvSetting, choose, leave_one_out};
 use crate::offload::summary::{PolicySummary, summarise};
 use crate::profile::{FrameObservation, Profile};
 use crate::tools::dataset::InputArgs;
@@ -91,6 +91,12 @@ pub struct EvalArgs {
     /// Print one JSON object
     #[arg(long)]
     pub json: bool,
+    /// Per-frame encode and server times in the replay: `profile` (the profile's mean per
+    /// resolution: the server is another machine, and per-frame times measured while caching on
+    /// a loaded development machine describe that machine's load, not the server) or `measured`
+    /// (what this machine took for each frame while the cache was made)
+    #[arg(long, default_value = "profile", value_parser = ["profile", "measured"])]
+    pub timing: String,
     /// Settings replayed in parallel (0: one per core)
     #[arg(long, default_value_t = 0)]
     pub jobs: usize,
@@ -372,6 +378,16 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Replaces every frame's encode and server time by the profile's mean at that resolution.
+fn use_profile_timing(frames: &mut [SimFrame], profile: &Profile) {
+    for f in frames {
+        for (s, r) in f.server.iter_mut().zip(&profile.resolutions) {
+            s.encode_ms = r.encode_ms_mean;
+            s.server_ms = r.server_decode_ms_mean + r.server_inference_ms_mean;
+        }
+    }
+}
+
 /// A labelled clip and its per-frame model results.
 struct Clip {
     video: PathBuf,
@@ -425,7 +441,10 @@ fn run_setting(
         }
         per_candidate.push(results);
     }
-    Ok((run_policies(args, profile, clip, trace, &cfg)?, per_candidate))
+    Ok((
+        run_policies(args, profile, clip, trace, &cfg)?,
+        per_candidate,
+    ))
 }
 
 fn run_policies(
@@ -539,7 +558,13 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
                 video: v.clone(),
                 labels: l.clone(),
                 name: file_name(v),
-                frames: frames(args, v, l, &profile)?,
+                frames: {
+                    let mut f = frames(args, v, l, &profile)?;
+                    if args.timing == "profile" {
+                        use_profile_timing(&mut f, &profile);
+                    }
+                    f
+                },
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -652,7 +677,12 @@ fn cross_validate(
 ) -> CvReport {
     let on = ["cbo+reuse", "cbo"]
         .into_iter()
-        .find(|p| per_candidate.first().and_then(|c| c.first()).is_some_and(|m| m.contains_key(*p)))
+        .find(|p| {
+            per_candidate
+                .first()
+                .and_then(|c| c.first())
+                .is_some_and(|m| m.contains_key(*p))
+        })
         .unwrap_or("cbo");
     let settings: Vec<CvSetting> = runs
         .iter()
