@@ -40,6 +40,7 @@ pub fn missing_element_message(element: &str) -> String {
 /// `gst::parse::launch` for a pipeline description, with an error that names the package of
 /// a missing element instead of GStreamer's bare `no element "X"`.
 pub fn launch_pipeline(desc: &str) -> Result<gst::Pipeline, String> {
+    use gst::prelude::Cast;
     let element = gst::parse::launch(desc).map_err(|e| {
         let text = e.to_string();
         match missing_element_name(&text) {
