@@ -44,7 +44,10 @@ pub fn launch_pipeline(desc: &str) -> Result<gst::Pipeline, String> {
     let element = gst::parse::launch(desc).map_err(|e| {
         let text = e.to_string();
         match missing_element_name(&text) {
-            Some(name) => format!("cannot build the pipeline: {}", missing_element_message(name)),
+            Some(name) => format!(
+                "cannot build the pipeline: {}",
+                missing_element_message(name)
+            ),
             None => format!("cannot build the pipeline: {text}"),
         }
     })?;
@@ -95,11 +98,17 @@ mod tests {
         let all: Vec<_> = required().collect();
         assert!(all.len() > 20, "{all:?}");
         for (element, package) in &all {
-            assert!(!element.is_empty() && !package.is_empty(), "{element}: {package}");
+            assert!(
+                !element.is_empty() && !package.is_empty(),
+                "{element}: {package}"
+            );
             assert!(!element.contains(' ') && !package.contains(' '));
         }
         assert_eq!(providing_package("textoverlay"), Some("gstreamer1.0-x"));
-        assert_eq!(providing_package("x264enc"), Some("gstreamer1.0-plugins-ugly"));
+        assert_eq!(
+            providing_package("x264enc"),
+            Some("gstreamer1.0-plugins-ugly")
+        );
         assert_eq!(providing_package("cbofilter"), None);
     }
 
@@ -111,7 +120,10 @@ mod tests {
         );
         assert_eq!(missing_element_name("syntax error"), None);
         let m = missing_element_message("textoverlay");
-        assert!(m.contains("textoverlay") && m.contains("gstreamer1.0-x"), "{m}");
+        assert!(
+            m.contains("textoverlay") && m.contains("gstreamer1.0-x"),
+            "{m}"
+        );
         let m = missing_element_message("nosuchthing");
         assert!(m.contains("nosuchthing") && m.contains("no plugin"), "{m}");
     }
@@ -119,10 +131,11 @@ mod tests {
     #[test]
     fn launching_with_an_unknown_element_names_it() {
         gst::init().unwrap();
-        let err = launch_pipeline("videotestsrc ! cbo-surely-not-an-element ! fakesink")
-            .unwrap_err();
+        let err =
+            launch_pipeline("videotestsrc ! cbo-surely-not-an-element ! fakesink").unwrap_err();
         assert!(err.contains("cbo-surely-not-an-element"), "{err}");
-        let hint = missing_plugin_hint("Your GStreamer installation is missing a plug-in.").unwrap();
+        let hint =
+            missing_plugin_hint("Your GStreamer installation is missing a plug-in.").unwrap();
         assert!(hint.contains("gstreamer1.0-libav"), "{hint}");
         assert!(missing_plugin_hint("Internal data stream error.").is_none());
     }

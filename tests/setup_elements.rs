@@ -53,8 +53,7 @@ fn element_words(line: &str) -> Vec<String> {
     if let Some(last) = parts[0]
         .split_whitespace()
         .map(clean)
-        .filter(|t| !t.contains('='))
-        .next_back()
+        .rfind(|t| !t.contains('='))
     {
         words.push(last.to_string());
     }
@@ -88,8 +87,18 @@ fn every_element_a_pipeline_names_is_in_the_setup_list() {
         }
     }
     // The scan itself must see the pipelines it is meant to check.
-    for known in ["filesrc", "decodebin", "textoverlay", "x264enc", "rtspsrc", "v4l2src"] {
-        assert!(seen.contains_key(known), "the scan missed {known}: {seen:?}");
+    for known in [
+        "filesrc",
+        "decodebin",
+        "textoverlay",
+        "x264enc",
+        "rtspsrc",
+        "v4l2src",
+    ] {
+        assert!(
+            seen.contains_key(known),
+            "the scan missed {known}: {seen:?}"
+        );
     }
     let unlisted: Vec<String> = seen
         .iter()
@@ -119,7 +128,9 @@ fn every_listed_element_is_installed() {
 #[test]
 fn the_scan_finds_elements_in_launch_strings() {
     assert_eq!(
-        element_words("        \"filesrc location=\\\"{}\\\" ! decodebin ! identity eos-after=4 ! fakesink\","),
+        element_words(
+            "        \"filesrc location=\\\"{}\\\" ! decodebin ! identity eos-after=4 ! fakesink\","
+        ),
         ["filesrc", "decodebin", "identity", "fakesink"]
     );
     assert_eq!(
@@ -127,7 +138,9 @@ fn the_scan_finds_elements_in_launch_strings() {
         ["v4l2src", "videoconvert"]
     );
     assert_eq!(
-        element_words("\"( videotestsrc is-live=true ! video/x-raw,width=320 ! x264enc name=enc ! \\"),
+        element_words(
+            "\"( videotestsrc is-live=true ! video/x-raw,width=320 ! x264enc name=enc ! \\"
+        ),
         ["videotestsrc", "x264enc"]
     );
     assert!(element_words("//! a comment ! with bangs").is_empty());

@@ -62,6 +62,8 @@ pub struct ServerResult {
     pub latency: Duration,
     pub jpeg_bytes: usize,
     pub short_side: u32,
+    /// The connection's round-trip time when the answer arrived (the planner's RTT sample).
+    pub rtt: Duration,
 }
 
 pub type Completion = Box<dyn FnOnce(Result<ServerResult, String>) + Send>;
@@ -309,6 +311,7 @@ fn encode_loop(
                         latency,
                         jpeg_bytes: encoded.bytes.len(),
                         short_side: header.short_side,
+                        rtt: connection.rtt(),
                     }));
                 }
                 Ok(Err(e)) => {

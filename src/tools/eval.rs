@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest;
 
-use crate::offload::planner::{CboPlanner, Planner, Rule, RulePlanner};
+use crate::offload::planner::Planner;
+use crate::offload::policy::PolicySpec;
 use crate::offload::sim::{
     SimConfig, SimFrame, SimResult, SimReuse, SimServer, clairvoyant, simulate,
 };
@@ -35,7 +36,7 @@ pub const ALL_POLICIES: &str =
     "local,all,threshold,threshold-raw,fastva,cbo,clairvoyant,cbo+reuse,clairvoyant+reuse";
 
 /// A policy name with this suffix runs with answer reuse ([`crate::offload::reuse`]).
-pub const REUSE_SUFFIX: &str = "+reuse";
+pub const REUSE_SUFFIX: &str = crate::offload::policy::REUSE_SUFFIX;
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -230,31 +231,13 @@ fn planner(
     args: &EvalArgs,
     profile: &Profile,
 ) -> Result<Option<Box<dyn Planner>>, String> {
+    if name == "clairvoyant" || name == format!("clairvoyant{REUSE_SUFFIX}") {
+        return Ok(None);
+    }
+    let spec = PolicySpec::parse(name, args.threshold, args.resolution, args.reuse_window_ms)
+        .map_err(|e| format!("{e} (known: {ALL_POLICIES})"))?;
     let bps = args.initial_uplink_mbps * 1e6;
-    let rule = |r| -> Box<dyn Planner> {
-        Box::new(RulePlanner::new(
-            r,
-            profile,
-            args.resolution,
-            bps,
-            args.rtt_ms,
-        ))
-    };
-    let reuse = name.ends_with(REUSE_SUFFIX);
-    let name = name.strip_suffix(REUSE_SUFFIX).unwrap_or(name);
-    Ok(Some(match name {
-        "local" => rule(Rule::Local),
-        "all" => rule(Rule::All),
-        "threshold" => rule(Rule::Threshold(args.threshold)),
-        "threshold-raw" => rule(Rule::ThresholdRaw(args.threshold)),
-        "fastva" => rule(Rule::FastVa),
-        "cbo" if reuse => Box::new(
-            CboPlanner::new(profile.clone(), bps, args.rtt_ms).with_reuse(args.reuse_window_ms),
-        ),
-        "cbo" => Box::new(CboPlanner::new(profile.clone(), bps, args.rtt_ms)),
-        "clairvoyant" => return Ok(None),
-        other => return Err(format!("unknown policy '{other}' (known: {ALL_POLICIES})")),
-    }))
+    Ok(spec.planner(Some(profile), bps, args.rtt_ms))
 }
 
 fn file_name(p: &Path) -> String {

@@ -87,7 +87,9 @@ pub fn for_each_frame(
                 let err =
                     bus.pop_filtered(&[gst::MessageType::Error])
                         .and_then(|m| match m.view() {
-                            gst::MessageView::Error(e) => Some(crate::gstelements::describe_error(e)),
+                            gst::MessageView::Error(e) => {
+                                Some(crate::gstelements::describe_error(e))
+                            }
                             _ => None,
                         });
                 break match err {
