@@ -7,6 +7,8 @@
 //!   negative log-likelihood of the true class (convex in 1/T; solved by safeguarded Newton). For
 //!   probability-output models the log-probabilities stand in for logits. The top class never
 //!   changes, only its confidence.
+//! - **Platt scaling** fits `sigmoid(a · logit(p) + b)` (a > 0) to the top-label confidence by
+//!   minimising the NLL of "the top class is right".
 //! - **Histogram binning** puts the fitting confidences into equal-mass bins and maps each bin to
 //!   its accuracy; bin accuracies are made non-decreasing by pool-adjacent-violators so the map is
 //!   monotone.

@@ -10,8 +10,8 @@
 //! confidence `c` at `r` is `server_accuracy(c, r) − c` (the device is right with probability `c`
 //! when calibrated).
 //!
-//! File format (JSON, `format: "cbo-profile"`, `version: 1`): see [`Profile`]; `docs` in the
-//! README show an example.
+//! File format (JSON, `format: "cbo-profile"`, `version: 1`): see [`Profile`];
+//! `docs/profile.md` shows the shipped profile's numbers.
 
 use std::path::Path;
 
