@@ -239,16 +239,19 @@ impl CboFilter {
     ) -> Result<Offload, String> {
         let clock = SystemClock::new();
         let (tx, rx) = input_channel();
-        let client = Arc::new(OffloadClient::start(
-            ClientConfig {
-                server: settings.server.clone(),
-                trust,
-                token: settings.token.clone(),
-                jpeg_quality: settings.jpeg_quality,
-                top_k: settings.top_k.min(u8::MAX as u32) as u8,
-            },
-            client_events(self.obj().downgrade(), tx.clone(), clock),
-        )?);
+        let client = Arc::new(
+            OffloadClient::start(
+                ClientConfig {
+                    server: settings.server.clone(),
+                    trust,
+                    token: settings.token.clone(),
+                    jpeg_quality: settings.jpeg_quality,
+                    top_k: settings.top_k.min(u8::MAX as u32) as u8,
+                },
+                client_events(self.obj().downgrade(), tx.clone(), clock),
+            )
+            .map_err(|e| e.to_string())?,
+        );
         let planner = spec
             .planner(profile.as_ref(), INITIAL_UPLINK_BPS, INITIAL_RTT_MS)
             .ok_or_else(|| format!("policy {} needs a profile", spec.kind.name()))?;

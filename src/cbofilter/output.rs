@@ -18,7 +18,7 @@ use gst::subclass::prelude::*;
 use super::imp::CboFilter;
 use super::{CAT, OFFLOAD_CAT};
 use crate::meta::{CboResult, Decision, Source};
-use crate::offload::client::ServerResult;
+use crate::offload::client::{ClientError, ServerResult};
 use crate::offload::hold::{HoldQueue, Outcome};
 use crate::offload::reuse::AnswerReuse;
 use crate::profile::Profile;
@@ -168,11 +168,11 @@ impl Hold {
 
     /// Client threads: how offloaded frame `id` ended. An answer for a frame that left (late,
     /// or dropped by a flush) is ignored.
-    pub fn complete(&self, id: u64, result: Result<ServerResult, String>) {
+    pub fn complete(&self, id: u64, result: Result<ServerResult, ClientError>) {
         let mut inner = self.lock();
         let waiting = match result {
             Ok(answer) => inner.queue.answer(id, answer),
-            Err(reason) => inner.queue.fail(id, reason),
+            Err(reason) => inner.queue.fail(id, reason.to_string()),
         };
         if waiting {
             self.cond.notify_all();

@@ -250,7 +250,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
     let profile_path = args.profile.clone().unwrap_or_else(|| {
         crate::inference::models_dir().join("efficientnet-lite0-to-lite2.profile.json")
     });
-    let profile = Profile::load(&profile_path).map_err(|e| e.0)?;
+    let profile = Profile::load(&profile_path).map_err(|e| e.to_string())?;
     for p in &args.policies {
         planner(p, args, &profile)?;
     }
@@ -258,7 +258,8 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
         .trace
         .iter()
         .map(|t| Trace::load(t).map(|tr| (t, tr)))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     let frames = frames(args, &profile)?;
     let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
     let mut runs = Vec::new();
