@@ -340,7 +340,9 @@ impl CboFilter {
             self.srcpad
                 .stop_task()
                 .map_err(|e| gst::loggable_error!(CAT, "cannot stop the output task: {e}"))?;
+            // Dropped, and flushing until the task starts again.
             self.hold.flush();
+            self.hold.set_flushing();
             if let Some(s) = self.state.lock().unwrap().as_mut() {
                 s.live = None;
             }
