@@ -49,32 +49,36 @@ fn record(pad: &gst::Pad, into: Arc<Mutex<Vec<Seen>>>) {
     );
 }
 
-/// Runs `pipeline` to EOS (panicking on an error), calling `on_frame(n)` from the main thread
+/// Runs `pipeline` to EOS (panicking on an error), calling `on_frame(n)` on another thread
 /// each time the n-th buffer has entered the element named `cbo`.
-fn run(pipeline: &gst::Pipeline, mut on_frame: impl FnMut(usize)) {
+fn run(pipeline: &gst::Pipeline, mut on_frame: impl FnMut(usize) + Send + 'static) {
     let (tx, rx) = mpsc::channel::<usize>();
-    let entered = Arc::new(Mutex::new(0usize));
-    let tx = Mutex::new(tx);
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let probe_tx = tx.clone();
+    let entered = std::sync::atomic::AtomicUsize::new(0);
     pipeline
         .by_name("cbo")
         .unwrap()
         .static_pad("sink")
         .unwrap()
         .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            let mut n = entered.lock().unwrap();
-            *n += 1;
-            let _ = tx.lock().unwrap().send(*n);
+            let n = entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if let Some(tx) = probe_tx.lock().unwrap().as_ref() {
+                let _ = tx.send(n);
+            }
             gst::PadProbeReturn::Ok
         });
+    let watcher = std::thread::spawn(move || {
+        for n in rx {
+            on_frame(n);
+        }
+    });
     let bus = pipeline.bus().unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     loop {
-        while let Ok(n) = rx.try_recv() {
-            on_frame(n);
-        }
-        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(10)) else {
-            continue;
-        };
+        let msg = bus
+            .timed_pop(gst::ClockTime::from_seconds(120))
+            .expect("the pipeline ends within 120 s");
         match msg.view() {
             gst::MessageView::Eos(_) => break,
             gst::MessageView::Error(e) => {
@@ -84,6 +88,9 @@ fn run(pipeline: &gst::Pipeline, mut on_frame: impl FnMut(usize)) {
         }
     }
     pipeline.set_state(gst::State::Null).unwrap();
+    // No more frames: the watcher's channel closes.
+    tx.lock().unwrap().take();
+    watcher.join().unwrap();
 }
 
 fn buffers(seen: &[Seen]) -> Vec<(Option<gst::ClockTime>, Option<&CboResult>)> {
@@ -115,10 +122,12 @@ fn a_flushing_seek_while_frames_are_held_continues_from_the_new_position() {
     record(&cbo.static_pad("src").unwrap(), Arc::clone(&out));
     let target = gst::ClockTime::from_seconds(1);
     let p = pipeline.clone();
-    let mut seeked = false;
-    run(&pipeline, |n| {
-        if n >= 12 && !seeked {
-            seeked = true;
+    let seeked = Arc::new(Mutex::new(false));
+    let did_seek = seeked.clone();
+    run(&pipeline, move |n| {
+        let mut seeked = did_seek.lock().unwrap();
+        if n >= 12 && !*seeked {
+            *seeked = true;
             // To 1 s, and on for 1.5 s.
             p.seek(
                 1.0,
@@ -131,7 +140,7 @@ fn a_flushing_seek_while_frames_are_held_continues_from_the_new_position() {
             .unwrap();
         }
     });
-    assert!(seeked);
+    assert!(*seeked.lock().unwrap());
     let into = into.lock().unwrap().clone();
     let out = out.lock().unwrap().clone();
     let split = |seen: &[Seen]| {
