@@ -379,13 +379,18 @@ impl CboFilter {
             EventView::FlushStart(_) => {
                 let ret = self.srcpad.push_event(event);
                 self.hold.set_flushing();
+                // Everything held will be dropped: the planner sends none of it any more.
+                if let Some(o) = self.offload() {
+                    o.driver.send(o.now_ms(), vec![Event::Flush]);
+                }
                 let _ = self.srcpad.pause_task();
                 ret
             }
             EventView::FlushStop(_) => {
                 let ret = self.srcpad.push_event(event);
-                // The frames held are dropped (the planner forgets the undecided ones; answers
-                // still to come for them are ignored), the sticky events among them kept.
+                // The frames held are dropped (answers still to come for them are ignored), the
+                // sticky events among them kept; the planner forgets a frame that was queued
+                // while FLUSH_START came.
                 self.drop_held();
                 if let Some(o) = self.offload() {
                     o.driver.send(o.now_ms(), vec![Event::Flush]);
