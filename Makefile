@@ -28,7 +28,7 @@ test: setup
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 
-# cbofilter vs a bare ONNX Runtime loop on the same frames (numbers for the README).
+# cbofilter vs a bare ONNX Runtime loop on the same frames (numbers for docs/evaluation.md).
 bench: build
 	./target/release/cbo bench
 

@@ -61,7 +61,7 @@ fn run_once(uri: &str, max_frames: u64, printed: &Arc<AtomicU64>) -> Result<bool
                     "class_id": r.class_id,
                     "confidence": r.confidence,
                     "source": r.source.as_str(),
-                    "decision": r.decision,
+                    "decision": r.decision.as_str(),
                 });
                 println!("{line}");
                 *last.lock().unwrap() = Instant::now();

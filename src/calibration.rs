@@ -7,6 +7,8 @@
 //!   negative log-likelihood of the true class (convex in 1/T; solved by safeguarded Newton). For
 //!   probability-output models the log-probabilities stand in for logits. The top class never
 //!   changes, only its confidence.
+//! - **Platt scaling** fits `sigmoid(a · logit(p) + b)` (a > 0) to the top-label confidence by
+//!   minimising the NLL of "the top class is right".
 //! - **Histogram binning** puts the fitting confidences into equal-mass bins and maps each bin to
 //!   its accuracy; bin accuracies are made non-decreasing by pool-adjacent-violators so the map is
 //!   monotone.
@@ -206,9 +208,50 @@ fn exp_nonpositive(x: f32) -> f32 {
 }
 
 /// Why a calibration could not be fitted, loaded or applied.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct CalibrationError(pub String);
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrationError {
+    /// The parameters are out of range or the map is not monotone.
+    #[error("{0}")]
+    Invalid(&'static str),
+    #[error("calibration needs at least 10 labelled samples, got {0}")]
+    TooFewSamples(usize),
+    #[error("cannot read '{path}': {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not valid JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("not a cbo calibration file (expected \"format\": \"{FILE_FORMAT}\")")]
+    NotACalibration,
+    #[error(
+        "calibration file version {0} is not supported (this cbo reads version {FILE_VERSION})"
+    )]
+    Version(u64),
+    #[error("calibration file has no version")]
+    NoVersion,
+    #[error("corrupt calibration file: {0}")]
+    Corrupt(serde_json::Error),
+    #[error("calibration '{path}': {source}")]
+    In {
+        path: std::path::PathBuf,
+        source: Box<CalibrationError>,
+    },
+    #[error(
+        "calibration was fitted for model '{file}' (sha256 {fitted}), not for '{model}' (sha256 {hash})"
+    )]
+    OtherModel {
+        file: String,
+        fitted: String,
+        model: std::path::PathBuf,
+        hash: String,
+    },
+    #[error("cannot write '{path}': {source}")]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
 
 impl Calibrator {
     /// Calibrated confidence of a frame whose top raw confidence is `raw` and score row `row`.
@@ -255,7 +298,7 @@ impl Calibrator {
 
     /// Checks the parameters: finite, in range, and a monotone non-decreasing map.
     pub fn validate(&self) -> Result<(), CalibrationError> {
-        let bad = |m: &str| Err(CalibrationError(m.to_string()));
+        let bad = |m: &'static str| Err(CalibrationError::Invalid(m));
         let in_unit = |v: &[f64]| v.iter().all(|p| p.is_finite() && (0.0..=1.0).contains(p));
         let non_decreasing = |v: &[f64]| v.windows(2).all(|w| w[0] <= w[1]);
         match self {
@@ -317,10 +360,7 @@ impl Calibrator {
     /// Fits `method` on `data` (`Auto`: 5-fold cross-validation picks the method).
     pub fn fit(method: Method, data: &Dataset) -> Result<Self, CalibrationError> {
         if data.len() < 10 {
-            return Err(CalibrationError(format!(
-                "calibration needs at least 10 labelled samples, got {}",
-                data.len()
-            )));
+            return Err(CalibrationError::TooFewSamples(data.len()));
         }
         match method {
             Method::Temperature => Ok(Calibrator::Temperature {
@@ -730,8 +770,10 @@ pub struct CalibrationFile {
 /// Hex SHA-256 of a file.
 pub fn sha256_file(path: &std::path::Path) -> Result<String, CalibrationError> {
     use sha2::Digest;
-    let bytes = std::fs::read(path)
-        .map_err(|e| CalibrationError(format!("cannot read '{}': {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|source| CalibrationError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(sha2::Sha256::digest(&bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -765,54 +807,52 @@ impl CalibrationFile {
     pub fn parse(text: &str) -> Result<Self, CalibrationError> {
         // Check the header first, so a file of another version says so rather than failing on
         // whichever field changed.
-        let header: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| CalibrationError(format!("not valid JSON: {e}")))?;
+        let header: serde_json::Value =
+            serde_json::from_str(text).map_err(CalibrationError::NotJson)?;
         if header.get("format").and_then(|v| v.as_str()) != Some(FILE_FORMAT) {
-            return Err(CalibrationError(format!(
-                "not a cbo calibration file (expected \"format\": \"{FILE_FORMAT}\")"
-            )));
+            return Err(CalibrationError::NotACalibration);
         }
         match header.get("version").and_then(|v| v.as_u64()) {
             Some(v) if v == FILE_VERSION as u64 => {}
-            Some(v) => {
-                return Err(CalibrationError(format!(
-                    "calibration file version {v} is not supported (this cbo reads version {FILE_VERSION})"
-                )));
-            }
-            None => return Err(CalibrationError("calibration file has no version".into())),
+            Some(v) => return Err(CalibrationError::Version(v)),
+            None => return Err(CalibrationError::NoVersion),
         }
-        let file: Self = serde_json::from_value(header)
-            .map_err(|e| CalibrationError(format!("corrupt calibration file: {e}")))?;
+        let file: Self = serde_json::from_value(header).map_err(CalibrationError::Corrupt)?;
         file.calibrator.validate()?;
         Ok(file)
     }
 
     pub fn load(path: &std::path::Path) -> Result<Self, CalibrationError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            CalibrationError(format!("cannot read calibration '{}': {e}", path.display()))
+        let text = std::fs::read_to_string(path).map_err(|source| CalibrationError::Read {
+            path: path.to_path_buf(),
+            source,
         })?;
-        Self::parse(&text)
-            .map_err(|e| CalibrationError(format!("calibration '{}': {}", path.display(), e.0)))
+        Self::parse(&text).map_err(|e| CalibrationError::In {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
     /// Errors unless the file was fitted for exactly this model file.
     pub fn check_model(&self, model: &std::path::Path) -> Result<(), CalibrationError> {
         let hash = sha256_file(model)?;
         if hash != self.model_sha256 {
-            return Err(CalibrationError(format!(
-                "calibration was fitted for model '{}' (sha256 {}), not for '{}' (sha256 {hash})",
-                self.model_file,
-                self.model_sha256,
-                model.display()
-            )));
+            return Err(CalibrationError::OtherModel {
+                file: self.model_file.clone(),
+                fitted: self.model_sha256.clone(),
+                model: model.to_path_buf(),
+                hash,
+            });
         }
         Ok(())
     }
 
     pub fn save(&self, path: &std::path::Path) -> Result<(), CalibrationError> {
         let text = serde_json::to_string_pretty(self).expect("serialisable");
-        std::fs::write(path, text + "\n")
-            .map_err(|e| CalibrationError(format!("cannot write '{}': {e}", path.display())))
+        std::fs::write(path, text + "\n").map_err(|source| CalibrationError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -955,7 +995,13 @@ mod tests {
             x: vec![0.1, 0.5],
             y: vec![0.6, 0.2],
         };
-        assert!(non_monotone.validate().unwrap_err().0.contains("monotone"));
+        assert!(
+            non_monotone
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("monotone")
+        );
         let mismatched = Calibrator::HistogramBinning {
             upper: vec![0.5],
             values: vec![0.1, 0.2],
@@ -1025,7 +1071,11 @@ mod tests {
             assert_eq!(back, file);
             back.check_model(&model).unwrap();
             let err = back.check_model(&other).unwrap_err();
-            assert!(err.0.contains("fitted for model 'model.onnx'"), "{err}");
+            assert!(matches!(err, CalibrationError::OtherModel { .. }), "{err}");
+            assert!(
+                err.to_string().contains("fitted for model 'model.onnx'"),
+                "{err}"
+            );
         }
         let good = serde_json::to_value(
             CalibrationFile::new(
@@ -1044,18 +1094,18 @@ mod tests {
         let variant = |f: &dyn Fn(&mut serde_json::Value)| {
             let mut v = good.clone();
             f(&mut v);
-            CalibrationFile::parse(&v.to_string()).unwrap_err().0
+            CalibrationFile::parse(&v.to_string())
+                .unwrap_err()
+                .to_string()
         };
         assert!(variant(&|v| v["version"] = 2.into()).contains("version 2"));
         assert!(variant(&|v| v["format"] = "x".into()).contains("not a cbo calibration"));
         assert!(variant(&|v| v["temperature"] = (-1.0).into()).contains("positive"));
         assert!(variant(&|v| v["method"] = "magic".into()).contains("corrupt"));
-        assert!(
-            CalibrationFile::parse("{ truncated")
-                .unwrap_err()
-                .0
-                .contains("JSON")
-        );
+        assert!(matches!(
+            CalibrationFile::parse("{ truncated"),
+            Err(CalibrationError::NotJson(_))
+        ));
         let err = variant(&|v| {
             v["method"] = "isotonic".into();
             v["x"] = serde_json::json!([0.1, 0.5]);
@@ -1067,6 +1117,9 @@ mod tests {
     #[test]
     fn too_little_data_is_an_error() {
         let d = synthetic(5, 3, 1.0, 1);
-        assert!(Calibrator::fit(Method::Temperature, &d).is_err());
+        assert!(matches!(
+            Calibrator::fit(Method::Temperature, &d),
+            Err(CalibrationError::TooFewSamples(5))
+        ));
     }
 }

@@ -4,8 +4,6 @@
 //! installs and checks those packages), the tools' error messages and `tests/setup_elements.rs`
 //! (which fails when a pipeline uses an element missing from the list) all share one list.
 
-use gst::prelude::*;
-
 /// `scripts/gst-elements.tsv`: `element<TAB>package<TAB>used by`, `#` comments.
 const ELEMENTS_TSV: &str = include_str!("../scripts/gst-elements.tsv");
 
@@ -42,6 +40,7 @@ pub fn missing_element_message(element: &str) -> String {
 /// `gst::parse::launch` for a pipeline description, with an error that names the package of
 /// a missing element instead of GStreamer's bare `no element "X"`.
 pub fn launch_pipeline(desc: &str) -> Result<gst::Pipeline, String> {
+    use gst::prelude::Cast;
     let element = gst::parse::launch(desc).map_err(|e| {
         let text = e.to_string();
         match missing_element_name(&text) {

@@ -27,7 +27,7 @@ pub mod tools;
 pub mod trace;
 
 pub use cbofilter::{CboFilter, ExecutionProviderProp, OutputKindProp, Policy};
-pub use meta::{CboResult, Source};
+pub use meta::{CboResult, Decision, Source};
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     meta::register();

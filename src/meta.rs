@@ -37,6 +37,73 @@ impl Source {
     }
 }
 
+/// What happened to a frame, as the `decision` field of the meta spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Decision {
+    /// The policy kept the device result (`device`).
+    #[default]
+    Device,
+    /// Sent to the server, and the server's answer is the label (`offload`).
+    Offload,
+    /// The policy wanted to offload but `max-in-flight` requests were outstanding (`busy`).
+    Busy,
+    /// The policy wanted to offload but no server connection was up (`offline`).
+    Offline,
+    /// Sent (or still undecided) when its deadline passed: it left with its device label
+    /// (`late`).
+    Late,
+    /// The request failed, or the answer carried no class (`failed`).
+    Failed,
+    /// Kept on the device, labelled with an earlier frame's server answer (`reuse`).
+    Reuse,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 7] = [
+        Decision::Device,
+        Decision::Offload,
+        Decision::Busy,
+        Decision::Offline,
+        Decision::Late,
+        Decision::Failed,
+        Decision::Reuse,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Device => "device",
+            Decision::Offload => "offload",
+            Decision::Busy => "busy",
+            Decision::Offline => "offline",
+            Decision::Late => "late",
+            Decision::Failed => "failed",
+            Decision::Reuse => "reuse",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Decision> {
+        Decision::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Decision {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<str> for Decision {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
 /// One frame's result, as stored in the `CboMeta` structure.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CboResult {
@@ -49,8 +116,9 @@ pub struct CboResult {
     /// Top softmax probability of the model that produced the label.
     pub raw_confidence: f64,
     pub source: Source,
-    /// What the offloading policy decided for this frame ("device" when nothing was offloaded).
-    pub decision: String,
+    /// What the offloading policy decided for this frame ([`Decision::Device`] when nothing was
+    /// offloaded).
+    pub decision: Decision,
     /// Short side the frame was offloaded at; 0 when it was not.
     pub resolution: i32,
     /// Time the model run took on the device.
@@ -128,6 +196,11 @@ impl CboResult {
                 });
             }
         };
+        let decision = get::<&str>(s, "decision")?;
+        let decision = Decision::parse(decision).ok_or_else(|| FieldError {
+            field: "decision",
+            reason: format!("unknown decision '{decision}'"),
+        })?;
         let top_classes = array("top-classes")?
             .iter()
             .map(|v| v.get::<i32>())
@@ -151,7 +224,7 @@ impl CboResult {
             confidence: get(s, "confidence")?,
             raw_confidence: get(s, "raw-confidence")?,
             source,
-            decision: get::<&str>(s, "decision")?.to_string(),
+            decision,
             resolution: get(s, "resolution")?,
             inference_us: get(s, "inference-us")?,
             preprocess_us: s.get("preprocess-us").unwrap_or(0),
@@ -198,7 +271,7 @@ mod tests {
             confidence: 0.7,
             raw_confidence: 0.6,
             source: Source::Device,
-            decision: "device".into(),
+            decision: Decision::Device,
             resolution: 0,
             inference_us: 1234,
             preprocess_us: 56,
@@ -220,5 +293,24 @@ mod tests {
         let copy = buf.copy();
         assert_eq!(CboResult::from_buffer(&copy).unwrap().unwrap().frame, 8);
         assert!(CboResult::from_buffer(&gst::Buffer::new()).is_none());
+    }
+
+    #[test]
+    fn decisions_spell_as_the_meta_always_did() {
+        let names: Vec<&str> = Decision::ALL.iter().map(|d| d.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "device", "offload", "busy", "offline", "late", "failed", "reuse"
+            ]
+        );
+        for d in Decision::ALL {
+            assert_eq!(Decision::parse(d.as_str()), Some(d));
+        }
+        assert_eq!(Decision::parse("wait"), None);
+        let mut s = CboResult::default().to_structure();
+        s.set("decision", "maybe");
+        let e = CboResult::from_structure(&s).unwrap_err();
+        assert_eq!(e.field, "decision");
     }
 }

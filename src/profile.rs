@@ -10,8 +10,8 @@
 //! confidence `c` at `r` is `server_accuracy(c, r) − c` (the device is right with probability `c`
 //! when calibrated).
 //!
-//! File format (JSON, `format: "cbo-profile"`, `version: 1`): see [`Profile`]; `docs` in the
-//! README show an example.
+//! File format (JSON, `format: "cbo-profile"`, `version: 1`): see [`Profile`];
+//! `docs/profile.md` shows the shipped profile's numbers.
 
 use std::path::Path;
 
@@ -115,9 +115,42 @@ pub struct Profile {
     pub bins: Vec<ConfidenceBin>,
 }
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct ProfileError(pub String);
+/// Why a profile could not be built, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("no frames to build a profile from")]
+    NoFrames,
+    #[error("no resolutions to profile")]
+    NoResolutions,
+    #[error("an observation has {got} server entries for {expected} resolutions")]
+    ServerEntries { got: usize, expected: usize },
+    #[error("not a JSON profile: {0}")]
+    NotJson(serde_json::Error),
+    #[error("not a cbo profile (format {0:?}, expected \"{FORMAT}\")")]
+    NotAProfile(Option<String>),
+    #[error("unsupported profile version {0:?} (this build reads version {VERSION})")]
+    Version(Option<u64>),
+    #[error("malformed profile: {0}")]
+    Malformed(serde_json::Error),
+    /// Figures out of range or inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read profile '{path}': {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("profile '{path}': {source}")]
+    In {
+        path: std::path::PathBuf,
+        source: Box<ProfileError>,
+    },
+    #[error("cannot write '{path}': {source}")]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
 
 fn mean(v: impl Iterator<Item = f64>) -> f64 {
     let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
@@ -155,17 +188,17 @@ impl Profile {
     /// Aggregates observations (each with one server entry per resolution).
     pub fn build(inputs: ProfileInputs, obs: &[FrameObservation]) -> Result<Self, ProfileError> {
         if obs.is_empty() {
-            return Err(ProfileError("no frames to build a profile from".into()));
+            return Err(ProfileError::NoFrames);
         }
         let nres = inputs.resolutions.len();
         if nres == 0 {
-            return Err(ProfileError("no resolutions to profile".into()));
+            return Err(ProfileError::NoResolutions);
         }
         if let Some(bad) = obs.iter().find(|o| o.server.len() != nres) {
-            return Err(ProfileError(format!(
-                "an observation has {} server entries for {nres} resolutions",
-                bad.server.len()
-            )));
+            return Err(ProfileError::ServerEntries {
+                got: bad.server.len(),
+                expected: nres,
+            });
         }
         let acc = |b: bool| if b { 1.0 } else { 0.0 };
         let resolutions = inputs
@@ -293,32 +326,22 @@ impl Profile {
     }
 
     pub fn parse(text: &str) -> Result<Self, ProfileError> {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| ProfileError(format!("not a JSON profile: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(text).map_err(ProfileError::NotJson)?;
         match value.get("format").and_then(|v| v.as_str()) {
             Some(FORMAT) => {}
-            other => {
-                return Err(ProfileError(format!(
-                    "not a cbo profile (format {other:?}, expected \"{FORMAT}\")"
-                )));
-            }
+            other => return Err(ProfileError::NotAProfile(other.map(str::to_string))),
         }
         match value.get("version").and_then(|v| v.as_u64()) {
             Some(v) if v == VERSION as u64 => {}
-            other => {
-                return Err(ProfileError(format!(
-                    "unsupported profile version {other:?} (this build reads version {VERSION})"
-                )));
-            }
+            other => return Err(ProfileError::Version(other)),
         }
-        let profile: Profile = serde_json::from_value(value)
-            .map_err(|e| ProfileError(format!("malformed profile: {e}")))?;
+        let profile: Profile = serde_json::from_value(value).map_err(ProfileError::Malformed)?;
         profile.validate()?;
         Ok(profile)
     }
 
     pub fn validate(&self) -> Result<(), ProfileError> {
-        let bad = |m: String| Err(ProfileError(m));
+        let bad = |m: String| Err(ProfileError::Invalid(m));
         if self.resolutions.is_empty() {
             return bad("the profile lists no resolutions".into());
         }
@@ -350,15 +373,21 @@ impl Profile {
     }
 
     pub fn load(path: &Path) -> Result<Self, ProfileError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ProfileError(format!("cannot read profile '{}': {e}", path.display())))?;
-        Self::parse(&text)
-            .map_err(|e| ProfileError(format!("profile '{}': {}", path.display(), e.0)))
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| ProfileError::In {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
     pub fn save(&self, path: &Path) -> Result<(), ProfileError> {
-        std::fs::write(path, self.to_json() + "\n")
-            .map_err(|e| ProfileError(format!("cannot write '{}': {e}", path.display())))
+        std::fs::write(path, self.to_json() + "\n").map_err(|source| ProfileError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -443,20 +472,29 @@ mod tests {
         let frames = vec![obs(0.5, true, &[(1000, true)])];
         let p = Profile::build(inputs(&[160]), &frames).unwrap();
         assert_eq!(Profile::parse(&p.to_json()).unwrap(), p);
-        assert!(Profile::parse("{").unwrap_err().0.contains("not a JSON"));
-        assert!(
-            Profile::parse(r#"{"format":"cbo-calibration","version":1}"#)
-                .unwrap_err()
-                .0
-                .contains("not a cbo profile")
-        );
+        assert!(matches!(Profile::parse("{"), Err(ProfileError::NotJson(_))));
+        let e = Profile::parse(r#"{"format":"cbo-calibration","version":1}"#).unwrap_err();
+        assert!(e.to_string().contains("not a cbo profile"), "{e}");
         let v2 = p.to_json().replace("\"version\": 1", "\"version\": 2");
-        assert!(Profile::parse(&v2).unwrap_err().0.contains("version"));
+        assert!(matches!(
+            Profile::parse(&v2),
+            Err(ProfileError::Version(Some(2)))
+        ));
         let bad = p
             .to_json()
             .replace("\"server_accuracy\": 1.0", "\"server_accuracy\": 1.5");
-        assert!(Profile::parse(&bad).unwrap_err().0.contains("invalid"));
-        assert!(Profile::build(inputs(&[160]), &[]).is_err());
-        assert!(Profile::build(inputs(&[160, 224]), &frames).is_err());
+        let e = Profile::parse(&bad).unwrap_err();
+        assert!(e.to_string().contains("invalid"), "{e}");
+        assert!(matches!(
+            Profile::build(inputs(&[160]), &[]),
+            Err(ProfileError::NoFrames)
+        ));
+        assert!(matches!(
+            Profile::build(inputs(&[160, 224]), &frames),
+            Err(ProfileError::ServerEntries {
+                got: 1,
+                expected: 2
+            })
+        ));
     }
 }

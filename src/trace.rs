@@ -12,6 +12,29 @@ use std::path::Path;
 /// Bytes one delivery opportunity carries.
 pub const MTU: u64 = 1500;
 
+/// Why a trace could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("cannot read trace '{path}': {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("line {line}: '{text}' is not a millisecond count")]
+    NotANumber { line: usize, text: String },
+    #[error("line {line}: timestamp {t} goes backwards")]
+    Backwards { line: usize, t: u64 },
+    #[error("the trace has no delivery opportunities")]
+    Empty,
+    #[error("the trace's last timestamp must be positive (it is the period)")]
+    ZeroPeriod,
+    #[error("trace '{path}': {source}")]
+    In {
+        path: std::path::PathBuf,
+        source: Box<TraceError>,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trace {
     /// Opportunity timestamps within one period, ms, non-decreasing.
@@ -21,26 +44,25 @@ pub struct Trace {
 }
 
 impl Trace {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, TraceError> {
         let mut times_ms = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() {
                 continue;
             }
-            let t: u64 = line
-                .parse()
-                .map_err(|_| format!("line {}: '{line}' is not a millisecond count", i + 1))?;
+            let t: u64 = line.parse().map_err(|_| TraceError::NotANumber {
+                line: i + 1,
+                text: line.to_string(),
+            })?;
             if times_ms.last().is_some_and(|&last| t < last) {
-                return Err(format!("line {}: timestamp {t} goes backwards", i + 1));
+                return Err(TraceError::Backwards { line: i + 1, t });
             }
             times_ms.push(t);
         }
-        let period_ms = *times_ms
-            .last()
-            .ok_or("the trace has no delivery opportunities")?;
+        let period_ms = *times_ms.last().ok_or(TraceError::Empty)?;
         if period_ms == 0 {
-            return Err("the trace's last timestamp must be positive (it is the period)".into());
+            return Err(TraceError::ZeroPeriod);
         }
         Ok(Self {
             times_ms,
@@ -48,10 +70,15 @@ impl Trace {
         })
     }
 
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read trace '{}': {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("trace '{}': {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, TraceError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TraceError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| TraceError::In {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
     /// A constant-rate link of `bits_per_second` (one opportunity per ms or fewer).
@@ -201,10 +228,14 @@ mod tests {
             799 * MTU,
             "the one at 1000 ms is not before 1000"
         );
-        assert!(Trace::parse("").is_err());
-        assert!(Trace::parse("3\n2\n").unwrap_err().contains("backwards"));
-        assert!(Trace::parse("1\nx\n").unwrap_err().contains("line 2"));
-        assert!(Trace::parse("0\n").is_err());
+        assert!(matches!(Trace::parse(""), Err(TraceError::Empty)));
+        assert!(matches!(
+            Trace::parse("3\n2\n"),
+            Err(TraceError::Backwards { line: 2, t: 2 })
+        ));
+        let e = Trace::parse("1\nx\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        assert!(matches!(Trace::parse("0\n"), Err(TraceError::ZeroPeriod)));
     }
 
     #[test]

@@ -4,106 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::server::{Server, cert_dir, free_port, props};
 use common::{Run, bottle_clip, repo, run_pipeline, run_with};
 use gst::prelude::*;
 use gstcbo::Source;
-
-/// A `cboserver` child process with a self-signed certificate (and a token when asked).
-struct Server {
-    child: Child,
-    addr: String,
-    cert: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-/// A loopback UDP port nobody listens on (for a server that starts later, or never).
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A directory with a self-signed certificate, created the way `cboserver --self-signed` does.
-fn cert_dir() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    gstcbo::tls::load_or_create_self_signed(dir.path()).unwrap();
-    let cert = dir.path().join("cert.pem");
-    assert!(cert.is_file());
-    (dir, cert)
-}
-
-impl Server {
-    fn start(token: Option<&str>) -> Server {
-        let (dir, cert) = cert_dir();
-        Self::start_in(dir, cert, token, 0)
-    }
-
-    /// Starts on `port` (0 = any) reusing the certificate in `dir`.
-    fn start_in(dir: tempfile::TempDir, cert: PathBuf, token: Option<&str>, port: u16) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cboserver"));
-        cmd.arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--model")
-            .arg(repo().join("models/efficientnet-lite2-fp32-260.onnx"))
-            .arg("--self-signed")
-            .arg(dir.path())
-            .arg("--max-batch")
-            .arg("4")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(t) = token {
-            let f = dir.path().join("token");
-            std::fs::write(&f, t).unwrap();
-            cmd.arg("--token-file").arg(f);
-        }
-        let mut child = cmd.spawn().expect("cboserver starts");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(a) = line.strip_prefix("listening on ") {
-                        break a.trim().to_string();
-                    }
-                }
-                _ => {
-                    let _ = child.kill();
-                    panic!("cboserver exited before listening");
-                }
-            }
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server {
-            child,
-            addr,
-            cert,
-            _dir: dir,
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn props(addr: &str, cert: &Path, extra: &str) -> String {
-    format!("server={addr} server-cert=\"{}\" {extra}", cert.display())
-}
 
 /// A file pipeline over the first `frames` frames of the bottle clip.
 fn clip_pipeline(cbo: &str, frames: u32) -> String {

@@ -53,8 +53,7 @@ fn element_words(line: &str) -> Vec<String> {
     if let Some(last) = parts[0]
         .split_whitespace()
         .map(clean)
-        .filter(|t| !t.contains('='))
-        .next_back()
+        .rfind(|t| !t.contains('='))
     {
         words.push(last.to_string());
     }

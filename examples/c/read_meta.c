@@ -6,7 +6,7 @@
  *
  * The result is a GstCustomMeta named "CboMeta" (GStreamer >= 1.20): get it with
  * gst_buffer_get_custom_meta (buf, "CboMeta") and read its GstStructure with
- * gst_custom_meta_get_structure; the fields are listed in the README. */
+ * gst_custom_meta_get_structure; the fields are listed in docs/element.md. */
 #include <gst/gst.h>
 #include <stdlib.h>
 

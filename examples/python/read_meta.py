@@ -6,8 +6,8 @@
 
 Needs python3-gi and gir1.2-gstreamer-1.0 (Debian), and the plugin on GST_PLUGIN_PATH
 (`export GST_PLUGIN_PATH=$PWD/target/release` after `make build`). Runs the default device model.
-The result is a GstCustomMeta named "CboMeta" whose GstStructure holds the fields listed in the
-README (label, confidence, raw-confidence, source, decision, resolution, ...).
+The result is a GstCustomMeta named "CboMeta" whose GstStructure holds the fields listed in
+docs/element.md (label, confidence, raw-confidence, source, decision, resolution, ...).
 """
 import os
 import sys

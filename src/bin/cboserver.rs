@@ -186,7 +186,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
     let config = config(&cli)?;
     let fingerprint = gstcbo::tls::fingerprint(&config.identity.0[0]);
-    let server = Server::start(config).await?;
+    let server = Server::start(config).await.map_err(|e| e.to_string())?;
     let mut out = std::io::stdout().lock();
     // Tests and scripts wait for the last line; print both before anything can connect.
     let _ = writeln!(out, "certificate sha256 fingerprint {fingerprint}");
@@ -197,7 +197,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         _ = sigterm.recv() => eprintln!("cboserver: SIGTERM: shutting down"),
         _ = sigint.recv() => eprintln!("cboserver: SIGINT: shutting down"),
     }
-    server.shutdown().await
+    server.shutdown().await.map_err(|e| e.to_string())
 }
 
 fn main() -> std::process::ExitCode {

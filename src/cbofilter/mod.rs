@@ -1,11 +1,87 @@
-//! `cbofilter`: classifies every video frame and attaches the result as `CboMeta`.
+//! `cbofilter`: classifies every video frame and attaches the result as `CboMeta`; with a
+//! server, offloads the frames its policy picks and merges the answers back in order.
 //!
-//! GStreamer glue only; the work is done by [`crate::inference`] and friends.
+//! The model, calibration, planners, hold queue and client are pure or GStreamer-free cores
+//! elsewhere ([`crate::inference`], [`crate::calibration`], [`crate::offload`]); this module is
+//! the element around them:
+//!
+//! | file | what |
+//! |---|---|
+//! | `imp.rs` | GObject, pads, state changes; the streaming thread's chain, events, queries, flushing |
+//! | `settings.rs` | property values, ParamSpecs, defaults |
+//! | `lifecycle.rs` | start (READY→PAUSED) and stop: model, calibration, profile, client, planner thread |
+//! | `offload.rs` | frames to the planner thread; its decisions to the hold queue and the client |
+//! | `output.rs` | the hold queue and the source pad task that pushes it downstream in order |
+//!
+//! # Threads
+//!
+//! - **Streaming thread** (upstream's): classifies each buffer. Device only: pushes it at once.
+//!   Offloading: queues it in the hold queue, undecided, and sends it to the planner thread.
+//!   Serialized events queue behind the frames; FLUSH_STOP drops what is held.
+//! - **Output task** (the source pad's, offloading only): pushes the head of the hold queue
+//!   when it may leave (decided, answered, failed, or at its deadline); applies answer reuse.
+//! - **Planner thread** (`cbo-planner`, [`crate::offload::driver`]): owns the planner; receives
+//!   frames, answers, failures, connection changes and ticks over a channel; marks frames kept,
+//!   busy, offline or sent in the hold queue, and submits sends to the client.
+//! - **Client threads** (`cbo-offload`: one encoder thread, the shared tokio runtime): encode,
+//!   send, and complete each request into the hold queue and the planner's channel.
+//! - **Application threads**: properties, state changes, FLUSH_START, queries.
+//!
+//! # Locks, in the order they may be taken
+//!
+//! 1. `state` (streaming thread, start, stop; a FLUSH_STOP and a deactivation reset `live`)
+//! 2. `offload` (held only to clone the `Arc`)
+//! 3. `hold.inner` (the queue; its condition variable is the only wait with a lock: the
+//!    streaming thread waits for room, the output task for the head, serialized queries for the
+//!    queue to drain)
+//! 4. `settings` and `active_provider` (leaves: copied out, nothing taken under them)
+//!
+//! The streaming thread releases `state` before it queues a frame, so that no lock is held across
+//! the condition variable's wait but the queue's own; the planner thread and the client's
+//! completions take only `hold.inner` (and the client's own internal locks, never while holding
+//! `hold.inner`). Nothing polls: waits end on a notification (every change to the queue notifies)
+//! or the head frame's deadline; the planner thread sleeps on its channel until the planner's next
+//! wake-up.
+//!
+//! # Debug categories
+//!
+//! `cbofilter` (the element), `cbo-offload` (connection, hold queue, answers), `cbo-planner`
+//! (each frame's numbers and each decision with the estimates behind it, at LOG level).
+
+use std::sync::LazyLock;
 
 use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+mod lifecycle;
+mod offload;
+mod output;
+mod settings;
+
+pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "cbofilter",
+        gst::DebugColorFlags::empty(),
+        Some("Confidence-based offloading classifier"),
+    )
+});
+
+pub(crate) static OFFLOAD_CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "cbo-offload",
+        gst::DebugColorFlags::empty(),
+        Some("cbofilter: server connection, hold queue, answers"),
+    )
+});
+
+pub(crate) static PLANNER_CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "cbo-planner",
+        gst::DebugColorFlags::empty(),
+        Some("cbofilter: offloading decisions and the numbers behind them"),
+    )
+});
 
 glib::wrapper! {
     pub struct CboFilter(ObjectSubclass<imp::CboFilter>)

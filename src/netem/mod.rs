@@ -6,7 +6,7 @@
 //! # async fn demo() -> Result<(), String> {
 //! use gstcbo::netem::{self, NetemConfig};
 //! use gstcbo::trace::Trace;
-//! let trace = Trace::load("Verizon-LTE-short.up".as_ref())?;
+//! let trace = Trace::load("Verizon-LTE-short.up".as_ref()).map_err(|e| e.to_string())?;
 //! let config = NetemConfig::new(
 //!     "127.0.0.1:4434".parse().unwrap(),
 //!     "127.0.0.1:4433".parse().unwrap(),

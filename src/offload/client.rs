@@ -62,9 +62,40 @@ pub struct ServerResult {
     pub latency: Duration,
     pub jpeg_bytes: usize,
     pub short_side: u32,
+    /// The connection's round-trip time when the answer arrived (the planner's RTT sample).
+    pub rtt: Duration,
 }
 
-pub type Completion = Box<dyn FnOnce(Result<ServerResult, String>) + Send>;
+/// Why the client could not start, or a frame got no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("server '{server}' {problem}")]
+    Address { server: String, problem: String },
+    #[error("cannot start the offload runtime: {0}")]
+    Runtime(String),
+    /// The trust settings (certificate file, fingerprint) or the QUIC endpoint.
+    #[error("{0}")]
+    Setup(String),
+    #[error("cannot start the encoder thread: {0}")]
+    Thread(String),
+    #[error("offload client stopped")]
+    Stopped,
+    #[error("deadline passed before encoding")]
+    DeadlineBeforeEncoding,
+    #[error("not connected")]
+    NotConnected,
+    #[error("cannot map the frame: {0}")]
+    Map(String),
+    #[error("{0}")]
+    Encode(String),
+    /// The request failed on the connection or was refused by the server.
+    #[error("{0}")]
+    Request(String),
+    #[error("no answer before the deadline")]
+    Timeout,
+}
+
+pub type Completion = Box<dyn FnOnce(Result<ServerResult, ClientError>) + Send>;
 
 /// Counters for the element's `stats` property.
 #[derive(Debug, Clone, Default)]
@@ -89,15 +120,15 @@ struct Shared {
 }
 
 /// The process-wide runtime for QUIC I/O.
-fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
-    static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+fn runtime() -> Result<&'static tokio::runtime::Runtime, ClientError> {
+    static RT: OnceLock<Result<tokio::runtime::Runtime, ClientError>> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("cbo-offload")
             .enable_all()
             .build()
-            .map_err(|e| format!("cannot start the offload runtime: {e}"))
+            .map_err(|e| ClientError::Runtime(e.to_string()))
     })
     .as_ref()
     .map_err(Clone::clone)
@@ -111,15 +142,19 @@ pub struct OffloadClient {
 }
 
 /// Splits `host:port` (IPv6 as `[::1]:4433`) into the TLS server name and the whole address.
-fn server_name(server: &str) -> Result<String, String> {
+fn server_name(server: &str) -> Result<String, ClientError> {
+    let bad = |problem: String| ClientError::Address {
+        server: server.to_string(),
+        problem,
+    };
     let (host, port) = server
         .rsplit_once(':')
-        .ok_or_else(|| format!("server '{server}' is not host:port"))?;
+        .ok_or_else(|| bad("is not host:port".into()))?;
     port.parse::<u16>()
-        .map_err(|_| format!("server '{server}' has an invalid port '{port}'"))?;
+        .map_err(|_| bad(format!("has an invalid port '{port}'")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
-        return Err(format!("server '{server}' has no host"));
+        return Err(bad("has no host".into()));
     }
     Ok(host.to_string())
 }
@@ -129,15 +164,16 @@ impl OffloadClient {
     pub fn start(
         config: ClientConfig,
         events: Arc<dyn Fn(ClientEvent) + Send + Sync>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ClientError> {
         let host = server_name(&config.server)?;
         let rt = runtime()?;
-        let tls_config = tls::client_config(&config.trust)?;
+        let tls_config = tls::client_config(&config.trust).map_err(ClientError::Setup)?;
         let endpoint = {
             let _guard = rt.enter();
-            quic::client_endpoint()?
+            quic::client_endpoint().map_err(ClientError::Setup)?
         };
-        let encoder = FrameEncoder::new(config.jpeg_quality).map_err(|e| e.to_string())?;
+        let encoder = FrameEncoder::new(config.jpeg_quality)
+            .map_err(|e| ClientError::Encode(e.to_string()))?;
         let shared = Arc::new(Shared {
             connection: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
@@ -159,7 +195,7 @@ impl OffloadClient {
         let encoder_thread = std::thread::Builder::new()
             .name("cbo-encode".into())
             .spawn(move || encode_loop(rx, encoder, thread_shared, rt.handle().clone(), top_k))
-            .map_err(|e| format!("cannot start the encoder thread: {e}"))?;
+            .map_err(|e| ClientError::Thread(e.to_string()))?;
         Ok(Self {
             shared,
             jobs: Some(jobs),
@@ -194,10 +230,10 @@ impl OffloadClient {
         match &self.jobs {
             Some(tx) => {
                 if let Err(mpsc::SendError((_, done))) = tx.send((job, done)) {
-                    done(Err("offload client stopped".into()));
+                    done(Err(ClientError::Stopped));
                 }
             }
-            None => done(Err("offload client stopped".into())),
+            None => done(Err(ClientError::Stopped)),
         }
     }
 }
@@ -233,11 +269,11 @@ fn encode_loop(
 ) {
     while let Ok((job, done)) = rx.recv() {
         if Instant::now() >= job.deadline {
-            done(Err("deadline passed before encoding".into()));
+            done(Err(ClientError::DeadlineBeforeEncoding));
             continue;
         }
         let Some(connection) = shared.connection.lock().unwrap().clone() else {
-            done(Err("not connected".into()));
+            done(Err(ClientError::NotConnected));
             continue;
         };
         let t0 = Instant::now();
@@ -246,8 +282,8 @@ fn encode_loop(
             {
                 Ok(frame) => encoder
                     .encode(&frame, job.short_side)
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(format!("cannot map the frame: {e}")),
+                    .map_err(|e| ClientError::Encode(e.to_string())),
+                Err(e) => Err(ClientError::Map(e.to_string())),
             }
         };
         // The buffer reference goes now, so the frame stays cheap to make writable downstream.
@@ -309,17 +345,18 @@ fn encode_loop(
                         latency,
                         jpeg_bytes: encoded.bytes.len(),
                         short_side: header.short_side,
+                        rtt: connection.rtt(),
                     }));
                 }
                 Ok(Err(e)) => {
                     s.failed += 1;
                     drop(s);
-                    done(Err(e.to_string()));
+                    done(Err(ClientError::Request(e.to_string())));
                 }
                 Err(_) => {
                     s.failed += 1;
                     drop(s);
-                    done(Err("no answer before the deadline".into()));
+                    done(Err(ClientError::Timeout));
                 }
             }
         });

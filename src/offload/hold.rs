@@ -1,4 +1,6 @@
-//! The hold-mode merge queue (pure, no GStreamer, no clock of its own).
+//! The hold-mode merge queue (pure, no GStreamer, no clock of its own: its deadlines are
+//! instants of a [`Clock`], the system clock in the element and virtual time in the simulator,
+//! which both release frames through it).
 //!
 //! Frames (and the serialized events between them) leave in arrival order. A frame sent to the
 //! server waits at the head of the queue until its answer arrives, the request fails, or its
@@ -7,7 +9,9 @@
 //! answer for a frame that already left is reported as late and ignored.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::marker::PhantomData;
+
+use super::clock::{Clock, SystemClock};
 
 /// Why a frame left the queue.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,34 +26,37 @@ pub enum Outcome<A> {
     Failed(String),
 }
 
-enum Slot<A> {
+enum Slot<A, T> {
     Ready,
-    Waiting { id: u64, deadline: Instant },
+    Waiting { id: u64, deadline: T },
     Answered(A),
     Failed(String),
 }
 
-struct Entry<P, A> {
+struct Entry<P, A, T> {
     payload: P,
-    slot: Slot<A>,
+    slot: Slot<A, T>,
 }
 
-/// Ordered queue of `P` items; offloaded items wait for an `A` answer.
-pub struct HoldQueue<P, A> {
-    entries: VecDeque<Entry<P, A>>,
+/// Ordered queue of `P` items; offloaded items wait for an `A` answer until a deadline on
+/// clock `C`.
+pub struct HoldQueue<P, A, C: Clock = SystemClock> {
+    entries: VecDeque<Entry<P, A, C::Instant>>,
     late_answers: u64,
+    clock: PhantomData<C>,
 }
 
-impl<P, A> Default for HoldQueue<P, A> {
+impl<P, A, C: Clock> Default for HoldQueue<P, A, C> {
     fn default() -> Self {
         Self {
             entries: VecDeque::new(),
             late_answers: 0,
+            clock: PhantomData,
         }
     }
 }
 
-impl<P, A> HoldQueue<P, A> {
+impl<P, A, C: Clock> HoldQueue<P, A, C> {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -80,14 +87,14 @@ impl<P, A> HoldQueue<P, A> {
     }
 
     /// Appends an offloaded frame `id` that waits for its answer until `deadline`.
-    pub fn push_waiting(&mut self, payload: P, id: u64, deadline: Instant) {
+    pub fn push_waiting(&mut self, payload: P, id: u64, deadline: C::Instant) {
         self.entries.push_back(Entry {
             payload,
             slot: Slot::Waiting { id, deadline },
         });
     }
 
-    fn waiting_slot(&mut self, id: u64) -> Option<&mut Slot<A>> {
+    fn waiting_slot(&mut self, id: u64) -> Option<&mut Slot<A, C::Instant>> {
         self.entries
             .iter_mut()
             .map(|e| &mut e.slot)
@@ -153,7 +160,7 @@ impl<P, A> HoldQueue<P, A> {
     }
 
     /// Removes and returns the head item if it may leave at `now`.
-    pub fn pop(&mut self, now: Instant) -> Option<(P, Outcome<A>)> {
+    pub fn pop(&mut self, now: C::Instant) -> Option<(P, Outcome<A>)> {
         let ready = match &self.entries.front()?.slot {
             Slot::Waiting { deadline, .. } => *deadline <= now,
             _ => true,
@@ -172,14 +179,15 @@ impl<P, A> HoldQueue<P, A> {
     }
 
     /// When the head item will be released at the latest, if it is waiting.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn next_deadline(&self) -> Option<C::Instant> {
         match self.entries.front()?.slot {
             Slot::Waiting { deadline, .. } => Some(deadline),
             _ => None,
         }
     }
 
-    /// Empties the queue (flush), returning the payloads in order.
+    /// Empties the queue (flush), returning the payloads in order. Answers still to come for
+    /// the frames dropped here are counted as late and ignored.
     pub fn drain(&mut self) -> Vec<P> {
         self.entries.drain(..).map(|e| e.payload).collect()
     }
@@ -188,7 +196,8 @@ impl<P, A> HoldQueue<P, A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use crate::offload::clock::VirtualClock;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn frames_leave_in_order_when_answered_or_due() {
@@ -218,6 +227,17 @@ mod tests {
         assert_eq!(q.late_answers(), 1);
         assert!(q.is_empty());
         assert_eq!(q.pop(ms(1000)), None);
+    }
+
+    #[test]
+    fn virtual_time_releases_the_same_way() {
+        let mut q: HoldQueue<u32, (), VirtualClock> = HoldQueue::default();
+        q.push_waiting(0, 0, 100.0);
+        q.push_ready(1);
+        assert_eq!(q.next_deadline(), Some(100.0));
+        assert_eq!(q.pop(99.5), None);
+        assert_eq!(q.pop(100.0), Some((0, Outcome::Late)));
+        assert_eq!(q.pop(100.0), Some((1, Outcome::Ready)));
     }
 
     #[test]

@@ -147,6 +147,37 @@ pub trait Planner: Send {
     fn resolutions(&self) -> &[u32];
     /// A round-trip time the transport measured at `now_ms`.
     fn on_rtt(&mut self, now_ms: f64, rtt_ms: f64);
+    /// The `threshold` property changed (the threshold rules only).
+    fn set_threshold(&mut self, _threshold: f64) {}
+    /// The numbers the planner decides with, for the log.
+    fn describe(&self) -> String {
+        String::new()
+    }
+}
+
+/// Feeds an answer to a planner the way the element and the simulator both do: the transport's
+/// RTT measured with it first (the planner keeps the recent minimum, [`LinkEstimate::on_rtt`]),
+/// then the answer itself.
+pub fn feed_answer(planner: &mut dyn Planner, answer: AnswerIn, transport_rtt_ms: Option<f64>) {
+    if let Some(rtt) = transport_rtt_ms {
+        planner.on_rtt(answer.now_ms, rtt);
+    }
+    planner.on_answer(AnswerIn {
+        rtt_ms: None,
+        ..answer
+    });
+}
+
+impl LinkEstimate {
+    fn describe(&self) -> String {
+        format!(
+            "uplink {:.0} kbit/s, rtt {:.1} ms, size ratio {:.2}, link free at {:.1} ms",
+            self.bandwidth * 8.0,
+            self.rtt_ms,
+            self.size_ratio,
+            self.link_free_ms
+        )
+    }
 }
 
 /// Link estimates shared by the adaptive policies.
@@ -893,6 +924,15 @@ impl Planner for CboPlanner {
     fn on_rtt(&mut self, now_ms: f64, rtt_ms: f64) {
         self.link.on_rtt(now_ms, rtt_ms);
     }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} waiting, {}, delivery {:.2}",
+            self.waiting.len(),
+            self.link.describe(),
+            self.delivery
+        )
+    }
 }
 
 /// The simple rules: `local`, `all`, `threshold`, `threshold-raw` (a fixed resolution, decided at
@@ -939,6 +979,24 @@ impl RulePlanner {
             fixed,
             opts,
             link: LinkEstimate::new(initial_bps, rtt_ms),
+            due: Vec::new(),
+        }
+    }
+
+    /// A fixed-resolution rule without a profile: it sends at exactly `short_side` (the only
+    /// resolution). FastVA needs the profile's sizes and takes [`RulePlanner::new`].
+    pub fn fixed(rule: Rule, short_side: u32) -> Self {
+        Self {
+            rule,
+            shorts: vec![short_side],
+            fixed: 0,
+            opts: vec![Option_ {
+                short_side,
+                bytes: 0.0,
+                server_ms: 0.0,
+                encode_ms: 0.0,
+            }],
+            link: LinkEstimate::new(1e6, 0.0),
             due: Vec::new(),
         }
     }
@@ -1007,6 +1065,20 @@ impl Planner for RulePlanner {
 
     fn on_rtt(&mut self, now_ms: f64, rtt_ms: f64) {
         self.link.on_rtt(now_ms, rtt_ms);
+    }
+
+    fn set_threshold(&mut self, threshold: f64) {
+        if let Rule::Threshold(t) | Rule::ThresholdRaw(t) = &mut self.rule {
+            *t = threshold;
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.rule {
+            Rule::FastVa => self.link.describe(),
+            Rule::Threshold(t) | Rule::ThresholdRaw(t) => format!("threshold {t}"),
+            Rule::Local | Rule::All => String::new(),
+        }
     }
 }
 
@@ -1095,7 +1167,7 @@ mod tests {
         let mut p = CboPlanner::new(profile(), 0.4e6, 20.0);
         p.on_frame(frame(0, 0.0, 0.2));
         p.on_frame(frame(1, 0.0, 0.2));
-        let plan = p.plan(0.0);
+        let plan = p.plan(0.0, 0.0);
         let mut chosen = plan.clone();
         chosen.sort();
         assert_eq!(chosen, vec![Some(0), Some(1)], "{plan:?}");

@@ -1,11 +1,26 @@
-//! Which frames to offload (pure, sans-IO: the element feeds it each frame's calibrated
-//! confidence and the link state, and reads a decision).
+//! The `policy` names and the planner each one is: the element (`policy=...`) and `cbo eval`
+//! build their planners here, so both run the same [`Planner`] for the same name.
 //!
-//! This module holds the per-frame rules `local`, `all`, `threshold` and `threshold-raw`. The
-//! `cbo` policy (a knapsack over the frames in flight, resolutions, bandwidth and deadlines) and
-//! the `fastva` baseline need the link estimate and are planners ([`super::planner`]).
+//! The per-frame rules (`local`, `all`, `threshold`, `threshold-raw`) and the FastVA baseline are
+//! a [`RulePlanner`]; `cbo` is the [`CboPlanner`], and `cbo+reuse` the same planner told that
+//! answers are reused ([`super::reuse`]). What the element adds around a planner (the in-flight
+//! window, offline frames) is the [`super::driver::PolicyDriver`]'s.
 
-/// The `policy` property.
+use super::planner::{CboPlanner, Planner, Rule, RulePlanner};
+use crate::profile::Profile;
+
+/// The policies by name (`cbo eval --policies`, the element's `policy` nicks).
+pub const NAMES: [&str; 6] = [
+    "local",
+    "all",
+    "threshold",
+    "threshold-raw",
+    "fastva",
+    "cbo",
+];
+/// Appended to `cbo`: the planner counts on answer reuse, and the output applies it.
+pub const REUSE_SUFFIX: &str = "+reuse";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicyKind {
     /// Never offload.
@@ -16,134 +31,160 @@ pub enum PolicyKind {
     Threshold,
     /// Offload frames whose raw (uncalibrated) confidence is below the threshold.
     ThresholdRaw,
-    /// The CBO planner ([`super::planner::CboPlanner`]) decides; [`decide`] is not used.
-    Cbo,
-    /// FastVA ([`super::planner::Rule::FastVa`]) decides; [`decide`] is not used.
+    /// FastVA: offload whenever the link estimate says the answer arrives in time.
     FastVa,
+    /// The CBO planner.
+    Cbo,
 }
 
 impl PolicyKind {
-    /// Decided by a planner with a link estimate rather than frame by frame.
-    pub fn planned(self) -> bool {
-        matches!(self, PolicyKind::Cbo | PolicyKind::FastVa)
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Local => "local",
+            PolicyKind::All => "all",
+            PolicyKind::Threshold => "threshold",
+            PolicyKind::ThresholdRaw => "threshold-raw",
+            PolicyKind::FastVa => "fastva",
+            PolicyKind::Cbo => "cbo",
+        }
+    }
+
+    /// Needs the offload profile (sizes, server times; accuracies for `cbo`).
+    pub fn needs_profile(self) -> bool {
+        matches!(self, PolicyKind::FastVa | PolicyKind::Cbo)
     }
 }
 
+/// A policy and its parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PolicyConfig {
+pub struct PolicySpec {
     pub kind: PolicyKind,
     pub threshold: f64,
-    /// Short side of offloaded frames.
+    /// Short side the fixed-resolution rules send at.
     pub resolution: u32,
-    pub max_in_flight: usize,
-    /// Live source: a frame never waits for room in the in-flight window (it stays on the
-    /// device, `busy`); a non-live source (file processing) waits instead.
-    pub live: bool,
+    /// `cbo` only: answers are reused for this long ([`super::reuse`]).
+    pub reuse_window_ms: Option<f64>,
 }
 
-/// What happens to one frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// The device result is kept (policy).
-    Keep,
-    /// Send the frame at this short side.
-    Offload { short_side: u32 },
-    /// The policy wanted to offload but `max-in-flight` frames are outstanding (live source).
-    Busy,
-    /// The policy wanted to offload but no server connection is up.
-    Offline,
-    /// Non-live source with a full window: wait for an answer, then decide again.
-    WaitForRoom,
-}
-
-impl Decision {
-    /// The `decision` field of the meta for a frame that was not offloaded.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Keep => "device",
-            Decision::Offload { .. } => "offload",
-            Decision::Busy => "busy",
-            Decision::Offline => "offline",
-            Decision::WaitForRoom => "wait",
+impl PolicySpec {
+    /// `name` as `cbo eval` spells it (`cbo+reuse` for reuse with `reuse_window_ms`).
+    pub fn parse(
+        name: &str,
+        threshold: f64,
+        resolution: u32,
+        reuse_window_ms: f64,
+    ) -> Result<Self, String> {
+        let reuse = name.ends_with(REUSE_SUFFIX);
+        let base = name.strip_suffix(REUSE_SUFFIX).unwrap_or(name);
+        let kind = match base {
+            "local" => PolicyKind::Local,
+            "all" => PolicyKind::All,
+            "threshold" => PolicyKind::Threshold,
+            "threshold-raw" => PolicyKind::ThresholdRaw,
+            "fastva" => PolicyKind::FastVa,
+            "cbo" => PolicyKind::Cbo,
+            other => return Err(format!("unknown policy '{other}'")),
+        };
+        if reuse && kind != PolicyKind::Cbo {
+            return Err(format!("'{name}': only cbo reuses answers"));
         }
+        Ok(Self {
+            kind,
+            threshold,
+            resolution,
+            reuse_window_ms: reuse.then_some(reuse_window_ms),
+        })
     }
-}
 
-/// Decides for one frame of calibrated confidence `confidence` (raw: `raw_confidence`).
-pub fn decide(
-    cfg: &PolicyConfig,
-    confidence: f64,
-    raw_confidence: f64,
-    in_flight: usize,
-    connected: bool,
-) -> Decision {
-    let wants = match cfg.kind {
-        PolicyKind::Local => false,
-        PolicyKind::All => true,
-        PolicyKind::Threshold => confidence < cfg.threshold,
-        PolicyKind::ThresholdRaw => raw_confidence < cfg.threshold,
-        PolicyKind::Cbo | PolicyKind::FastVa => false,
-    };
-    if !wants {
-        Decision::Keep
-    } else if !connected {
-        Decision::Offline
-    } else if in_flight >= cfg.max_in_flight {
-        if cfg.live {
-            Decision::Busy
-        } else {
-            Decision::WaitForRoom
-        }
-    } else {
-        Decision::Offload {
-            short_side: cfg.resolution,
-        }
+    /// The planner. With a `profile`, every policy picks among its resolutions (the fixed rules
+    /// at the one nearest `resolution`: the simulator only knows those); without one, the fixed
+    /// rules send at exactly `resolution`. `None` when the policy needs a profile and has none.
+    pub fn planner(
+        &self,
+        profile: Option<&Profile>,
+        initial_bps: f64,
+        rtt_ms: f64,
+    ) -> Option<Box<dyn Planner>> {
+        let rule = match self.kind {
+            PolicyKind::Local => Rule::Local,
+            PolicyKind::All => Rule::All,
+            PolicyKind::Threshold => Rule::Threshold(self.threshold),
+            PolicyKind::ThresholdRaw => Rule::ThresholdRaw(self.threshold),
+            PolicyKind::FastVa => Rule::FastVa,
+            PolicyKind::Cbo => {
+                let mut cbo = CboPlanner::new(profile?.clone(), initial_bps, rtt_ms);
+                if let Some(w) = self.reuse_window_ms {
+                    cbo = cbo.with_reuse(w);
+                }
+                return Some(Box::new(cbo));
+            }
+        };
+        Some(Box::new(match profile {
+            Some(p) => RulePlanner::new(rule, p, self.resolution, initial_bps, rtt_ms),
+            None if rule == Rule::FastVa => return None,
+            None => RulePlanner::fixed(rule, self.resolution),
+        }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::offload::planner::{Action, FrameIn};
 
-    fn cfg(kind: PolicyKind, live: bool) -> PolicyConfig {
-        PolicyConfig {
-            kind,
-            threshold: 0.5,
-            resolution: 224,
-            max_in_flight: 2,
-            live,
+    fn frame(id: u64, confidence: f64, raw_confidence: f64) -> FrameIn {
+        FrameIn {
+            id,
+            arrival_ms: 0.0,
+            deadline_ms: 200.0,
+            confidence,
+            raw_confidence,
+            class: 1,
+            small_jpeg_bytes: None,
         }
     }
 
+    fn decide(name: &str, confidence: f64, raw: f64) -> Action {
+        let spec = PolicySpec::parse(name, 0.5, 300, 1000.0).unwrap();
+        let mut p = spec.planner(None, 1e6, 40.0).unwrap();
+        p.on_frame(frame(0, confidence, raw));
+        let a = p.poll(0.0);
+        assert_eq!(a.len(), 1, "{name}: decided at arrival");
+        a[0].1
+    }
+
     #[test]
-    fn rules() {
-        let off = Decision::Offload { short_side: 224 };
-        assert_eq!(
-            decide(&cfg(PolicyKind::Local, true), 0.0, 0.0, 0, true),
-            Decision::Keep
+    fn the_rules_without_a_profile_send_at_exactly_the_resolution() {
+        let send = Action::Send { resolution: 0 };
+        assert_eq!(decide("local", 0.0, 0.0), Action::Keep);
+        assert_eq!(decide("all", 0.99, 0.99), send);
+        assert_eq!(decide("threshold", 0.49, 0.9), send);
+        assert_eq!(decide("threshold", 0.5, 0.1), Action::Keep);
+        // threshold-raw looks at the raw softmax only.
+        assert_eq!(decide("threshold-raw", 0.9, 0.3), send);
+        assert_eq!(decide("threshold-raw", 0.3, 0.9), Action::Keep);
+        let spec = PolicySpec::parse("all", 0.5, 300, 0.0).unwrap();
+        assert_eq!(spec.planner(None, 1e6, 40.0).unwrap().resolutions(), [300]);
+    }
+
+    #[test]
+    fn names() {
+        assert!(
+            PolicySpec::parse("cbo+reuse", 0.5, 224, 800.0)
+                .unwrap()
+                .reuse_window_ms
+                == Some(800.0)
         );
-        assert_eq!(
-            decide(&cfg(PolicyKind::All, true), 0.99, 0.99, 0, true),
-            off
-        );
-        let t = cfg(PolicyKind::Threshold, true);
-        assert_eq!(decide(&t, 0.49, 0.49, 0, true), off);
-        assert_eq!(decide(&t, 0.5, 0.5, 0, true), Decision::Keep);
-        assert_eq!(decide(&t, 0.1, 0.1, 0, false), Decision::Offline);
-        assert_eq!(decide(&t, 0.1, 0.1, 1, true), off);
-        assert_eq!(decide(&t, 0.1, 0.1, 2, true), Decision::Busy);
-        let file = cfg(PolicyKind::Threshold, false);
-        assert_eq!(decide(&file, 0.1, 0.1, 2, true), Decision::WaitForRoom);
-        assert_eq!(decide(&file, 0.9, 0.9, 2, true), Decision::Keep);
-        // threshold-raw looks at the raw softmax only; threshold at the calibrated one only.
-        let raw = cfg(PolicyKind::ThresholdRaw, true);
-        assert_eq!(decide(&raw, 0.9, 0.3, 0, true), off);
-        assert_eq!(decide(&raw, 0.3, 0.9, 0, true), Decision::Keep);
-        assert_eq!(decide(&t, 0.9, 0.3, 0, true), Decision::Keep);
-        // The planned policies are not decided here.
-        for kind in [PolicyKind::Cbo, PolicyKind::FastVa] {
-            assert!(kind.planned());
-            assert_eq!(decide(&cfg(kind, true), 0.0, 0.0, 0, true), Decision::Keep);
+        assert!(PolicySpec::parse("threshold+reuse", 0.5, 224, 800.0).is_err());
+        assert!(PolicySpec::parse("bogus", 0.5, 224, 800.0).is_err());
+        for n in NAMES {
+            let spec = PolicySpec::parse(n, 0.5, 224, 0.0).unwrap();
+            assert_eq!(spec.kind.name(), n);
+            // Only the policies that need a profile lack a planner without one.
+            assert_eq!(
+                spec.planner(None, 1e6, 40.0).is_none(),
+                spec.kind.needs_profile()
+            );
         }
     }
 }

@@ -11,6 +11,8 @@
 //! Frames are fed in stream order as they leave, so every answer that can be reused has arrived
 //! (a frame leaves only after the frames before it).
 
+use crate::profile::Profile;
+
 /// A server answer for a frame; `T` is what the caller needs of it (a class id in the
 /// simulator, the whole answer in the element).
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +92,28 @@ impl<T: Clone> AnswerReuse<T> {
                 expected_accuracy: s.answer.expected_accuracy,
                 age_ms,
             })
+    }
+
+    /// [`AnswerReuse::next`] for a frame whose answer (`label`, and the index of the profile
+    /// resolution it was sent at) is worth what `profile` says: the element's output and the
+    /// simulator both leave frames through here.
+    pub fn leave(
+        &mut self,
+        profile: &Profile,
+        arrival_ms: f64,
+        device_class: i32,
+        device_confidence: f64,
+        answer: Option<(T, usize)>,
+    ) -> Option<Reused<T>> {
+        self.next(Leaving {
+            arrival_ms,
+            device_class,
+            device_confidence,
+            answer: answer.map(|(label, r)| Answered {
+                label,
+                expected_accuracy: profile.server_accuracy(device_confidence, r),
+            }),
+        })
     }
 
     /// Forgets the run (after a flush or a gap in the stream).

@@ -7,15 +7,20 @@
 //! Mahimahi trace; the request reaches the server one-way delay (`rtt/2`) after its last byte
 //! crosses, takes `server_ms`, and the answer returns after another `rtt/2`. An answer after the
 //! frame's deadline is dropped (the frame leaves with its device label: a deadline miss). Frames
-//! leave in order: frame `i` leaves when it is resolved and frame `i − 1` has left.
+//! leave in order through the element's [`HoldQueue`] (on virtual time): frame `i` leaves when it
+//! is resolved and frame `i − 1` has left; answers are reused as the element's output reuses
+//! them ([`AnswerReuse::leave`]), and answers and RTT reach the planner as in the element
+//! ([`feed_answer`]).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use serde::Serialize;
 
-use super::planner::{Action, AnswerIn, FrameIn, Planner};
-use super::reuse::{AnswerReuse, Answered, Leaving};
+use super::clock::VirtualClock;
+use super::hold::{HoldQueue, Outcome};
+use super::planner::{Action, AnswerIn, FrameIn, Planner, feed_answer};
+use super::reuse::AnswerReuse;
 use crate::profile::Profile;
 use crate::trace::{LinkQueue, MTU, Trace};
 
@@ -208,13 +213,17 @@ pub fn simulate(
                 continue;
             }
             resolved[i] = Some((p.at, frames[i].server[r].correct));
-            planner.on_answer(AnswerIn {
-                id: p.id,
-                now_ms: p.at,
-                bytes: p.bytes,
-                server_ms: p.server_ms,
-                rtt_ms: Some(cfg.rtt_ms),
-            });
+            feed_answer(
+                planner,
+                AnswerIn {
+                    id: p.id,
+                    now_ms: p.at,
+                    bytes: p.bytes,
+                    server_ms: p.server_ms,
+                    rtt_ms: None,
+                },
+                Some(cfg.rtt_ms),
+            );
         }
         let actions = planner.poll(now);
         apply(
@@ -227,46 +236,77 @@ pub fn simulate(
             &mut bytes_total,
         );
     }
-    // Frames that were sent but not answered in time leave at their deadline with the device
-    // label; frames the policy never decided (a policy bug) count as wrong and late.
+    // Frames leave in order through the element's hold queue: a kept frame once it is decided,
+    // an answered one with its answer, one sent but not answered in time at its deadline with
+    // the device label; a frame the policy never decided (a policy bug) counts as wrong and late.
     let mut right = 0usize;
     let mut reused = 0usize;
-    let mut leave = f64::NEG_INFINITY;
     let mut latencies = Vec::with_capacity(n);
     let mut reuse_state = reuse.map(|r| (AnswerReuse::new(r.window_ms), r.profile));
-    for i in 0..n {
-        let (at, mut correct) = match (resolved[i], sent[i]) {
-            (Some(r), _) => r,
-            (None, Some(_)) => {
-                missed += 1;
-                (deadline(i), frames[i].device_correct)
+    let mut leave = |i: usize, at: f64, outcome: Outcome<bool>, missed: &mut usize| {
+        let f = &frames[i];
+        let mut correct = match outcome {
+            Outcome::Answered(correct) => correct,
+            Outcome::Ready => f.device_correct,
+            _ if sent[i].is_some() => {
+                *missed += 1;
+                f.device_correct
             }
-            (None, None) => (deadline(i), false),
+            _ => false,
         };
         if let Some((state, profile)) = &mut reuse_state {
-            let f = &frames[i];
-            // Answered by the server: sent, and resolved before its deadline passed unanswered.
-            let answer = match (resolved[i], sent[i]) {
-                (Some(_), Some(r)) => Some(Answered {
-                    label: f.server[r].class,
-                    expected_accuracy: profile.server_accuracy(f.confidence, r),
-                }),
-                _ => None,
-            };
-            if let Some(u) = state.next(Leaving {
-                arrival_ms: arrival(i),
-                device_class: f.device_class,
-                device_confidence: f.confidence,
-                answer,
-            }) {
+            let answer = matches!(outcome, Outcome::Answered(_))
+                .then(|| sent[i].map(|r| (f.server[r].class, r)))
+                .flatten();
+            if let Some(u) = state.leave(profile, arrival(i), f.device_class, f.confidence, answer)
+            {
                 correct = u.label == f.truth;
                 reused += 1;
             }
         }
         right += usize::from(correct);
-        leave = leave.max(at);
-        latencies.push(leave - arrival(i));
+        latencies.push(at - arrival(i));
+    };
+    // Arrivals and resolutions in time order (an arrival before what happens to it at the same
+    // time).
+    let mut events: Vec<(f64, u8, usize)> = (0..n).map(|i| (arrival(i), 0, i)).collect();
+    events.extend(
+        resolved
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.map(|(at, _)| (at, 1, i))),
+    );
+    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut hold: HoldQueue<usize, bool, VirtualClock> = HoldQueue::default();
+    let mut pop_until =
+        |hold: &mut HoldQueue<usize, bool, VirtualClock>, t: f64, missed: &mut usize| {
+            // Deadlines before `t` first, each at its own time.
+            while let Some(d) = hold.next_deadline().filter(|&d| d < t) {
+                while let Some((i, outcome)) = hold.pop(d) {
+                    leave(i, d, outcome, missed);
+                }
+            }
+            while let Some((i, outcome)) = hold.pop(t) {
+                leave(i, t, outcome, missed);
+            }
+        };
+    for (t, kind, i) in events {
+        pop_until(&mut hold, t, &mut missed);
+        if kind == 0 {
+            hold.push_waiting(i, i as u64, deadline(i));
+        } else {
+            match (sent[i], resolved[i]) {
+                (Some(_), Some((_, correct))) => {
+                    hold.answer(i as u64, correct);
+                }
+                _ => {
+                    hold.release(i as u64, |_| {});
+                }
+            }
+        }
+        pop_until(&mut hold, t, &mut missed);
     }
+    pop_until(&mut hold, f64::INFINITY, &mut missed);
     latencies.sort_by(f64::total_cmp);
     let offloaded: Vec<u32> = sent.iter().flatten().map(|&r| shorts[r]).collect();
     SimResult {

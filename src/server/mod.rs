@@ -2,7 +2,7 @@
 //! [`engine`] that decodes and classifies offloaded frames.
 //!
 //! ```no_run
-//! # async fn demo(config: gstcbo::server::ServerConfig) -> Result<(), String> {
+//! # async fn demo(config: gstcbo::server::ServerConfig) -> Result<(), gstcbo::server::ServerError> {
 //! let server = gstcbo::server::Server::start(config).await?;
 //! println!("listening on {}", server.local_addr());
 //! tokio::signal::ctrl_c().await.ok();
@@ -187,10 +187,38 @@ fn varint(code: ErrorCode) -> quinn::VarInt {
     quinn::VarInt::from_u32(code.as_u32())
 }
 
+/// Why the server could not start, or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot initialise GStreamer: {0}")]
+    Gst(String),
+    /// Loading the model or starting the engine's threads.
+    #[error("{0}")]
+    Engine(String),
+    #[error("model loading panicked: {0}")]
+    LoadPanicked(String),
+    /// The certificate and key.
+    #[error("{0}")]
+    Tls(String),
+    #[error("idle timeout: {0}")]
+    IdleTimeout(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read the bound address: {0}")]
+    LocalAddr(std::io::Error),
+    #[error("server task failed: {0}")]
+    Task(String),
+    #[error("stopping the engine failed: {0}")]
+    Stop(String),
+}
+
 impl Server {
     /// Loads the model, binds the endpoint and starts serving. Call inside a tokio runtime.
-    pub async fn start(config: ServerConfig) -> Result<Server, String> {
-        gst::init().map_err(|e| format!("cannot initialise GStreamer: {e}"))?;
+    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        gst::init().map_err(|e| ServerError::Gst(e.to_string()))?;
         let limits = config.limits.clone();
         let decode_threads = match config.decode_threads {
             0 => std::thread::available_parallelism()
@@ -208,10 +236,11 @@ impl Server {
         };
         let engine = tokio::task::spawn_blocking(move || Engine::start(engine_config))
             .await
-            .map_err(|e| format!("model loading panicked: {e}"))??;
+            .map_err(|e| ServerError::LoadPanicked(e.to_string()))?
+            .map_err(ServerError::Engine)?;
 
         let (certs, key) = config.identity;
-        let mut server_config = crate::tls::server_config(certs, key)?;
+        let mut server_config = crate::tls::server_config(certs, key).map_err(ServerError::Tls)?;
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_concurrent_bidi_streams(quinn::VarInt::from_u32(
@@ -220,7 +249,7 @@ impl Server {
             .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(limits.idle_timeout)
-                    .map_err(|e| format!("idle timeout: {e}"))?,
+                    .map_err(|e| ServerError::IdleTimeout(e.to_string()))?,
             ))
             // A request never needs more than its own size in flight per stream.
             .stream_receive_window(
@@ -228,11 +257,13 @@ impl Server {
                     .unwrap_or(quinn::VarInt::MAX),
             );
         server_config.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(server_config, config.listen)
-            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-        let local_addr = endpoint
-            .local_addr()
-            .map_err(|e| format!("cannot read the bound address: {e}"))?;
+        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
+            ServerError::Listen {
+                addr: config.listen,
+                source,
+            }
+        })?;
+        let local_addr = endpoint.local_addr().map_err(ServerError::LocalAddr)?;
 
         let (stop, stopping) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -301,15 +332,15 @@ impl Server {
 
     /// Stops accepting, waits (at most the drain timeout) for requests in progress, closes every
     /// connection with [`ErrorCode::ShuttingDown`] and stops the engine.
-    pub async fn shutdown(self) -> Result<(), String> {
+    pub async fn shutdown(self) -> Result<(), ServerError> {
         let _ = self.stop.send(true);
         self.task
             .await
-            .map_err(|e| format!("server task failed: {e}"))?;
+            .map_err(|e| ServerError::Task(e.to_string()))?;
         let shared = self.shared;
         tokio::task::spawn_blocking(move || shared.engine.stop())
             .await
-            .map_err(|e| format!("stopping the engine failed: {e}"))
+            .map_err(|e| ServerError::Stop(e.to_string()))
     }
 }
 
@@ -317,7 +348,7 @@ impl Server {
 pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), String> {
+) -> Result<(), ServerError> {
     let server = Server::start(config).await?;
     shutdown.await;
     server.shutdown().await

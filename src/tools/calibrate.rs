@@ -86,7 +86,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<CalibrateReport, String> {
         args.input.describe()
     );
     let data: Dataset = gather(&mut classifier, &args.input, true)?;
-    let calibrator = Calibrator::fit(args.method, &data).map_err(|e| e.0)?;
+    let calibrator = Calibrator::fit(args.method, &data).map_err(|e| e.to_string())?;
     let raw = Metrics::of(&data.top_label());
     let calibrated = Metrics::of(&calibrator.top_label(&data));
     let mut methods = Vec::new();
@@ -96,8 +96,10 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<CalibrateReport, String> {
         Method::HistogramBinning,
         Method::Isotonic,
     ] {
-        let cv = cross_validated_metrics(m, &data, 5).map_err(|e| e.0)?;
-        let name = Calibrator::fit(m, &data).map_err(|e| e.0)?.method_name();
+        let cv = cross_validated_metrics(m, &data, 5).map_err(|e| e.to_string())?;
+        let name = Calibrator::fit(m, &data)
+            .map_err(|e| e.to_string())?
+            .method_name();
         methods.push(MethodReport {
             method: name,
             cross_validated: cv,
@@ -113,8 +115,8 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<CalibrateReport, String> {
         raw,
         calibrated,
     )
-    .map_err(|e| e.0)?;
-    file.save(&args.out).map_err(|e| e.0)?;
+    .map_err(|e| e.to_string())?;
+    file.save(&args.out).map_err(|e| e.to_string())?;
     if let Some(png) = &args.plot {
         plot::reliability_diagram(
             png,
@@ -159,9 +161,9 @@ pub fn print_calibrate(r: &CalibrateReport) {
 
 /// `cbo ece`: raw vs calibrated metrics of a calibration file on labelled data.
 pub fn ece(args: &EceArgs) -> Result<serde_json::Value, String> {
-    let file = CalibrationFile::load(&args.calibration).map_err(|e| e.0)?;
+    let file = CalibrationFile::load(&args.calibration).map_err(|e| e.to_string())?;
     let (mut classifier, model_path) = load(&args.model)?;
-    file.check_model(&model_path).map_err(|e| e.0)?;
+    file.check_model(&model_path).map_err(|e| e.to_string())?;
     let data = gather(&mut classifier, &args.input, true)?;
     let raw = Metrics::of(&data.top_label());
     let cal = Metrics::of(&file.calibrator.top_label(&data));

@@ -345,7 +345,7 @@ fn result_json(r: &CboResult, pts: Option<gst::ClockTime>) -> String {
         "confidence": r.confidence,
         "raw_confidence": r.raw_confidence,
         "source": r.source.as_str(),
-        "decision": r.decision,
+        "decision": r.decision.as_str(),
         "resolution": r.resolution,
         "inference_us": r.inference_us,
         "top_classes": r.top_classes,

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use sha2::Digest;
 
 use crate::offload::crossval::{CvSetting, choose, leave_one_out};
-use crate::offload::planner::{CboParams, CboPlanner, DEFAULT_PARAMS, Planner, Rule, RulePlanner};
+use crate::offload::planner::{CboParams, CboPlanner, DEFAULT_PARAMS, Planner};
+use crate::offload::policy::{PolicyKind, PolicySpec};
 use crate::offload::sim::{
     SimConfig, SimFrame, SimResult, SimReuse, SimServer, clairvoyant, simulate,
 };
@@ -38,7 +39,7 @@ pub const ALL_POLICIES: &str = "local,all,threshold,threshold-raw,fastva,cbo,lin
      cbo+reuse,link-oracle+reuse,clairvoyant+reuse";
 
 /// A policy name with this suffix runs with answer reuse ([`crate::offload::reuse`]).
-pub const REUSE_SUFFIX: &str = "+reuse";
+pub const REUSE_SUFFIX: &str = crate::offload::policy::REUSE_SUFFIX;
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -339,37 +340,35 @@ fn planner_with(
     trace: &Arc<Trace>,
     params: CboParams,
 ) -> Result<Option<Box<dyn Planner>>, String> {
-    let bps = args.initial_uplink_mbps * 1e6;
-    let rule = |r| -> Box<dyn Planner> {
-        Box::new(RulePlanner::new(
-            r,
-            profile,
-            args.resolution,
-            bps,
-            args.rtt_ms,
-        ))
+    if name == "clairvoyant" || name == format!("clairvoyant{REUSE_SUFFIX}") {
+        return Ok(None);
+    }
+    // `link-oracle` is the cbo planner told the trace's future capacity (evaluation only).
+    let oracle = name.starts_with("link-oracle");
+    let parsed = if oracle {
+        name.replacen("link-oracle", "cbo", 1)
+    } else {
+        name.to_string()
     };
-    let reuse = name.ends_with(REUSE_SUFFIX);
-    let name = name.strip_suffix(REUSE_SUFFIX).unwrap_or(name);
-    Ok(Some(match name {
-        "local" => rule(Rule::Local),
-        "all" => rule(Rule::All),
-        "threshold" => rule(Rule::Threshold(args.threshold)),
-        "threshold-raw" => rule(Rule::ThresholdRaw(args.threshold)),
-        "fastva" => rule(Rule::FastVa),
-        "cbo" | "link-oracle" => {
-            let mut p = CboPlanner::new(profile.clone(), bps, args.rtt_ms).with_params(params);
-            if reuse {
-                p = p.with_reuse(args.reuse_window_ms);
-            }
-            if name == "link-oracle" {
-                p = p.with_link_oracle(trace.clone());
-            }
-            Box::new(p)
-        }
-        "clairvoyant" => return Ok(None),
-        other => return Err(format!("unknown policy '{other}' (known: {ALL_POLICIES})")),
-    }))
+    let spec = PolicySpec::parse(
+        &parsed,
+        args.threshold,
+        args.resolution,
+        args.reuse_window_ms,
+    )
+    .map_err(|e| format!("{e} (known: {ALL_POLICIES})"))?;
+    let bps = args.initial_uplink_mbps * 1e6;
+    if spec.kind != PolicyKind::Cbo {
+        return Ok(spec.planner(Some(profile), bps, args.rtt_ms));
+    }
+    let mut p = CboPlanner::new(profile.clone(), bps, args.rtt_ms).with_params(params);
+    if let Some(w) = spec.reuse_window_ms {
+        p = p.with_reuse(w);
+    }
+    if oracle {
+        p = p.with_link_oracle(trace.clone());
+    }
+    Ok(Some(Box::new(p)))
 }
 
 fn file_name(p: &Path) -> String {
@@ -534,7 +533,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
     let profile_path = args.profile.clone().unwrap_or_else(|| {
         crate::inference::models_dir().join("efficientnet-lite0-to-lite2.profile.json")
     });
-    let profile = Profile::load(&profile_path).map_err(|e| e.0)?;
+    let profile = Profile::load(&profile_path).map_err(|e| e.to_string())?;
     if args.video.len() != args.labels.len() {
         return Err(format!(
             "{} clip(s) but {} label file(s): give --labels in the order of --video",
@@ -545,7 +544,8 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
     let traces = trace_files(&args.trace)?
         .into_iter()
         .map(|t| Trace::load(&t).map(|tr| (t, Arc::new(tr))))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     for p in &args.policies {
         planner(p, args, &profile, &traces[0].1)?;
     }

@@ -36,7 +36,7 @@ pub fn run(
     frames: usize,
 ) -> Result<SimResult, String> {
     super::init_gstreamer()?;
-    let profile = Profile::load(profile_path).map_err(|e| e.0)?;
+    let profile = Profile::load(profile_path).map_err(|e| e.to_string())?;
     let models = inference::models_dir();
     let labels = crate::tools::dataset::read_clip_labels(labels)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -54,7 +54,9 @@ pub fn run(
         },
         identity,
     );
-    let server = rt.block_on(Server::start(server_config))?;
+    let server = rt
+        .block_on(Server::start(server_config))
+        .map_err(|e| e.to_string())?;
     let mut netem_config = NetemConfig::new(
         "127.0.0.1:0".parse().expect("literal address"),
         server.local_addr(),

@@ -61,7 +61,7 @@ pub fn config(args: &NetemArgs) -> Result<NetemConfig, String> {
     let listen = loopback_addr("listen", &args.listen, true)?;
     let server = loopback_addr("server", &args.server, listen.is_ipv4())?;
     let trace = match (&args.trace, args.uplink_mbps) {
-        (Some(path), _) => Trace::load(path)?,
+        (Some(path), _) => Trace::load(path).map_err(|e| e.to_string())?,
         (None, Some(mbps)) if mbps.is_finite() && mbps >= 0.012 => Trace::constant(mbps * 1e6),
         (None, Some(mbps)) => {
             return Err(format!(

@@ -90,7 +90,7 @@ fn model_ref(path: &Path) -> Result<ModelRef, String> {
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        sha256: sha256_file(path).map_err(|e| e.0)?,
+        sha256: sha256_file(path).map_err(|e| e.to_string())?,
     })
 }
 
@@ -115,8 +115,8 @@ fn config(
 
 pub fn run(args: &ProfileArgs) -> Result<Profile, String> {
     let (inputs, observations) = measure(args)?;
-    let profile = Profile::build(inputs, &observations).map_err(|e| e.0)?;
-    profile.save(&args.out).map_err(|e| e.0)?;
+    let profile = Profile::build(inputs, &observations).map_err(|e| e.to_string())?;
+    profile.save(&args.out).map_err(|e| e.to_string())?;
     Ok(profile)
 }
 
@@ -148,8 +148,8 @@ pub fn measure(args: &ProfileArgs) -> Result<(ProfileInputs, Vec<FrameObservatio
     let calibrator: Option<Calibrator> = match &calibration_path {
         None => None,
         Some(p) => {
-            let file = CalibrationFile::load(p).map_err(|e| e.0)?;
-            file.check_model(&device_path).map_err(|e| e.0)?;
+            let file = CalibrationFile::load(p).map_err(|e| e.to_string())?;
+            file.check_model(&device_path).map_err(|e| e.to_string())?;
             Some(file.calibrator)
         }
     };

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod onnx;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Once};

@@ -1,0 +1,349 @@
+//! Start and stop: what the element loads and starts at READY→PAUSED (the device model, its
+//! calibration, and when offloading, the profile, the offload client and the planner thread),
+//! and what it tears down at PAUSED→READY.
+//!
+//! Starting at READY→PAUSED (as gst-plugins-rs' `BaseTransform::start`) means every property
+//! flagged changeable in NULL or READY takes effect at the next start, also when it was set in
+//! READY.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::subclass::prelude::*;
+
+use super::imp::CboFilter;
+use super::offload::{ElementEffects, Offload, client_events};
+use super::settings::Settings;
+use super::{CAT, Policy};
+use crate::calibration::{CalibrationFile, Calibrator};
+use crate::inference::{Classifier, InferenceError, ModelConfig};
+use crate::jpeg::FrameEncoder;
+use crate::offload::client::{ClientConfig, OffloadClient};
+use crate::offload::clock::SystemClock;
+use crate::offload::driver::{PolicyDriver, Window, input_channel, spawn};
+use crate::offload::policy::{PolicyKind, PolicySpec};
+use crate::postprocess::OutputKind;
+use crate::preprocess::Normalization;
+use crate::profile::Profile;
+use crate::tls::Trust;
+
+/// Uplink estimate policy=cbo / fastva start from before any answer has measured it.
+const INITIAL_UPLINK_BPS: f64 = 1e6;
+const INITIAL_RTT_MS: f64 = 40.0;
+
+/// Streaming-thread state, set in start.
+pub struct State {
+    pub classifier: Classifier,
+    pub info: Option<gst_video::VideoInfo>,
+    /// Frames classified since start (the meta's `frame`, the planner's frame id).
+    pub frame: u64,
+    pub calibrator: Option<Calibrator>,
+    /// Log-probabilities of a probability-output model, for temperature scaling.
+    pub log_scores: Vec<f32>,
+    /// Upstream liveness, queried at the first buffer after start or a flush.
+    pub live: Option<bool>,
+    pub last_stats: Instant,
+}
+
+impl State {
+    /// Calibrated confidence of the frame just classified (raw when no calibration is loaded).
+    pub fn calibrated(&mut self, raw: f64) -> f64 {
+        match &self.calibrator {
+            None => raw,
+            Some(cal) => cal.apply_to_output(
+                raw,
+                self.classifier.last_output(),
+                self.classifier.postprocessor().kind() == OutputKind::Probabilities,
+                &mut self.log_scores,
+            ),
+        }
+    }
+}
+
+/// Maps a load failure onto the GStreamer error domain a user would look in.
+fn load_error(e: InferenceError) -> gst::ErrorMessage {
+    match &e {
+        InferenceError::Runtime(_) => gst::error_msg!(gst::LibraryError::Init, ("{e}")),
+        InferenceError::ModelMissing(_) => gst::error_msg!(gst::ResourceError::NotFound, ("{e}")),
+        InferenceError::ModelLoad { .. } => {
+            gst::error_msg!(gst::ResourceError::OpenRead, ("{e}"))
+        }
+        InferenceError::ProviderUnavailable { .. } => {
+            gst::error_msg!(gst::LibraryError::Init, ("{e}"))
+        }
+        _ => gst::error_msg!(gst::LibraryError::Settings, ("{e}")),
+    }
+}
+
+fn model_config(s: &Settings) -> Result<ModelConfig, gst::ErrorMessage> {
+    let normalization = Normalization::parse(&s.input_mean, &s.input_std)
+        .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{e}")))?;
+    Ok(ModelConfig {
+        model: PathBuf::from(&s.model),
+        labels: s.labels.as_ref().map(PathBuf::from),
+        normalization,
+        output_kind: s.output_kind.into(),
+        top_k: s.top_k as usize,
+        execution_provider: s.execution_provider.into(),
+        ep_fallback: s.ep_fallback,
+        threads: s.threads as usize,
+    })
+}
+
+impl CboFilter {
+    /// The offload policy for these settings, or `None` (device only, with a warning saying why
+    /// when the user asked for offloading but it cannot happen).
+    fn offload_policy(&self, s: &Settings) -> Option<PolicySpec> {
+        let kind = match s.policy {
+            Policy::Local => return None,
+            Policy::All => PolicyKind::All,
+            Policy::Threshold => PolicyKind::Threshold,
+            Policy::Cbo => PolicyKind::Cbo,
+            Policy::ThresholdRaw => PolicyKind::ThresholdRaw,
+            Policy::FastVa => PolicyKind::FastVa,
+        };
+        if s.server.is_empty() {
+            gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Settings,
+                (
+                    "policy={:?} needs a server; every frame is classified on the device",
+                    s.policy
+                )
+            );
+            return None;
+        }
+        Some(PolicySpec {
+            kind,
+            threshold: s.threshold,
+            resolution: s.resolution,
+            reuse_window_ms: (kind == PolicyKind::Cbo && s.reuse_window_ms > 0)
+                .then_some(s.reuse_window_ms as f64),
+        })
+    }
+
+    pub(super) fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let config = model_config(&settings)?;
+        // The calibration is checked before the (slower) model load, and must have been fitted
+        // for exactly this model file.
+        let calibrator = match &settings.calibration {
+            None => None,
+            Some(path) => {
+                let file = CalibrationFile::load(Path::new(path))
+                    .and_then(|f| f.check_model(&config.model).map(|_| f))
+                    .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{e}")))?;
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "calibration {}: {:?}",
+                    path,
+                    file.calibrator
+                );
+                Some(file.calibrator)
+            }
+        };
+        let mut policy = self.offload_policy(&settings);
+        let profile = match policy {
+            Some(p) if p.kind.needs_profile() => Some(
+                Profile::load(Path::new(&settings.profile))
+                    .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{e}")))?,
+            ),
+            _ => None,
+        };
+        let trust = match (&settings.server_cert, &settings.server_fingerprint) {
+            (Some(_), Some(_)) => {
+                return Err(gst::error_msg!(
+                    gst::LibraryError::Settings,
+                    ("Set server-cert or server-fingerprint, not both")
+                ));
+            }
+            (Some(pem), None) => Some(Trust::Pem(PathBuf::from(pem))),
+            (None, Some(fp)) => Some(Trust::Fingerprint(fp.clone())),
+            (None, None) => None,
+        };
+        gst::info!(CAT, imp = self, "loading model {}", config.model.display());
+        let classifier = Classifier::load(&config).map_err(load_error)?;
+        if let Some(w) = classifier.fallback_warning() {
+            gst::element_imp_warning!(self, gst::LibraryError::Init, ("{w}"));
+        }
+        let spec = *classifier.spec();
+        gst::info!(
+            CAT,
+            imp = self,
+            "model input {}x{} {:?} {:?}, {} scores, output {:?}, on {}",
+            spec.width,
+            spec.height,
+            spec.layout,
+            spec.elem,
+            classifier.postprocessor().width(),
+            classifier.postprocessor().kind(),
+            classifier.active_provider()
+        );
+        *self.active_provider.lock().unwrap() = classifier.active_provider().to_string();
+        if policy.is_some() && trust.is_none() {
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::Settings,
+                (
+                    "server={} is set but neither server-cert nor server-fingerprint: refusing to send frames to an unauthenticated server; classifying on the device",
+                    settings.server
+                )
+            );
+            policy = None;
+        }
+        if let (Some(p), Some(_)) = (&profile, policy) {
+            self.check_profile(p, &config.model, &settings);
+        }
+        let offload = match (policy, trust) {
+            (Some(spec), Some(trust)) => {
+                match self.start_offload(&settings, spec, profile, trust) {
+                    Ok(o) => Some(Arc::new(o)),
+                    Err(e) => {
+                        gst::element_imp_warning!(
+                            self,
+                            gst::ResourceError::Settings,
+                            (
+                                "Cannot offload to {}: {e}; classifying on the device",
+                                settings.server
+                            )
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        *self.offload.lock().unwrap() = offload;
+        self.hold.reset();
+        *self.state.lock().unwrap() = Some(State {
+            classifier,
+            info: None,
+            frame: 0,
+            calibrator,
+            log_scores: Vec::new(),
+            live: None,
+            last_stats: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Starts the offload client and the planner thread.
+    fn start_offload(
+        &self,
+        settings: &Settings,
+        spec: PolicySpec,
+        profile: Option<Profile>,
+        trust: Trust,
+    ) -> Result<Offload, String> {
+        let clock = SystemClock::new();
+        let (tx, rx) = input_channel();
+        let client = Arc::new(
+            OffloadClient::start(
+                ClientConfig {
+                    server: settings.server.clone(),
+                    trust,
+                    token: settings.token.clone(),
+                    jpeg_quality: settings.jpeg_quality,
+                    top_k: settings.top_k.min(u8::MAX as u32) as u8,
+                },
+                client_events(self.obj().downgrade(), tx.clone(), clock),
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        let planner = spec
+            .planner(profile.as_ref(), INITIAL_UPLINK_BPS, INITIAL_RTT_MS)
+            .ok_or_else(|| format!("policy {} needs a profile", spec.kind.name()))?;
+        // cbo and fastva pace their sends by their own uplink estimate; the window is the
+        // fixed rules'.
+        let max_in_flight = if spec.kind.needs_profile() {
+            usize::MAX
+        } else {
+            settings.max_in_flight as usize
+        };
+        let window = Window {
+            max_in_flight,
+            live: true,
+        };
+        let driver = PolicyDriver::new(planner, window, client.connected());
+        let effects = ElementEffects {
+            hold: self.hold.clone(),
+            client: client.clone(),
+            tx: tx.clone(),
+            clock,
+        };
+        let driver = spawn(driver, clock, effects, tx, rx)
+            .map_err(|e| format!("cannot start the planner thread: {e}"))?;
+        let size_probe = match (spec.kind, &profile) {
+            (PolicyKind::Cbo, Some(p)) => match (
+                FrameEncoder::new(settings.jpeg_quality),
+                p.resolutions.first(),
+            ) {
+                (Ok(e), Some(r)) => Some(Mutex::new((e, r.short_side))),
+                (Err(e), _) => {
+                    gst::warning!(CAT, imp = self, "no JPEG size probe: {e}");
+                    None
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        Ok(Offload {
+            client,
+            driver,
+            clock,
+            deadline: Duration::from_millis(settings.deadline_ms as u64),
+            max_in_flight,
+            size_probe,
+            reuse: spec.reuse_window_ms.zip(profile),
+        })
+    }
+
+    /// Warns when the profile was measured for another device model or another kind of
+    /// confidence than this element produces: its accuracies would not describe these frames.
+    fn check_profile(&self, profile: &Profile, model: &Path, s: &Settings) {
+        let model_sha = crate::calibration::sha256_file(model).unwrap_or_default();
+        if profile.device_model.sha256 != model_sha {
+            gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Settings,
+                (
+                    "profile {} was measured for device model {}, not {}: policy=cbo will misjudge what offloading gains (run `cbo profile` for this model)",
+                    s.profile,
+                    profile.device_model.file,
+                    model.display()
+                )
+            );
+        }
+        if profile.calibration.is_some() && s.calibration.is_none() {
+            gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Settings,
+                (
+                    "profile {} bins frames by calibrated confidence ({}) but no calibration is set",
+                    s.profile,
+                    profile
+                        .calibration
+                        .as_ref()
+                        .map(|c| c.file.as_str())
+                        .unwrap_or("")
+                )
+            );
+        }
+    }
+
+    /// Stops the planner thread (its decisions still queued are applied), then the client
+    /// (closing the connection; completions still running find the queue empty and are
+    /// ignored), and drops the state.
+    pub(super) fn stop(&self) {
+        let offload = self.offload.lock().unwrap().take();
+        if let Some(offload) = offload {
+            offload.driver.stop();
+        }
+        if let Some(state) = self.state.lock().unwrap().take() {
+            gst::info!(CAT, imp = self, "stopped after {} frames", state.frame);
+        }
+        self.hold.flush();
+    }
+}

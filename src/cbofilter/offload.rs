@@ -1,0 +1,258 @@
+//! The element's side of offloading: what the streaming thread hands to the planner thread, and
+//! how the planner's decisions reach the hold queue and the offload client.
+//!
+//! The planner itself, the in-flight window and offline frames are the pure
+//! [`crate::offload::driver`]'s, on its own thread; this file adapts it to GStreamer buffers.
+
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use super::imp::CboFilter;
+use super::output::Hold;
+use super::{OFFLOAD_CAT, PLANNER_CAT};
+use crate::jpeg::FrameEncoder;
+use crate::meta::{CboResult, Decision};
+use crate::offload::client::{ClientEvent, OffloadClient, OffloadJob};
+use crate::offload::clock::{Clock, SystemClock};
+use crate::offload::driver::{Decided, DriverThread, Effects, Event, Input};
+use crate::offload::planner::{AnswerIn, FrameIn, Planner};
+use crate::profile::Profile;
+
+/// What sending a frame needs.
+pub struct Job {
+    pub buffer: gst::Buffer,
+    pub info: gst_video::VideoInfo,
+    pub deadline: Instant,
+}
+
+/// Offloading, while the element runs with a server (set in start, taken in stop).
+pub struct Offload {
+    pub client: Arc<OffloadClient>,
+    pub driver: DriverThread<Job>,
+    pub clock: SystemClock,
+    pub deadline: Duration,
+    pub max_in_flight: usize,
+    /// policy=cbo: encodes each frame at the profile's smallest resolution (~0.3 ms); its size
+    /// tells the planner how large the frame will be at the others.
+    pub size_probe: Option<Mutex<(FrameEncoder, u32)>>,
+    /// Answer reuse at the output: the window and the profile that says what an answer is worth.
+    pub reuse: Option<(f64, Profile)>,
+}
+
+impl Offload {
+    pub fn now_ms(&self) -> f64 {
+        self.clock.ms(Instant::now())
+    }
+}
+
+/// Carries out the planner thread's decisions.
+pub struct ElementEffects {
+    pub hold: Arc<Hold>,
+    pub client: Arc<OffloadClient>,
+    pub tx: Sender<Input<Job>>,
+    pub clock: SystemClock,
+}
+
+impl Effects<Job> for ElementEffects {
+    fn apply(&mut self, decided: Decided<Job>, planner: &dyn Planner) -> bool {
+        match decided {
+            Decided::Keep { id, decision } => {
+                gst::log!(
+                    PLANNER_CAT,
+                    "frame {id}: {decision} ({}; {} in flight)",
+                    planner.describe(),
+                    self.client.in_flight()
+                );
+                self.hold.decide(id, decision);
+                true
+            }
+            Decided::Send {
+                id,
+                short_side,
+                job,
+                ..
+            } => {
+                if !self.hold.mark_sent(id, short_side) {
+                    gst::log!(PLANNER_CAT, "frame {id}: left before it could be sent");
+                    return false;
+                }
+                gst::log!(
+                    PLANNER_CAT,
+                    "frame {id}: offload at {short_side} ({}; {} in flight)",
+                    planner.describe(),
+                    self.client.in_flight()
+                );
+                let hold = self.hold.clone();
+                let tx = self.tx.clone();
+                let clock = self.clock;
+                self.client.submit(
+                    OffloadJob {
+                        frame_id: id,
+                        buffer: job.buffer,
+                        info: job.info,
+                        short_side,
+                        deadline: job.deadline,
+                    },
+                    Box::new(move |r| {
+                        let now_ms = clock.ms(Instant::now());
+                        let event = match &r {
+                            Ok(sr) => Event::Answer(
+                                AnswerIn {
+                                    id,
+                                    now_ms,
+                                    bytes: sr.jpeg_bytes as f64,
+                                    server_ms: (sr.answer.decode_us
+                                        + sr.answer.queue_us
+                                        + sr.answer.inference_us)
+                                        as f64
+                                        / 1000.0,
+                                    rtt_ms: None,
+                                },
+                                Some(sr.rtt.as_secs_f64() * 1000.0),
+                            ),
+                            Err(_) => Event::Failure { id, now_ms },
+                        };
+                        hold.complete(id, r);
+                        // The planner re-plans now: the link may be free.
+                        let _ = tx.send(Input::At {
+                            at_ms: now_ms,
+                            events: vec![event],
+                        });
+                    }),
+                );
+                true
+            }
+        }
+    }
+}
+
+/// The offload client's connection changes, from its threads: the planner thread learns whether
+/// frames can go, the user gets a warning when the element falls back to the device.
+pub fn client_events(
+    element: glib::WeakRef<super::CboFilter>,
+    tx: Sender<Input<Job>>,
+    clock: SystemClock,
+) -> Arc<dyn Fn(ClientEvent) + Send + Sync> {
+    Arc::new(move |event: ClientEvent| {
+        let online = match &event {
+            ClientEvent::Connected { .. } => Some(true),
+            ClientEvent::Disconnected { .. } => Some(false),
+            ClientEvent::ConnectFailed { .. } => None,
+        };
+        if let Some(online) = online {
+            let _ = tx.send(Input::At {
+                at_ms: clock.ms(Instant::now()),
+                events: vec![Event::Online(online)],
+            });
+        }
+        if let Some(obj) = element.upgrade() {
+            obj.imp().on_client_event(event);
+        }
+    })
+}
+
+impl CboFilter {
+    /// Streaming thread: queues a classified frame in the hold queue and hands it to the planner
+    /// thread. `live`: upstream's liveness.
+    pub(super) fn offload_frame(
+        &self,
+        offload: &Offload,
+        buffer: gst::Buffer,
+        info: gst_video::VideoInfo,
+        entered: Instant,
+        mut result: CboResult,
+        live: bool,
+    ) -> Result<(), gst::FlowError> {
+        // The frame's JPEG size at the smallest resolution: the planner scales the profile's
+        // sizes by it. Not while offline: the frame stays on the device anyway.
+        let probe = offload
+            .size_probe
+            .as_ref()
+            .filter(|_| offload.client.connected());
+        let small_jpeg_bytes = probe.and_then(|probe| {
+            let frame =
+                gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), &info).ok()?;
+            let mut probe = probe.lock().unwrap();
+            let short = probe.1;
+            probe
+                .0
+                .encode(&frame, short)
+                .ok()
+                .map(|j| j.bytes.len() as f64)
+        });
+        let deadline = entered + offload.deadline;
+        let frame = FrameIn {
+            id: result.frame,
+            arrival_ms: offload.clock.ms(entered),
+            deadline_ms: offload.clock.ms(deadline),
+            confidence: result.device_confidence,
+            raw_confidence: result.raw_confidence,
+            class: result.class_id,
+            small_jpeg_bytes,
+        };
+        gst::log!(
+            PLANNER_CAT,
+            imp = self,
+            "frame {}: p={:.3} raw={:.3} class={} small-jpeg={:?}",
+            frame.id,
+            frame.confidence,
+            frame.raw_confidence,
+            frame.class,
+            small_jpeg_bytes
+        );
+        // Undecided: if the planner never decides it, it leaves at its deadline (late).
+        result.decision = Decision::Late;
+        let window = (!live).then_some(offload.max_in_flight);
+        self.hold
+            .push_frame(buffer.clone(), result, deadline, window)?;
+        let job = Job {
+            buffer,
+            info,
+            deadline,
+        };
+        offload
+            .driver
+            .send(offload.now_ms(), vec![Event::Frame(frame, job)]);
+        Ok(())
+    }
+
+    /// Connection changes, logged, and warnings for the user when the element falls back to the
+    /// device.
+    pub(super) fn on_client_event(&self, event: ClientEvent) {
+        match event {
+            ClientEvent::Connected { model } => {
+                gst::info!(
+                    OFFLOAD_CAT,
+                    imp = self,
+                    "connected to the server (model {model})"
+                );
+                let s = gst::Structure::builder("cbo-connection")
+                    .field("connected", true)
+                    .field("server-model", model)
+                    .build();
+                let _ = self
+                    .obj()
+                    .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+            }
+            ClientEvent::Disconnected { reason } => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Read,
+                    ("Lost the server connection ({reason}); classifying on the device while reconnecting")
+                );
+            }
+            ClientEvent::ConnectFailed { reason } => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::OpenReadWrite,
+                    ("Cannot use the server: {reason}; classifying on the device and retrying")
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! Hold mode: the queue frames and serialized events wait in while offloading, and the source
+//! pad task that pushes them downstream in order.
+//!
+//! Every frame enters the [`Hold`] queue on the streaming thread as soon as it is classified,
+//! undecided, with its deadline; the planner thread decides it ([`Hold::decide`],
+//! [`Hold::mark_sent`]), the client's threads complete it ([`Hold::complete`]), and the output
+//! task ([`CboFilter::output_loop`]) pushes the head whenever it may leave: answered, kept, failed
+//! or due. Everyone waits on the one condition variable of the queue's own mutex, and each change
+//! to the queue notifies it; no wait has a polling timeout (the output task's only timeout is the
+//! head frame's deadline).
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use super::imp::CboFilter;
+use super::{CAT, OFFLOAD_CAT};
+use crate::meta::{CboResult, Decision, Source};
+use crate::offload::client::{ClientError, ServerResult};
+use crate::offload::hold::{HoldQueue, Outcome};
+use crate::offload::reuse::AnswerReuse;
+use crate::profile::Profile;
+
+/// Items the hold queue may contain before the streaming thread waits (downstream is slower
+/// than the source): bounds memory without ever dropping a frame.
+pub const MAX_HELD_ITEMS: usize = 512;
+
+/// What the hold queue carries.
+pub enum Item {
+    Frame {
+        buffer: gst::Buffer,
+        result: CboResult,
+    },
+    Event(gst::Event),
+}
+
+/// Counts of what happened to frames, for the `stats` property.
+#[derive(Debug, Clone, Default)]
+pub struct FrameCounts {
+    pub frames: u64,
+    pub kept: u64,
+    pub offloaded: u64,
+    pub answered: u64,
+    pub late: u64,
+    pub failed: u64,
+    pub busy: u64,
+    pub offline: u64,
+    /// Frames that left with a reused earlier answer (policy=cbo, `reuse-window`).
+    pub reused: u64,
+}
+
+#[derive(Default)]
+pub struct HoldInner {
+    queue: HoldQueue<Item, ServerResult>,
+    flushing: bool,
+    /// Last flow return of a downstream push, returned by the next chain call.
+    flow: Option<gst::FlowError>,
+    /// The task is pushing an item it popped (so the queue looks empty but is not done).
+    pushing: bool,
+    counts: FrameCounts,
+}
+
+/// The hold queue, shared by the streaming thread, the output task, the planner thread and the
+/// client's completions.
+#[derive(Default)]
+pub struct Hold {
+    inner: Mutex<HoldInner>,
+    cond: Condvar,
+}
+
+impl Hold {
+    fn lock(&self) -> MutexGuard<'_, HoldInner> {
+        self.inner.lock().unwrap()
+    }
+
+    /// Back to a fresh queue (start).
+    pub fn reset(&self) {
+        *self.lock() = HoldInner::default();
+    }
+
+    pub fn counts(&self) -> FrameCounts {
+        self.lock().counts.clone()
+    }
+
+    /// The flow return of the last push downstream that failed, if any.
+    pub fn flow(&self) -> Option<gst::FlowError> {
+        self.lock().flow
+    }
+
+    /// Streaming thread: queues a classified frame, undecided, until `deadline`. Waits while the
+    /// queue is full, and on a non-live source (`window`: the in-flight window) while that many
+    /// frames wait for the planner or the server, so that file processing goes at the server's
+    /// pace instead of missing deadlines.
+    pub fn push_frame(
+        &self,
+        buffer: gst::Buffer,
+        result: CboResult,
+        deadline: Instant,
+        window: Option<usize>,
+    ) -> Result<(), gst::FlowError> {
+        let mut inner = self.lock();
+        while !inner.flushing
+            && (inner.queue.len() >= MAX_HELD_ITEMS
+                || window.is_some_and(|w| inner.queue.waiting() >= w))
+        {
+            inner = self.cond.wait(inner).unwrap();
+        }
+        if inner.flushing {
+            return Err(gst::FlowError::Flushing);
+        }
+        inner.counts.frames += 1;
+        let id = result.frame;
+        inner
+            .queue
+            .push_waiting(Item::Frame { buffer, result }, id, deadline);
+        self.cond.notify_all();
+        Ok(())
+    }
+
+    /// Streaming thread: queues a serialized event behind the frames before it.
+    pub fn push_event(&self, event: gst::Event) -> bool {
+        let mut inner = self.lock();
+        if inner.flushing {
+            return false;
+        }
+        inner.queue.push_ready(Item::Event(event));
+        self.cond.notify_all();
+        true
+    }
+
+    /// Planner thread: frame `id` leaves with its device label (`decision`: device, busy or
+    /// offline). False when it already left (deadline, flush).
+    pub fn decide(&self, id: u64, decision: Decision) -> bool {
+        let mut inner = self.lock();
+        let released = inner.queue.release(id, |item| {
+            if let Item::Frame { result, .. } = item {
+                result.decision = decision;
+            }
+        });
+        if released {
+            match decision {
+                Decision::Busy => inner.counts.busy += 1,
+                Decision::Offline => inner.counts.offline += 1,
+                _ => inner.counts.kept += 1,
+            }
+            self.cond.notify_all();
+        }
+        released
+    }
+
+    /// Planner thread: frame `id` is being sent at `short_side`; it keeps waiting for the
+    /// answer. False when it already left.
+    pub fn mark_sent(&self, id: u64, short_side: u32) -> bool {
+        let mut inner = self.lock();
+        let waiting = inner.queue.update(id, |item| {
+            if let Item::Frame { result, .. } = item {
+                result.decision = Decision::Offload;
+                result.resolution = short_side as i32;
+            }
+        });
+        if waiting {
+            inner.counts.offloaded += 1;
+        }
+        waiting
+    }
+
+    /// Client threads: how offloaded frame `id` ended. An answer for a frame that left (late,
+    /// or dropped by a flush) is ignored.
+    pub fn complete(&self, id: u64, result: Result<ServerResult, ClientError>) {
+        let mut inner = self.lock();
+        let waiting = match result {
+            Ok(answer) => inner.queue.answer(id, answer),
+            Err(reason) => inner.queue.fail(id, reason.to_string()),
+        };
+        if waiting {
+            self.cond.notify_all();
+        }
+    }
+
+    /// FLUSH_START / deactivation: wakes every waiter, which gives up.
+    pub fn set_flushing(&self) {
+        self.lock().flushing = true;
+        self.cond.notify_all();
+    }
+
+    /// FLUSH_STOP / deactivation: drops what is held (returning the events among it) and accepts
+    /// items again.
+    pub fn flush(&self) -> Vec<gst::Event> {
+        let mut inner = self.lock();
+        inner.flushing = false;
+        inner.flow = None;
+        let dropped = inner.queue.drain();
+        self.cond.notify_all();
+        dropped
+            .into_iter()
+            .filter_map(|item| match item {
+                Item::Event(e) => Some(e),
+                Item::Frame { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Accepts items again after [`Hold::set_flushing`] (the task starts).
+    pub fn resume(&self) {
+        let mut inner = self.lock();
+        inner.flushing = false;
+        inner.flow = None;
+    }
+
+    /// Serialized queries: waits until everything queued before has been pushed.
+    pub fn wait_drained(&self) {
+        let mut inner = self.lock();
+        while (!inner.queue.is_empty() || inner.pushing) && !inner.flushing {
+            inner = self.cond.wait(inner).unwrap();
+        }
+    }
+}
+
+/// A server answer as answer reuse carries it to the following frames.
+#[derive(Debug, Clone)]
+pub struct ServerLabel {
+    class_id: i32,
+    label: String,
+    score: f64,
+    top_classes: Vec<i32>,
+    top_scores: Vec<f64>,
+}
+
+/// Answer reuse at the output (policy=cbo with `reuse-window`): owned by the output task, which
+/// sees frames in stream order; a new one each time the task starts (after a flush the next
+/// frames need not look like the last ones).
+pub struct OutputReuse {
+    pub reuse: AnswerReuse<ServerLabel>,
+    pub profile: Profile,
+    /// Arrival time of frames without a timestamp.
+    pub epoch: Instant,
+}
+
+impl CboFilter {
+    /// One iteration of the source pad task: waits until the head of the hold queue may leave,
+    /// then pushes it.
+    pub(super) fn output_loop(&self, reuse: &mut Option<OutputReuse>) {
+        let hold = &self.hold;
+        let mut inner = hold.lock();
+        let (item, outcome) = loop {
+            if inner.flushing {
+                drop(inner);
+                let _ = self.srcpad.pause_task();
+                return;
+            }
+            if let Some(popped) = inner.queue.pop(Instant::now()) {
+                break popped;
+            }
+            inner = match inner.queue.next_deadline() {
+                Some(d) => {
+                    let wait = d.saturating_duration_since(Instant::now());
+                    hold.cond.wait_timeout(inner, wait).unwrap().0
+                }
+                None => hold.cond.wait(inner).unwrap(),
+            };
+        };
+        inner.pushing = true;
+        // Room in the queue: a waiting streaming thread may go on.
+        hold.cond.notify_all();
+        let flow = match item {
+            Item::Event(event) => {
+                drop(inner);
+                let eos = event.type_() == gst::EventType::Eos;
+                if !self.srcpad.push_event(event) && !eos {
+                    gst::debug!(CAT, imp = self, "downstream refused a serialized event");
+                }
+                Ok(gst::FlowSuccess::Ok)
+            }
+            Item::Frame { buffer, result } => {
+                let result = finish_result(&mut inner.counts, result, outcome, self);
+                drop(inner);
+                let (result, reused) = apply_reuse(reuse.as_mut(), &buffer, result);
+                if reused {
+                    gst::trace!(CAT, imp = self, "frame {}: reused an answer", result.frame);
+                    hold.lock().counts.reused += 1;
+                }
+                let post = self.settings.lock().unwrap().post_messages;
+                self.push_result(buffer, result, post)
+            }
+        };
+        let mut inner = hold.lock();
+        inner.pushing = false;
+        hold.cond.notify_all();
+        if let Err(e) = flow {
+            gst::debug!(CAT, imp = self, "downstream returned {e:?}; pausing output");
+            inner.flow = Some(e);
+            drop(inner);
+            // As queue does: a fatal flow error downstream becomes an element error.
+            if matches!(
+                e,
+                gst::FlowError::NotLinked
+                    | gst::FlowError::NotNegotiated
+                    | gst::FlowError::Error
+                    | gst::FlowError::NotSupported
+            ) {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Failed,
+                    ("Internal data stream error."),
+                    ["streaming stopped, reason {e:?}"]
+                );
+            }
+            let _ = self.srcpad.pause_task();
+        }
+    }
+
+    /// Starts the output task with a fresh answer-reuse state.
+    pub(super) fn start_task(&self) -> Result<(), gst::LoggableError> {
+        self.hold.resume();
+        let mut reuse = self.offload().and_then(|o| {
+            o.reuse.as_ref().map(|(window_ms, profile)| OutputReuse {
+                reuse: AnswerReuse::new(*window_ms),
+                profile: profile.clone(),
+                epoch: Instant::now(),
+            })
+        });
+        let weak = self.obj().downgrade();
+        self.srcpad
+            .start_task(move || {
+                if let Some(obj) = weak.upgrade() {
+                    obj.imp().output_loop(&mut reuse);
+                }
+            })
+            .map_err(|e| gst::loggable_error!(CAT, "cannot start the output task: {e}"))
+    }
+
+    /// Drops the held items, keeping the sticky events among them as a queue does: stored on the
+    /// source pad, they go downstream before the next buffer (caps in particular are not sent
+    /// again by upstream after a flush).
+    pub(super) fn drop_held(&self) {
+        for event in self.hold.flush() {
+            if event.is_sticky()
+                && !matches!(event.type_(), gst::EventType::Eos | gst::EventType::Segment)
+            {
+                gst::debug!(
+                    OFFLOAD_CAT,
+                    imp = self,
+                    "keeping {:?} across the flush",
+                    event.type_()
+                );
+                let _ = self.srcpad.store_sticky_event(&event);
+            }
+        }
+    }
+
+    /// Attaches the result and pushes the buffer downstream.
+    pub(super) fn push_result(
+        &self,
+        mut buffer: gst::Buffer,
+        result: CboResult,
+        post: bool,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        result.attach(buffer.make_mut()).map_err(|e| {
+            gst::element_imp_error!(self, gst::CoreError::Failed, ("Cannot attach CboMeta: {e}"));
+            gst::FlowError::Error
+        })?;
+        if post {
+            let msg = gst::message::Element::builder(result.to_structure())
+                .src(&*self.obj())
+                .build();
+            let _ = self.obj().post_message(msg);
+        }
+        self.srcpad.push(buffer)
+    }
+}
+
+/// Applies how a held frame ended to its result.
+fn finish_result(
+    counts: &mut FrameCounts,
+    mut result: CboResult,
+    outcome: Outcome<ServerResult>,
+    imp: &CboFilter,
+) -> CboResult {
+    match outcome {
+        Outcome::Ready => {}
+        Outcome::Answered(sr) => {
+            counts.answered += 1;
+            let a = &sr.answer;
+            if let (Some(&class_id), Some(&score)) = (a.class_ids.first(), a.scores.first()) {
+                result.class_id = class_id;
+                result.label = a.labels.first().cloned().unwrap_or_default();
+                result.confidence = score as f64;
+                result.raw_confidence = score as f64;
+                result.top_classes = a.class_ids.clone();
+                result.top_scores = a.scores.iter().map(|&s| s as f64).collect();
+                result.source = Source::Server;
+                result.decision = Decision::Offload;
+            } else {
+                result.decision = Decision::Failed;
+            }
+            result.resolution = sr.short_side as i32;
+            result.server_latency_us = sr.latency.as_micros() as u64;
+        }
+        Outcome::Late => {
+            counts.late += 1;
+            result.decision = Decision::Late;
+        }
+        Outcome::Failed(reason) => {
+            counts.failed += 1;
+            gst::debug!(
+                OFFLOAD_CAT,
+                imp = imp,
+                "frame {} not offloaded: {reason}",
+                result.frame
+            );
+            result.decision = Decision::Failed;
+        }
+    }
+    result
+}
+
+/// Gives a frame that stays on the device the answer of an earlier alike frame where
+/// [`AnswerReuse`] says it applies; returns whether it did.
+fn apply_reuse(
+    reuse: Option<&mut OutputReuse>,
+    buffer: &gst::Buffer,
+    mut result: CboResult,
+) -> (CboResult, bool) {
+    let Some(r) = reuse else {
+        return (result, false);
+    };
+    // Stream time, so that a file decoded faster than real time keeps the window's meaning.
+    let arrival_ms = match buffer.pts() {
+        Some(pts) => pts.nseconds() as f64 / 1e6,
+        None => r.epoch.elapsed().as_secs_f64() * 1000.0,
+    };
+    let answer = (result.source == Source::Server).then(|| {
+        let index = r
+            .profile
+            .resolutions
+            .iter()
+            .position(|p| p.short_side as i32 == result.resolution)
+            .unwrap_or(0);
+        let label = ServerLabel {
+            class_id: result.class_id,
+            label: result.label.clone(),
+            score: result.raw_confidence,
+            top_classes: result.top_classes.clone(),
+            top_scores: result.top_scores.clone(),
+        };
+        (label, index)
+    });
+    let Some(u) = r.reuse.leave(
+        &r.profile,
+        arrival_ms,
+        result.device_class_id,
+        result.device_confidence,
+        answer,
+    ) else {
+        return (result, false);
+    };
+    result.class_id = u.label.class_id;
+    result.label = u.label.label;
+    result.confidence = u.expected_accuracy;
+    result.raw_confidence = u.label.score;
+    result.top_classes = u.label.top_classes;
+    result.top_scores = u.label.top_scores;
+    result.source = Source::Server;
+    result.decision = Decision::Reuse;
+    (result, true)
+}

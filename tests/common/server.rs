@@ -1,0 +1,104 @@
+//! A real `cboserver` child process on 127.0.0.1 for the tests that offload.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use super::repo;
+
+/// A `cboserver` child process with a self-signed certificate (and a token when asked).
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub cert: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A loopback UDP port nobody listens on (for a server that starts later, or never).
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A directory with a self-signed certificate, created the way `cboserver --self-signed` does.
+pub fn cert_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    gstcbo::tls::load_or_create_self_signed(dir.path()).unwrap();
+    let cert = dir.path().join("cert.pem");
+    assert!(cert.is_file());
+    (dir, cert)
+}
+
+impl Server {
+    pub fn start(token: Option<&str>) -> Server {
+        let (dir, cert) = cert_dir();
+        Self::start_in(dir, cert, token, 0)
+    }
+
+    /// Starts on `port` (0 = any) reusing the certificate in `dir`.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        cert: PathBuf,
+        token: Option<&str>,
+        port: u16,
+    ) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cboserver"));
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--model")
+            .arg(repo().join("models/efficientnet-lite2-fp32-260.onnx"))
+            .arg("--self-signed")
+            .arg(dir.path())
+            .arg("--max-batch")
+            .arg("4")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(t) = token {
+            let f = dir.path().join("token");
+            std::fs::write(&f, t).unwrap();
+            cmd.arg("--token-file").arg(f);
+        }
+        let mut child = cmd.spawn().expect("cboserver starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(a) = line.strip_prefix("listening on ") {
+                        break a.trim().to_string();
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    panic!("cboserver exited before listening");
+                }
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            addr,
+            cert,
+            _dir: dir,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn props(addr: &str, cert: &Path, extra: &str) -> String {
+    format!("server={addr} server-cert=\"{}\" {extra}", cert.display())
+}
