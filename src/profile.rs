@@ -321,6 +321,13 @@ impl Profile {
         shrunk - z * (var / (n + PRIOR_FRAMES)).sqrt()
     }
 
+    /// The probability that the server's answer at `r` is right for a frame of calibrated
+    /// confidence `confidence`, taken at the gain's lower bound ([`Self::gain_lower_bound`]):
+    /// what the planner and answer reuse count on.
+    pub fn answer_accuracy(&self, confidence: f64, r: usize, z: f64) -> f64 {
+        (confidence + self.gain_lower_bound(confidence, r, z)).clamp(0.0, 1.0)
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a profile serialises")
     }

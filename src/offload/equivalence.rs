@@ -159,6 +159,7 @@ fn the_planner_thread_decides_what_the_simulator_decides() {
         let reuse = spec.reuse_window_ms.map(|window_ms| SimReuse {
             window_ms,
             profile: &profile,
+            gain_z: crate::offload::planner::DEFAULT_PARAMS.gain_z,
         });
         let result = simulate(&mut recorder, &frames, &trace, &cfg, reuse);
         let shorts = planner().resolutions().to_vec();

@@ -590,11 +590,8 @@ impl CboPlanner {
     /// The probability that the server's answer at `r` is right for a frame of calibrated
     /// confidence `confidence`: that confidence plus the profile's gain at its lower bound.
     fn server_value(&self, confidence: f64, r: usize) -> f64 {
-        (confidence
-            + self
-                .profile
-                .gain_lower_bound(confidence, r, self.params.gain_z))
-        .clamp(0.0, 1.0)
+        self.profile
+            .answer_accuracy(confidence, r, self.params.gain_z)
     }
 
     /// Predicted JPEG bytes of frame `f` at `r` before the stream's correction: the profile's

@@ -53,6 +53,9 @@ struct Source<T> {
 #[derive(Debug, Clone)]
 pub struct AnswerReuse<T> {
     window_ms: f64,
+    /// How conservatively an answer's accuracy is taken ([`Profile::answer_accuracy`]): the
+    /// planner's [`crate::offload::planner::CboParams::gain_z`], so both value it alike.
+    gain_z: f64,
     source: Option<Source<T>>,
     last_device_class: Option<i32>,
 }
@@ -62,9 +65,16 @@ impl<T: Clone> AnswerReuse<T> {
     pub fn new(window_ms: f64) -> Self {
         Self {
             window_ms,
+            gain_z: crate::offload::planner::DEFAULT_PARAMS.gain_z,
             source: None,
             last_device_class: None,
         }
+    }
+
+    /// Values answers with another `gain_z` than the default (cross-validation).
+    pub fn with_gain_z(mut self, gain_z: f64) -> Self {
+        self.gain_z = gain_z;
+        self
     }
 
     /// Feeds the next frame in stream order; returns the answer to use instead of the device's
@@ -95,7 +105,8 @@ impl<T: Clone> AnswerReuse<T> {
     }
 
     /// [`AnswerReuse::next`] for a frame whose answer (`label`, and the index of the profile
-    /// resolution it was sent at) is worth what `profile` says: the element's output and the
+    /// resolution it was sent at) is worth what `profile` says (at the same lower bound the
+    /// planner plans with): the element's output and the
     /// simulator both leave frames through here.
     pub fn leave(
         &mut self,
@@ -111,7 +122,7 @@ impl<T: Clone> AnswerReuse<T> {
             device_confidence,
             answer: answer.map(|(label, r)| Answered {
                 label,
-                expected_accuracy: profile.server_accuracy(device_confidence, r),
+                expected_accuracy: profile.answer_accuracy(device_confidence, r, self.gain_z),
             }),
         })
     }

@@ -30,6 +30,8 @@ use crate::trace::{LinkQueue, MTU, Trace};
 pub struct SimReuse<'a> {
     pub window_ms: f64,
     pub profile: &'a Profile,
+    /// How conservatively answers are valued ([`AnswerReuse::with_gain_z`]).
+    pub gain_z: f64,
 }
 
 /// What is known about one frame (measured once, replayed under every policy).
@@ -242,7 +244,8 @@ pub fn simulate(
     let mut right = 0usize;
     let mut reused = 0usize;
     let mut latencies = Vec::with_capacity(n);
-    let mut reuse_state = reuse.map(|r| (AnswerReuse::new(r.window_ms), r.profile));
+    let mut reuse_state =
+        reuse.map(|r| (AnswerReuse::new(r.window_ms).with_gain_z(r.gain_z), r.profile));
     let mut leave = |i: usize, at: f64, outcome: Outcome<bool>, missed: &mut usize| {
         let f = &frames[i];
         let mut correct = match outcome {
@@ -646,6 +649,7 @@ mod tests {
         let reuse = SimReuse {
             window_ms: 1000.0,
             profile: &p,
+            gain_z: crate::offload::planner::DEFAULT_PARAMS.gain_z,
         };
         let plain = simulate(
             &mut super::super::planner::CboPlanner::new(p.clone(), 0.5e6, 40.0),
@@ -695,6 +699,7 @@ mod tests {
             Some(SimReuse {
                 window_ms: 1000.0,
                 profile: &p,
+                gain_z: crate::offload::planner::DEFAULT_PARAMS.gain_z,
             }),
         );
         assert_eq!(b.reuse_ratio, 0.0);

@@ -432,6 +432,7 @@ fn run_setting(
             let reuse = name.ends_with(REUSE_SUFFIX).then_some(SimReuse {
                 window_ms: args.reuse_window_ms,
                 profile,
+                gain_z: params.gain_z,
             });
             results.insert(
                 name.to_string(),
@@ -467,6 +468,7 @@ fn run_policies(
                 reuse.then_some(SimReuse {
                     window_ms: args.reuse_window_ms,
                     profile,
+                    gain_z: DEFAULT_PARAMS.gain_z,
                 }),
             ),
             None => clairvoyant(
