@@ -278,18 +278,56 @@ fn reset_error(code: quinn::VarInt, frame_id: u64, what: &str) -> RequestError {
 
 /// Sends one frame on a new bidirectional stream and waits for its answer (no timeout here: the
 /// server answers within its per-request time or sends [`ErrorCode::Timeout`]; callers that need a
-/// shorter bound wrap this in their own).
+/// shorter bound use [`request_until`]).
 pub async fn request(
     connection: &quinn::Connection,
     header: &RequestHeader,
     jpeg: &[u8],
     max_response_bytes: usize,
 ) -> Result<Answer, RequestError> {
-    let frame_id = header.frame_id;
     let (mut send, mut recv) = connection
         .open_bi()
         .await
         .map_err(request_connection_error)?;
+    exchange(&mut send, &mut recv, header, jpeg, max_response_bytes).await
+}
+
+/// [`request`] with a deadline. When the deadline passes first, the request's stream is reset
+/// (and its answer stream stopped): the bytes of it the transport has not yet sent stop taking
+/// the uplink from the frames after it, since an answer after the deadline is worth nothing.
+/// `None` then.
+pub async fn request_until(
+    connection: &quinn::Connection,
+    header: &RequestHeader,
+    jpeg: &[u8],
+    max_response_bytes: usize,
+    deadline: tokio::time::Instant,
+) -> Option<Result<Answer, RequestError>> {
+    let (mut send, mut recv) = match tokio::time::timeout_at(deadline, connection.open_bi()).await {
+        Err(_) => return None,
+        Ok(Err(e)) => return Some(Err(request_connection_error(e))),
+        Ok(Ok(streams)) => streams,
+    };
+    let outcome = tokio::select! {
+        r = exchange(&mut send, &mut recv, header, jpeg, max_response_bytes) => Some(r),
+        _ = tokio::time::sleep_until(deadline) => None,
+    };
+    if outcome.is_none() {
+        let _ = send.reset(varint(ErrorCode::Timeout));
+        let _ = recv.stop(varint(ErrorCode::Timeout));
+    }
+    outcome
+}
+
+/// One request on its open streams: the frame out, the answer back.
+async fn exchange(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    header: &RequestHeader,
+    jpeg: &[u8],
+    max_response_bytes: usize,
+) -> Result<Answer, RequestError> {
+    let frame_id = header.frame_id;
     let bytes = protocol::encode_request(header, jpeg)
         .map_err(|e| RequestError::Protocol(format!("cannot encode the request: {e}")))?;
     let mut stopped = None;

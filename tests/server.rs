@@ -341,6 +341,40 @@ fn answers_match_the_in_process_classifier_and_name_the_bottles() {
 }
 
 #[test]
+fn a_request_past_its_deadline_is_cancelled_and_the_connection_goes_on() {
+    let fx = fixture();
+    fx.block_on(async {
+        let (_endpoint, session) = fx.session().await;
+        // A deadline that has passed: the request's stream is reset, no answer is awaited.
+        let passed = tokio::time::Instant::now();
+        let cancelled = quic::request_until(
+            &session.connection,
+            &fx.header(50, 0),
+            &fx.frames[0].bytes,
+            64 * 1024,
+            passed,
+        )
+        .await;
+        assert!(cancelled.is_none(), "{cancelled:?}");
+        // The same connection serves the next requests, with and without a deadline.
+        let later = tokio::time::Instant::now() + Duration::from_secs(20);
+        let a = quic::request_until(
+            &session.connection,
+            &fx.header(51, 1),
+            &fx.frames[1].bytes,
+            64 * 1024,
+            later,
+        )
+        .await
+        .expect("answered before a 20 s deadline")
+        .unwrap();
+        assert_eq!(a.frame_id, 51);
+        fx.check(&a, 1);
+        fx.good_request(&session.connection, 52, 2).await;
+    });
+}
+
+#[test]
 fn garbage_bytes_on_a_request_stream_are_answered_bad_request() {
     let fx = fixture();
     fx.block_on(fx.while_serving(async {

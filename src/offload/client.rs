@@ -318,11 +318,12 @@ fn encode_loop(
         let deadline = tokio::time::Instant::from_std(job.deadline);
         rt.spawn(async move {
             let sent = Instant::now();
-            let result = tokio::time::timeout_at(
-                deadline,
-                quic::request(&connection, &header, &encoded.bytes, 64 * 1024),
-            )
-            .await;
+            // At the deadline the request is cancelled (its stream reset), so what is left of
+            // it stops using the uplink.
+            let result =
+                quic::request_until(&connection, &header, &encoded.bytes, 64 * 1024, deadline)
+                    .await
+                    .ok_or(());
             let latency = sent.elapsed();
             let mut s = shared.stats.lock().unwrap();
             match result {

@@ -244,8 +244,12 @@ pub fn simulate(
     let mut right = 0usize;
     let mut reused = 0usize;
     let mut latencies = Vec::with_capacity(n);
-    let mut reuse_state =
-        reuse.map(|r| (AnswerReuse::new(r.window_ms).with_gain_z(r.gain_z), r.profile));
+    let mut reuse_state = reuse.map(|r| {
+        (
+            AnswerReuse::new(r.window_ms).with_gain_z(r.gain_z),
+            r.profile,
+        )
+    });
     let mut leave = |i: usize, at: f64, outcome: Outcome<bool>, missed: &mut usize| {
         let f = &frames[i];
         let mut correct = match outcome {
