@@ -202,9 +202,6 @@ pub struct LinkEstimate {
     /// The bound the oldest unanswered request proves at the last refresh, if it is below the
     /// records' quantile (an outage shows up here long before any answer does).
     overdue: Option<f64>,
-    /// The latest failed request (time, the throughput bound its failure proves), until an
-    /// answer or [`SAMPLE_AGE_MS`] has passed: the newest evidence about the link.
-    last_failure: Option<(f64, f64)>,
     /// Typical server time, from answers.
     server_ms: f64,
     pub rtt_ms: f64,
@@ -226,7 +223,6 @@ impl LinkEstimate {
             rtts: std::collections::VecDeque::new(),
             initial: initial_bps / 8.0 / 1000.0,
             overdue: None,
-            last_failure: None,
             server_ms: 0.0,
             rtt_ms,
             size_ratio: 1.0,
@@ -245,15 +241,12 @@ impl LinkEstimate {
     /// The rates [`Self::arrival_probability`] weighs, each with weight one: the recent records
     /// and the initial estimate (a prior).
     ///
-    /// Records are not independent draws: a link that is slow now stays slow for a while. So
-    /// the newest evidence that it is slow (a request overdue now, or a failure after the last
-    /// answer) caps every record: the link is taken to be no faster than that bound until an
-    /// answer says otherwise, as the bound caps [`Self::bandwidth`].
+    /// A request overdue *now* is a fact about the present link, not one more draw: it caps every
+    /// record (as it caps [`Self::bandwidth`]) until it is answered or fails. A failure, once
+    /// over, is one record among the others: capping on it until the next answer stopped all
+    /// sending for seconds after every miss on a bursty link.
     fn rates(&self) -> impl Iterator<Item = f64> + '_ {
-        let cap = self
-            .overdue
-            .unwrap_or(f64::INFINITY)
-            .min(self.last_failure.map_or(f64::INFINITY, |f| f.1));
+        let cap = self.overdue.unwrap_or(f64::INFINITY);
         self.samples
             .iter()
             .map(|s| s.1)
@@ -343,12 +336,6 @@ impl LinkEstimate {
             self.samples.pop_front();
         }
         self.overdue = None;
-        if self
-            .last_failure
-            .is_some_and(|(t, _)| now - t > SAMPLE_AGE_MS)
-        {
-            self.last_failure = None;
-        }
         self.bandwidth = if self.samples.is_empty() {
             self.initial
         } else {
@@ -372,8 +359,6 @@ impl LinkEstimate {
             .min(now + outstanding / self.bandwidth.max(1e-6));
     }
     pub fn on_answer(&mut self, a: &AnswerIn, predicted_bytes: Option<f64>) {
-        // A request answered: the link carries again; what failed before is history.
-        self.last_failure = None;
         self.server_ms = if self.server_ms == 0.0 {
             a.server_ms
         } else {
@@ -411,9 +396,6 @@ impl LinkEstimate {
             let busy = now - self.rtt_ms - self.server_ms - sent_ms.max(self.last_completion_ms);
             if busy > 0.5 {
                 self.push_sample(now, bytes / busy);
-                let bound = bytes / busy;
-                let cap = self.last_failure.map_or(bound, |f| f.1.min(bound));
-                self.last_failure = Some((now, cap));
             }
         }
         self.refresh(now);
@@ -497,6 +479,9 @@ pub struct CboPlanner {
     /// Share of recent transfers answered in time (moving average): how much an answer still
     /// on its way is worth to the frames counting on it.
     delivery: f64,
+    /// Per sent frame, the probability of arriving in time it was sent with (estimated link
+    /// only), for checking that the estimate is calibrated.
+    arrival_log: Vec<(u64, f64)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -537,7 +522,14 @@ impl CboPlanner {
             run_of: std::collections::HashMap::new(),
             source: None,
             delivery: 1.0,
+            arrival_log: Vec::new(),
         }
+    }
+
+    /// Every transfer sent so far with the probability of arriving in time it was planned with
+    /// (empty for the link oracle, which knows).
+    pub fn arrival_log(&self) -> &[(u64, f64)] {
+        &self.arrival_log
     }
 
     /// Plans with other constants than [`DEFAULT_PARAMS`] (cross-validation).
@@ -889,6 +881,15 @@ impl Planner for CboPlanner {
                     });
                 }
                 let bytes = self.bytes(&f, r);
+                if self.oracle.is_none() {
+                    let ahead = (self.link_free_ms() - now).max(0.0) * self.link.bandwidth;
+                    let p = self.link.arrival_probability(
+                        ahead,
+                        bytes,
+                        f.deadline_ms - now - self.fixed_ms(r),
+                    );
+                    self.arrival_log.push((f.id, p));
+                }
                 self.link.on_send(f.id, now, bytes);
                 if let Some(o) = &mut self.oracle {
                     let enqueue = (now + self.opts[r].encode_ms).ceil() as u64;

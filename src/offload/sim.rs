@@ -83,6 +83,9 @@ pub struct SimResult {
     /// Per frame: the short side it was sent at (0 = kept), for plots.
     #[serde(skip)]
     pub sent_at: Vec<u32>,
+    /// Per frame: sent and answered by its deadline.
+    #[serde(skip)]
+    pub answered: Vec<bool>,
 }
 
 #[derive(PartialEq)]
@@ -330,6 +333,9 @@ pub fn simulate(
         latency_p99_ms: percentile(&latencies, 0.99),
         reuse_ratio: reused as f64 / n.max(1) as f64,
         sent_at: sent.iter().map(|s| s.map_or(0, |r| shorts[r])).collect(),
+        answered: (0..n)
+            .map(|i| sent[i].is_some() && resolved[i].is_some())
+            .collect(),
     }
 }
 
@@ -473,6 +479,7 @@ pub fn clairvoyant(
         latency_p50_ms: f64::NAN,
         latency_p99_ms: f64::NAN,
         reuse_ratio: 0.0,
+        answered: sent_at.iter().map(|&s| s > 0).collect(),
         sent_at,
     }
 }
@@ -770,14 +777,100 @@ mod tests {
         let slow = phase(22, 40);
         assert!(sent(slow) > 20, "{slow:?}");
         assert!(mean_res(slow) < 100.0, "{slow:?}");
-        // Outage: nothing once it has shown (the first request overdue), nothing that cannot
-        // arrive.
-        assert_eq!(sent(phase(41, 50)), 0, "{:?}", phase(40, 50));
+        // Outage: a few probes while the failures pile up in the delivery record (each one a
+        // record the link did not carry in time), then nothing until the link is back.
+        assert!(sent(phase(40, 42)) <= 6, "{:?}", phase(40, 50));
+        assert_eq!(sent(phase(42, 50)), 0, "{:?}", phase(40, 50));
         // Back: it probes and offloads again, at 224.
         let back = phase(55, 70);
         assert!(sent(back) > 40, "{back:?}");
         assert!(mean_res(back) > 200.0);
-        // Only the frames in flight when the link stepped down or went out missed.
-        assert!(r.deadline_miss_rate <= 0.01, "{r:?}");
+        // Only frames sent when the link stepped down or went out missed: a change of regime
+        // costs the few transfers it takes the record to show it (each failure is one record of
+        // about twenty), here 11 of 700 frames.
+        assert!(r.deadline_miss_rate <= 0.02, "{r:?}");
+    }
+
+    /// A periodic uplink: `on_ms` at `pps` packets per second, then `off_ms` of nothing.
+    fn on_off(on_ms: u64, off_ms: u64, pps: u64) -> Trace {
+        let gap = 1000 / pps;
+        let mut lines: Vec<String> = (1..=on_ms / gap).map(|k| (k * gap).to_string()).collect();
+        lines.push((on_ms + off_ms).to_string());
+        Trace::parse(&lines.join("\n")).unwrap()
+    }
+
+    #[test]
+    fn the_arrival_probability_is_calibrated_on_scripted_links() {
+        // Every frame unsure and worth sending, so the planner sends whenever it dares; what it
+        // predicted for each transfer is compared with what happened.
+        let f: Vec<SimFrame> = (0..900i32).map(|i| frame(i, 10_000 + i, 0.2)).collect();
+        let p = profile_of(&f);
+        let links = [
+            ("constant 1 Mbit/s", Trace::constant(1e6)),
+            (
+                "step down 4 -> 0.6 Mbit/s",
+                scripted(&[(45_000, 333), (90_000, 50)]),
+            ),
+            (
+                "outages",
+                scripted(&[(20_000, 333), (30_000, 0), (60_000, 200), (70_000, 0), (90_000, 333)]),
+            ),
+            ("bursty on/off", on_off(400, 600, 500)),
+        ];
+        let (mut predicted, mut arrived, mut n) = (0.0, 0.0, 0usize);
+        for (name, link) in &links {
+            let mut planner = super::super::planner::CboPlanner::new(p.clone(), 1e6, 40.0);
+            let r = simulate(&mut planner, &f, link, &cfg(), None);
+            let log = planner.arrival_log();
+            assert!(log.len() > 30, "{name}: only {} sends", log.len());
+            let (mut pr, mut ar) = (0.0, 0.0);
+            for &(id, prob) in log {
+                assert!(prob >= planner.params().min_arrival - 1e-9, "{name}: sent at {prob}");
+                pr += prob;
+                ar += f64::from(u8::from(r.answered[id as usize]));
+            }
+            let k = log.len() as f64;
+            eprintln!("{name}: {} sends, predicted {:.3}, arrived {:.3}", log.len(), pr / k, ar / k);
+            // Per link the record is short and the link changes under it: the share that
+            // arrives stays within 0.1 of what was predicted.
+            assert!((ar / k - pr / k).abs() < 0.1, "{name}: predicted {} arrived {}", pr / k, ar / k);
+            predicted += pr;
+            arrived += ar;
+            n += log.len();
+        }
+        let (predicted, arrived) = (predicted / n as f64, arrived / n as f64);
+        assert!(
+            (arrived - predicted).abs() < 0.05,
+            "over {n} transfers: predicted {predicted:.3}, arrived {arrived:.3}"
+        );
+    }
+
+    #[test]
+    fn nothing_is_sent_when_the_device_is_better_at_every_resolution() {
+        // The server is wrong wherever the device is right, and never right where it is wrong.
+        let f: Vec<SimFrame> = (0..300i32)
+            .map(|i| {
+                let mut fr = if i % 2 == 0 {
+                    frame(i, i, 0.9)
+                } else {
+                    frame(i, 10_000 + i, 0.2)
+                };
+                for s in &mut fr.server {
+                    s.correct = false;
+                    s.class = -1;
+                }
+                fr
+            })
+            .collect();
+        let p = profile_of(&f);
+        for reuse in [None, Some(1000.0)] {
+            let mut planner = super::super::planner::CboPlanner::new(p.clone(), 50e6, 40.0);
+            if let Some(w) = reuse {
+                planner = planner.with_reuse(w);
+            }
+            let r = simulate(&mut planner, &f, &Trace::constant(50e6), &cfg(), None);
+            assert_eq!(r.offload_ratio, 0.0, "{r:?}");
+            assert_eq!(r.accuracy, 0.5);
+        }
     }
 }

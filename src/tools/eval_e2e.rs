@@ -189,5 +189,6 @@ pub fn run(
         latency_p99_ms: percentile(&lat, 0.99),
         reuse_ratio: reused as f64 / n,
         sent_at: Vec::new(),
+        answered: Vec::new(),
     })
 }
