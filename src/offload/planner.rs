@@ -90,9 +90,9 @@ pub struct CboParams {
 
 /// The constants the element and `cbo eval` use: the candidate `cbo eval --cv` chose on the whole
 /// dev grid (4 clips × 14 traces × 3 deadlines; docs/evaluation.md), whose held-out folds chose
-/// 0.7–0.9 and 0–0.5.
+/// 0.7–0.95 and 0–0.5.
 pub const DEFAULT_PARAMS: CboParams = CboParams {
-    min_arrival: 0.8,
+    min_arrival: 0.9,
     gain_z: 0.25,
 };
 
