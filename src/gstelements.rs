@@ -4,6 +4,8 @@
 //! installs and checks those packages), the tools' error messages and `tests/setup_elements.rs`
 //! (which fails when a pipeline uses an element missing from the list) all share one list.
 
+use gst::prelude::*;
+
 /// `scripts/gst-elements.tsv`: `element<TAB>package<TAB>used by`, `#` comments.
 const ELEMENTS_TSV: &str = include_str!("../scripts/gst-elements.tsv");
 
