@@ -81,6 +81,7 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     // Counted from the first packet, so handshakes in progress count against the limit too.
     let _guard = shared.connections.enter();
+    let _counted = shared.metrics.connection();
     let over_limit = shared.connections.get() > shared.limits.max_connections;
     let connecting = match incoming.accept() {
         Ok(c) => c,
@@ -243,6 +244,7 @@ async fn request(
     who: Arc<String>,
 ) {
     let _in_progress = shared.requests.enter();
+    let _counted = shared.metrics.request_in_flight();
     let arrived = Instant::now();
     let limits = &shared.limits;
     // Known once the header is decoded; refusals before that carry frame id 0.
@@ -280,8 +282,17 @@ async fn request(
         }
     };
     let Some(outcome) = outcome else {
-        return; // The client abandoned the stream: nobody to answer.
+        // The client abandoned the stream: nobody to answer.
+        shared.metrics.request("abandoned", arrived.elapsed());
+        return;
     };
+    shared.metrics.request(
+        &match &outcome {
+            Ok(_) => "ok".to_string(),
+            Err(e) => code_name(e.code),
+        },
+        arrived.elapsed(),
+    );
     let response = match outcome {
         Ok(answer) => {
             shared.answered.fetch_add(1, Ordering::Relaxed);
@@ -306,11 +317,17 @@ async fn request(
                 Some(id) => format!("frame {id}"),
                 None => "request".to_string(),
             };
-            shared.log(format_args!(
+            let line = format_args!(
                 "{who}: {what} refused: {}: {}",
                 code_name(e.code),
                 e.message
-            ));
+            );
+            if e.code == ErrorCode::Overloaded && !shared.readiness.is_ready() {
+                // Every frame while the backend is down: its state changes are logged instead.
+                tracing::debug!("{line}");
+            } else {
+                shared.log(line);
+            }
             Response::Error(e)
         }
     };
