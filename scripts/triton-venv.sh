@@ -6,15 +6,18 @@
 # is a Python-backend model.py that runs the ONNX server model with it: the wheel has no ONNX
 # Runtime backend). Idempotent and quick once done; prints the venv's path on stdout.
 #
-# The venv uses Debian's /usr/bin/python3 (3.11) when present: the backend stub shipped for 3.11
-# links against libpython3.11.so, which Debian's interpreter provides (python3.11 is a dependency
-# of python3-venv; libpython3.11 comes with it).
+# The venv uses the system's /usr/bin/python3 (3.11 on Debian 12): the wheel ships a backend
+# stub per Python version, linked against that version's shared libpython, which scripts/setup.sh
+# installs (libpython3-dev) along with python3-venv.
 set -euo pipefail
 
 PYTRITON_VERSION=0.7.0
+# The ONNX Runtime of the test model: the version cbo itself loads (scripts/setup.sh), so both
+# backends compute the same scores.
+ORT_VERSION=1.31.1
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv="$here/.cache/triton-venv"
-stamp="$venv/.cbo-installed-$PYTRITON_VERSION"
+stamp="$venv/.cbo-installed-$PYTRITON_VERSION-ort$ORT_VERSION"
 
 say() { printf '[triton-venv] %s\n' "$*" >&2; }
 
@@ -26,16 +29,11 @@ fi
 python=/usr/bin/python3
 [ -x "$python" ] || python=$(command -v python3)
 version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-if [ "$version" != "3.11" ]; then
-    # The wheel's tritonserver ships Python backend stubs per interpreter version; 3.11 is the
-    # one this script is tested with (Debian 12).
-    say "note: $python is Python $version; the tests were written for 3.11"
-fi
 libdir=$("$python" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
 ldlib=$("$python" -c 'import sysconfig; print(sysconfig.get_config_var("LDLIBRARY"))')
 if ! ls "$libdir"/libpython"$version".so* >/dev/null 2>&1; then
     say "$python has no shared libpython$version in $libdir (the Python backend stub needs it);" \
-        "on Debian: apt-get install libpython$version"
+        "on Debian/Ubuntu: apt-get install libpython3-dev (scripts/setup.sh does)"
     exit 1
 fi
 
@@ -43,9 +41,9 @@ rm -rf "$venv"
 say "creating $venv with $python ($version, $ldlib)"
 "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
-say "installing nvidia-pytriton==$PYTRITON_VERSION (no deps), numpy<2, onnxruntime"
+say "installing nvidia-pytriton==$PYTRITON_VERSION (no deps), numpy<2, onnxruntime==$ORT_VERSION"
 "${pip[@]}" install --no-warn-conflicts --no-deps "nvidia-pytriton==$PYTRITON_VERSION"
-"${pip[@]}" install --no-warn-conflicts "numpy<2" onnxruntime
+"${pip[@]}" install --no-warn-conflicts "numpy<2" "onnxruntime==$ORT_VERSION"
 
 # The Python backend looks for its stub beside itself: the wheel keeps one per Python version.
 # Located without importing pytriton (its client side needs the dependencies left out).

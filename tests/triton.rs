@@ -23,6 +23,7 @@ use std::time::Duration;
 use common::{Run, assets, repo, run_with};
 use gst::prelude::*;
 use gstcbo::Source;
+use gstcbo::jpeg::EncodedFrame;
 use gstcbo::protocol::{ErrorCode, RequestHeader};
 use gstcbo::quic::{self, RequestError};
 use gstcbo::tls::{self, Trust};
@@ -101,17 +102,30 @@ fn install() -> &'static TritonInstall {
 /// A model repository holding the test model, served by the bundled ONNX file.
 fn model_repository() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
+    add_model(dir.path(), MODEL, None);
+    dir
+}
+
+/// Adds the test model as `name`; with `delay_ms`, each batch takes that long (a slow backend).
+fn add_model(repository: &Path, name: &str, delay_ms: Option<u32>) {
     let src = repo().join("tests/triton").join(MODEL);
-    let dst = dir.path().join(MODEL);
+    let dst = repository.join(name);
     std::fs::create_dir_all(dst.join("1")).unwrap();
-    std::fs::copy(src.join("config.pbtxt"), dst.join("config.pbtxt")).unwrap();
+    let mut config = std::fs::read_to_string(src.join("config.pbtxt"))
+        .unwrap()
+        .replace(&format!("name: \"{MODEL}\""), &format!("name: \"{name}\""));
+    if let Some(ms) = delay_ms {
+        config.push_str(&format!(
+            "parameters: {{\n  key: \"delay_ms\"\n  value: {{ string_value: \"{ms}\" }}\n}}\n"
+        ));
+    }
+    std::fs::write(dst.join("config.pbtxt"), config).unwrap();
     std::fs::copy(src.join("1/model.py"), dst.join("1/model.py")).unwrap();
     std::os::unix::fs::symlink(
         repo().join("models/efficientnet-lite2-fp32-260.onnx"),
         dst.join("1/model.onnx"),
     )
     .unwrap();
-    dir
 }
 
 /// A loopback TCP port nobody listens on.
@@ -134,8 +148,13 @@ struct Triton {
 }
 
 impl Triton {
-    /// Starts Triton on `port` serving `repository` and waits for its gRPC endpoint.
+    /// Starts Triton on `port` serving the test model of `repository` and waits for its gRPC
+    /// endpoint.
     fn start(repository: &Path, port: u16) -> Triton {
+        Self::start_models(repository, port, &[MODEL])
+    }
+
+    fn start_models(repository: &Path, port: u16, models: &[&str]) -> Triton {
         let install = install();
         // Python backend shared memory is named with this prefix, so a killed instance's
         // regions can be removed.
@@ -151,7 +170,7 @@ impl Triton {
                 install.root.join("backends").display()
             ))
             .arg("--model-control-mode=explicit")
-            .arg(format!("--load-model={MODEL}"))
+            .args(models.iter().map(|m| format!("--load-model={m}")))
             .arg("--allow-http=false")
             .arg("--allow-metrics=false")
             .arg("--grpc-address=127.0.0.1")
@@ -203,6 +222,17 @@ impl Triton {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits until Triton's log has `text` (a safety limit of 60 s, not a speed check).
+    fn wait_for_log(&self, text: &str) {
+        for _ in 0..3000 {
+            if self.log.lock().unwrap().contains(text) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("Triton never logged '{text}':\n{}", self.log());
+    }
+
     /// SIGKILL to the whole process group (Triton and its Python stubs), as a crash would.
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -250,8 +280,12 @@ impl CboServer {
     /// Starts cboserver; `Err(stderr)` when it exits before listening.
     fn try_start(args: &[&str]) -> Result<CboServer, String> {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cboserver"))
-            .args(["--listen", "127.0.0.1:0", "--max-batch", "4"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cboserver"));
+        cmd.args(["--listen", "127.0.0.1:0"]);
+        if !args.contains(&"--max-batch") {
+            cmd.args(["--max-batch", "4"]);
+        }
+        let mut child = cmd
             .arg("--self-signed")
             .arg(dir.path())
             .args(args)
@@ -415,6 +449,11 @@ fn element_labels_through_triton_match_the_local_backend() {
         local.frames_in
     );
     let same = both.iter().filter(|(a, b)| a == b).count();
+    eprintln!(
+        "{} frames: {} answered by both servers, same label on {same}",
+        local.frames_in,
+        both.len()
+    );
     assert!(
         same * 100 >= both.len() * 99,
         "same label on {same} of {} frames",
@@ -585,53 +624,155 @@ fn a_model_that_does_not_match_the_preprocessing_is_a_clear_error() {
     assert!(body.contains("no-such-model"), "{body}");
 }
 
-/// Sends `n` frames of the bottle clip on one connection; returns the error codes (None: answer).
+fn bottle_frames() -> &'static Vec<EncodedFrame> {
+    static FRAMES: std::sync::OnceLock<Vec<EncodedFrame>> = std::sync::OnceLock::new();
+    FRAMES.get_or_init(|| {
+        common::init();
+        gstcbo::tools::loadgen::encode_clip(&common::bottle_clip(), 8, 224, 80).unwrap()
+    })
+}
+
+/// Sends frame `frame_id` (a bottle clip frame) with a deadline hint; the error code, if any.
+async fn send_frame(
+    connection: quinn::Connection,
+    frame_id: u64,
+    deadline_ms: u32,
+) -> Option<ErrorCode> {
+    let frames = bottle_frames();
+    let f = &frames[frame_id as usize % frames.len()];
+    let header = RequestHeader {
+        frame_id,
+        width: f.width,
+        height: f.height,
+        short_side: f.width.min(f.height),
+        deadline_ms,
+        jpeg_len: 0,
+        top_k: 5,
+    };
+    match quic::request(&connection, &header, &f.bytes, 64 * 1024).await {
+        Ok(answer) => {
+            assert_eq!(answer.frame_id, frame_id);
+            None
+        }
+        Err(RequestError::Server(e)) => Some(e.code),
+        // The server's `timeout` answer.
+        Err(RequestError::Timeout) => Some(ErrorCode::Timeout),
+        Err(e) => panic!("request {frame_id}: {e}"),
+    }
+}
+
+/// A client session on its own multi-threaded runtime (its tasks run while the test waits).
+struct Client {
+    runtime: tokio::runtime::Runtime,
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+}
+
+impl Client {
+    fn connect(server: &CboServer) -> Client {
+        bottle_frames();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (endpoint, connection) = runtime.block_on(async {
+            let endpoint = quic::client_endpoint().unwrap();
+            let session = quic::connect(
+                &endpoint,
+                server.addr.parse().unwrap(),
+                "localhost",
+                tls::client_config(&Trust::Fingerprint(server.fingerprint.clone())).unwrap(),
+                "",
+                "triton-test",
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+            (endpoint, session.connection)
+        });
+        Client {
+            runtime,
+            endpoint,
+            connection,
+        }
+    }
+
+    fn close(self) {
+        self.connection.close(0u32.into(), b"done");
+        self.runtime.block_on(self.endpoint.wait_idle());
+    }
+}
+
+/// Sends `n` frames one after the other on one connection; the error codes (None: answered).
 fn send_frames(server: &CboServer, n: usize) -> Vec<Option<ErrorCode>> {
-    let frames = gstcbo::tools::loadgen::encode_clip(&common::bottle_clip(), 8, 224, 80).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let endpoint = quic::client_endpoint().unwrap();
-        let session = quic::connect(
-            &endpoint,
-            server.addr.parse().unwrap(),
-            "localhost",
-            tls::client_config(&Trust::Fingerprint(server.fingerprint.clone())).unwrap(),
-            "",
-            "triton-test",
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    let client = Client::connect(server);
+    let codes = client.runtime.block_on(async {
         let mut codes = Vec::new();
         for i in 0..n {
-            let f = &frames[i % frames.len()];
-            let header = RequestHeader {
-                frame_id: i as u64,
-                width: f.width,
-                height: f.height,
-                short_side: f.width.min(f.height),
-                deadline_ms: 0,
-                jpeg_len: 0,
-                top_k: 5,
-            };
-            codes.push(
-                match quic::request(&session.connection, &header, &f.bytes, 64 * 1024).await {
-                    Ok(answer) => {
-                        assert_eq!(answer.frame_id, i as u64);
-                        None
-                    }
-                    Err(RequestError::Server(e)) => Some(e.code),
-                    Err(e) => panic!("request {i}: {e}"),
-                },
-            );
+            codes.push(send_frame(client.connection.clone(), i as u64, 0).await);
         }
-        session.connection.close(0u32.into(), b"done");
-        endpoint.wait_idle().await;
         codes
-    })
+    });
+    client.close();
+    codes
+}
+
+#[test]
+fn requests_whose_deadline_passes_behind_a_slow_backend_are_dropped_not_forwarded() {
+    const SLOW: &str = "efficientnet-lite2-slow";
+    let repository = tempfile::tempdir().unwrap();
+    add_model(repository.path(), SLOW, Some(2000));
+    let triton = Triton::start_models(repository.path(), free_tcp_port(), &[SLOW]);
+    let server = CboServer::start(&[
+        "--backend",
+        &triton.address(),
+        "--backend-model",
+        SLOW,
+        "--max-batch",
+        "1",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let client = Client::connect(&server);
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let track = |frame_id: u64, deadline_ms: u32| {
+        let (done, connection) = (done.clone(), client.connection.clone());
+        client.runtime.spawn(async move {
+            let code = send_frame(connection, frame_id, deadline_ms).await;
+            done.lock().unwrap().push(frame_id);
+            code
+        })
+    };
+    // Frame 0 has time for the slow batch; while Triton holds it, three frames with a
+    // 300 ms deadline queue behind it.
+    let first = track(0, 10_000);
+    triton.wait_for_log("cbo-test: batch of 1 started");
+    let late: Vec<_> = (1..4).map(|i| track(i, 300)).collect();
+    let late_codes: Vec<Option<ErrorCode>> = late
+        .into_iter()
+        .map(|t| client.runtime.block_on(t).unwrap())
+        .collect();
+    assert_eq!(late_codes, vec![Some(ErrorCode::Timeout); 3]);
+    assert_eq!(client.runtime.block_on(first).unwrap(), None);
+    // Answered at their deadline, not after the batch ahead of them.
+    assert_eq!(done.lock().unwrap().last(), Some(&0));
+    client.close();
+    // None of them reached Triton: one batch went out.
+    let step = Duration::from_millis(20);
+    for _ in 0..500 {
+        if server.metric("cboserver_dropped_before_backend_total") >= 3.0 {
+            break;
+        }
+        std::thread::sleep(step);
+    }
+    assert_eq!(server.metric("cboserver_dropped_before_backend_total"), 3.0);
+    assert_eq!(server.metric("cboserver_batch_size_count"), 1.0);
+    assert_eq!(
+        triton.log().matches("cbo-test: batch of").count(),
+        1,
+        "Triton ran only the first frame"
+    );
 }
 
 #[test]

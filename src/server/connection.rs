@@ -372,12 +372,13 @@ async fn read_and_classify(
     } else {
         limits.request_timeout
     };
+    let deadline = arrived + budget;
     let (reply, answer) = oneshot::channel();
     let job = Job {
         frame_id: header.frame_id,
         top_k: usize::from(header.top_k).clamp(1, limits.max_top_k.max(1)),
         received: Instant::now(),
-        deadline: arrived + budget,
+        deadline,
         jpeg_offset,
         bytes,
         reply,
@@ -385,13 +386,22 @@ async fn read_and_classify(
     if let Err(e) = shared.engine.submit(job) {
         return Some(Err(e));
     }
-    Some(answer.await.unwrap_or_else(|_| {
-        Err(refusal(
+    // Answered `timeout` at its deadline even when a slow backend still holds the work ahead
+    // of it; dropping `answer` tells the engine to skip it (it is never sent to the backend).
+    match tokio::time::timeout_at(deadline.into(), answer).await {
+        Ok(outcome) => Some(outcome.unwrap_or_else(|_| {
+            Err(refusal(
+                header.frame_id,
+                ErrorCode::Internal,
+                "the inference worker dropped the request",
+            ))
+        })),
+        Err(_) => Some(Err(refusal(
             header.frame_id,
-            ErrorCode::Internal,
-            "the inference worker dropped the request",
-        ))
-    }))
+            ErrorCode::Timeout,
+            format!("deadline of {} ms passed", budget.as_millis()),
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -167,9 +167,10 @@ impl Engine {
             let tx = batch_tx.clone();
             let spec = info.spec;
             let norm = config.model.normalization;
+            let metrics = config.metrics.clone();
             let t = std::thread::Builder::new()
                 .name(format!("cbo-decode-{i}"))
-                .spawn(move || decode_worker(rx, tx, spec, norm))
+                .spawn(move || decode_worker(rx, tx, spec, norm, &metrics))
                 .map_err(|e| format!("cannot start a decode thread: {e}"))?;
             threads.push(t);
         }
@@ -243,6 +244,7 @@ fn decode_worker(
     batch: SyncSender<Ready>,
     spec: TensorSpec,
     norm: Normalization,
+    metrics: &Metrics,
 ) {
     let mut decoder = FrameDecoder::new();
     let mut pre = Preprocessor::new(spec, norm);
@@ -253,8 +255,9 @@ fn decode_worker(
             Err(_) => return,
         };
         let Ok(job) = job else { return };
-        // The stream task gave up (timeout, client gone): skip the work.
+        // The stream task gave up (deadline, client gone): skip the work.
         if job.reply.is_closed() {
+            metrics.dropped(1);
             continue;
         }
         let t0 = Instant::now();
@@ -397,13 +400,15 @@ impl ModelRunner {
 
     fn run(&mut self, items: &mut Vec<Ready>) {
         let start = Instant::now();
-        // Drop work whose requester left or whose deadline passed while queued: it is never
-        // sent to the backend.
+        // Drop work whose requester left (a stream task answers `timeout` at the deadline and
+        // leaves) or whose deadline passed while queued: it is never sent to the backend.
+        let queued = items.len();
         items.retain(|r| !r.reply.is_closed());
         let (late, mut live): (Vec<Ready>, Vec<Ready>) =
             items.drain(..).partition(|r| r.deadline <= start);
-        if !late.is_empty() {
-            self.metrics.expired(late.len());
+        let dropped = queued - live.len();
+        if dropped > 0 {
+            self.metrics.dropped(dropped);
         }
         for r in late {
             let _ = r.reply.send(Err(error(

@@ -38,7 +38,7 @@ pub struct Metrics {
     in_flight: Gauge,
     backend_seconds: Histogram,
     backend_errors: Family<Kind, Counter>,
-    expired: Counter,
+    dropped: Counter,
     backend_ready: Gauge,
 }
 
@@ -104,11 +104,11 @@ impl Metrics {
             "Failed backend calls, by kind",
             backend_errors.clone(),
         );
-        let expired = Counter::default();
+        let dropped = Counter::default();
         registry.register(
-            "cboserver_expired_dropped",
-            "Requests whose deadline passed while queued: answered `timeout`, never sent to the backend",
-            expired.clone(),
+            "cboserver_dropped_before_backend",
+            "Requests whose deadline passed (or whose client left) while queued: never decoded or sent to the backend",
+            dropped.clone(),
         );
         let backend_ready = Gauge::default();
         registry.register(
@@ -125,7 +125,7 @@ impl Metrics {
             in_flight,
             backend_seconds,
             backend_errors,
-            expired,
+            dropped,
             backend_ready,
         })
     }
@@ -164,8 +164,8 @@ impl Metrics {
             .inc();
     }
 
-    pub fn expired(&self, n: usize) {
-        self.expired.inc_by(n as u64);
+    pub fn dropped(&self, n: usize) {
+        self.dropped.inc_by(n as u64);
     }
 
     /// The text exposition format, with the readiness as of now.

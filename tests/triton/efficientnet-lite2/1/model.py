@@ -4,6 +4,7 @@
 # metadata as from the onnxruntime backend.
 import json
 import os
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -22,11 +23,16 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
+        # A slow backend for the deadline tests: each batch is announced in the log, then held.
+        self.delay_s = float(params.get("delay_ms", "0")) / 1000.0
 
     def execute(self, requests):
         # Requests Triton batched together run as one ONNX Runtime call, then are split again.
         inputs = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
         sizes = [x.shape[0] for x in inputs]
+        if self.delay_s > 0:
+            pb_utils.Logger.log_info(f"cbo-test: batch of {sum(sizes)} started")
+            time.sleep(self.delay_s)
         batch = np.concatenate(inputs, axis=0).astype(np.float32, copy=False)
         scores = self.session.run([self.output_name], {self.input_name: batch})[0]
         responses = []
