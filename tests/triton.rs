@@ -6,7 +6,9 @@
 //! `overloaded` until it appears; `/metrics` counts what was sent.
 //!
 //! The Triton build has only the Python backend, so the test model (tests/triton/) is a Python
-//! `model.py` that runs the bundled ONNX server model with onnxruntime.
+//! `model.py` that runs the bundled ONNX server model with onnxruntime. A second implementation
+//! of the protocol, MLServer (.cache/mlserver-venv, scripts/mlserver-venv.sh), serves the same
+//! model through a custom runtime (tests/mlserver/).
 
 mod common;
 
@@ -820,4 +822,140 @@ fn backend_absent_at_start_is_not_ready_then_serves_and_metrics_count_it() {
     );
     assert_eq!(server.metric("cboserver_backend_ready"), 1.0);
     assert_eq!(server.metric("cboserver_requests_in_flight"), 0.0);
+}
+
+/// A running MLServer (`mlserver start`) serving the test model on 127.0.0.1.
+struct MlServer {
+    child: Option<Child>,
+    grpc_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl MlServer {
+    fn start() -> MlServer {
+        let venv = std::env::var_os("CBO_MLSERVER_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join(".cache/mlserver-venv"));
+        assert!(
+            venv.join("bin/mlserver").is_file(),
+            "no MLServer at {}: run `bash scripts/mlserver-venv.sh` (`make test` does)",
+            venv.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join(MODEL);
+        std::fs::create_dir_all(&model).unwrap();
+        let src = repo().join("tests/mlserver").join(MODEL);
+        for f in ["model-settings.json", "runtime.py"] {
+            std::fs::copy(src.join(f), model.join(f)).unwrap();
+        }
+        std::os::unix::fs::symlink(
+            repo().join("models/efficientnet-lite2-fp32-260.onnx"),
+            model.join("model.onnx"),
+        )
+        .unwrap();
+        let grpc_port = free_tcp_port();
+        // Every listener on loopback; inference in the server process (no worker pool).
+        let settings = format!(
+            "{{\"host\": \"127.0.0.1\", \"http_port\": {}, \"grpc_port\": {grpc_port}, \
+             \"metrics_port\": {}, \"parallel_workers\": 0}}",
+            free_tcp_port(),
+            free_tcp_port()
+        );
+        std::fs::write(dir.path().join("settings.json"), settings).unwrap();
+        let mut child = Command::new(venv.join("bin/mlserver"))
+            .arg("start")
+            .arg(dir.path())
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("mlserver starts");
+        let (tx, rx) = mpsc::channel::<String>();
+        let log = Arc::new(Mutex::new(String::new()));
+        let out: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
+        let err: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
+        for stream in [out, err] {
+            let (tx, log) = (tx.clone(), log.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push_str(&format!("{line}\n"));
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        drop(tx);
+        let server = MlServer {
+            child: Some(child),
+            grpc_port,
+            _dir: dir,
+        };
+        let started = rx.iter().any(|l| l.contains("gRPC server running on"));
+        assert!(started, "MLServer did not start:\n{}", log.lock().unwrap());
+        server
+    }
+}
+
+impl Drop for MlServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on the group this test created.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Top-1 class of each bottle frame, sent one by one.
+fn top1(server: &CboServer, n: usize) -> Vec<i32> {
+    let client = Client::connect(server);
+    let frames = bottle_frames();
+    let classes = client.runtime.block_on(async {
+        let mut classes = Vec::new();
+        for i in 0..n {
+            let f = &frames[i % frames.len()];
+            let header = RequestHeader {
+                frame_id: i as u64,
+                width: f.width,
+                height: f.height,
+                short_side: f.width.min(f.height),
+                deadline_ms: 0,
+                jpeg_len: 0,
+                top_k: 1,
+            };
+            let answer = quic::request(&client.connection, &header, &f.bytes, 64 * 1024)
+                .await
+                .unwrap_or_else(|e| panic!("frame {i}: {e}"));
+            classes.push(answer.class_ids[0]);
+        }
+        classes
+    });
+    client.close();
+    classes
+}
+
+#[test]
+fn mlserver_serves_the_same_labels_through_the_protocol() {
+    let mlserver = MlServer::start();
+    let through_mlserver =
+        CboServer::grpc(&format!("grpc://127.0.0.1:{}", mlserver.grpc_port), &[]);
+    let local = CboServer::start(&[
+        "--model",
+        repo()
+            .join("models/efficientnet-lite2-fp32-260.onnx")
+            .to_str()
+            .unwrap(),
+    ]);
+    let n = bottle_frames().len();
+    let want = top1(&local, n);
+    assert_eq!(top1(&through_mlserver, n), want);
+    // A water bottle (898) or a close bottle class on most frames: real answers, not zeros.
+    assert!(
+        want.iter()
+            .filter(|&&c| [440, 720, 737, 898, 899, 901, 907].contains(&c))
+            .count()
+            * 2
+            > n
+    );
 }
