@@ -599,14 +599,10 @@ fn a_model_that_does_not_match_the_preprocessing_is_a_clear_error() {
         layout.contains("[-1,3,260,260] (NCHW)") && layout.contains("NHWC (--input-layout)"),
         "{layout}"
     );
-    let labels = std::env::temp_dir().join(format!("cbo-ten-labels-{}", std::process::id()));
-    std::fs::write(
-        &labels,
-        (0..10).map(|i| format!("class {i}\n")).collect::<String>(),
-    )
-    .unwrap();
-    let wrong_labels = fails(&["--labels", labels.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&labels);
+    let labels = tempfile::NamedTempFile::new().unwrap();
+    let names: String = (0..10).map(|i| format!("class {i}\n")).collect();
+    std::fs::write(labels.path(), names).unwrap();
+    let wrong_labels = fails(&["--labels", labels.path().to_str().unwrap()]);
     assert!(
         wrong_labels.contains("output 'logits' has 1000 scores")
             && wrong_labels.contains("10 names"),

@@ -7,8 +7,12 @@
 //!      └───────────────── oneshot: Answer or ErrorReply ◀──────────────────  waits ≤ batch_timeout)
 //! ```
 //!
+//! The model thread hands each batch to the [backend](super::backend): ONNX Runtime in this
+//! process, or one `ModelInfer` call to an inference server. While a backend is not ready, jobs
+//! are refused at once ([`ErrorCode::Overloaded`]).
+//!
 //! All of it runs on plain std threads so the async runtime that serves QUIC never blocks on
-//! libjpeg or ONNX Runtime. The decode queue is bounded (a full queue answers
+//! libjpeg, ONNX Runtime or a backend call. The decode queue is bounded (a full queue answers
 //! [`ErrorCode::Overloaded`]); the batch queue is small, so workers never decode far ahead of the
 //! model and memory stays bounded by a few batches of tensors.
 

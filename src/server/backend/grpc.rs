@@ -18,7 +18,7 @@ use super::oip::proto::grpc_inference_service_client::GrpcInferenceServiceClient
 use super::oip::proto::{ModelMetadataRequest, ModelReadyRequest, ServerReadyRequest};
 use super::oip::{self, Checked, Expected, MetadataMismatch};
 use super::{BackendError, BackendInfo, BatchBackend, Readiness};
-use crate::preprocess::TensorSpec;
+use crate::preprocess::{InputType, TensorSpec};
 use crate::server::batch::{BatchDim, BatchTensor};
 
 type Client = GrpcInferenceServiceClient<Channel>;
@@ -257,6 +257,13 @@ impl GrpcBackend {
         labels: Option<usize>,
         readiness: Arc<Readiness>,
     ) -> Result<(GrpcBackend, BackendInfo), String> {
+        if config.input.elem != InputType::F32 {
+            return Err(format!(
+                "backend {}: the input is sent as FP32, not {:?}",
+                config.uri(),
+                config.input.elem
+            ));
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("cbo-backend")

@@ -71,7 +71,8 @@ impl BackendError {
 
 /// Runs batches for the model thread.
 pub trait BatchBackend: Send {
-    /// Appends one row of scores per image of `batch` to `scores` and returns the row width.
+    /// Replaces the contents of `scores` with one row of scores per image of `batch` and returns
+    /// the row width.
     /// Work still unanswered at `deadline` is abandoned with [`BackendError::Deadline`].
     fn infer(
         &mut self,

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::preprocess::{InputType, Layout, TensorSpec};
+use crate::preprocess::{Layout, TensorSpec};
 
 /// Messages and client generated at build time from `proto/open_inference_grpc.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -19,7 +19,8 @@ use proto::{ModelInferRequest, ModelInferResponse, ModelMetadataResponse};
 /// What cboserver's pre- and post-processing need the backend model to be.
 #[derive(Debug, Clone)]
 pub struct Expected {
-    /// Input size and layout cboserver pre-processes frames to (always FP32).
+    /// Input size and layout cboserver pre-processes frames to; the element type is FP32 (the
+    /// backend refuses any other at start).
     pub spec: TensorSpec,
     /// Number of class names given with `--labels`; `None`: any width.
     pub labels: Option<usize>,
@@ -216,14 +217,6 @@ fn check_input(
             model: model.into(),
             input: name,
             datatype: input.datatype.clone(),
-        });
-    }
-    if expected.spec.elem != InputType::F32 {
-        // cboserver only pre-processes to FP32 for a gRPC backend (`Expected` is built so).
-        return Err(MetadataMismatch::InputDatatype {
-            model: model.into(),
-            input: name,
-            datatype: "FP32 (cboserver's pre-processing is not)".into(),
         });
     }
     let (batch, dims) = match input.shape.as_slice() {
@@ -458,6 +451,7 @@ mod tests {
     use super::proto::InferTensorContents;
     use super::proto::model_infer_response::InferOutputTensor;
     use super::*;
+    use crate::preprocess::InputType;
 
     fn tensor(name: &str, datatype: &str, shape: &[i64]) -> TensorMetadata {
         TensorMetadata {
