@@ -24,7 +24,8 @@ as_root() {
 # Debian/Ubuntu packages: the GStreamer stack the plugin builds against, the RTSP server library
 # the tests serve from, libjpeg-turbo for the offload JPEG path, PyGObject for the Python example,
 # a font for the plots, plus the build tools; python3-venv and libpython3-dev (the shared
-# libpython the Triton Python backend stub loads) for the Triton of the tests (scripts/triton-venv.sh). The packages that provide the GStreamer *elements*
+# libpython that Triton's Python backend stub loads) for the test Triton and MLServer
+# (scripts/triton-venv.sh). The packages that provide the GStreamer *elements*
 # the project uses are not listed here: they come from scripts/gst-elements.tsv (element, package),
 # the one list of required elements, which is also checked element by element below.
 packages=(
