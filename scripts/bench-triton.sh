@@ -44,16 +44,17 @@ PATH="$venv/bin:$PATH" LD_LIBRARY_PATH="$libdir" PYTHONPATH="$site" \
 pids+=($!)
 wait_line "$work/triton.log" "Started GRPCInferenceService"
 
-start_server() { # NAME ARGS...
+start_server() { # NAME ARGS... (not in a subshell: its pid must reach the cleanup)
     local name=$1; shift
     "$bin/cboserver" --listen 127.0.0.1:0 --self-signed "$work/tls" --max-batch 8 "$@" \
         >"$work/$name.out" 2>"$work/$name.err" &
     pids+=($!)
     wait_line "$work/$name.out" "listening on"
-    sed -n 's/^listening on //p' "$work/$name.out"
 }
-grpc_addr=$(start_server grpc --backend "grpc://127.0.0.1:$grpc_port" --backend-model efficientnet-lite2)
-local_addr=$(start_server local)
+start_server grpc --backend "grpc://127.0.0.1:$grpc_port" --backend-model efficientnet-lite2
+start_server local
+grpc_addr=$(sed -n 's/^listening on //p' "$work/grpc.out")
+local_addr=$(sed -n 's/^listening on //p' "$work/local.out")
 
 for round in $(seq "$rounds"); do
     for name in local grpc; do
