@@ -21,9 +21,13 @@ demo: build
 	bash scripts/demo.sh
 
 # The whole test suite: unit tests, integration tests on real models and clips, doc tests.
+# tests/triton.rs runs cboserver in front of a real Triton and a real MLServer, installed in
+# .cache/triton-venv and .cache/mlserver-venv.
 # `cargo test` builds examples only as (empty) test harnesses, so the runnable examples/embed
 # that tests/embedding.rs drives is built first.
 test: setup
+	bash scripts/triton-venv.sh >/dev/null
+	bash scripts/mlserver-venv.sh >/dev/null
 	$(CARGO) build --examples
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc

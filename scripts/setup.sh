@@ -23,11 +23,13 @@ as_root() {
 
 # Debian/Ubuntu packages: the GStreamer stack the plugin builds against, the RTSP server library
 # the tests serve from, libjpeg-turbo for the offload JPEG path, PyGObject for the Python example,
-# a font for the plots, plus the build tools. The packages that provide the GStreamer *elements*
+# a font for the plots, plus the build tools; python3-venv and libpython3-dev (the shared
+# libpython that Triton's Python backend stub loads) for the test Triton and MLServer
+# (scripts/triton-venv.sh). The packages that provide the GStreamer *elements*
 # the project uses are not listed here: they come from scripts/gst-elements.tsv (element, package),
 # the one list of required elements, which is also checked element by element below.
 packages=(
-    pkg-config build-essential curl ca-certificates python3 python3-pip
+    pkg-config build-essential curl ca-certificates python3 python3-pip python3-venv libpython3-dev
     libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
     libgstrtspserver-1.0-dev gstreamer1.0-tools
     python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0

@@ -1,6 +1,8 @@
 //! `cboserver`: the offloading server. Classifies JPEG frames that cbofilter sends over QUIC
 //! (ALPN `cbo/1`, one stream per frame) with a large ONNX model, batching requests from all
 //! clients. See `gstcbo::server` for the behaviour and `gstcbo::protocol` for the wire format.
+//! With `--backend grpc://HOST:PORT` the model runs in an inference server (Triton, KServe,
+//! MLServer) instead; docs/deploy.md shows a deployment.
 
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -10,7 +12,8 @@ use std::time::Duration;
 use clap::Parser;
 use gstcbo::inference::{self, ExecutionProvider, ModelConfig};
 use gstcbo::postprocess::OutputKind;
-use gstcbo::preprocess::Normalization;
+use gstcbo::preprocess::{InputType, Layout, Normalization, TensorSpec};
+use gstcbo::server::backend::{BackendKind, GrpcConfig};
 use gstcbo::server::{Limits, Server, ServerConfig};
 
 #[derive(Parser)]
@@ -22,14 +25,39 @@ use gstcbo::server::{Limits, Server, ServerConfig};
                   (ALPN cbo/1, one bidirectional stream per frame, bearer-token authentication) \
                   with a large ONNX model, batching requests across all clients.\n\n\
                   Prints `listening on ADDR` on stdout once ready. SIGINT/SIGTERM stop accepting, \
-                  answer the requests in progress (up to --drain-timeout-ms) and exit 0."
+                  answer the requests in progress (up to --drain-timeout-ms) and exit 0.\n\n\
+                  With --backend grpc://HOST:PORT the model runs in an inference server speaking \
+                  the Open Inference Protocol (Triton, KServe, MLServer); cboserver decodes, \
+                  pre-processes and batches, and checks the model's metadata at start. Logs go \
+                  to stderr (RUST_LOG sets the level, e.g. RUST_LOG=debug)."
 )]
 struct Cli {
     /// Address to listen on (UDP)
     #[arg(long, default_value = "127.0.0.1:4433")]
     listen: String,
 
-    /// Server ONNX model (default: the bundled EfficientNet-Lite2)
+    /// Where the model runs: `local` (this process, --model) or `grpc://HOST:PORT`, an
+    /// inference server speaking the Open Inference Protocol (KServe v2) over gRPC
+    #[arg(long, default_value = "local")]
+    backend: String,
+    /// Model name on the gRPC backend (required with --backend grpc://)
+    #[arg(long)]
+    backend_model: Option<String>,
+    /// Model version on the gRPC backend (default: the server's choice)
+    #[arg(long, default_value = "")]
+    backend_model_version: String,
+    /// Time for one connection attempt to the gRPC backend, in ms
+    #[arg(long, default_value_t = 2000)]
+    backend_connect_timeout_ms: u64,
+    /// Input size the frames are pre-processed to for a gRPC backend: N or WxH (the bundled
+    /// server model's by default); checked against the backend model's metadata
+    #[arg(long, default_value = "260")]
+    input_size: String,
+    /// Input layout for a gRPC backend: nchw or nhwc; checked against the model's metadata
+    #[arg(long, default_value = "nchw")]
+    input_layout: String,
+
+    /// Server ONNX model for --backend local (default: the bundled EfficientNet-Lite2)
     #[arg(long)]
     model: Option<PathBuf>,
     /// Class names of the model: one per line or TSV index<TAB>wnid<TAB>name (default: ImageNet
@@ -108,17 +136,93 @@ struct Cli {
     #[arg(long, default_value_t = 20)]
     max_top_k: usize,
 
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on this address, e.g.
+    /// 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+    /// Log format on stderr: text or json (one object per line)
+    #[arg(long, default_value = "text")]
+    log_format: String,
+
     /// Log every request (default: connections and refusals only)
     #[arg(long, short)]
     verbose: bool,
 }
 
-fn resolve(listen: &str) -> Result<SocketAddr, String> {
+/// `N` or `WxH`.
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("bad --input-size '{text}': expected N or WxH, e.g. 260 or 320x240");
+    let (w, h) = match text.split_once(['x', 'X']) {
+        Some((w, h)) => (w.trim(), h.trim()),
+        None => (text.trim(), text.trim()),
+    };
+    let w: u32 = w.parse().map_err(|_| bad())?;
+    let h: u32 = h.parse().map_err(|_| bad())?;
+    if w == 0 || h == 0 {
+        return Err(bad());
+    }
+    Ok((w, h))
+}
+
+fn backend(cli: &Cli) -> Result<BackendKind, String> {
+    if cli.backend == "local" {
+        if cli.backend_model.is_some() {
+            return Err("--backend-model needs --backend grpc://HOST:PORT".into());
+        }
+        return Ok(BackendKind::Local);
+    }
+    let address = GrpcConfig::parse_address(&cli.backend)?;
+    let model = cli
+        .backend_model
+        .clone()
+        .ok_or("--backend grpc://... needs --backend-model NAME")?;
+    let (width, height) = parse_size(&cli.input_size)?;
+    let layout = match cli.input_layout.to_ascii_lowercase().as_str() {
+        "nchw" => Layout::Nchw,
+        "nhwc" => Layout::Nhwc,
+        other => {
+            return Err(format!(
+                "bad --input-layout '{other}': expected nchw or nhwc"
+            ));
+        }
+    };
+    Ok(BackendKind::Grpc(GrpcConfig {
+        address,
+        model,
+        version: cli.backend_model_version.clone(),
+        input: TensorSpec {
+            layout,
+            width,
+            height,
+            elem: InputType::F32,
+        },
+        connect_timeout: Duration::from_millis(cli.backend_connect_timeout_ms.max(1)),
+    }))
+}
+
+/// Structured logs on stderr; RUST_LOG overrides the level (info by default).
+fn init_logs(format: &str) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let done = match format {
+        "text" => builder.with_ansi(false).try_init(),
+        "json" => builder.json().try_init(),
+        other => return Err(format!("bad --log-format '{other}': expected text or json")),
+    };
+    done.map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+/// `flag` names the option in errors.
+fn resolve(flag: &str, listen: &str) -> Result<SocketAddr, String> {
     listen
         .to_socket_addrs()
-        .map_err(|e| format!("bad --listen '{listen}': {e}"))?
+        .map_err(|e| format!("bad {flag} '{listen}': {e}"))?
         .next()
-        .ok_or_else(|| format!("--listen '{listen}' resolves to no address"))
+        .ok_or_else(|| format!("{flag} '{listen}' resolves to no address"))
 }
 
 fn read_token(path: &std::path::Path) -> Result<String, String> {
@@ -157,7 +261,13 @@ fn config(cli: &Cli) -> Result<ServerConfig, String> {
         threads: cli.threads,
     };
     let ms = Duration::from_millis;
-    let mut config = ServerConfig::new(resolve(&cli.listen)?, model, identity);
+    let mut config = ServerConfig::new(resolve("--listen", &cli.listen)?, model, identity);
+    config.backend = backend(cli)?;
+    config.metrics_listen = cli
+        .metrics
+        .as_deref()
+        .map(|m| resolve("--metrics", m))
+        .transpose()?;
     config.token = token;
     config.max_batch = cli.max_batch.max(1);
     config.batch_timeout = ms(cli.batch_timeout_ms);
@@ -190,18 +300,25 @@ async fn run(cli: Cli) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
     // Tests and scripts wait for the last line; print both before anything can connect.
     let _ = writeln!(out, "certificate sha256 fingerprint {fingerprint}");
+    if let Some(addr) = server.metrics_addr() {
+        let _ = writeln!(out, "metrics on http://{addr}/metrics");
+    }
     let _ = writeln!(out, "listening on {}", server.local_addr());
     let _ = out.flush();
     drop(out);
     tokio::select! {
-        _ = sigterm.recv() => eprintln!("cboserver: SIGTERM: shutting down"),
-        _ = sigint.recv() => eprintln!("cboserver: SIGINT: shutting down"),
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
     }
     server.shutdown().await.map_err(|e| e.to_string())
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = init_logs(&cli.log_format) {
+        eprintln!("cboserver: error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("cboserver-io")

@@ -97,10 +97,23 @@ impl BatchTensor {
         Ok(())
     }
 
-    fn shape(&self) -> [usize; 4] {
+    /// `[N, ...]`: the model input shape with N images.
+    pub fn shape(&self) -> [usize; 4] {
         let mut shape = self.spec.shape();
         shape[0] = self.n;
         shape
+    }
+
+    /// The images back to back, when the model input is f32 (what a gRPC backend is sent).
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match &self.data {
+            Tensor::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn spec(&self) -> TensorSpec {
+        self.spec
     }
 }
 

@@ -81,6 +81,7 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     // Counted from the first packet, so handshakes in progress count against the limit too.
     let _guard = shared.connections.enter();
+    let _counted = shared.metrics.connection();
     let over_limit = shared.connections.get() > shared.limits.max_connections;
     let connecting = match incoming.accept() {
         Ok(c) => c,
@@ -243,6 +244,7 @@ async fn request(
     who: Arc<String>,
 ) {
     let _in_progress = shared.requests.enter();
+    let _counted = shared.metrics.request_in_flight();
     let arrived = Instant::now();
     let limits = &shared.limits;
     // Known once the header is decoded; refusals before that carry frame id 0.
@@ -280,8 +282,17 @@ async fn request(
         }
     };
     let Some(outcome) = outcome else {
-        return; // The client abandoned the stream: nobody to answer.
+        // The client abandoned the stream: nobody to answer.
+        shared.metrics.request("abandoned", arrived.elapsed());
+        return;
     };
+    shared.metrics.request(
+        &match &outcome {
+            Ok(_) => "ok".to_string(),
+            Err(e) => code_name(e.code),
+        },
+        arrived.elapsed(),
+    );
     let response = match outcome {
         Ok(answer) => {
             shared.answered.fetch_add(1, Ordering::Relaxed);
@@ -306,11 +317,17 @@ async fn request(
                 Some(id) => format!("frame {id}"),
                 None => "request".to_string(),
             };
-            shared.log(format_args!(
+            let line = format_args!(
                 "{who}: {what} refused: {}: {}",
                 code_name(e.code),
                 e.message
-            ));
+            );
+            if e.code == ErrorCode::Overloaded && !shared.readiness.is_ready() {
+                // Every frame while the backend is down: its state changes are logged instead.
+                tracing::debug!("{line}");
+            } else {
+                shared.log(line);
+            }
             Response::Error(e)
         }
     };
@@ -355,12 +372,13 @@ async fn read_and_classify(
     } else {
         limits.request_timeout
     };
+    let deadline = arrived + budget;
     let (reply, answer) = oneshot::channel();
     let job = Job {
         frame_id: header.frame_id,
         top_k: usize::from(header.top_k).clamp(1, limits.max_top_k.max(1)),
         received: Instant::now(),
-        deadline: arrived + budget,
+        deadline,
         jpeg_offset,
         bytes,
         reply,
@@ -368,13 +386,22 @@ async fn read_and_classify(
     if let Err(e) = shared.engine.submit(job) {
         return Some(Err(e));
     }
-    Some(answer.await.unwrap_or_else(|_| {
-        Err(refusal(
+    // Answered `timeout` at its deadline even when a slow backend still holds the work ahead
+    // of it; dropping `answer` tells the engine to skip it (it is never sent to the backend).
+    match tokio::time::timeout_at(deadline.into(), answer).await {
+        Ok(outcome) => Some(outcome.unwrap_or_else(|_| {
+            Err(refusal(
+                header.frame_id,
+                ErrorCode::Internal,
+                "the inference worker dropped the request",
+            ))
+        })),
+        Err(_) => Some(Err(refusal(
             header.frame_id,
-            ErrorCode::Internal,
-            "the inference worker dropped the request",
-        ))
-    }))
+            ErrorCode::Timeout,
+            format!("deadline of {} ms passed", budget.as_millis()),
+        ))),
+    }
 }
 
 #[cfg(test)]

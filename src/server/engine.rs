@@ -7,12 +7,15 @@
 //!      └───────────────── oneshot: Answer or ErrorReply ◀──────────────────  waits ≤ batch_timeout)
 //! ```
 //!
+//! The model thread hands each batch to the [backend](super::backend): ONNX Runtime in this
+//! process, or one `ModelInfer` call to an inference server. While a backend is not ready, jobs
+//! are refused at once ([`ErrorCode::Overloaded`]).
+//!
 //! All of it runs on plain std threads so the async runtime that serves QUIC never blocks on
-//! libjpeg or ONNX Runtime. The decode queue is bounded (a full queue answers
+//! libjpeg, ONNX Runtime or a backend call. The decode queue is bounded (a full queue answers
 //! [`ErrorCode::Overloaded`]); the batch queue is small, so workers never decode far ahead of the
 //! model and memory stays bounded by a few batches of tensors.
 
-use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -20,10 +23,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::batch::{BatchDim, BatchTensor, run_batch};
-use crate::inference::{IMAGENET_LABELS_TSV, ModelConfig, ModelSession};
+use super::backend::grpc::GrpcBackend;
+use super::backend::local::LocalBackend;
+use super::backend::{BackendInfo, BackendKind, BatchBackend, Readiness};
+use super::batch::{BatchDim, BatchTensor};
+use super::metrics::Metrics;
+use crate::inference::{IMAGENET_LABELS_TSV, ModelConfig};
 use crate::jpeg::FrameDecoder;
-use crate::postprocess::{Labels, Postprocessor};
+use crate::postprocess::{Labels, OutputKind, Postprocessor};
 use crate::preprocess::{Normalization, Preprocessor, Tensor, TensorSpec};
 use crate::protocol::{Answer, ErrorCode, ErrorReply};
 
@@ -57,9 +64,15 @@ struct Ready {
     reply: oneshot::Sender<Outcome>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineConfig {
+    /// The local model, and the pre- and post-processing (normalisation, labels, output kind)
+    /// whichever backend runs the model.
     pub model: ModelConfig,
+    pub backend: BackendKind,
+    /// Set by the backend; the engine refuses work at once while it is down.
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
     /// Largest batch the model thread runs.
     pub max_batch: usize,
     /// How long the model thread waits for a batch to fill after its first image arrived.
@@ -75,11 +88,13 @@ pub struct EngineConfig {
 /// What the loaded model is, for the hello and the startup log.
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
-    /// Model file name.
+    /// Model file name, or the backend's model name.
     pub name: String,
-    pub provider: &'static str,
+    /// Execution provider ("cpu", ...) or the backend's address (`grpc://HOST:PORT`).
+    pub provider: String,
     pub spec: TensorSpec,
-    pub classes: usize,
+    /// Scores per image; `None` until a backend that was down at start is reached.
+    pub classes: Option<usize>,
     /// Largest batch actually run: 1 when the model fixes its batch dimension.
     pub max_batch: usize,
     /// Why batching is off, when it is.
@@ -90,6 +105,7 @@ pub struct ModelInfo {
 pub struct Engine {
     queue: Mutex<Option<SyncSender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    readiness: Arc<Readiness>,
     pub info: ModelInfo,
 }
 
@@ -118,13 +134,12 @@ impl Engine {
         // Small on purpose: workers block (back-pressure) instead of decoding far ahead.
         let (batch_tx, batch_rx) = mpsc::sync_channel::<Ready>(2 * max_batch);
         let (loaded_tx, loaded_rx) = mpsc::channel::<Result<ModelInfo, String>>();
-        let model_config = config.model.clone();
         let batch_timeout = config.batch_timeout;
-        let max_top_k = config.max_top_k.max(1);
+        let runner_config = config.clone();
         let model_thread = std::thread::Builder::new()
             .name("cbo-model".into())
             .spawn(move || {
-                let mut runner = match ModelRunner::load(&model_config, max_batch, max_top_k) {
+                let mut runner = match ModelRunner::load(&runner_config) {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = loaded_tx.send(Err(e));
@@ -156,9 +171,10 @@ impl Engine {
             let tx = batch_tx.clone();
             let spec = info.spec;
             let norm = config.model.normalization;
+            let metrics = config.metrics.clone();
             let t = std::thread::Builder::new()
                 .name(format!("cbo-decode-{i}"))
-                .spawn(move || decode_worker(rx, tx, spec, norm))
+                .spawn(move || decode_worker(rx, tx, spec, norm, &metrics))
                 .map_err(|e| format!("cannot start a decode thread: {e}"))?;
             threads.push(t);
         }
@@ -167,12 +183,21 @@ impl Engine {
         Ok(Engine {
             queue: Mutex::new(Some(queue_tx)),
             threads: Mutex::new(threads),
+            readiness: config.readiness,
             info,
         })
     }
 
-    /// Queues a job; refuses it at once when the queue is full or the engine stopped.
+    /// Queues a job; refuses it at once when the backend is down, the queue is full or the
+    /// engine stopped.
     pub fn submit(&self, job: Job) -> Result<(), ErrorReply> {
+        if !self.readiness.is_ready() {
+            return Err(error(
+                job.frame_id,
+                ErrorCode::Overloaded,
+                format!("backend not ready: {}", self.readiness.reason()),
+            ));
+        }
         let queue = self.queue.lock().expect("engine queue lock");
         let Some(tx) = queue.as_ref() else {
             return Err(error(
@@ -223,6 +248,7 @@ fn decode_worker(
     batch: SyncSender<Ready>,
     spec: TensorSpec,
     norm: Normalization,
+    metrics: &Metrics,
 ) {
     let mut decoder = FrameDecoder::new();
     let mut pre = Preprocessor::new(spec, norm);
@@ -233,8 +259,9 @@ fn decode_worker(
             Err(_) => return,
         };
         let Ok(job) = job else { return };
-        // The stream task gave up (timeout, client gone): skip the work.
+        // The stream task gave up (deadline, client gone): skip the work.
         if job.reply.is_closed() {
+            metrics.dropped(1);
             continue;
         }
         let t0 = Instant::now();
@@ -280,53 +307,79 @@ fn decode_worker(
     }
 }
 
-/// The model thread's state: the session, the batch being built and the post-processor.
+/// The model thread's state: the backend, the batch being built and the post-processor.
 struct ModelRunner {
-    model: ModelSession,
-    post: Postprocessor,
+    backend: Box<dyn BatchBackend>,
+    /// `--labels`; `None`: the defaults for the width the backend answers with.
+    labels: Option<Labels>,
+    output_kind: OutputKind,
+    max_top_k: usize,
+    /// Built for the row width of the answers (known at start for a local model, from the first
+    /// connection for a gRPC backend).
+    post: Option<Postprocessor>,
     batch: BatchTensor,
     rows: Vec<f32>,
     info: ModelInfo,
+    metrics: Arc<Metrics>,
 }
 
 impl ModelRunner {
-    fn load(config: &ModelConfig, max_batch: usize, max_top_k: usize) -> Result<Self, String> {
-        let model = ModelSession::load(
-            &config.model,
-            config.execution_provider,
-            config.ep_fallback,
-            config.threads,
-        )
-        .map_err(|e| e.to_string())?;
-        let labels = match &config.labels {
-            Some(path) => Labels::load(path).map_err(|e| e.0)?,
-            None => default_labels(model.width),
+    fn load(config: &EngineConfig) -> Result<Self, String> {
+        let model = &config.model;
+        let labels = match &model.labels {
+            Some(path) => Some(Labels::load(path).map_err(|e| e.0)?),
+            None => None,
         };
-        let post = Postprocessor::new(labels, model.width, config.output_kind, max_top_k)
-            .map_err(|e| format!("model '{}': {e}", config.model.display()))?;
-        let dim = BatchDim::of(&model.session);
-        let (max_batch, batching_off) = match dim {
-            BatchDim::Dynamic => (max_batch, None),
+        let (backend, info): (Box<dyn BatchBackend>, BackendInfo) = match &config.backend {
+            BackendKind::Local => {
+                let (backend, info) = LocalBackend::load(model)?;
+                config.readiness.set_ready();
+                (Box::new(backend), info)
+            }
+            BackendKind::Grpc(grpc) => {
+                let (backend, info) = GrpcBackend::start(
+                    grpc.clone(),
+                    labels.as_ref().map(Labels::len),
+                    config.readiness.clone(),
+                )?;
+                (Box::new(backend), info)
+            }
+        };
+        let max_top_k = config.max_top_k.max(1);
+        // A local model's labels are checked now, so a wrong --labels fails the start.
+        let post = match info.classes {
+            Some(width) => Some(
+                postprocessor(labels.clone(), width, model.output_kind, max_top_k)
+                    .map_err(|e| format!("model '{}': {e}", info.name))?,
+            ),
+            None => None,
+        };
+        let (max_batch, batching_off) = match info.batch_dim {
+            BatchDim::Dynamic => (config.max_batch.max(1), None),
             BatchDim::One => (
                 1,
                 Some("the model fixes its batch dimension at 1: batching is off".to_string()),
             ),
         };
         let info = ModelInfo {
-            name: file_name(&config.model),
-            provider: model.active_provider,
-            spec: model.spec,
-            classes: model.width,
+            name: info.name,
+            provider: info.provider,
+            spec: info.spec,
+            classes: info.classes,
             max_batch,
             batching_off,
-            fallback_warning: model.fallback_warning.clone(),
+            fallback_warning: info.fallback_warning,
         };
         Ok(Self {
-            batch: BatchTensor::new(model.spec, max_batch),
-            model,
+            batch: BatchTensor::new(info.spec, max_batch),
+            backend,
+            labels,
+            output_kind: model.output_kind,
+            max_top_k,
             post,
             rows: Vec::new(),
             info,
+            metrics: config.metrics.clone(),
         })
     }
 
@@ -351,10 +404,16 @@ impl ModelRunner {
 
     fn run(&mut self, items: &mut Vec<Ready>) {
         let start = Instant::now();
-        // Drop work whose requester left or whose deadline passed while queued.
+        // Drop work whose requester left (a stream task answers `timeout` at the deadline and
+        // leaves) or whose deadline passed while queued: it is never sent to the backend.
+        let queued = items.len();
         items.retain(|r| !r.reply.is_closed());
         let (late, mut live): (Vec<Ready>, Vec<Ready>) =
             items.drain(..).partition(|r| r.deadline <= start);
+        let dropped = queued - live.len();
+        if dropped > 0 {
+            self.metrics.dropped(dropped);
+        }
         for r in late {
             let _ = r.reply.send(Err(error(
                 r.frame_id,
@@ -369,31 +428,52 @@ impl ModelRunner {
         let mut failed = None;
         for r in &live {
             if let Err(e) = self.batch.push(&r.tensor) {
-                failed = Some(e.to_string());
+                failed = Some(ErrorReply {
+                    frame_id: 0,
+                    code: ErrorCode::Internal,
+                    message: e.to_string(),
+                });
                 break;
             }
         }
+        // The backend works for the latest deadline of the batch.
+        let deadline = live.iter().map(|r| r.deadline).max().unwrap_or(start);
         let t0 = Instant::now();
         let width = match failed {
             Some(e) => Err(e),
-            None => run_batch(
-                &mut self.model.session,
-                &self.model.input_name,
-                &self.batch,
-                &mut self.rows,
-            )
-            .map_err(|e| e.to_string()),
+            None => self
+                .backend
+                .infer(&self.batch, deadline, &mut self.rows)
+                .map_err(|e| {
+                    self.metrics.backend_error(e.kind());
+                    ErrorReply {
+                        frame_id: 0,
+                        code: e.code(),
+                        message: e.to_string(),
+                    }
+                }),
         };
-        let inference_us = micros(t0.elapsed());
+        let took = t0.elapsed();
+        let inference_us = micros(took);
         let n = live.len();
+        if width.is_ok() {
+            self.metrics.batch(n, took);
+        }
+        let width = width.and_then(|w| {
+            self.post_for(w).map(|_| w).map_err(|message| ErrorReply {
+                frame_id: 0,
+                code: ErrorCode::Internal,
+                message,
+            })
+        });
         for (i, r) in live.drain(..).enumerate() {
-            let outcome = match &width {
-                Ok(w) if *w == self.post.width() => {
-                    let c = self.post.classify(&self.rows[i * w..(i + 1) * w]);
+            let outcome = match (&width, self.post.as_mut()) {
+                (Ok(w), Some(post)) => {
+                    let c = post.classify(&self.rows[i * w..(i + 1) * w]);
                     let k = r.top_k.min(c.top_classes.len());
                     let labels = c.top_classes[..k]
                         .iter()
-                        .map(|&id| label(&self.post, id))
+                        .map(|&id| label(post, id))
                         .collect();
                     let waited = t0.saturating_duration_since(r.received);
                     Ok(Answer {
@@ -407,19 +487,33 @@ impl ModelRunner {
                         batch: n as u32,
                     })
                 }
-                Ok(w) => Err(error(
-                    r.frame_id,
-                    ErrorCode::Internal,
-                    format!(
-                        "model gave {w} scores per image, expected {}",
-                        self.post.width()
-                    ),
-                )),
-                Err(e) => Err(error(r.frame_id, ErrorCode::Internal, e.clone())),
+                (Ok(_), None) => Err(error(r.frame_id, ErrorCode::Internal, "no post-processor")),
+                (Err(e), _) => Err(error(r.frame_id, e.code, e.message.clone())),
             };
             let _ = r.reply.send(outcome);
         }
     }
+
+    /// The post-processor for rows of `width` scores (rebuilt when a backend's model changes).
+    fn post_for(&mut self, width: usize) -> Result<(), String> {
+        if self.post.as_ref().is_some_and(|p| p.width() == width) {
+            return Ok(());
+        }
+        let post = postprocessor(self.labels.clone(), width, self.output_kind, self.max_top_k)
+            .map_err(|e| format!("model '{}': {e}", self.info.name))?;
+        self.post = Some(post);
+        Ok(())
+    }
+}
+
+fn postprocessor(
+    labels: Option<Labels>,
+    width: usize,
+    kind: OutputKind,
+    max_top_k: usize,
+) -> Result<Postprocessor, String> {
+    let labels = labels.unwrap_or_else(|| default_labels(width));
+    Postprocessor::new(labels, width, kind, max_top_k).map_err(|e| e.0)
 }
 
 /// The label of a class id as the post-processor numbers them (-1 = background).
@@ -429,10 +523,4 @@ fn label(post: &Postprocessor, class_id: i32) -> String {
     } else {
         post.labels().name(class_id as usize).to_string()
     }
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
 }

@@ -10,14 +10,21 @@
 //! # }
 //! ```
 //!
+//! The model runs in this process or in an inference server reached over gRPC ([`backend`]).
+//! `--metrics ADDR` serves Prometheus metrics and health checks ([`ops`]); logs go through
+//! `tracing`.
+//!
 //! The network side ([`connection`]) is a thin adapter: it authenticates, enforces the limits
 //! ([`Limits`]), turns request frames into engine jobs and engine outcomes into response frames.
 //! Every misbehaving request is answered (or its stream/connection closed) with an
 //! [`ErrorCode`](crate::protocol::ErrorCode) and logged, and never affects other clients.
 
+pub mod backend;
 pub mod batch;
 mod connection;
 pub mod engine;
+pub mod metrics;
+pub mod ops;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +36,9 @@ use tokio::sync::{Semaphore, watch};
 use crate::inference::ModelConfig;
 use crate::protocol::ErrorCode;
 use crate::tls::CertAndKey;
+use backend::{BackendKind, Readiness};
 use engine::{Engine, EngineConfig, ModelInfo};
+use metrics::Metrics;
 
 /// Resource limits; each is a `cboserver` flag.
 #[derive(Debug, Clone)]
@@ -76,7 +85,12 @@ impl Default for Limits {
 #[derive(Debug)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// The local model (`--model`) and the pre- and post-processing for either backend.
     pub model: ModelConfig,
+    /// Where the model runs (default: here).
+    pub backend: BackendKind,
+    /// Address of the operations endpoint (`/metrics`, `/healthz`, `/readyz`); `None`: off.
+    pub metrics_listen: Option<SocketAddr>,
     /// Certificate chain and key presented to clients.
     pub identity: CertAndKey,
     /// Bearer token clients must present; `None` accepts any.
@@ -96,6 +110,8 @@ impl ServerConfig {
         Self {
             listen,
             model,
+            backend: BackendKind::Local,
+            metrics_listen: None,
             identity,
             token: None,
             limits: Limits::default(),
@@ -145,6 +161,8 @@ impl Drop for GaugeGuard {
 /// State shared by every connection and stream task.
 struct Shared {
     engine: Engine,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
     token: Option<String>,
     limits: Limits,
     verbose: bool,
@@ -161,7 +179,11 @@ struct Shared {
 
 impl Shared {
     fn log(&self, msg: std::fmt::Arguments) {
-        eprintln!("cboserver: {msg}");
+        tracing::info!("{msg}");
+    }
+
+    fn warn(&self, msg: std::fmt::Arguments) {
+        tracing::warn!("{msg}");
     }
 }
 
@@ -178,9 +200,11 @@ pub struct Stats {
 /// A running server.
 pub struct Server {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    ops: Option<tokio::task::JoinHandle<()>>,
 }
 
 fn varint(code: ErrorCode) -> quinn::VarInt {
@@ -213,6 +237,9 @@ pub enum ServerError {
     Task(String),
     #[error("stopping the engine failed: {0}")]
     Stop(String),
+    /// The `--metrics` endpoint.
+    #[error("{0}")]
+    Metrics(String),
 }
 
 impl Server {
@@ -226,9 +253,22 @@ impl Server {
                 .unwrap_or(2),
             n => n,
         };
+        let max_batch = config.max_batch.max(1);
+        let metrics = Metrics::new(max_batch);
+        let readiness = Arc::new(Readiness::new("loading the model"));
+        // Bound before the (slow) model load, so a busy port fails at once.
+        let ops_listener = match config.metrics_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                ServerError::Metrics(format!("cannot listen on --metrics {addr}: {e}"))
+            })?),
+            None => None,
+        };
         let engine_config = EngineConfig {
             model: config.model.clone(),
-            max_batch: config.max_batch.max(1),
+            backend: config.backend.clone(),
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+            max_batch,
             batch_timeout: config.batch_timeout,
             decode_threads,
             queue_capacity: limits.max_pending.max(1),
@@ -268,6 +308,8 @@ impl Server {
         let (stop, stopping) = watch::channel(false);
         let shared = Arc::new(Shared {
             engine,
+            metrics,
+            readiness,
             token: config.token,
             pending: Arc::new(Semaphore::new(limits.max_pending.max(1))),
             limits,
@@ -281,11 +323,14 @@ impl Server {
         });
         let info = &shared.engine.info;
         shared.log(format_args!(
-            "model {} ({}x{}, {} classes) on {}; {}",
+            "model {} ({}x{}, {}) on {}; {}",
             info.name,
             info.spec.width,
             info.spec.height,
-            info.classes,
+            match info.classes {
+                Some(n) => format!("{n} classes"),
+                None => "classes read when the backend is reached".to_string(),
+            },
             info.provider,
             match &info.batching_off {
                 Some(why) => why.clone(),
@@ -297,24 +342,49 @@ impl Server {
             }
         ));
         if let Some(w) = &info.fallback_warning {
-            shared.log(format_args!("warning: {w}"));
+            shared.warn(format_args!("{w}"));
         }
         if shared.token.is_none() {
-            shared.log(format_args!(
-                "warning: no --token-file: any client that trusts the certificate is served"
+            shared.warn(format_args!(
+                "no --token-file: any client that trusts the certificate is served"
             ));
         }
+        let metrics_addr = match &ops_listener {
+            Some(l) => Some(l.local_addr().map_err(|e| {
+                ServerError::Metrics(format!("cannot read the --metrics address: {e}"))
+            })?),
+            None => None,
+        };
+        let ops = ops_listener.map(|listener| {
+            tokio::spawn(ops::serve(
+                listener,
+                shared.metrics.clone(),
+                shared.readiness.clone(),
+            ))
+        });
         let task = tokio::spawn(accept_loop(endpoint, shared.clone()));
         Ok(Server {
             local_addr,
+            metrics_addr,
             shared,
             stop,
             task,
+            ops,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, with `--metrics`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Whether the model or backend takes work now (what `/readyz` says).
+    pub fn is_ready(&self) -> bool {
+        self.shared.readiness.is_ready()
     }
 
     pub fn model(&self) -> &ModelInfo {
@@ -337,6 +407,9 @@ impl Server {
         self.task
             .await
             .map_err(|e| ServerError::Task(e.to_string()))?;
+        if let Some(ops) = self.ops {
+            ops.abort();
+        }
         let shared = self.shared;
         tokio::task::spawn_blocking(move || shared.engine.stop())
             .await
@@ -372,7 +445,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     let drained = tokio::time::timeout(shared.limits.drain_timeout, shared.requests.zero()).await;
     let left = shared.requests.get();
     if drained.is_err() {
-        shared.log(format_args!(
+        shared.warn(format_args!(
             "shutdown: {left} request(s) still in progress after {} ms; closing anyway",
             shared.limits.drain_timeout.as_millis()
         ));

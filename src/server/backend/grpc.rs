@@ -1,0 +1,420 @@
+//! The server model in an inference server speaking the Open Inference Protocol over gRPC
+//! (Triton, KServe, MLServer): one `ModelInfer` per batch.
+//!
+//! A supervisor task keeps the link: it connects, checks `ServerReady`, `ModelReady` and the
+//! model's metadata against the pre-processing ([`oip::check_metadata`]), and marks the backend
+//! ready. When a call fails because the server went away, the link is dropped, the backend is
+//! marked not ready (the engine answers `overloaded` at once) and the supervisor reconnects with
+//! exponential backoff. The backend owns a small tokio runtime: the engine's model thread is a
+//! plain thread and blocks on each call, bounded by the batch's deadline.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tonic::transport::{Channel, Endpoint};
+
+use super::oip::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use super::oip::proto::{ModelMetadataRequest, ModelReadyRequest, ServerReadyRequest};
+use super::oip::{self, Checked, Expected, MetadataMismatch};
+use super::{BackendError, BackendInfo, BatchBackend, Readiness};
+use crate::preprocess::{InputType, TensorSpec};
+use crate::server::batch::{BatchDim, BatchTensor};
+
+type Client = GrpcInferenceServiceClient<Channel>;
+
+/// First and largest wait between connection attempts.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Largest answer accepted (scores are small; this only bounds a misbehaving server).
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// `--backend grpc://HOST:PORT --backend-model NAME [--backend-model-version V]`.
+#[derive(Debug, Clone)]
+pub struct GrpcConfig {
+    /// `HOST:PORT` of the inference server's gRPC endpoint.
+    pub address: String,
+    pub model: String,
+    /// Empty: the server's choice.
+    pub version: String,
+    /// What cboserver pre-processes frames to (FP32): checked against the model's input.
+    pub input: TensorSpec,
+    /// Time for one connection attempt and each of its start-up calls.
+    pub connect_timeout: Duration,
+}
+
+impl GrpcConfig {
+    /// Reads `grpc://HOST:PORT` (the scheme is required: it says which protocol is spoken).
+    pub fn parse_address(backend: &str) -> Result<String, String> {
+        let rest = backend.strip_prefix("grpc://").ok_or_else(|| {
+            format!("--backend '{backend}': expected 'local' or 'grpc://HOST:PORT'")
+        })?;
+        let rest = rest.trim_end_matches('/');
+        match rest.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(rest.to_string())
+            }
+            _ => Err(format!(
+                "--backend '{backend}': expected grpc://HOST:PORT (e.g. grpc://127.0.0.1:8001)"
+            )),
+        }
+    }
+
+    fn uri(&self) -> String {
+        format!("grpc://{}", self.address)
+    }
+}
+
+/// Why a connection attempt did not give a usable backend.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot reach {0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    NotReady(String),
+    #[error(transparent)]
+    Mismatch(#[from] MetadataMismatch),
+}
+
+#[derive(Clone)]
+struct Connected {
+    client: Client,
+    checked: Checked,
+}
+
+/// The connection, shared by the model thread and the supervisor.
+struct Link {
+    config: GrpcConfig,
+    expected: Expected,
+    current: Mutex<Option<Connected>>,
+    readiness: Arc<Readiness>,
+    /// Wakes the supervisor when a call lost the connection.
+    lost: Notify,
+}
+
+impl Link {
+    fn current(&self) -> Option<Connected> {
+        self.current.lock().ok().and_then(|c| c.clone())
+    }
+
+    fn up(&self, connected: Connected) {
+        if let Ok(mut c) = self.current.lock() {
+            *c = Some(connected);
+        }
+        self.readiness.set_ready();
+        tracing::info!(backend = %self.config.uri(), model = %self.config.model, "backend ready");
+    }
+
+    /// Drops the connection after a failed call and wakes the supervisor.
+    fn down(&self, reason: &str) {
+        if let Ok(mut c) = self.current.lock() {
+            c.take();
+        }
+        if self.readiness.set_down(reason) {
+            tracing::warn!(backend = %self.config.uri(), reason, "backend lost; reconnecting");
+        }
+        self.lost.notify_one();
+    }
+
+    async fn connect(&self) -> Result<Connected, ConnectError> {
+        let config = &self.config;
+        let t = config.connect_timeout;
+        let unreachable =
+            |e: &dyn std::fmt::Display| ConnectError::Unreachable(format!("{}: {e}", config.uri()));
+        let channel = Endpoint::from_shared(format!("http://{}", config.address))
+            .map_err(|e| unreachable(&e))?
+            .connect_timeout(t)
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| unreachable(&describe_transport(&e)))?;
+        let mut client = Client::new(channel)
+            .max_decoding_message_size(MAX_ANSWER_BYTES)
+            .max_encoding_message_size(usize::MAX);
+        let within = |what: &'static str| {
+            move |_| ConnectError::Unreachable(format!("{}: no {what} answer", config.uri()))
+        };
+        let ready = tokio::time::timeout(t, client.server_ready(ServerReadyRequest {}))
+            .await
+            .map_err(within("ServerReady"))?
+            .map_err(|s| unreachable(&s.message()))?;
+        if !ready.get_ref().ready {
+            return Err(ConnectError::NotReady(format!(
+                "{} answers but is not ready",
+                config.uri()
+            )));
+        }
+        let model_ready = tokio::time::timeout(
+            t,
+            client.model_ready(ModelReadyRequest {
+                name: config.model.clone(),
+                version: config.version.clone(),
+            }),
+        )
+        .await
+        .map_err(within("ModelReady"))?;
+        if !model_ready.is_ok_and(|r| r.get_ref().ready) {
+            return Err(ConnectError::NotReady(format!(
+                "model '{}' is not ready on {}",
+                config.model,
+                config.uri()
+            )));
+        }
+        let meta = tokio::time::timeout(
+            t,
+            client.model_metadata(ModelMetadataRequest {
+                name: config.model.clone(),
+                version: config.version.clone(),
+            }),
+        )
+        .await
+        .map_err(within("ModelMetadata"))?
+        .map_err(|s| {
+            ConnectError::NotReady(format!(
+                "no metadata for model '{}' on {}: {}",
+                config.model,
+                config.uri(),
+                s.message()
+            ))
+        })?
+        .into_inner();
+        let checked = oip::check_metadata(&meta, &self.expected)?;
+        tracing::info!(
+            backend = %config.uri(),
+            model = %meta.name,
+            versions = ?meta.versions,
+            platform = %meta.platform,
+            tensors = %oip::describe(&meta),
+            "backend model metadata matches the pre-processing"
+        );
+        Ok(Connected { client, checked })
+    }
+
+    /// Reconnects whenever the link is lost, with exponential backoff between attempts.
+    async fn supervise(self: Arc<Self>) {
+        let mut backoff = MIN_BACKOFF;
+        let mut last_error = String::new();
+        loop {
+            if self.readiness.is_ready() {
+                self.lost.notified().await;
+                continue;
+            }
+            match self.connect().await {
+                Ok(connected) => {
+                    self.up(connected);
+                    backoff = MIN_BACKOFF;
+                    last_error.clear();
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if text != last_error {
+                        match &e {
+                            ConnectError::Mismatch(_) => tracing::error!(
+                                backend = %self.config.uri(), error = %text,
+                                "backend model does not match the pre-processing"
+                            ),
+                            _ => tracing::warn!(
+                                backend = %self.config.uri(), error = %text,
+                                "backend not ready; retrying"
+                            ),
+                        }
+                        last_error = text.clone();
+                    }
+                    self.readiness.set_down(&text);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// tonic's transport errors say "transport error"; the cause below says what happened.
+fn describe_transport(e: &tonic::transport::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+pub struct GrpcBackend {
+    link: Arc<Link>,
+    /// Drives the supervisor and each call the model thread blocks on.
+    runtime: tokio::runtime::Runtime,
+    /// One image's shape without the batch dimension.
+    image_shape: Vec<usize>,
+}
+
+impl GrpcBackend {
+    /// Makes one connection attempt. A reachable backend whose model does not match the
+    /// pre-processing is an error; an unreachable or not-ready one is not: the server starts
+    /// not ready and the supervisor connects when the backend appears.
+    pub fn start(
+        config: GrpcConfig,
+        labels: Option<usize>,
+        readiness: Arc<Readiness>,
+    ) -> Result<(GrpcBackend, BackendInfo), String> {
+        if config.input.elem != InputType::F32 {
+            return Err(format!(
+                "backend {}: the input is sent as FP32, not {:?}",
+                config.uri(),
+                config.input.elem
+            ));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("cbo-backend")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the backend runtime: {e}"))?;
+        let expected = Expected {
+            spec: config.input,
+            labels,
+        };
+        let link = Arc::new(Link {
+            config: config.clone(),
+            expected,
+            current: Mutex::new(None),
+            readiness,
+            lost: Notify::new(),
+        });
+        let mut classes = None;
+        match runtime.block_on(link.connect()) {
+            Ok(connected) => {
+                classes = connected.checked.classes;
+                link.up(connected);
+            }
+            Err(ConnectError::Mismatch(e)) => {
+                return Err(format!("backend {}: {e}", config.uri()));
+            }
+            Err(e) => {
+                let text = e.to_string();
+                tracing::warn!(
+                    backend = %config.uri(), error = %text,
+                    "backend not ready at start; answering `overloaded` until it is"
+                );
+                link.readiness.set_down(&text);
+            }
+        }
+        runtime.spawn(link.clone().supervise());
+        let image_shape = config.input.shape()[1..].to_vec();
+        let info = BackendInfo {
+            name: config.model.clone(),
+            provider: config.uri(),
+            spec: config.input,
+            classes,
+            // The engine batches; a model that takes one image at a time gets them one by one.
+            batch_dim: BatchDim::Dynamic,
+            fallback_warning: None,
+        };
+        Ok((
+            GrpcBackend {
+                link,
+                runtime,
+                image_shape,
+            },
+            info,
+        ))
+    }
+
+    /// Maps a failed call: a server that went away drops the link.
+    fn failed(&self, status: tonic::Status, budget: Duration) -> BackendError {
+        use tonic::Code;
+        match status.code() {
+            Code::DeadlineExceeded => BackendError::Deadline(budget.as_millis() as u64),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::NotFound => {
+                let reason = format!("{}: {}", self.link.config.uri(), status.message());
+                self.link.down(&reason);
+                BackendError::Unavailable(reason)
+            }
+            _ => BackendError::Refused(format!("{:?}: {}", status.code(), status.message())),
+        }
+    }
+}
+
+impl BatchBackend for GrpcBackend {
+    fn infer(
+        &mut self,
+        batch: &BatchTensor,
+        deadline: Instant,
+        scores: &mut Vec<f32>,
+    ) -> Result<usize, BackendError> {
+        scores.clear();
+        let Some(connected) = self.link.current() else {
+            return Err(BackendError::NotReady(self.link.readiness.reason()));
+        };
+        let images = batch
+            .as_f32()
+            .ok_or_else(|| BackendError::Inference("the batch is not FP32".into()))?;
+        let per_image = batch.spec().len();
+        let per_request = connected
+            .checked
+            .batch
+            .max_images()
+            .unwrap_or(batch.len())
+            .max(1);
+        let config = &self.link.config;
+        let budget = deadline.saturating_duration_since(Instant::now());
+        let mut width = 0;
+        for part in images.chunks(per_image * per_request) {
+            let n = part.len() / per_image;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(BackendError::Deadline(budget.as_millis() as u64));
+            }
+            let message = oip::infer_request(
+                &config.model,
+                &config.version,
+                &connected.checked,
+                &self.image_shape,
+                n,
+                part,
+            );
+            let mut request = tonic::Request::new(message);
+            // The server may drop it too once the deadline has passed (grpc-timeout).
+            request.set_timeout(left);
+            let mut client = connected.client.clone();
+            // The timer is made inside the runtime: this thread is not one of its own.
+            let answer = self.runtime.block_on(async move {
+                tokio::time::timeout(left, client.model_infer(request)).await
+            });
+            width = match answer {
+                Err(_) => return Err(BackendError::Deadline(budget.as_millis() as u64)),
+                Ok(Err(status)) => return Err(self.failed(status, budget)),
+                Ok(Ok(answer)) => {
+                    oip::read_scores(answer.get_ref(), &connected.checked.output, n, scores)?
+                }
+            };
+        }
+        Ok(width)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_addresses_need_the_grpc_scheme_and_a_port() {
+        assert_eq!(
+            GrpcConfig::parse_address("grpc://127.0.0.1:8001"),
+            Ok("127.0.0.1:8001".into())
+        );
+        assert_eq!(
+            GrpcConfig::parse_address("grpc://triton.svc:8001/"),
+            Ok("triton.svc:8001".into())
+        );
+        for bad in [
+            "127.0.0.1:8001",
+            "http://h:1",
+            "grpc://h",
+            "grpc://:8001",
+            "grpc://h:x",
+        ] {
+            assert!(GrpcConfig::parse_address(bad).is_err(), "{bad}");
+        }
+    }
+}
