@@ -66,20 +66,25 @@ pub fn run(
     netem_config.queue_bytes = args.queue_bytes;
     let netem = rt.block_on(crate::netem::start(netem_config))?;
 
-    // Real-time pacing (identity sync=true) makes the file behave like a camera at --fps; the
-    // in-flight window is opened wide, as the simulation has none.
+    // Real-time pacing (identity sync=true) makes the file behave like a camera at --fps: every
+    // decoded frame, in order, re-timestamped at i / fps (as the simulation replays them; a
+    // `videorate` here duplicated ~4 % of the frames of a 10 fps clip, whose MP4 timestamps are
+    // not exact tenths, and shifted every later frame against its label). The in-flight window
+    // is opened wide, as the simulation has none.
     // `cbo+reuse` is the element's policy=cbo with answer reuse; plain `cbo` turns it off.
     let (policy, reuse) = match policy.strip_suffix(super::eval::REUSE_SUFFIX) {
         Some(p) => (p, args.reuse_window_ms.round() as u64),
         None => (policy, 0),
     };
+    // The first `frames` frames, as the simulation replays them: identity's `eos-after=N` ends
+    // the stream after N + 1 buffers.
+    let last = frames.max(2) - 1;
     let desc = format!(
-        "filesrc location=\"{}\" ! decodebin ! videorate ! video/x-raw,framerate={}/1000 ! \
-         identity sync=true eos-after={frames} ! cbofilter name=cbo server={} \
+        "filesrc location=\"{}\" ! decodebin ! identity name=pace sync=true eos-after={last} ! \
+         cbofilter name=cbo server={} \
          server-cert=\"{}\" policy={policy} reuse-window={reuse} deadline={} threshold={} \
          resolution={} max-in-flight=1000 profile=\"{}\" {} ! fakesink sync=false",
         video.display(),
-        (args.fps * 1000.0).round() as u64,
         netem.local_addr(),
         certs.path().join("cert.pem").display(),
         deadline_ms.round() as u64,
@@ -94,6 +99,23 @@ pub fn run(
     );
     let pipeline = crate::gstelements::launch_pipeline(&desc)?;
     let cbo = pipeline.by_name("cbo").expect("named");
+    let frame_ns = (1e9 / args.fps).round() as u64;
+    let index = std::sync::atomic::AtomicU64::new(0);
+    pipeline
+        .by_name("pace")
+        .expect("named")
+        .static_pad("sink")
+        .expect("sink pad")
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(buf) = info.buffer_mut() {
+                let buf = buf.make_mut();
+                let i = index.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                buf.set_pts(gst::ClockTime::from_nseconds(i * frame_ns));
+                buf.set_dts(gst::ClockTime::NONE);
+                buf.set_duration(gst::ClockTime::from_nseconds(frame_ns));
+            }
+            gst::PadProbeReturn::Ok
+        });
     let entered = Arc::new(Mutex::new(std::collections::VecDeque::<Instant>::new()));
     let results = Arc::new(Mutex::new(Vec::<(CboResult, f64)>::new()));
     let e = entered.clone();
