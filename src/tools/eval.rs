@@ -649,13 +649,27 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
             e2e,
         });
     }
-    if let Some(png) = &args.plot {
-        plots(args, png, &runs, &clips[0], &traces, &shorts)?;
-    }
     let summary = summarise(&runs.iter().map(|r| &r.policies).collect::<Vec<_>>());
     let cv = args
         .cv
         .then(|| cross_validate(&runs, &per_candidate, &candidates));
+    if let Some(png) = &args.plot {
+        // With --cv the plots show the cbo policies' cross-validated results.
+        let plotted: Vec<Run> = match &cv {
+            Some(cv) => runs
+                .iter()
+                .zip(&cv.runs)
+                .map(|(r, c)| {
+                    let mut r = r.clone();
+                    r.policies
+                        .extend(c.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    r
+                })
+                .collect(),
+            None => runs.clone(),
+        };
+        plots(args, png, &plotted, &clips[0], &traces, &shorts)?;
+    }
     Ok(EvalReport {
         frames: clips
             .iter()
