@@ -436,7 +436,8 @@ fn element_labels_through_triton_match_the_local_backend() {
         assert_complete(run);
         assert!(run.frames_in >= frames as usize);
     }
-    assert_eq!(through_triton.frames_in, local.frames_in);
+    // `identity eos-after=N` lets N or N + 1 frames through depending on when the EOS overtakes
+    // the stream: compare the frames both runs classified.
     let both: Vec<(i32, i32)> = through_triton
         .results
         .iter()

@@ -102,11 +102,7 @@ mod tests {
     use super::*;
 
     fn r(accuracy: f64, miss: f64) -> SimResult {
-        SimResult {
-            accuracy,
-            deadline_miss_rate: miss,
-            ..Default::default()
-        }
+        SimResult::scored(accuracy, miss)
     }
 
     fn s(clip: &str, source: &str, results: &[(f64, f64)]) -> CvSetting {

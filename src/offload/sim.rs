@@ -88,6 +88,18 @@ pub struct SimResult {
     pub answered: Vec<bool>,
 }
 
+impl SimResult {
+    /// A result with only its accuracy and miss rate set (for tests of what reads them).
+    #[cfg(test)]
+    pub(crate) fn scored(accuracy: f64, deadline_miss_rate: f64) -> Self {
+        Self {
+            accuracy,
+            deadline_miss_rate,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(PartialEq)]
 struct Pending {
     at: f64,

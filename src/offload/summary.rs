@@ -131,11 +131,7 @@ mod tests {
     use super::*;
 
     fn r(accuracy: f64, miss: f64) -> SimResult {
-        SimResult {
-            accuracy,
-            deadline_miss_rate: miss,
-            ..Default::default()
-        }
+        SimResult::scored(accuracy, miss)
     }
 
     fn setting(v: &[(&str, f64, f64)]) -> BTreeMap<String, SimResult> {

@@ -76,11 +76,8 @@ pub fn run(
         Some(p) => (p, args.reuse_window_ms.round() as u64),
         None => (policy, 0),
     };
-    // The first `frames` frames, as the simulation replays them: identity's `eos-after=N` ends
-    // the stream after N + 1 buffers.
-    let last = frames.max(2) - 1;
     let desc = format!(
-        "filesrc location=\"{}\" ! decodebin ! identity name=pace sync=true eos-after={last} ! \
+        "filesrc location=\"{}\" ! decodebin ! identity name=pace sync=true eos-after={frames} ! \
          cbofilter name=cbo server={} \
          server-cert=\"{}\" policy={policy} reuse-window={reuse} deadline={} threshold={} \
          resolution={} max-in-flight=1000 profile=\"{}\" {} ! fakesink sync=false",
@@ -176,7 +173,10 @@ pub fn run(
     if let Some(e) = error {
         return Err(format!("e2e pipeline failed: {e}"));
     }
-    let results = results.lock().unwrap();
+    // The first `frames` frames, as the simulation replays them (identity's `eos-after=N` lets
+    // N or N + 1 through, depending on when the EOS overtakes the stream).
+    let mut results = results.lock().unwrap();
+    results.truncate(frames);
     let n = results.len().max(1) as f64;
     let right = results
         .iter()
