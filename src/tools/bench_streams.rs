@@ -3,8 +3,9 @@
 //! Runtime loop that runs the same frames as batches of N, in the same process. Rounds alternate
 //! between the three so machine noise hits all alike; the best round of each is compared.
 //!
-//! Memory per extra stream: the process's resident set after one more element (in its own
-//! pipeline) has started and classified a frame, averaged over N-1 extra streams.
+//! Memory per extra stream: the growth of the process's resident set per element after the
+//! first, each in its own pipeline, started and having classified a frame; measured before the
+//! rounds (shared, then unshared), so that freed memory does not hide the growth.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -246,6 +247,11 @@ pub fn run(args: &BenchArgs) -> Result<StreamsReport, String> {
     let mut unshared_props = args.model.element_properties(&config);
     unshared_props.push(("shared-session", "false".into()));
 
+    // Memory first, while the allocator has no freed sessions to hand out again; shared first,
+    // so the unshared sessions cannot reuse what shared elements freed.
+    let first = frames.first().ok_or("no frames decoded")?;
+    let rss_shared = rss_per_extra_stream(n, first, &caps, &shared_props)?;
+    let rss_unshared = rss_per_extra_stream(n, first, &caps, &unshared_props)?;
     let (mut bare, mut shared, mut unshared) = (Vec::new(), Vec::new(), Vec::new());
     let mut latencies = Vec::new();
     for _ in 0..args.rounds.max(1) {
@@ -265,9 +271,6 @@ pub fn run(args: &BenchArgs) -> Result<StreamsReport, String> {
             &mut Vec::new(),
         )?);
     }
-    let first = frames.first().ok_or("no frames decoded")?;
-    let rss_shared = rss_per_extra_stream(n, first, &caps, &shared_props)?;
-    let rss_unshared = rss_per_extra_stream(n, first, &caps, &unshared_props)?;
     latencies.sort_unstable();
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let (a, b, u) = (best(&shared), best(&bare), best(&unshared));
