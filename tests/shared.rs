@@ -265,3 +265,48 @@ fn one_model_instance_id_with_two_models_is_an_error() {
     assert!(err.matches(gst::LibraryError::Settings), "{err}");
     first.set_state(gst::State::Null).unwrap();
 }
+
+/// `cbo bench --streams N --json` runs shared, unshared and the bare batch loop and reports every
+/// field the documentation quotes (the numbers themselves are for docs/evaluation.md).
+#[test]
+fn bench_streams_reports_shared_unshared_and_bare() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cbo"))
+        .args([
+            "bench",
+            "--streams",
+            "2",
+            "--frames",
+            "12",
+            "--rounds",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["streams"], 2);
+    for field in [
+        "aggregate_fps",
+        "bare_batch_fps",
+        "ratio",
+        "unshared_fps",
+        "rss_mib_per_extra_stream",
+        "latency_p50_ms",
+        "latency_p99_ms",
+    ] {
+        assert!(r[field].is_number(), "{field} missing in {r}");
+    }
+    for field in [
+        "aggregate_fps",
+        "bare_batch_fps",
+        "unshared_fps",
+        "latency_p50_ms",
+    ] {
+        assert!(r[field].as_f64().unwrap() > 0.0, "{field} in {r}");
+    }
+}
