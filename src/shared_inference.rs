@@ -162,6 +162,9 @@ struct Inner {
     changed: Condvar,
     engine: Mutex<Engine>,
     dim: BatchDim,
+    /// Batches run and the frames in them, since the session was created.
+    batches: AtomicU64,
+    batched_frames: AtomicU64,
 }
 
 impl Inner {
@@ -295,6 +298,8 @@ fn start(config: SessionConfig) -> Result<SharedSession, InferenceError> {
             model,
         }),
         dim,
+        batches: AtomicU64::new(0),
+        batched_frames: AtomicU64::new(0),
     });
     Ok(SharedSession {
         inner,
@@ -386,6 +391,10 @@ impl Member {
                     let slots: Vec<Arc<Slot>> = q.waiting.drain(..take).map(|(s, _)| s).collect();
                     q.running = true;
                     drop(q);
+                    inner.batches.fetch_add(1, Ordering::Relaxed);
+                    inner
+                        .batched_frames
+                        .fetch_add(slots.len() as u64, Ordering::Relaxed);
                     // A panic inside ONNX Runtime must not leave the others waiting for ever.
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         run(&mut inner.engine.lock().unwrap(), inner.dim, &slots)
@@ -458,6 +467,19 @@ impl Group {
             .upgrade()
             .map(|i| i.queue.lock().unwrap().members.len())
             .unwrap_or(0)
+    }
+
+    /// Batches the session has run and the frames in them (0, 0 once it is gone).
+    pub fn batches(&self) -> (u64, u64) {
+        self.0
+            .upgrade()
+            .map(|i| {
+                (
+                    i.batches.load(Ordering::Relaxed),
+                    i.batched_frames.load(Ordering::Relaxed),
+                )
+            })
+            .unwrap_or((0, 0))
     }
 }
 

@@ -469,6 +469,14 @@ impl CboFilter {
         let counts = self.hold.counts();
         let client = self.offload().map(|o| o.client.stats());
         let c = client.unwrap_or_default();
+        let (batches, batched_frames) = self
+            .session
+            .lock()
+            .unwrap()
+            .1
+            .as_ref()
+            .map(|g| g.batches())
+            .unwrap_or((0, 0));
         gst::Structure::builder("cbo-stats")
             .field("frames", counts.frames)
             .field("kept", counts.kept)
@@ -485,6 +493,8 @@ impl CboFilter {
             .field("encode-ms", c.encode_us / 1000.0)
             .field("reconnects", c.reconnects)
             .field("connected", c.connected)
+            .field("shared-batches", batches)
+            .field("shared-batched-frames", batched_frames)
             .build()
     }
 

@@ -40,6 +40,8 @@ pub struct StreamsReport {
     /// Time a frame spends in cbofilter with the shared session (all rounds).
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
+    /// Frames per batch the shared session ran (all rounds).
+    pub mean_batch: f64,
     pub batch_timeout_us: u32,
     pub aggregate_rounds_fps: Vec<f64>,
     pub unshared_rounds_fps: Vec<f64>,
@@ -54,8 +56,10 @@ fn streams_round(
     caps: &gst::Caps,
     props: &[(&'static str, String)],
     latencies_us: &mut Vec<u64>,
+    batches: &mut (u64, u64),
 ) -> Result<f64, String> {
     let pipeline = gst::Pipeline::new();
+    let mut first_filter = None;
     let mut sources = Vec::new();
     let times: Arc<Mutex<Vec<u64>>> = Arc::default();
     for _ in 0..n {
@@ -78,6 +82,7 @@ fn streams_round(
             .add_many([src.upcast_ref(), &cbo, &sink])
             .map_err(|e| e.to_string())?;
         gst::Element::link_many([src.upcast_ref(), &cbo, &sink]).map_err(|e| e.to_string())?;
+        first_filter.get_or_insert_with(|| cbo.clone());
         let entered: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
         let e = entered.clone();
         cbo.static_pad("sink").expect("sink pad").add_probe(
@@ -129,6 +134,10 @@ fn streams_round(
         },
         None => Err("timed out".into()),
     };
+    if let Some(stats) = first_filter.map(|f| f.property::<gst::Structure>("stats")) {
+        batches.0 += stats.get::<u64>("shared-batches").unwrap_or(0);
+        batches.1 += stats.get::<u64>("shared-batched-frames").unwrap_or(0);
+    }
     let _ = pipeline.set_state(gst::State::Null);
     latencies_us.extend(times.lock().unwrap().iter());
     res
@@ -254,6 +263,7 @@ pub fn run(args: &BenchArgs) -> Result<StreamsReport, String> {
     let rss_unshared = rss_per_extra_stream(n, first, &caps, &unshared_props)?;
     let (mut bare, mut shared, mut unshared) = (Vec::new(), Vec::new(), Vec::new());
     let mut latencies = Vec::new();
+    let mut batches = (0, 0);
     for _ in 0..args.rounds.max(1) {
         bare.push(bare_round(&mut model, &tensors, n)?);
         shared.push(streams_round(
@@ -262,6 +272,7 @@ pub fn run(args: &BenchArgs) -> Result<StreamsReport, String> {
             &caps,
             &shared_props,
             &mut latencies,
+            &mut batches,
         )?);
         unshared.push(streams_round(
             n,
@@ -269,6 +280,7 @@ pub fn run(args: &BenchArgs) -> Result<StreamsReport, String> {
             &caps,
             &unshared_props,
             &mut Vec::new(),
+            &mut (0, 0),
         )?);
     }
     latencies.sort_unstable();
@@ -295,6 +307,7 @@ pub fn run(args: &BenchArgs) -> Result<StreamsReport, String> {
         unshared_rss_mib_per_extra_stream: rss_unshared,
         latency_p50_ms: percentile_ms(&latencies, 0.5),
         latency_p99_ms: percentile_ms(&latencies, 0.99),
+        mean_batch: batches.1 as f64 / batches.0.max(1) as f64,
         batch_timeout_us: args.batch_timeout,
         aggregate_rounds_fps: shared,
         unshared_rounds_fps: unshared,
@@ -324,7 +337,7 @@ pub fn print_report(r: &StreamsReport) {
         r.rss_mib_per_extra_stream, r.unshared_rss_mib_per_extra_stream
     );
     println!(
-        "time in cbofilter, shared: p50 {:.2} ms, p99 {:.2} ms (batch-timeout {} us)",
-        r.latency_p50_ms, r.latency_p99_ms, r.batch_timeout_us
+        "time in cbofilter, shared: p50 {:.2} ms, p99 {:.2} ms (batch-timeout {} us, {:.2} frames per batch)",
+        r.latency_p50_ms, r.latency_p99_ms, r.batch_timeout_us, r.mean_batch
     );
 }
