@@ -26,6 +26,8 @@ struct Branch {
     results: Vec<CboResult>,
     session_ids: Vec<u64>,
     streams: Vec<u32>,
+    /// `stats`' shared-batches and shared-batched-frames at EOS.
+    batches: (u64, u64),
 }
 
 /// Runs one pipeline with `n` branches `SOURCE_i ! cbofilter name=c_i PROPS ! fakesink` to EOS.
@@ -68,6 +70,16 @@ fn run_branches(sources: &[String], props: &str) -> Vec<Branch> {
             _ => {}
         }
     }
+    for (i, branch) in out.iter().enumerate() {
+        let stats = pipeline
+            .by_name(&format!("c{i}"))
+            .unwrap()
+            .property::<gst::Structure>("stats");
+        branch.lock().unwrap().batches = (
+            stats.get("shared-batches").unwrap(),
+            stats.get("shared-batched-frames").unwrap(),
+        );
+    }
     pipeline.set_state(gst::State::Null).unwrap();
     out.iter().map(|b| b.lock().unwrap().clone()).collect()
 }
@@ -107,6 +119,15 @@ fn four_elements_share_one_session_and_match_unshared_runs() {
         "unshared elements share a session: {own:?}"
     );
     assert!(unshared.iter().all(|b| b.streams.iter().all(|&s| s == 1)));
+    // The group's counters: every frame of the four streams ran in some batch, and frames did
+    // run together (more frames than batches); unshared elements run no shared batches.
+    let (batches, frames) = shared[0].batches;
+    assert!(shared.iter().all(|b| b.batches == (batches, frames)));
+    let total: usize = shared.iter().map(|b| b.results.len()).sum();
+    assert_eq!(frames as usize, total);
+    assert!(frames > batches, "{frames} frames in {batches} batches");
+    eprintln!("{frames} frames in {batches} batches");
+    assert!(unshared.iter().all(|b| b.batches == (0, 0)));
 
     let mut worst = 0.0f64;
     for (i, (s, u)) in shared.iter().zip(&unshared).enumerate() {
