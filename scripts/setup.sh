@@ -4,7 +4,8 @@
 # scripts/gst-elements.tsv, each of which is then checked to exist), a Rust toolchain if missing,
 # and the ONNX Runtime shared library from the official `onnxruntime` PyPI wheel into
 # .cache/onnxruntime/lib/. Idempotent and quick when everything is in place. Run as root or with
-# sudo available.
+# sudo available. `scripts/setup.sh --openvino` (or `make setup-openvino`) also installs the ONNX
+# Runtime build with the OpenVINO execution provider (scripts/setup-openvino.sh).
 set -euo pipefail
 
 ORT_VERSION=1.31.1
@@ -111,4 +112,8 @@ with zipfile.ZipFile(wheel) as z:
 PY
     ln -sf "$ORT_LIB" "$cache/lib/libonnxruntime.so"
     say "ONNX Runtime $ORT_VERSION installed in $cache/lib"
+fi
+
+if [ "${1:-}" = "--openvino" ]; then
+    bash "$here/scripts/setup-openvino.sh"
 fi

@@ -32,6 +32,10 @@ pub struct ModelArgs {
     /// auto | cpu | cuda | tensorrt | openvino | qnn | coreml | nnapi | xnnpack
     #[arg(long, default_value = "auto")]
     pub execution_provider: ExecutionProvider,
+    /// Execution provider options, key=value,... (the element's `ep-options`), e.g.
+    /// device_type=CPU for openvino
+    #[arg(long, default_value = "")]
+    pub ep_options: String,
     /// Run on CPU when the requested provider is missing
     #[arg(long)]
     pub ep_fallback: bool,
@@ -52,6 +56,7 @@ impl ModelArgs {
             output_kind: self.output_kind,
             top_k: self.top_k,
             execution_provider: self.execution_provider,
+            ep_options: inference::EpOptions::parse(&self.ep_options)?,
             ep_fallback: self.ep_fallback,
             threads: self.threads,
         })
@@ -69,6 +74,7 @@ impl ModelArgs {
                 "execution-provider",
                 self.execution_provider.as_str().to_string(),
             ),
+            ("ep-options", self.ep_options.clone()),
             ("ep-fallback", self.ep_fallback.to_string()),
             ("threads", self.threads.to_string()),
         ];

@@ -102,17 +102,96 @@ impl ExecutionProvider {
         r.unwrap_or(false)
     }
 
-    fn dispatch(self) -> Option<ep::ExecutionProviderDispatch> {
+    /// Whether `ep-options` can be passed to this provider (ONNX Runtime's key/value provider
+    /// options; NNAPI takes flags, CPU and `auto` take none).
+    pub fn takes_options(self) -> bool {
+        !matches!(self, Self::Auto | Self::Cpu | Self::Nnapi)
+    }
+
+    /// The provider's registration with `options` (key, value) applied.
+    fn dispatch(self, options: &EpOptions) -> Option<ep::ExecutionProviderDispatch> {
+        fn with<E: ort::ep::ArbitrarilyConfigurableExecutionProvider>(
+            mut e: E,
+            options: &EpOptions,
+        ) -> E {
+            for (k, v) in &options.0 {
+                e = e.with_arbitrary_config(k, v);
+            }
+            e
+        }
         Some(match self {
             Self::Auto | Self::Cpu => return None,
-            Self::Cuda => ep::CUDA::default().build(),
-            Self::TensorRt => ep::TensorRT::default().build(),
-            Self::OpenVino => ep::OpenVINO::default().build(),
-            Self::Qnn => ep::QNN::default().build(),
-            Self::CoreMl => ep::CoreML::default().build(),
+            Self::Cuda => with(ep::CUDA::default(), options).build(),
+            Self::TensorRt => with(ep::TensorRT::default(), options).build(),
+            Self::OpenVino => with(ep::OpenVINO::default(), options).build(),
+            Self::Qnn => with(ep::QNN::default(), options).build(),
+            Self::CoreMl => with(ep::CoreML::default(), options).build(),
             Self::Nnapi => ep::NNAPI::default().build(),
-            Self::Xnnpack => ep::XNNPACK::default().build(),
+            Self::Xnnpack => with(ep::XNNPACK::default(), options).build(),
         })
+    }
+
+    /// Which ONNX Runtime build has this provider, and how to get it.
+    fn install_hint(self) -> &'static str {
+        match self {
+            Self::OpenVino => ortlib::OPENVINO_INSTALL_HINT,
+            Self::Cuda | Self::TensorRt => {
+                "install the onnxruntime-gpu build (CUDA 12) and point ORT_DYLIB_PATH at its \
+                 libonnxruntime.so"
+            }
+            Self::Qnn => {
+                "install the onnxruntime-qnn build and point ORT_DYLIB_PATH at its \
+                 libonnxruntime.so"
+            }
+            Self::CoreMl => "CoreML is in the default macOS build of ONNX Runtime",
+            Self::Nnapi => "NNAPI is in the Android build of ONNX Runtime",
+            _ => "see docs/element.md, 'Execution providers'",
+        }
+    }
+
+    /// The ONNX Runtime build the first session of a process should load for this provider.
+    fn preferred_build(self) -> ortlib::OrtBuild {
+        match self {
+            Self::OpenVino => ortlib::OrtBuild::OpenVino,
+            _ => ortlib::OrtBuild::Default,
+        }
+    }
+}
+
+/// Execution provider options (`ep-options`): `key=value` pairs handed to the provider as they
+/// are, e.g. `device_type=NPU,precision=FP16,cache_dir=/var/cache/ov` for OpenVINO.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EpOptions(pub Vec<(String, String)>);
+
+impl EpOptions {
+    /// Parses `key=value,key=value`; empty means none. Keys must be unique.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (k, v) = item.split_once('=').ok_or_else(|| {
+                format!("ep-options: '{item}' is not key=value (expected e.g. device_type=CPU)")
+            })?;
+            let (k, v) = (k.trim(), v.trim());
+            if k.is_empty() {
+                return Err(format!("ep-options: '{item}' has an empty key"));
+            }
+            if out.iter().any(|(have, _)| have == k) {
+                return Err(format!("ep-options: key '{k}' is given twice"));
+            }
+            out.push((k.to_string(), v.to_string()));
+        }
+        Ok(Self(out))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Display for EpOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let items: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        f.write_str(&items.join(","))
     }
 }
 
@@ -136,6 +215,8 @@ pub struct ModelConfig {
     pub output_kind: OutputKind,
     pub top_k: usize,
     pub execution_provider: ExecutionProvider,
+    /// Options for the execution provider (needs an explicit provider that takes options).
+    pub ep_options: EpOptions,
     /// Fall back to CPU (with a warning) when an explicitly requested provider is missing.
     pub ep_fallback: bool,
     /// Intra-op threads; 0 lets ONNX Runtime decide.
@@ -151,6 +232,7 @@ impl Default for ModelConfig {
             output_kind: OutputKind::Auto,
             top_k: 5,
             execution_provider: ExecutionProvider::Auto,
+            ep_options: EpOptions::default(),
             ep_fallback: false,
             threads: 0,
         }
@@ -175,6 +257,15 @@ pub enum InferenceError {
         requested: &'static str,
         reason: String,
     },
+    /// `ep-options` that cannot apply, or that the provider rejected (`option` names which).
+    #[error("execution provider '{provider}': {reason}")]
+    ProviderOptions {
+        provider: &'static str,
+        reason: String,
+    },
+    /// Elements named one `model-instance-id` but asked for different sessions.
+    #[error("{0}")]
+    SharedMismatch(String),
     #[error(transparent)]
     Preprocess(#[from] PreprocessError),
     #[error("inference failed: {0}")]
@@ -188,8 +279,18 @@ pub struct FrameTiming {
     pub inference_us: u64,
 }
 
+/// Sessions loaded by this process so far (each [`ModelSession`] gets the next number as its id).
+static SESSIONS_LOADED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many ONNX Runtime sessions this process has loaded (models, any provider).
+pub fn sessions_loaded() -> u64 {
+    SESSIONS_LOADED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A loaded session plus its input/output description.
 pub struct ModelSession {
+    /// Unique in the process, from 1.
+    pub id: u64,
     pub session: Session,
     pub input_name: String,
     pub spec: TensorSpec,
@@ -297,6 +398,7 @@ fn build_session(
     env: &ort::environment::Environment,
     path: &Path,
     provider: ExecutionProvider,
+    options: &EpOptions,
     threads: usize,
 ) -> Result<Session, String> {
     let mut builder = Session::builder(env)
@@ -308,7 +410,7 @@ fn build_session(
             .with_intra_threads(threads)
             .map_err(|e| e.to_string())?;
     }
-    if let Some(dispatch) = provider.dispatch() {
+    if let Some(dispatch) = provider.dispatch(options) {
         builder = builder
             .with_execution_providers([dispatch.error_on_failure()])
             .map_err(|e| e.to_string())?;
@@ -382,11 +484,49 @@ pub fn read_scores(
     Ok(())
 }
 
+/// The provider works without `options` but not with them: finds the entry it rejects (each
+/// tried alone) so the error names it.
+fn rejected_option(
+    env: &ort::environment::Environment,
+    path: &Path,
+    provider: ExecutionProvider,
+    options: &EpOptions,
+    threads: usize,
+    reason: &str,
+) -> InferenceError {
+    for (k, v) in &options.0 {
+        let single = EpOptions(vec![(k.clone(), v.clone())]);
+        if let Err(why) = build_session(env, path, provider, &single, threads) {
+            return InferenceError::ProviderOptions {
+                provider: provider.as_str(),
+                reason: format!("rejected ep-options entry '{k}={v}': {why}"),
+            };
+        }
+    }
+    InferenceError::ProviderOptions {
+        provider: provider.as_str(),
+        reason: format!("rejected ep-options '{options}' together: {reason}"),
+    }
+}
+
 impl ModelSession {
     /// Loads `path` on the requested provider (see [`ExecutionProvider`] for `auto`).
     pub fn load(
         path: &Path,
         provider: ExecutionProvider,
+        ep_fallback: bool,
+        threads: usize,
+    ) -> Result<Self, InferenceError> {
+        Self::load_with_options(path, provider, &EpOptions::default(), ep_fallback, threads)
+    }
+
+    /// [`ModelSession::load`] with provider options. Options an explicit provider rejects are an
+    /// error naming the entry, also with `ep_fallback` (they are a mistake, not a missing
+    /// provider).
+    pub fn load_with_options(
+        path: &Path,
+        provider: ExecutionProvider,
+        options: &EpOptions,
         ep_fallback: bool,
         threads: usize,
     ) -> Result<Self, InferenceError> {
@@ -397,21 +537,31 @@ impl ModelSession {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let env = ortlib::environment()?;
+        if !options.is_empty() && !provider.takes_options() {
+            return Err(InferenceError::ProviderOptions {
+                provider: provider.as_str(),
+                reason: format!(
+                    "ep-options '{options}' need an explicit execution-provider that takes \
+                     options (cuda, tensorrt, openvino, qnn, coreml, xnnpack)"
+                ),
+            });
+        }
+        let env = ortlib::environment_for(provider.preferred_build())?;
+        let none = EpOptions::default();
         let load_err = |reason: String| InferenceError::ModelLoad {
             path: path.to_path_buf(),
             reason,
         };
         let (session, active, fallback_warning) = match provider {
             ExecutionProvider::Cpu => (
-                build_session(env, path, provider, threads).map_err(load_err)?,
+                build_session(env, path, provider, &none, threads).map_err(load_err)?,
                 ExecutionProvider::Cpu,
                 None,
             ),
             ExecutionProvider::Auto => {
                 let mut chosen = None;
                 for candidate in AUTO_ORDER.into_iter().filter(|p| p.is_available()) {
-                    if let Ok(s) = build_session(env, path, candidate, threads) {
+                    if let Ok(s) = build_session(env, path, candidate, &none, threads) {
                         chosen = Some((s, candidate));
                         break;
                     }
@@ -419,7 +569,7 @@ impl ModelSession {
                 match chosen {
                     Some((s, p)) => (s, p, None),
                     None => (
-                        build_session(env, path, ExecutionProvider::Cpu, threads)
+                        build_session(env, path, ExecutionProvider::Cpu, &none, threads)
                             .map_err(load_err)?,
                         ExecutionProvider::Cpu,
                         None,
@@ -428,20 +578,34 @@ impl ModelSession {
             }
             requested => {
                 let attempt = if requested.is_available() {
-                    build_session(env, path, requested, threads)
+                    build_session(env, path, requested, options, threads)
                 } else {
                     Err(format!(
-                        "the ONNX Runtime at {} was built without {}",
+                        "the ONNX Runtime at {} was built without {} ({}; one process loads one \
+                         ONNX Runtime library, picked before its first model loads: {}=openvino \
+                         or {})",
                         ortlib::loaded_path()
                             .map(|p| p.display().to_string())
                             .unwrap_or_default(),
-                        requested.as_str()
+                        requested.as_str(),
+                        requested.install_hint(),
+                        ortlib::ORT_BUILD_VAR,
+                        ortlib::ORT_DYLIB_PATH,
                     ))
                 };
+                if let Err(reason) = &attempt
+                    && requested.is_available()
+                    && !options.is_empty()
+                    && build_session(env, path, requested, &none, threads).is_ok()
+                {
+                    return Err(rejected_option(
+                        env, path, requested, options, threads, reason,
+                    ));
+                }
                 match attempt {
                     Ok(s) => (s, requested, None),
                     Err(reason) if ep_fallback => (
-                        build_session(env, path, ExecutionProvider::Cpu, threads)
+                        build_session(env, path, ExecutionProvider::Cpu, &none, threads)
                             .map_err(load_err)?,
                         ExecutionProvider::Cpu,
                         Some(format!(
@@ -462,6 +626,7 @@ impl ModelSession {
         };
         let (input_name, spec) = input_spec(&session, path)?;
         let mut this = Self {
+            id: SESSIONS_LOADED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
             session,
             input_name,
             spec,
@@ -494,9 +659,17 @@ impl ModelSession {
     }
 }
 
+/// Where a classifier's model runs: its own session, or a session shared with other elements
+/// through a batcher ([`crate::shared_inference`]).
+enum Engine {
+    Own(ModelSession),
+    Shared(crate::shared_inference::Member),
+}
+
 /// A ready-to-use image classifier: frames in, [`Classification`]s out.
 pub struct Classifier {
-    model: ModelSession,
+    engine: Engine,
+    spec: TensorSpec,
     preprocessor: Preprocessor,
     postprocessor: Postprocessor,
     row: Vec<f32>,
@@ -511,25 +684,66 @@ fn default_labels(width: usize) -> Labels {
     }
 }
 
+/// How a classifier shares its session with others in the process.
+#[derive(Debug, Clone)]
+pub struct Sharing {
+    /// Group name (`model-instance-id`); `None`: every classifier with the same session settings.
+    pub instance_id: Option<String>,
+    pub batching: crate::shared_inference::Batching,
+}
+
 impl Classifier {
+    /// A classifier with its own session.
     pub fn load(config: &ModelConfig) -> Result<Self, InferenceError> {
-        let model = ModelSession::load(
-            &config.model,
-            config.execution_provider,
-            config.ep_fallback,
-            config.threads,
-        )?;
+        Self::load_sharing(config, None)
+    }
+
+    /// A classifier whose session is shared (`Some`) or its own (`None`). Labels, normalisation,
+    /// output kind and top-k stay per classifier; only the session is shared.
+    pub fn load_sharing(
+        config: &ModelConfig,
+        sharing: Option<&Sharing>,
+    ) -> Result<Self, InferenceError> {
+        let (engine, spec, width) = match sharing {
+            None => {
+                let model = ModelSession::load_with_options(
+                    &config.model,
+                    config.execution_provider,
+                    &config.ep_options,
+                    config.ep_fallback,
+                    config.threads,
+                )?;
+                let (spec, width) = (model.spec, model.width);
+                (Engine::Own(model), spec, width)
+            }
+            Some(sharing) => {
+                let member = crate::shared_inference::attach(
+                    &crate::shared_inference::SessionConfig {
+                        model: config.model.clone(),
+                        execution_provider: config.execution_provider,
+                        ep_options: config.ep_options.clone(),
+                        ep_fallback: config.ep_fallback,
+                        threads: config.threads,
+                    },
+                    sharing.instance_id.as_deref(),
+                    sharing.batching,
+                )?;
+                let (spec, width) = (*member.spec(), member.width());
+                (Engine::Shared(member), spec, width)
+            }
+        };
         let labels = match &config.labels {
             Some(path) => Labels::load(path).map_err(|e| InferenceError::Labels(e.0))?,
-            None => default_labels(model.width),
+            None => default_labels(width),
         };
-        let postprocessor =
-            Postprocessor::new(labels, model.width, config.output_kind, config.top_k).map_err(
-                |e| InferenceError::Labels(format!("model '{}': {e}", config.model.display())),
-            )?;
-        let preprocessor = Preprocessor::new(model.spec, config.normalization)?;
+        let postprocessor = Postprocessor::new(labels, width, config.output_kind, config.top_k)
+            .map_err(|e| {
+                InferenceError::Labels(format!("model '{}': {e}", config.model.display()))
+            })?;
+        let preprocessor = Preprocessor::new(spec, config.normalization)?;
         Ok(Self {
-            model,
+            engine,
+            spec,
             preprocessor,
             postprocessor,
             row: Vec::new(),
@@ -537,15 +751,45 @@ impl Classifier {
     }
 
     pub fn spec(&self) -> &TensorSpec {
-        &self.model.spec
+        &self.spec
     }
 
     pub fn active_provider(&self) -> &'static str {
-        self.model.active_provider
+        match &self.engine {
+            Engine::Own(m) => m.active_provider,
+            Engine::Shared(m) => m.active_provider(),
+        }
     }
 
     pub fn fallback_warning(&self) -> Option<&str> {
-        self.model.fallback_warning.as_deref()
+        match &self.engine {
+            Engine::Own(m) => m.fallback_warning.as_deref(),
+            Engine::Shared(m) => m.fallback_warning(),
+        }
+    }
+
+    /// Id of the ONNX Runtime session the model runs on (shared classifiers report the same).
+    pub fn session_id(&self) -> u64 {
+        match &self.engine {
+            Engine::Own(m) => m.id,
+            Engine::Shared(m) => m.session_id(),
+        }
+    }
+
+    /// The shared session's group, to count its members from another thread.
+    pub fn sharing_group(&self) -> Option<crate::shared_inference::Group> {
+        match &self.engine {
+            Engine::Own(_) => None,
+            Engine::Shared(m) => Some(m.group()),
+        }
+    }
+
+    /// Classifiers using this one's session now, this one included (1 when not shared).
+    pub fn sharing_streams(&self) -> usize {
+        match &self.engine {
+            Engine::Own(_) => 1,
+            Engine::Shared(m) => m.streams(),
+        }
     }
 
     pub fn postprocessor(&self) -> &Postprocessor {
@@ -565,7 +809,8 @@ impl Classifier {
         Ok(self.preprocessor.process(frame)?)
     }
 
-    /// Classifies one video frame.
+    /// Classifies one video frame. With a shared session, `inference_us` includes the wait for
+    /// the batch.
     pub fn classify_frame<T>(
         &mut self,
         frame: &gst_video::VideoFrameRef<T>,
@@ -573,13 +818,16 @@ impl Classifier {
         let t0 = Instant::now();
         self.preprocessor.process(frame)?;
         let t1 = Instant::now();
-        run_session(
-            &mut self.model.session,
-            &self.model.input_name,
-            &self.model.spec,
-            self.preprocessor.tensor(),
-            &mut self.row,
-        )?;
+        match &mut self.engine {
+            Engine::Own(model) => run_session(
+                &mut model.session,
+                &model.input_name,
+                &model.spec,
+                self.preprocessor.tensor(),
+                &mut self.row,
+            )?,
+            Engine::Shared(member) => member.infer(&mut self.preprocessor, &mut self.row)?,
+        }
         let t2 = Instant::now();
         let result = self.postprocessor.classify(&self.row);
         Ok((
@@ -589,5 +837,58 @@ impl Classifier {
                 inference_us: (t2 - t1).as_micros() as u64,
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ep_options_parse_key_value_lists() {
+        assert!(EpOptions::parse("").unwrap().is_empty());
+        assert!(EpOptions::parse(" , ").unwrap().is_empty());
+        let o = EpOptions::parse("device_type=NPU, precision=FP16,cache_dir=/tmp/a=b").unwrap();
+        assert_eq!(
+            o.0,
+            vec![
+                ("device_type".to_string(), "NPU".to_string()),
+                ("precision".to_string(), "FP16".to_string()),
+                ("cache_dir".to_string(), "/tmp/a=b".to_string()),
+            ]
+        );
+        assert_eq!(
+            o.to_string(),
+            "device_type=NPU,precision=FP16,cache_dir=/tmp/a=b"
+        );
+        let e = EpOptions::parse("device_type").unwrap_err();
+        assert!(e.contains("'device_type' is not key=value"), "{e}");
+        let e = EpOptions::parse("=CPU").unwrap_err();
+        assert!(e.contains("empty key"), "{e}");
+        let e = EpOptions::parse("a=1,a=2").unwrap_err();
+        assert!(e.contains("'a' is given twice"), "{e}");
+    }
+
+    #[test]
+    fn options_only_go_to_providers_that_take_them() {
+        for p in [
+            ExecutionProvider::Auto,
+            ExecutionProvider::Cpu,
+            ExecutionProvider::Nnapi,
+        ] {
+            assert!(!p.takes_options(), "{}", p.as_str());
+        }
+        assert!(ExecutionProvider::OpenVino.takes_options());
+        // Refused before any library is loaded or model read.
+        let model = models_dir().join(DEFAULT_DEVICE_MODEL);
+        let opts = EpOptions::parse("device_type=CPU").unwrap();
+        let err = ModelSession::load_with_options(&model, ExecutionProvider::Auto, &opts, false, 0)
+            .err()
+            .expect("an error");
+        let text = err.to_string();
+        assert!(
+            text.contains("device_type=CPU") && text.contains("explicit execution-provider"),
+            "{text}"
+        );
     }
 }

@@ -22,6 +22,7 @@ pub mod profile;
 pub mod protocol;
 pub mod quic;
 pub mod server;
+pub mod shared_inference;
 pub mod tls;
 pub mod tools;
 pub mod trace;

@@ -233,6 +233,13 @@ impl Preprocessor {
         &self.tensor
     }
 
+    /// Exchanges the tensor with `other` (a tensor of the same spec: [`Tensor::zeros`]), so the
+    /// shared batcher can take a frame's tensor without copying it. Every `process` overwrites
+    /// the whole tensor, so what comes back needs no clearing.
+    pub fn swap_tensor(&mut self, other: &mut Tensor) {
+        std::mem::swap(&mut self.tensor, other);
+    }
+
     fn ensure_converter(&mut self, info: &gst_video::VideoInfo) -> Result<(), PreprocessError> {
         if self.converter.is_some() && self.converter_for.as_ref() == Some(info) {
             return Ok(());

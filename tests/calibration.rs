@@ -19,6 +19,7 @@ fn default_model_args() -> ModelArgs {
         output_kind: Default::default(),
         top_k: 5,
         execution_provider: Default::default(),
+        ep_options: String::new(),
         ep_fallback: false,
         threads: 0,
     }

@@ -283,6 +283,27 @@ fn missing_execution_provider_errors_unless_fallback() {
     assert_eq!(run.provider, "cpu");
 }
 
+/// `ep-options` that cannot reach a provider are a settings error naming them, before any model
+/// loads: unparsable, or given with `auto`/`cpu` (no provider chosen that takes options).
+#[test]
+fn ep_options_need_an_explicit_provider_and_must_parse() {
+    for (props, needle) in [
+        ("ep-options=device_type", "'device_type' is not key=value"),
+        ("ep-options=device_type=CPU", "explicit execution-provider"),
+        (
+            "execution-provider=cpu ep-options=device_type=CPU",
+            "explicit execution-provider",
+        ),
+    ] {
+        let run = run_pipeline(&format!(
+            "videotestsrc num-buffers=2 ! cbofilter name=cbo {props} ! fakesink"
+        ));
+        let (err, _) = run.error.expect("an error");
+        assert!(err.matches(gst::LibraryError::Settings), "{props}: {err}");
+        assert!(err.message().contains(needle), "{props}: {err}");
+    }
+}
+
 /// A calibration file for the running model makes `confidence` the calibrated value; one for
 /// another model, or a corrupt one, is an error at start.
 #[test]
@@ -435,9 +456,16 @@ fn shared_plugin_from_gst_launch_and_missing_onnxruntime() {
         "output-kind",
         "top-k",
         "execution-provider",
+        "ep-options",
         "ep-fallback",
         "active-execution-provider",
         "threads",
+        "shared-session",
+        "model-instance-id",
+        "max-batch",
+        "batch-timeout",
+        "session-id",
+        "shared-streams",
         "post-messages",
         "calibration",
         "server",

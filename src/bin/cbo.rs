@@ -2,7 +2,9 @@
 //! evaluate offloading policies, emulate a cellular uplink, load-test a server.
 
 use clap::{Parser, Subcommand};
-use gstcbo::tools::{bench, calibrate, classify, eval, loadgen, netem, overlay, profile};
+use gstcbo::tools::{
+    bench, bench_streams, calibrate, classify, eval, loadgen, netem, overlay, profile,
+};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +56,13 @@ fn main() -> std::process::ExitCode {
                 eprintln!("{}", serde_json::to_string(&s).unwrap_or_default());
             } else {
                 classify::print_summary(&s);
+            }
+        }),
+        Command::Bench(args) if args.streams > 1 => bench_streams::run(&args).map(|r| {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                bench_streams::print_report(&r);
             }
         }),
         Command::Bench(args) => bench::run(&args).map(|r| {

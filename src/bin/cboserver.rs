@@ -257,6 +257,7 @@ fn config(cli: &Cli) -> Result<ServerConfig, String> {
         output_kind: cli.output_kind,
         top_k: cli.max_top_k.max(1),
         execution_provider: cli.execution_provider,
+        ep_options: Default::default(),
         ep_fallback: cli.ep_fallback,
         threads: cli.threads,
     };

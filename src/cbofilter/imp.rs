@@ -51,6 +51,8 @@ pub struct CboFilter {
     /// Hold mode's queue, shared with the output task, the planner thread and the client.
     pub(super) hold: Arc<Hold>,
     pub(super) active_provider: Mutex<String>,
+    /// The session's id and, when shared, its group (0 and `None` until started).
+    pub(super) session: Mutex<(u64, Option<crate::shared_inference::Group>)>,
 }
 
 #[glib::object_subclass]
@@ -116,6 +118,7 @@ impl ObjectSubclass for CboFilter {
             hold: Arc::new(Hold::default()),
             offload: Mutex::new(None),
             active_provider: Mutex::new(String::new()),
+            session: Mutex::new((0, None)),
         }
     }
 }
@@ -150,6 +153,18 @@ impl ObjectImpl for CboFilter {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         match pspec.name() {
             "active-execution-provider" => self.active_provider.lock().unwrap().to_value(),
+            // Read without waiting for the streaming thread (which holds `state` while it
+            // classifies, up to batch-timeout plus one batch).
+            "session-id" => self.session.lock().unwrap().0.to_value(),
+            "shared-streams" => {
+                let session = self.session.lock().unwrap();
+                let streams = match &session.1 {
+                    Some(group) => group.streams(),
+                    None if session.0 > 0 => 1,
+                    None => 0,
+                };
+                (streams as u32).to_value()
+            }
             "stats" => self.stats().to_value(),
             _ => self
                 .settings
@@ -422,11 +437,22 @@ impl CboFilter {
                 return false;
             }
             let (live, min, max) = upstream.result();
-            let extra = if self.offloading() {
-                gst::ClockTime::from_mseconds(self.settings.lock().unwrap().deadline_ms as u64)
+            let (deadline_ms, batch_us) = {
+                let s = self.settings.lock().unwrap();
+                (
+                    s.deadline_ms,
+                    s.shared_session.then_some(s.batch_timeout_us),
+                )
+            };
+            let mut extra = if self.offloading() {
+                gst::ClockTime::from_mseconds(deadline_ms as u64)
             } else {
                 gst::ClockTime::ZERO
             };
+            // A shared session may hold a frame for the batch to fill.
+            if let Some(us) = batch_us {
+                extra += gst::ClockTime::from_useconds(us as u64);
+            }
             gst::debug!(
                 CAT,
                 imp = self,
@@ -443,6 +469,14 @@ impl CboFilter {
         let counts = self.hold.counts();
         let client = self.offload().map(|o| o.client.stats());
         let c = client.unwrap_or_default();
+        let (batches, batched_frames) = self
+            .session
+            .lock()
+            .unwrap()
+            .1
+            .as_ref()
+            .map(|g| g.batches())
+            .unwrap_or((0, 0));
         gst::Structure::builder("cbo-stats")
             .field("frames", counts.frames)
             .field("kept", counts.kept)
@@ -459,6 +493,8 @@ impl CboFilter {
             .field("encode-ms", c.encode_us / 1000.0)
             .field("reconnects", c.reconnects)
             .field("connected", c.connected)
+            .field("shared-batches", batches)
+            .field("shared-batched-frames", batched_frames)
             .build()
     }
 

@@ -17,7 +17,7 @@ use super::offload::{ElementEffects, Offload, client_events};
 use super::settings::Settings;
 use super::{CAT, Policy};
 use crate::calibration::{CalibrationFile, Calibrator};
-use crate::inference::{Classifier, InferenceError, ModelConfig};
+use crate::inference::{Classifier, EpOptions, InferenceError, ModelConfig, Sharing};
 use crate::jpeg::FrameEncoder;
 use crate::offload::client::{ClientConfig, OffloadClient};
 use crate::offload::clock::SystemClock;
@@ -26,6 +26,7 @@ use crate::offload::policy::{PolicyKind, PolicySpec};
 use crate::postprocess::OutputKind;
 use crate::preprocess::Normalization;
 use crate::profile::Profile;
+use crate::shared_inference::Batching;
 use crate::tls::Trust;
 
 /// Uplink estimate policy=cbo / fastva start from before any answer has measured it.
@@ -86,6 +87,8 @@ fn model_config(s: &Settings) -> Result<ModelConfig, gst::ErrorMessage> {
         output_kind: s.output_kind.into(),
         top_k: s.top_k as usize,
         execution_provider: s.execution_provider.into(),
+        ep_options: EpOptions::parse(&s.ep_options)
+            .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{e}")))?,
         ep_fallback: s.ep_fallback,
         threads: s.threads as usize,
     })
@@ -164,7 +167,14 @@ impl CboFilter {
             (None, None) => None,
         };
         gst::info!(CAT, imp = self, "loading model {}", config.model.display());
-        let classifier = Classifier::load(&config).map_err(load_error)?;
+        let sharing = settings.shared_session.then(|| Sharing {
+            instance_id: settings.model_instance_id.clone(),
+            batching: Batching {
+                max_batch: settings.max_batch,
+                timeout: Duration::from_micros(settings.batch_timeout_us as u64),
+            },
+        });
+        let classifier = Classifier::load_sharing(&config, sharing.as_ref()).map_err(load_error)?;
         if let Some(w) = classifier.fallback_warning() {
             gst::element_imp_warning!(self, gst::LibraryError::Init, ("{w}"));
         }
@@ -172,16 +182,19 @@ impl CboFilter {
         gst::info!(
             CAT,
             imp = self,
-            "model input {}x{} {:?} {:?}, {} scores, output {:?}, on {}",
+            "model input {}x{} {:?} {:?}, {} scores, output {:?}, on {}, session {} ({} stream(s))",
             spec.width,
             spec.height,
             spec.layout,
             spec.elem,
             classifier.postprocessor().width(),
             classifier.postprocessor().kind(),
-            classifier.active_provider()
+            classifier.active_provider(),
+            classifier.session_id(),
+            classifier.sharing_streams()
         );
         *self.active_provider.lock().unwrap() = classifier.active_provider().to_string();
+        *self.session.lock().unwrap() = (classifier.session_id(), classifier.sharing_group());
         if policy.is_some() && trust.is_none() {
             gst::element_imp_warning!(
                 self,
@@ -344,6 +357,8 @@ impl CboFilter {
         if let Some(state) = self.state.lock().unwrap().take() {
             gst::info!(CAT, imp = self, "stopped after {} frames", state.frame);
         }
+        // The state (and with it the classifier's membership of a shared session) is gone.
+        self.session.lock().unwrap().1 = None;
         self.hold.flush();
     }
 }

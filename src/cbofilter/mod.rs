@@ -15,7 +15,10 @@
 //!
 //! # Threads
 //!
-//! - **Streaming thread** (upstream's): classifies each buffer. Device only: pushes it at once.
+//! - **Streaming thread** (upstream's): classifies each buffer. With `shared-session` (the
+//!   default) it queues the tensor in the shared session and waits for its row; the streaming
+//!   thread whose frame fills the batch, or waits longest (`batch-timeout`), runs the batch for
+//!   every element of the group ([`crate::shared_inference`]). Device only: pushes it at once.
 //!   Offloading: queues it in the hold queue, undecided, and sends it to the planner thread.
 //!   Serialized events queue behind the frames; FLUSH_STOP drops what is held.
 //! - **Output task** (the source pad's, offloading only): pushes the head of the hold queue
@@ -34,7 +37,17 @@
 //! 3. `hold.inner` (the queue; its condition variable is the only wait with a lock: the
 //!    streaming thread waits for room, the output task for the head, serialized queries for the
 //!    queue to drain)
-//! 4. `settings` and `active_provider` (leaves: copied out, nothing taken under them)
+//! 4. `settings`, `active_provider` and `session` (leaves: copied out, nothing taken under them)
+//!
+//! With `shared-session`, the streaming thread holds `state` while it waits for its frame's row,
+//! on the shared session's queue condition variable (the queue lock released while waiting);
+//! running a batch it holds the session's engine lock (the model) and, one at a time, the slots
+//! of the frames in the batch. Those locks are the shared session's own (see
+//! [`crate::shared_inference`]); nothing of any element is taken under them, so elements never
+//! wait on each other's `state`. The wait ends at most `batch-timeout` plus one batch inference
+//! (plus a batch already running) after the frame was queued. Start (attach) takes the
+//! process-wide registry of shared sessions and may load the model under it, so that elements
+//! starting together load one session; stop (leaving the group) takes the queue lock.
 //!
 //! The streaming thread releases `state` before it queues a frame, so that no lock is held across
 //! the condition variable's wait but the queue's own; the planner thread and the client's

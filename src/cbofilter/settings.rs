@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_IN_FLIGHT: u32 = 8;
 /// cbo with and without reuse; see docs/policy.md).
 pub const DEFAULT_REUSE_WINDOW_MS: u32 = 1000;
 pub const DEFAULT_THRESHOLD: f64 = 0.5;
+/// Shared session: how long the oldest frame waits for the batch to fill, in µs.
+pub const DEFAULT_BATCH_TIMEOUT_US: u32 = 2000;
 pub const DEFAULT_PROFILE: &str = "efficientnet-lite0-to-lite2.profile.json";
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -34,8 +36,13 @@ pub struct Settings {
     pub output_kind: OutputKindProp,
     pub top_k: u32,
     pub execution_provider: ExecutionProviderProp,
+    pub ep_options: String,
     pub ep_fallback: bool,
     pub threads: u32,
+    pub shared_session: bool,
+    pub model_instance_id: Option<String>,
+    pub max_batch: u32,
+    pub batch_timeout_us: u32,
     pub post_messages: bool,
     pub calibration: Option<String>,
     pub server: String,
@@ -65,8 +72,13 @@ impl Default for Settings {
             output_kind: OutputKindProp::Auto,
             top_k: DEFAULT_TOP_K,
             execution_provider: ExecutionProviderProp::Auto,
+            ep_options: String::new(),
             ep_fallback: false,
             threads: 0,
+            shared_session: true,
+            model_instance_id: None,
+            max_batch: 0,
+            batch_timeout_us: DEFAULT_BATCH_TIMEOUT_US,
             post_messages: false,
             calibration: None,
             server: String::new(),
@@ -134,9 +146,15 @@ pub fn properties() -> &'static [glib::ParamSpec] {
                 ExecutionProviderProp::Auto,
             )
             .nick("Execution provider")
-            .blurb("ONNX Runtime execution provider for the device model; a provider the loaded ONNX Runtime lacks is an error unless ep-fallback=true")
+            .blurb("ONNX Runtime execution provider for the device model; a provider the loaded ONNX Runtime lacks is an error unless ep-fallback=true. One process loads one ONNX Runtime library, when its first model loads: openvino then loads the onnxruntime-openvino build (make setup-openvino) if installed; CBO_ORT_BUILD=openvino|default or ORT_DYLIB_PATH pick it explicitly")
             .mutable_ready()
             .build(),
+            glib::ParamSpecString::builder("ep-options")
+                .nick("EP options")
+                .blurb("Options for the execution provider, key=value,... passed to it as they are (e.g. OpenVINO: device_type=CPU|GPU|NPU, precision=FP32|FP16|ACCURACY, cache_dir=DIR, num_of_threads=N). Needs an explicit execution-provider; an entry the provider rejects is an error naming it")
+                .default_value(Some(""))
+                .mutable_ready()
+                .build(),
             glib::ParamSpecBoolean::builder("ep-fallback")
                 .nick("EP fallback")
                 .blurb("Run on CPU with a warning instead of failing when the requested execution provider is unavailable")
@@ -154,6 +172,41 @@ pub fn properties() -> &'static [glib::ParamSpec] {
                 .maximum(256)
                 .default_value(0)
                 .mutable_ready()
+                .build(),
+            glib::ParamSpecBoolean::builder("shared-session")
+                .nick("Shared session")
+                .blurb("Share one ONNX Runtime session, and batch frames, with the other cbofilter elements of the process that run the same model file with the same execution-provider, ep-options, ep-fallback and threads (or the same model-instance-id). Labels, normalisation, calibration and offloading stay per element; pre-processing stays on each streaming thread")
+                .default_value(true)
+                .mutable_ready()
+                .build(),
+            glib::ParamSpecString::builder("model-instance-id")
+                .nick("Model instance id")
+                .blurb("shared-session=true: share the session with exactly the elements of the same id (their session settings must match, else an error); unset: with every element of the same session settings")
+                .mutable_ready()
+                .build(),
+            glib::ParamSpecUInt::builder("max-batch")
+                .nick("Max batch")
+                .blurb("shared-session=true: frames run together at most; 0 = the number of elements sharing the session (the smallest non-zero value among them wins). A model with a fixed batch of 1 runs them one after the other")
+                .maximum(256)
+                .default_value(0)
+                .mutable_ready()
+                .build(),
+            glib::ParamSpecUInt::builder("batch-timeout")
+                .nick("Batch timeout (µs)")
+                .blurb("shared-session=true: the longest the oldest frame waits for the batch to fill before it runs with fewer (the smallest among the sharing elements wins). Bounds the latency sharing adds, with one batch inference; added to the latency query")
+                .maximum(1_000_000)
+                .default_value(DEFAULT_BATCH_TIMEOUT_US)
+                .mutable_ready()
+                .build(),
+            glib::ParamSpecUInt64::builder("session-id")
+                .nick("Session id")
+                .blurb("Id of the ONNX Runtime session the model runs on, unique in the process: elements sharing a session report the same (0 until the element has started)")
+                .read_only()
+                .build(),
+            glib::ParamSpecUInt::builder("shared-streams")
+                .nick("Shared streams")
+                .blurb("Elements using this element's session now, this one included (0 until started, 1 when not shared)")
+                .read_only()
                 .build(),
             glib::ParamSpecBoolean::builder("post-messages")
                 .nick("Post messages")
@@ -248,7 +301,7 @@ pub fn properties() -> &'static [glib::ParamSpec] {
                 .build(),
             glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                 .nick("Statistics")
-                .blurb("cbo-stats structure: frames, kept, offloaded, answered, late, failed, busy, offline, reused, bytes-sent, rtt-ms, uplink-kbps, encode-ms, reconnects, connected; also posted as an element message every second while offloading")
+                .blurb("cbo-stats structure: frames, kept, offloaded, answered, late, failed, busy, offline, reused, bytes-sent, rtt-ms, uplink-kbps, encode-ms, reconnects, connected; shared-batches and shared-batched-frames (batches the shared session has run for its whole group, and the frames in them; 0 when not shared); also posted as an element message every second while offloading")
                 .read_only()
                 .build(),
         ]
@@ -281,8 +334,13 @@ impl Settings {
             "execution-provider" => {
                 s.execution_provider = value.get().expect("type checked upstream")
             }
+            "ep-options" => s.ep_options = opt_string(value).unwrap_or_default(),
             "ep-fallback" => s.ep_fallback = value.get().expect("type checked upstream"),
             "threads" => s.threads = value.get().expect("type checked upstream"),
+            "shared-session" => s.shared_session = value.get().expect("type checked upstream"),
+            "model-instance-id" => s.model_instance_id = opt_string(value),
+            "max-batch" => s.max_batch = value.get().expect("type checked upstream"),
+            "batch-timeout" => s.batch_timeout_us = value.get().expect("type checked upstream"),
             "post-messages" => s.post_messages = value.get().expect("type checked upstream"),
             "calibration" => s.calibration = opt_string(value),
             "server" => s.server = opt_string(value).unwrap_or_default(),
@@ -312,8 +370,13 @@ impl Settings {
             "output-kind" => s.output_kind.to_value(),
             "top-k" => s.top_k.to_value(),
             "execution-provider" => s.execution_provider.to_value(),
+            "ep-options" => s.ep_options.to_value(),
             "ep-fallback" => s.ep_fallback.to_value(),
             "threads" => s.threads.to_value(),
+            "shared-session" => s.shared_session.to_value(),
+            "model-instance-id" => s.model_instance_id.to_value(),
+            "max-batch" => s.max_batch.to_value(),
+            "batch-timeout" => s.batch_timeout_us.to_value(),
             "post-messages" => s.post_messages.to_value(),
             "calibration" => s.calibration.to_value(),
             "server" => s.server.to_value(),

@@ -29,6 +29,13 @@ pub struct BenchArgs {
     pub rounds: usize,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Streams: N copies of the clip through N cbofilter in one pipeline, shared session vs one
+    /// session each, against a bare batch-N loop (1: one cbofilter against a batch-1 loop)
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
+    /// --streams N: the elements' batch-timeout, in microseconds
+    #[arg(long, default_value_t = 2000)]
+    pub batch_timeout: u32,
     /// Print one JSON object instead of a table
     #[arg(long)]
     pub json: bool,

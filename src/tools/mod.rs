@@ -2,6 +2,7 @@
 //! uses, so the numbers they print describe what the element does.
 
 pub mod bench;
+pub mod bench_streams;
 pub mod calibrate;
 pub mod classify;
 pub mod dataset;

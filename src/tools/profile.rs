@@ -108,6 +108,7 @@ fn config(
         output_kind: kind,
         top_k: 1,
         execution_provider: args.execution_provider,
+        ep_options: Default::default(),
         ep_fallback: true,
         threads: args.threads,
     })
