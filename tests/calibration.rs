@@ -343,3 +343,86 @@ fn cbo_eval_replays_every_policy_against_a_real_trace() {
         assert_eq!(&bytes[1..4], b"PNG", "{}", f.display());
     }
 }
+
+#[test]
+fn cbo_eval_summarises_a_grid_of_clips_traces_and_deadlines_and_cross_validates() {
+    let a = common::assets();
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("grid.png");
+    let video = |n: &str| a.join(format!("video/{n}.mp4"));
+    let labels = |n: &str| a.join(format!("video/{n}.labels.csv"));
+    let list = |p: [std::path::PathBuf; 2]| format!("{},{}", p[0].display(), p[1].display());
+    let out = Command::new(env!("CARGO_BIN_EXE_cbo"))
+        .arg("eval")
+        .arg("--video")
+        .arg(list([video("dev-slideshow"), video("dev-slideshow-fast")]))
+        .arg("--labels")
+        .arg(list([
+            labels("dev-slideshow"),
+            labels("dev-slideshow-fast"),
+        ]))
+        // A directory: every *.up in it (the three beside the corpus).
+        .arg("--trace")
+        .arg(a.join("traces"))
+        .args([
+            "--deadline-ms",
+            "200,1000",
+            "--max-frames",
+            "40",
+            "--cv",
+            "--cv-min-arrival",
+            "0.8,0.9",
+            "--cv-gain-z",
+            "0,0.5",
+            "--json",
+            "--plot",
+        ])
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 2 clips × 3 traces × 2 deadlines.
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 12);
+    let sources: std::collections::BTreeSet<&str> =
+        runs.iter().map(|r| r["source"].as_str().unwrap()).collect();
+    assert_eq!(sources.len(), 3, "{sources:?}");
+    for r in runs {
+        let p = &r["policies"];
+        let acc = |n: &str| p[n]["accuracy"].as_f64().unwrap();
+        // The bounds bound: the link oracle knows more than cbo only about the link, the
+        // clairvoyant schedule knows everything.
+        assert!(acc("clairvoyant") >= acc("link-oracle") - 1e-9, "{r}");
+        assert!(acc("clairvoyant+reuse") >= acc("cbo+reuse") - 1e-9, "{r}");
+    }
+    for (name, summary) in [("summary", &v["summary"]), ("cv", &v["cv"]["summary"])] {
+        for policy in ["cbo", "cbo+reuse", "link-oracle", "threshold", "local"] {
+            let s = &summary[policy];
+            for field in [
+                "mean_accuracy",
+                "mean_regret",
+                "worst_regret",
+                "best_share",
+                "below_local_share",
+                "mean_miss_rate",
+            ] {
+                assert!(s[field].is_number(), "{name}.{policy}.{field}: {s}");
+            }
+        }
+        // A baseline's regret against the best baseline is never negative.
+        assert!(summary["threshold"]["mean_regret"].as_f64().unwrap() >= 0.0);
+        assert_eq!(summary["local"]["below_local_share"].as_f64().unwrap(), 0.0);
+    }
+    // One fold per (clip, source) cell, each trained without its clip and its source:
+    // 1 clip × 2 sources × 2 deadlines = 4 settings.
+    let folds = v["cv"]["folds"].as_array().unwrap();
+    assert_eq!(folds.len(), 6);
+    assert!(folds.iter().all(|f| f["trained_on"].as_u64() == Some(4)));
+    let bytes = std::fs::read(dir.path().join("grid.regret.png")).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+}

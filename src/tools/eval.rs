@@ -626,8 +626,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
                 );
                 let r = super::eval_e2e::run(
                     args,
-                    &clip.video,
-                    &clip.labels,
+                    (&clip.video, &clip.labels),
                     &profile_path,
                     name,
                     trace,

@@ -25,10 +25,10 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
+/// Runs `policy` for real on the first `frames` frames of `clip` (video, labels CSV).
 pub fn run(
     args: &EvalArgs,
-    video: &Path,
-    labels: &Path,
+    (video, labels): (&Path, &Path),
     profile_path: &Path,
     policy: &str,
     trace: &Trace,

@@ -308,35 +308,6 @@ pub fn offload_over_time(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bins_average_confidence_and_accuracy() {
-        let b = bins(
-            &[(0.05, true), (0.06, false), (0.95, true), (1.0, true)],
-            10,
-        );
-        assert_eq!(b[0].0, 2);
-        assert!((b[0].1 - 0.055).abs() < 1e-12);
-        assert_eq!(b[0].2, 0.5);
-        assert_eq!(b[9], (2, 0.975, 1.0));
-        assert_eq!(b[5].0, 0);
-    }
-
-    #[test]
-    fn writes_a_png() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.png");
-        let raw: Vec<(f64, bool)> = (0..200).map(|i| (i as f64 / 200.0, i % 3 != 0)).collect();
-        reliability_diagram(&path, "test", &raw, &raw).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(&bytes[1..4], b"PNG");
-        assert!(bytes.len() > 5000);
-    }
-}
-
 /// Regret per setting, sorted: one line per policy, points below the best causal baseline of
 /// each setting (negative: better than every baseline) against the setting's rank.
 /// `series`: (policy, regrets in points, sorted ascending).
@@ -399,4 +370,33 @@ pub fn regret_per_setting(path: &Path, series: &[(String, Vec<f64>)]) -> Result<
         .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bins_average_confidence_and_accuracy() {
+        let b = bins(
+            &[(0.05, true), (0.06, false), (0.95, true), (1.0, true)],
+            10,
+        );
+        assert_eq!(b[0].0, 2);
+        assert!((b[0].1 - 0.055).abs() < 1e-12);
+        assert_eq!(b[0].2, 0.5);
+        assert_eq!(b[9], (2, 0.975, 1.0));
+        assert_eq!(b[5].0, 0);
+    }
+
+    #[test]
+    fn writes_a_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.png");
+        let raw: Vec<(f64, bool)> = (0..200).map(|i| (i as f64 / 200.0, i % 3 != 0)).collect();
+        reliability_diagram(&path, "test", &raw, &raw).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        assert!(bytes.len() > 5000);
+    }
 }
