@@ -7,37 +7,45 @@
 //! # The CBO formulation
 //!
 //! Each frame `i` arrives at `a_i` with calibrated device confidence `p_i` (the probability the
-//! device is right) and must leave by `d_i = a_i + D`. Offloading it at resolution `r` costs
-//! `b_r` bytes on the uplink (profile size × this stream's measured size ratio) and is worth
-//! `A(p_i, r)`, the server's accuracy on frames of that confidence at `r` (profile); keeping it is
-//! worth `p_i`. Its answer arrives at `c + RTT + s_r` where `c` is when its last byte crosses the
-//! uplink and `s_r` the server time. The uplink is one FIFO (QUIC streams share one congestion
-//! window), so frames are sent in deadline (= arrival) order, and with an estimated bandwidth `B`
-//! a set of choices is feasible iff, in order, every offloaded frame's cumulative link time meets
-//! `t0 + Σ b/B + RTT + s_r + e_r + margin + slack · b_i/B ≤ d_i` (`t0`: when the link is free,
-//! `e_r`: encode time, `slack`: [`TRANSFER_SLACK`]). `b` is per frame: the profile's size at `r`
-//! scaled by the frame's own JPEG size at the smallest resolution, when the caller measured it
-//! ([`FrameIn::small_jpeg_bytes`]).
+//! device is right) and must leave by `d_i = a_i + D`. Keeping it is worth `p_i`. Offloading it
+//! at resolution `r` costs `b_r` bytes on the uplink ([`wire_bytes`] of the profile's JPEG size at
+//! `r`, scaled by the frame's own JPEG size at the smallest resolution when the caller measured
+//! it, [`FrameIn::small_jpeg_bytes`], and by this stream's actual/predicted ratio) and, if its
+//! answer arrives by `d_i`, is worth `A(p_i, r) = p_i + G(p_i, r)`: the profile's gain over the
+//! device for frames of that confidence, at its lower bound ([`Profile::answer_accuracy`],
+//! [`CboParams::gain_z`]). Its answer arrives at `c + RTT + s_r` where `c` is when its last byte
+//! crosses the uplink and `s_r` the server time. The uplink is one FIFO (QUIC streams share one
+//! congestion window), so frames are sent in deadline (= arrival) order.
 //!
-//! The planner maximises `Σ_i gain_i` with `gain = A(p_i, r) − p_i` over the frames waiting for a
-//! decision, a multiple-choice knapsack with deadlines solved exactly by dynamic programming over
-//! (frame, link time in [`TIME_STEP_MS`] steps) in arrival order: `O(n · H/step · |R|)` for `n`
-//! waiting frames and a horizon `H ≤ D`; with `D = 1 s`, 10 frames waiting and 7 resolutions that is
-//! ~35 k cell updates, tens of µs. It commits only the first frame of the plan, and only when the
-//! uplink is about to be free (so a better frame arriving meanwhile can still take the link), and
-//! re-plans at every arrival, answer and link-free time. Frames that no option can serve in time
-//! any more, or that no option improves, are kept on the device at once.
+//! Whether an answer arrives is a probability, not a margin: `P` that the bytes ahead of it plus
+//! its own cross the uplink within `d_i − now − (RTT + s_r + encode + margin)`, from this
+//! connection's delivery record ([`LinkEstimate::arrival_probability`]). A transfer is planned
+//! only with `P ≥ min_arrival` ([`CboParams`]) and is worth `P · (A − p_i)` expected right labels
+//! (a miss leaves the device label and costs only its link time, charged at the record's median
+//! throughput).
 //!
-//! Bandwidth is estimated from answers: request `k` finished its upload at
+//! The planner maximises the expected right labels over the frames waiting for a decision, a
+//! multiple-choice knapsack solved exactly by dynamic programming over (frame, link time in
+//! [`TIME_STEP_MS`] steps) in arrival order, with `P` tabulated per start step:
+//! `O(n · H/step · |R|)` for `n` waiting frames and a horizon `H ≤ D`; with `D = 1 s`, 10 frames
+//! waiting and 7 resolutions that is ~35 k cell updates, tens of µs. It commits only the first
+//! frame of the plan, and only when the uplink is about to be free (so a better frame arriving
+//! meanwhile can still take the link), and re-plans at every arrival, answer and link-free time.
+//! Frames that no option can serve with `P ≥ min_arrival` any more, or that no option improves,
+//! are kept on the device at once.
+//!
+//! Throughput records come from answers: request `k` finished its upload at
 //! `c_k = answer_k − RTT − s_k`, and occupied the link for `c_k − max(send_k, c_{k−1})`, so
-//! `bytes / that` is a sample; queueing behind our own earlier requests is not counted as
-//! slowness. A request with no answer by its deadline gives an upper bound the same way. The
-//! planner uses a low percentile of recent samples ([`LinkEstimate`]).
+//! `bytes / that` is a record; queueing behind our own earlier requests is not counted as
+//! slowness. A request with no answer by its deadline gives an upper bound the same way.
 //!
 //! With answer reuse ([`super::reuse`], [`CboPlanner::with_reuse`]) keeping a frame is worth
 //! more than `p_i` when it is in the run of equal device labels of the latest sent frame: it will
 //! get that frame's answer, right with probability `A(p_j, r_j)` (weighted by the recent share of
 //! answers that arrived, until it has).
+//!
+//! With a trace ([`CboPlanner::with_link_oracle`]) the same planner is `cbo eval`'s `link-oracle`
+//! bound: transfers cross exactly when the trace says.
 
 use std::sync::Arc;
 
@@ -185,7 +193,7 @@ impl LinkEstimate {
 /// Link estimates shared by the adaptive policies.
 #[derive(Debug, Clone)]
 pub struct LinkEstimate {
-    /// Bytes per ms the planners charge for link time: the [`Self::quantile`] of recent
+    /// Bytes per ms the planners charge for link time: the quantile (`with_quantile`) of recent
     /// delivery records, because a cellular uplink's capacity swings several-fold within a
     /// second and an optimistic estimate turns straight into deadline misses.
     pub bandwidth: f64,
@@ -259,7 +267,7 @@ impl LinkEstimate {
     /// encode and margin), estimated from this connection's delivery record: the share of recent
     /// requests whose throughput would have carried all of it in time. A failed request counts
     /// at the upper bound its failure proves (an outage: close to zero), the initial estimate as
-    /// one more record, and the newest evidence of a slow link caps them all ([`Self::rates`]).
+    /// one more record, and the newest evidence of a slow link caps them all (see `rates`).
     pub fn arrival_probability(&self, ahead: f64, bytes: f64, budget_ms: f64) -> f64 {
         if budget_ms <= 0.0 {
             return 0.0;
@@ -1196,16 +1204,18 @@ mod tests {
         p.on_frame(frame(0, 0.0, 0.2));
         assert_eq!(p.poll(0.0), vec![(0, Action::Send { resolution: 1 })]);
         p.on_failure(0, 500.0);
-        // 5 kB at 31 B/ms (160 ms, +30 %, + 51 ms) still fits 500 ms; 15 kB does not.
+        // The record is now the failure (~31 B/ms) and the initial estimate: 5 kB (~180 ms with
+        // the overhead, + 51 ms) arrives within 500 ms at either; 15 kB only at one of the two,
+        // P = 0.5 < min_arrival.
         p.on_frame(frame(1, 500.0, 0.2));
         assert_eq!(p.poll(500.0), vec![(1, Action::Send { resolution: 0 })]);
     }
 
     #[test]
     fn a_frame_that_encodes_large_is_planned_at_a_smaller_resolution() {
-        // 50 B/ms. A frame of the profile's size: 15 kB = 300 ms (+30 % slack, + RTT, server,
-        // encode, margin = 441 ms) fits 500 ms at 224. One whose small JPEG is 1.5x the profile's
-        // would take 450 ms at 224 (+ 186 ms): it goes at 96 (7.5 kB) instead.
+        // 50 B/ms. A frame of the profile's size: 15 kB = ~330 ms with the request overhead (+ RTT,
+        // server, encode, margin = ~381 ms) fits 500 ms at 224. One whose small JPEG is 1.5x the
+        // profile's would take ~490 ms at 224 (+ 51 ms): it goes at 96 (7.5 kB) instead.
         let mut p = CboPlanner::new(profile(), 0.4e6, 20.0);
         p.on_frame(FrameIn {
             small_jpeg_bytes: Some(5000.0),
