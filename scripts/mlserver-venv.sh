@@ -14,7 +14,10 @@ stamp="$venv/.cbo-installed-$MLSERVER_VERSION-ort$ORT_VERSION"
 
 say() { printf '[mlserver-venv] %s\n' "$*" >&2; }
 
-if [ -f "$stamp" ]; then
+# A venv hard-codes its own path in its scripts' `#!` lines: one made under another path (a
+# moved or re-cloned checkout) is installed again.
+entry_interpreter() { head -1 "$venv/bin/mlserver" 2>/dev/null | sed 's/^#!//'; }
+if [ -f "$stamp" ] && [ -x "$(entry_interpreter)" ]; then
     echo "$venv"
     exit 0
 fi
