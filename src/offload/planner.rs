@@ -488,8 +488,9 @@ pub struct CboPlanner {
     /// on its way is worth to the frames counting on it.
     delivery: f64,
     /// Per sent frame, the probability of arriving in time it was sent with (estimated link
-    /// only), for checking that the estimate is calibrated.
-    arrival_log: Vec<(u64, f64)>,
+    /// only), for checking that the estimate is calibrated; `None` unless asked for
+    /// ([`CboPlanner::with_arrival_log`]): an element runs for days.
+    arrival_log: Option<Vec<(u64, f64)>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -530,14 +531,20 @@ impl CboPlanner {
             run_of: std::collections::HashMap::new(),
             source: None,
             delivery: 1.0,
-            arrival_log: Vec::new(),
+            arrival_log: None,
         }
     }
 
-    /// Every transfer sent so far with the probability of arriving in time it was planned with
-    /// (empty for the link oracle, which knows).
+    /// Records every transfer with the probability of arriving in time it was planned with.
+    pub fn with_arrival_log(mut self) -> Self {
+        self.arrival_log = Some(Vec::new());
+        self
+    }
+
+    /// The transfers recorded since [`Self::with_arrival_log`] (empty without it, and for the
+    /// link oracle, which knows).
     pub fn arrival_log(&self) -> &[(u64, f64)] {
-        &self.arrival_log
+        self.arrival_log.as_deref().unwrap_or_default()
     }
 
     /// Plans with other constants than [`DEFAULT_PARAMS`] (cross-validation).
@@ -889,14 +896,16 @@ impl Planner for CboPlanner {
                     });
                 }
                 let bytes = self.bytes(&f, r);
-                if self.oracle.is_none() {
+                if self.oracle.is_none() && self.arrival_log.is_some() {
                     let ahead = (self.link_free_ms() - now).max(0.0) * self.link.bandwidth;
                     let p = self.link.arrival_probability(
                         ahead,
                         bytes,
                         f.deadline_ms - now - self.fixed_ms(r),
                     );
-                    self.arrival_log.push((f.id, p));
+                    if let Some(log) = &mut self.arrival_log {
+                        log.push((f.id, p));
+                    }
                 }
                 self.link.on_send(f.id, now, bytes);
                 if let Some(o) = &mut self.oracle {

@@ -123,12 +123,13 @@ impl Ord for Pending {
     }
 }
 
-/// Bytes a request of a `jpeg`-byte image puts on the uplink: the JPEG and the request overhead,
-/// in ~1200-byte QUIC datagrams each carrying ~46 bytes of QUIC/AEAD and 28 of UDP/IPv4 headers
-/// (the relay, like Mahimahi, carries whole IP packets).
+/// Bytes a request of a `jpeg`-byte image puts on the uplink: the JPEG and the replay's request
+/// overhead, in QUIC datagrams with their headers, as the planners count them
+/// ([`super::planner::wire_bytes`]; the relay, like Mahimahi, carries whole IP packets).
 pub fn wire_bytes(jpeg: u32, cfg: &SimConfig) -> u64 {
+    use super::planner::{DATAGRAM_OVERHEAD_BYTES, DATAGRAM_PAYLOAD_BYTES};
     let payload = jpeg as u64 + cfg.overhead_bytes as u64;
-    payload + payload.div_ceil(1200) * 74
+    payload + payload.div_ceil(DATAGRAM_PAYLOAD_BYTES as u64) * DATAGRAM_OVERHEAD_BYTES as u64
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -837,7 +838,8 @@ mod tests {
         ];
         let (mut predicted, mut arrived, mut n) = (0.0, 0.0, 0usize);
         for (name, link) in &links {
-            let mut planner = super::super::planner::CboPlanner::new(p.clone(), 1e6, 40.0);
+            let mut planner =
+                super::super::planner::CboPlanner::new(p.clone(), 1e6, 40.0).with_arrival_log();
             let r = simulate(&mut planner, &f, link, &cfg(), None);
             let log = planner.arrival_log();
             assert!(log.len() > 30, "{name}: only {} sends", log.len());

@@ -47,6 +47,15 @@ pub struct PolicySummary {
     pub link_oracle_gain_share: Option<f64>,
 }
 
+/// The best causal baseline's accuracy in one setting (−∞ when none ran).
+pub fn best_baseline(policies: &BTreeMap<String, SimResult>) -> f64 {
+    CAUSAL_BASELINES
+        .iter()
+        .filter_map(|b| policies.get(*b))
+        .map(|b| b.accuracy)
+        .fold(f64::NEG_INFINITY, f64::max)
+}
+
 /// The bound a policy's gain is compared with: `bound`, or `bound+reuse` for a reuse policy.
 fn bound_for(policy: &str, bound: &str) -> String {
     if policy.ends_with("+reuse") {
@@ -74,11 +83,7 @@ pub fn summarise(settings: &[&BTreeMap<String, SimResult>]) -> BTreeMap<String, 
             acc += r.accuracy;
             miss += r.deadline_miss_rate;
             offload += r.offload_ratio;
-            let baseline = CAUSAL_BASELINES
-                .iter()
-                .filter_map(|b| s.get(*b))
-                .map(|b| b.accuracy)
-                .fold(f64::NEG_INFINITY, f64::max);
+            let baseline = best_baseline(s);
             if baseline.is_finite() {
                 let d = baseline - r.accuracy;
                 regret += d;

@@ -88,16 +88,17 @@ fn bare_round(model: &mut ModelSession, tensors: &[Tensor]) -> Result<f64, Strin
     Ok(tensors.len() as f64 / t.elapsed().as_secs_f64())
 }
 
-fn filter_round(
-    frames: &[gst::Buffer],
+/// Adds `appsrc ! cbofilter ! fakesink` (unsynchronised) to `pipeline`, the filter with `props`;
+/// the source queues without bound, so every frame can be pushed before the clock starts.
+pub fn add_filter_branch(
+    pipeline: &gst::Pipeline,
     caps: &gst::Caps,
     props: &[(&'static str, String)],
-) -> Result<f64, String> {
-    let pipeline = gst::Pipeline::new();
+) -> Result<(gst_app::AppSrc, gst::Element), String> {
     let src = gst_app::AppSrc::builder()
         .caps(caps)
         .format(gst::Format::Time)
-        .max_bytes(0) // unbounded: every frame is queued before the clock starts
+        .max_bytes(0)
         .build();
     let cbo = gst::ElementFactory::make("cbofilter")
         .build()
@@ -113,6 +114,16 @@ fn filter_round(
         .add_many([src.upcast_ref(), &cbo, &sink])
         .map_err(|e| e.to_string())?;
     gst::Element::link_many([src.upcast_ref(), &cbo, &sink]).map_err(|e| e.to_string())?;
+    Ok((src, cbo))
+}
+
+fn filter_round(
+    frames: &[gst::Buffer],
+    caps: &gst::Caps,
+    props: &[(&'static str, String)],
+) -> Result<f64, String> {
+    let pipeline = gst::Pipeline::new();
+    let (src, _) = add_filter_branch(&pipeline, caps, props)?;
     // PAUSED loads the model (cbofilter's start), outside the timed part.
     pipeline
         .set_state(gst::State::Paused)

@@ -63,25 +63,7 @@ fn streams_round(
     let mut sources = Vec::new();
     let times: Arc<Mutex<Vec<u64>>> = Arc::default();
     for _ in 0..n {
-        let src = gst_app::AppSrc::builder()
-            .caps(caps)
-            .format(gst::Format::Time)
-            .max_bytes(0)
-            .build();
-        let cbo = gst::ElementFactory::make("cbofilter")
-            .build()
-            .map_err(|e| e.to_string())?;
-        for (name, value) in props {
-            cbo.set_property_from_str(name, value);
-        }
-        let sink = gst::ElementFactory::make("fakesink")
-            .property("sync", false)
-            .build()
-            .map_err(|e| e.to_string())?;
-        pipeline
-            .add_many([src.upcast_ref(), &cbo, &sink])
-            .map_err(|e| e.to_string())?;
-        gst::Element::link_many([src.upcast_ref(), &cbo, &sink]).map_err(|e| e.to_string())?;
+        let (src, cbo) = super::bench::add_filter_branch(&pipeline, caps, props)?;
         first_filter.get_or_insert_with(|| cbo.clone());
         let entered: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
         let e = entered.clone();

@@ -18,7 +18,7 @@ use crate::offload::policy::{PolicyKind, PolicySpec};
 use crate::offload::sim::{
     SimConfig, SimFrame, SimResult, SimReuse, SimServer, clairvoyant, simulate,
 };
-use crate::offload::summary::{PolicySummary, summarise};
+use crate::offload::summary::{PolicySummary, best_baseline, summarise};
 use crate::profile::{FrameObservation, Profile};
 use crate::tools::dataset::InputArgs;
 use crate::tools::profile::{ProfileArgs, measure};
@@ -576,6 +576,24 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
             (0..traces.len()).flat_map(move |t| args.deadline_ms.iter().map(move |&d| (c, t, d)))
         })
         .collect();
+    if let Some(bad) = args
+        .cv_min_arrival
+        .iter()
+        .find(|p| !(**p > 0.0 && **p <= 1.0))
+    {
+        return Err(format!(
+            "--cv-min-arrival {bad}: a probability of arriving in time, in (0, 1]"
+        ));
+    }
+    if let Some(bad) = args
+        .cv_gain_z
+        .iter()
+        .find(|z| !(**z >= 0.0 && z.is_finite()))
+    {
+        return Err(format!(
+            "--cv-gain-z {bad}: standard errors below the gain estimate, 0 or more"
+        ));
+    }
     let candidates: Vec<CboParams> = if args.cv {
         args.cv_min_arrival
             .iter()
@@ -745,15 +763,6 @@ fn cross_validate(
     }
 }
 
-/// The best causal baseline's accuracy in one setting (−∞ when none ran).
-fn best_baseline(policies: &BTreeMap<String, SimResult>) -> f64 {
-    crate::offload::summary::CAUSAL_BASELINES
-        .iter()
-        .filter_map(|b| policies.get(*b))
-        .map(|b| b.accuracy)
-        .fold(f64::NEG_INFINITY, f64::max)
-}
-
 /// `--plot`: accuracy vs deadline per policy and trace (first clip), the cbo policy's uplink use
 /// over time per trace, and, for a grid, the regret per setting.
 fn plots(
@@ -788,11 +797,7 @@ fn plots(
                     let mut v: Vec<f64> = runs
                         .iter()
                         .filter_map(|r| {
-                            let best = crate::offload::summary::CAUSAL_BASELINES
-                                .iter()
-                                .filter_map(|b| r.policies.get(*b))
-                                .map(|b| b.accuracy)
-                                .fold(f64::NEG_INFINITY, f64::max);
+                            let best = best_baseline(&r.policies);
                             r.policies.get(*p).map(|s| (best - s.accuracy) * 100.0)
                         })
                         .collect();
