@@ -109,7 +109,7 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',', default_value = "0.7,0.8,0.9,0.95,0.98")]
     pub cv_min_arrival: Vec<f64>,
     /// `--cv`: candidate z of the lower confidence bound on the profile's gain
-    #[arg(long, value_delimiter = ',', default_value = "0,0.5,1,2")]
+    #[arg(long, value_delimiter = ',', default_value = "0,0.25,0.5,1")]
     pub cv_gain_z: Vec<f64>,
     /// Write plots: accuracy vs deadline per policy and trace (this path), and the cbo policy's
     /// uplink use and resolution over time against each trace's capacity (PATH-stem.TRACE.png)
