@@ -217,9 +217,19 @@ impl OffloadClient {
         let (jobs, rx) = mpsc::channel::<(OffloadJob, Completion)>();
         let thread_shared = shared.clone();
         let top_k = config.top_k;
+        let stopping = shutdown.subscribe();
         let encoder_thread = std::thread::Builder::new()
             .name("cbo-encode".into())
-            .spawn(move || encode_loop(rx, encoder, thread_shared, rt.handle().clone(), top_k))
+            .spawn(move || {
+                encode_loop(
+                    rx,
+                    encoder,
+                    thread_shared,
+                    rt.handle().clone(),
+                    top_k,
+                    stopping,
+                )
+            })
             .map_err(|e| ClientError::Thread(e.to_string()))?;
         Ok(Self {
             shared,
@@ -292,6 +302,7 @@ fn encode_loop(
     shared: Arc<Shared>,
     rt: tokio::runtime::Handle,
     top_k: u8,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     while let Ok((job, done)) = rx.recv() {
         if Instant::now() >= job.deadline {
@@ -342,14 +353,25 @@ fn encode_loop(
         };
         let shared = shared.clone();
         let deadline = tokio::time::Instant::from_std(job.deadline);
+        let (mut stopping, stop_flag) = (stopping.clone(), stopping.clone());
         rt.spawn(async move {
             let sent = Instant::now();
-            // At the deadline the request is cancelled (its stream reset), so what is left of
-            // it stops using the uplink.
-            let result =
-                quic::request_until(&connection, &header, &encoded.bytes, 64 * 1024, deadline)
-                    .await
-                    .ok_or(());
+            // At the deadline, or when the element stops, the request is cancelled (its stream
+            // reset), so what is left of it stops using the uplink (which, on a shared
+            // connection, other elements still use).
+            let stopped = async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            };
+            let result = quic::request_until_or(
+                &connection,
+                &header,
+                &encoded.bytes,
+                64 * 1024,
+                deadline,
+                stopped,
+            )
+            .await
+            .ok_or(());
             let latency = sent.elapsed();
             let mut s = shared.stats.lock().unwrap();
             match result {
@@ -383,7 +405,12 @@ fn encode_loop(
                 Err(_) => {
                     s.failed += 1;
                     drop(s);
-                    done(Err(ClientError::Timeout));
+                    let stopped = *stop_flag.borrow();
+                    done(Err(if stopped {
+                        ClientError::Stopped
+                    } else {
+                        ClientError::Timeout
+                    }));
                 }
             }
         });
