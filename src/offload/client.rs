@@ -151,8 +151,7 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, ClientError> {
 
 pub struct OffloadClient {
     shared: Arc<Shared>,
-    /// This element's place among the link's users (its requests still in flight when it
-    /// stops keep only the link).
+    /// This element's place among the link's users, given up when the client stops.
     link: LinkUser,
     jobs: Option<mpsc::Sender<(OffloadJob, Completion)>>,
     encoder_thread: Option<std::thread::JoinHandle<()>>,

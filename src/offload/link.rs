@@ -147,8 +147,6 @@ impl Watcher {
 
 /// A running link (see the module docs); stopping is dropping the last `Arc`.
 pub struct Link {
-    key: LinkKey,
-    shared: bool,
     state: watch::Receiver<LinkState>,
     shutdown: watch::Sender<bool>,
     users: AtomicUsize,
@@ -174,15 +172,6 @@ impl Link {
     pub fn enter(self: &Arc<Self>) -> LinkUser {
         self.users.fetch_add(1, Ordering::SeqCst);
         LinkUser(self.clone())
-    }
-
-    pub fn key(&self) -> &LinkKey {
-        &self.key
-    }
-
-    /// Whether the link is the process-wide one for its key (false: an element's own).
-    pub fn is_shared(&self) -> bool {
-        self.shared
     }
 }
 
@@ -228,24 +217,19 @@ pub fn acquire(
     dial: impl FnOnce() -> Result<Dial, String>,
 ) -> Result<Arc<Link>, String> {
     if !shared {
-        return start(rt, key, false, dial()?);
+        return start(rt, key, dial()?);
     }
     let mut links = LINKS.lock().unwrap();
     links.retain(|_, w| w.strong_count() > 0);
     if let Some(link) = links.get(&key).and_then(Weak::upgrade) {
         return Ok(link);
     }
-    let link = start(rt, key.clone(), true, dial()?)?;
+    let link = start(rt, key.clone(), dial()?)?;
     links.insert(key, Arc::downgrade(&link));
     Ok(link)
 }
 
-fn start(
-    rt: &tokio::runtime::Runtime,
-    key: LinkKey,
-    shared: bool,
-    dial: Dial,
-) -> Result<Arc<Link>, String> {
+fn start(rt: &tokio::runtime::Runtime, key: LinkKey, dial: Dial) -> Result<Arc<Link>, String> {
     let endpoint = {
         let _guard = rt.enter();
         quic::client_endpoint()?
@@ -255,10 +239,8 @@ fn start(
         connection: None,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
-    rt.spawn(manage(endpoint, key.clone(), dial, state_tx, shutdown_rx));
+    rt.spawn(manage(endpoint, key, dial, state_tx, shutdown_rx));
     Ok(Arc::new(Link {
-        key,
-        shared,
         state,
         shutdown,
         users: AtomicUsize::new(0),
