@@ -209,7 +209,8 @@ pub struct Dial {
 }
 
 /// The process-wide link for `key` (started if none runs), or, with `shared` false, a link of
-/// the caller's own. Must be called inside the tokio runtime `rt` (the endpoint binds to it).
+/// the caller's own. A new link's endpoint and manager task run on `rt`; `dial` is called only
+/// for a new link.
 pub fn acquire(
     rt: &tokio::runtime::Runtime,
     key: LinkKey,
