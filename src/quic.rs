@@ -303,7 +303,34 @@ pub async fn request_until(
     max_response_bytes: usize,
     deadline: tokio::time::Instant,
 ) -> Option<Result<Answer, RequestError>> {
-    let (mut send, mut recv) = match tokio::time::timeout_at(deadline, connection.open_bi()).await {
+    let never = std::future::pending::<()>();
+    request_until_or(
+        connection,
+        header,
+        jpeg,
+        max_response_bytes,
+        deadline,
+        never,
+    )
+    .await
+}
+
+/// [`request_until`], also given up (its stream reset the same way) when `cancel` completes
+/// first: an element that stops withdraws its requests from a connection others still use.
+pub async fn request_until_or(
+    connection: &quinn::Connection,
+    header: &RequestHeader,
+    jpeg: &[u8],
+    max_response_bytes: usize,
+    deadline: tokio::time::Instant,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Option<Result<Answer, RequestError>> {
+    tokio::pin!(cancel);
+    let opened = tokio::select! {
+        r = tokio::time::timeout_at(deadline, connection.open_bi()) => r,
+        _ = &mut cancel => return None,
+    };
+    let (mut send, mut recv) = match opened {
         Err(_) => return None,
         Ok(Err(e)) => return Some(Err(request_connection_error(e))),
         Ok(Ok(streams)) => streams,
@@ -311,6 +338,7 @@ pub async fn request_until(
     let outcome = tokio::select! {
         r = exchange(&mut send, &mut recv, header, jpeg, max_response_bytes) => Some(r),
         _ = tokio::time::sleep_until(deadline) => None,
+        _ = &mut cancel => None,
     };
     if outcome.is_none() {
         let _ = send.reset(varint(ErrorCode::Timeout));

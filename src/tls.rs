@@ -139,7 +139,7 @@ pub fn server_config(
 }
 
 /// How a client decides to trust the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Trust {
     /// Trust exactly the certificates in this PEM file as roots (a CA, or the server's own
     /// self-signed certificate); the server name is checked against them.

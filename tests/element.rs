@@ -469,6 +469,7 @@ fn shared_plugin_from_gst_launch_and_missing_onnxruntime() {
         "post-messages",
         "calibration",
         "server",
+        "shared-connection",
         "deadline",
         "policy",
     ] {

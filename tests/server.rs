@@ -341,7 +341,7 @@ fn answers_match_the_in_process_classifier_and_name_the_bottles() {
 }
 
 #[test]
-fn a_request_past_its_deadline_is_cancelled_and_the_connection_goes_on() {
+fn a_request_past_its_deadline_or_given_up_is_cancelled_and_the_connection_goes_on() {
     let fx = fixture();
     fx.block_on(async {
         let (_endpoint, session) = fx.session().await;
@@ -356,8 +356,19 @@ fn a_request_past_its_deadline_is_cancelled_and_the_connection_goes_on() {
         )
         .await;
         assert!(cancelled.is_none(), "{cancelled:?}");
-        // The same connection serves the next requests, with and without a deadline.
+        // Given up by its caller (an element stopping) long before the deadline: the same.
         let later = tokio::time::Instant::now() + Duration::from_secs(20);
+        let given_up = quic::request_until_or(
+            &session.connection,
+            &fx.header(60, 0),
+            &fx.frames[0].bytes,
+            64 * 1024,
+            later,
+            async {},
+        )
+        .await;
+        assert!(given_up.is_none(), "{given_up:?}");
+        // The same connection serves the next requests, with and without a deadline.
         let a = quic::request_until(
             &session.connection,
             &fx.header(51, 1),

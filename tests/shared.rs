@@ -319,6 +319,12 @@ fn bench_streams_reports_shared_unshared_and_bare() {
         "rss_mib_per_extra_stream",
         "latency_p50_ms",
         "latency_p99_ms",
+        "paced_fps",
+        "paced_latency_p99_ms",
+        "paced_session_p99_ms",
+        "paced_unshared_latency_p99_ms",
+        "batch_inference_ms",
+        "paced_latency_bound_ms",
     ] {
         assert!(r[field].is_number(), "{field} missing in {r}");
     }
@@ -327,7 +333,28 @@ fn bench_streams_reports_shared_unshared_and_bare() {
         "bare_batch_fps",
         "unshared_fps",
         "latency_p50_ms",
+        "paced_latency_p50_ms",
+        "paced_session_p50_ms",
+        "paced_unshared_latency_p50_ms",
+        "batch_inference_ms",
     ] {
         assert!(r[field].as_f64().unwrap() > 0.0, "{field} in {r}");
     }
+    let f = |k: &str| r[k].as_f64().unwrap();
+    // Paced at the clip's own rate (29.8 frames/s).
+    assert!((f("paced_fps") - 29.8).abs() < 0.1, "{r}");
+    // A frame's time in the session is part of its time in the element, frame by frame, so
+    // also in every percentile.
+    assert!(
+        f("paced_session_p50_ms") <= f("paced_latency_p50_ms"),
+        "{r}"
+    );
+    assert!(
+        f("paced_session_p99_ms") <= f("paced_latency_p99_ms"),
+        "{r}"
+    );
+    assert!(
+        (f("paced_latency_bound_ms") - f("batch_inference_ms") - 2.0).abs() < 1e-9,
+        "bound = batch-timeout (2000 us) + one batch inference: {r}"
+    );
 }

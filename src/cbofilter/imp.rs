@@ -493,6 +493,7 @@ impl CboFilter {
             .field("encode-ms", c.encode_us / 1000.0)
             .field("reconnects", c.reconnects)
             .field("connected", c.connected)
+            .field("connection-users", c.connection_users as u32)
             .field("shared-batches", batches)
             .field("shared-batched-frames", batched_frames)
             .build()

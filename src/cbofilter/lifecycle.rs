@@ -260,6 +260,7 @@ impl CboFilter {
                     token: settings.token.clone(),
                     jpeg_quality: settings.jpeg_quality,
                     top_k: settings.top_k.min(u8::MAX as u32) as u8,
+                    shared_connection: settings.shared_connection,
                 },
                 client_events(self.obj().downgrade(), tx.clone(), clock),
             )

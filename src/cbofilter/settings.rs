@@ -49,6 +49,7 @@ pub struct Settings {
     pub server_cert: Option<String>,
     pub server_fingerprint: Option<String>,
     pub token: String,
+    pub shared_connection: bool,
     pub deadline_ms: u32,
     pub resolution: u32,
     pub jpeg_quality: u32,
@@ -85,6 +86,7 @@ impl Default for Settings {
             server_cert: None,
             server_fingerprint: None,
             token: String::new(),
+            shared_connection: true,
             deadline_ms: DEFAULT_DEADLINE_MS,
             resolution: DEFAULT_RESOLUTION,
             jpeg_quality: DEFAULT_JPEG_QUALITY,
@@ -241,6 +243,12 @@ pub fn properties() -> &'static [glib::ParamSpec] {
                 .default_value(Some(""))
                 .mutable_ready()
                 .build(),
+            glib::ParamSpecBoolean::builder("shared-connection")
+                .nick("Shared connection")
+                .blurb("Offload over one QUIC connection shared with the other cbofilter elements of the process that use the same server, server-cert or server-fingerprint, and token (each request on its own stream); the last element to stop closes it. Planner, uplink estimate, in-flight window and stats stay per element. false: a connection of this element's own")
+                .default_value(true)
+                .mutable_ready()
+                .build(),
             glib::ParamSpecUInt::builder("deadline")
                 .nick("Deadline")
                 .blurb("Per-frame deadline in ms from entering the element to leaving it while offloading: an offloaded frame (and every frame behind it) waits at most this long for the server's answer, then leaves with its device label (decision=late). Added to the latency query")
@@ -347,6 +355,9 @@ impl Settings {
             "server-cert" => s.server_cert = opt_string(value),
             "server-fingerprint" => s.server_fingerprint = opt_string(value),
             "token" => s.token = opt_string(value).unwrap_or_default(),
+            "shared-connection" => {
+                s.shared_connection = value.get().expect("type checked upstream")
+            }
             "deadline" => s.deadline_ms = value.get().expect("type checked upstream"),
             "resolution" => s.resolution = value.get().expect("type checked upstream"),
             "jpeg-quality" => s.jpeg_quality = value.get().expect("type checked upstream"),
@@ -383,6 +394,7 @@ impl Settings {
             "server-cert" => s.server_cert.to_value(),
             "server-fingerprint" => s.server_fingerprint.to_value(),
             "token" => s.token.to_value(),
+            "shared-connection" => s.shared_connection.to_value(),
             "deadline" => s.deadline_ms.to_value(),
             "resolution" => s.resolution.to_value(),
             "jpeg-quality" => s.jpeg_quality.to_value(),

@@ -1,18 +1,22 @@
-//! The offload client inside `cbofilter`: keeps a QUIC connection to `cboserver` alive, encodes
-//! offloaded frames off the streaming thread, sends each on its own stream and reports the answer
-//! through a completion callback.
+//! The offload client inside `cbofilter`: uses a QUIC connection to `cboserver` (its own, or by
+//! default the one every element of the process pointing at the same server shares, see
+//! [`super::link`]), encodes offloaded frames off the streaming thread, sends each on its own
+//! stream and reports the answer through a completion callback.
 //!
 //! Threads: frames are rescaled and JPEG-encoded on one encoder thread per element (the
 //! streaming thread only hands over a buffer reference); QUIC runs on a tokio runtime shared by
 //! every element of the process (see gst-plugins-rs `net/quinn` for the same pattern). The
-//! connection manager reconnects with exponential backoff (0.2 s doubling to 5 s) and reports
-//! each state change once through [`ClientEvent`]s, which the element turns into warnings.
+//! link's manager reconnects with exponential backoff (0.2 s doubling to 5 s); each client
+//! watches the link and reports each state change once through [`ClientEvent`]s, which the
+//! element turns into warnings. Counters, the uplink estimate and the in-flight count are the
+//! element's own even on a shared connection.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::link::{self, Dial, Link, LinkKey, LinkUser};
 use crate::jpeg::FrameEncoder;
 use crate::protocol::{Answer, RequestHeader};
 use crate::quic;
@@ -27,6 +31,9 @@ pub struct ClientConfig {
     pub token: String,
     pub jpeg_quality: u32,
     pub top_k: u8,
+    /// Use the process's connection to this server (with these trust settings and token),
+    /// shared with the other elements, rather than one of this client's own.
+    pub shared_connection: bool,
 }
 
 /// Connection state changes, for the element's log and warnings.
@@ -115,12 +122,20 @@ pub struct Stats {
     pub uplink_bps: f64,
     /// Smoothed rescale + JPEG encode time per frame.
     pub encode_us: f64,
+    /// Elements using this element's connection, this one included (1 when not shared).
+    pub connection_users: usize,
 }
 
 struct Shared {
-    connection: Mutex<Option<quinn::Connection>>,
+    link: Arc<Link>,
     in_flight: AtomicUsize,
     stats: Mutex<Stats>,
+}
+
+impl Shared {
+    fn connection(&self) -> Option<quinn::Connection> {
+        self.link.connection()
+    }
 }
 
 /// The process-wide runtime for QUIC I/O.
@@ -140,6 +155,8 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, ClientError> {
 
 pub struct OffloadClient {
     shared: Arc<Shared>,
+    /// This element's place among the link's users, given up when the client stops.
+    link: LinkUser,
     jobs: Option<mpsc::Sender<(OffloadJob, Completion)>>,
     encoder_thread: Option<std::thread::JoinHandle<()>>,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -164,44 +181,62 @@ fn server_name(server: &str) -> Result<String, ClientError> {
 }
 
 impl OffloadClient {
-    /// Starts connecting in the background; `events` is called from the runtime's threads.
+    /// Starts connecting in the background (or joins the shared connection);
+    /// `events` is called from the runtime's threads.
     pub fn start(
         config: ClientConfig,
         events: Arc<dyn Fn(ClientEvent) + Send + Sync>,
     ) -> Result<Self, ClientError> {
         let host = server_name(&config.server)?;
         let rt = runtime()?;
-        let tls_config = tls::client_config(&config.trust).map_err(ClientError::Setup)?;
-        let endpoint = {
-            let _guard = rt.enter();
-            quic::client_endpoint().map_err(ClientError::Setup)?
-        };
+        let key = LinkKey::new(&config.server, &config.trust, &config.token);
+        let link = link::acquire(rt, key, config.shared_connection, || {
+            Ok(Dial {
+                host,
+                tls: tls::client_config(&config.trust)?,
+                client_name: "cbofilter",
+            })
+        })
+        .map_err(ClientError::Setup)?;
         let encoder = FrameEncoder::new(config.jpeg_quality)
             .map_err(|e| ClientError::Encode(e.to_string()))?;
         let shared = Arc::new(Shared {
-            connection: Mutex::new(None),
+            link: link.clone(),
             in_flight: AtomicUsize::new(0),
             stats: Mutex::new(Stats::default()),
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        rt.spawn(manage_connection(
-            endpoint,
-            config.clone(),
-            host,
-            tls_config,
-            shared.clone(),
-            events,
+        let watched = shared.clone();
+        rt.spawn(link::watch_for(
+            link.subscribe(),
             shutdown_rx,
+            move |watcher, changes| {
+                watched.stats.lock().unwrap().reconnects = watcher.reconnects;
+                for e in changes {
+                    events(e);
+                }
+            },
         ));
         let (jobs, rx) = mpsc::channel::<(OffloadJob, Completion)>();
         let thread_shared = shared.clone();
         let top_k = config.top_k;
+        let stopping = shutdown.subscribe();
         let encoder_thread = std::thread::Builder::new()
             .name("cbo-encode".into())
-            .spawn(move || encode_loop(rx, encoder, thread_shared, rt.handle().clone(), top_k))
+            .spawn(move || {
+                encode_loop(
+                    rx,
+                    encoder,
+                    thread_shared,
+                    rt.handle().clone(),
+                    top_k,
+                    stopping,
+                )
+            })
             .map_err(|e| ClientError::Thread(e.to_string()))?;
         Ok(Self {
             shared,
+            link: link.enter(),
             jobs: Some(jobs),
             encoder_thread: Some(encoder_thread),
             shutdown,
@@ -209,7 +244,7 @@ impl OffloadClient {
     }
 
     pub fn connected(&self) -> bool {
-        self.shared.connection.lock().unwrap().is_some()
+        self.shared.connection().is_some()
     }
 
     /// Offloads submitted and not yet completed.
@@ -219,10 +254,11 @@ impl OffloadClient {
 
     pub fn stats(&self) -> Stats {
         let mut s = self.shared.stats.lock().unwrap().clone();
-        if let Some(c) = self.shared.connection.lock().unwrap().as_ref() {
+        if let Some(c) = self.shared.connection() {
             s.connected = true;
             s.rtt_us = c.rtt().as_micros() as u64;
         }
+        s.connection_users = self.link.link().users();
         s
     }
 
@@ -258,9 +294,8 @@ impl Drop for OffloadClient {
         if let Some(t) = self.encoder_thread.take() {
             let _ = t.join();
         }
-        if let Some(c) = self.shared.connection.lock().unwrap().take() {
-            c.close(0u32.into(), b"client stopping");
-        }
+        // The connection closes when its last user lets go of the link (the shared one may
+        // serve other elements still).
     }
 }
 
@@ -270,13 +305,14 @@ fn encode_loop(
     shared: Arc<Shared>,
     rt: tokio::runtime::Handle,
     top_k: u8,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     while let Ok((job, done)) = rx.recv() {
         if Instant::now() >= job.deadline {
             done(Err(ClientError::DeadlineBeforeEncoding));
             continue;
         }
-        let Some(connection) = shared.connection.lock().unwrap().clone() else {
+        let Some(connection) = shared.connection() else {
             done(Err(ClientError::NotConnected));
             continue;
         };
@@ -320,14 +356,25 @@ fn encode_loop(
         };
         let shared = shared.clone();
         let deadline = tokio::time::Instant::from_std(job.deadline);
+        let (mut stopping, stop_flag) = (stopping.clone(), stopping.clone());
         rt.spawn(async move {
             let sent = Instant::now();
-            // At the deadline the request is cancelled (its stream reset), so what is left of
-            // it stops using the uplink.
-            let result =
-                quic::request_until(&connection, &header, &encoded.bytes, 64 * 1024, deadline)
-                    .await
-                    .ok_or(());
+            // At the deadline, or when the element stops, the request is cancelled (its stream
+            // reset), so what is left of it stops using the uplink (which, on a shared
+            // connection, other elements still use).
+            let stopped = async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            };
+            let result = quic::request_until_or(
+                &connection,
+                &header,
+                &encoded.bytes,
+                64 * 1024,
+                deadline,
+                stopped,
+            )
+            .await
+            .ok_or(());
             let latency = sent.elapsed();
             let mut s = shared.stats.lock().unwrap();
             match result {
@@ -361,7 +408,12 @@ fn encode_loop(
                 Err(_) => {
                     s.failed += 1;
                     drop(s);
-                    done(Err(ClientError::Timeout));
+                    let stopped = *stop_flag.borrow();
+                    done(Err(if stopped {
+                        ClientError::Stopped
+                    } else {
+                        ClientError::Timeout
+                    }));
                 }
             }
         });
@@ -381,87 +433,6 @@ fn ewma(old: f64, new: f64, alpha: f64) -> f64 {
     } else {
         old + alpha * (new - old)
     }
-}
-
-async fn manage_connection(
-    endpoint: quinn::Endpoint,
-    config: ClientConfig,
-    host: String,
-    tls_config: quinn::ClientConfig,
-    shared: Arc<Shared>,
-    events: Arc<dyn Fn(ClientEvent) + Send + Sync>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    const MIN_BACKOFF: Duration = Duration::from_millis(200);
-    const MAX_BACKOFF: Duration = Duration::from_secs(5);
-    let mut backoff = MIN_BACKOFF;
-    let mut last_error: Option<String> = None;
-    let mut connected_before = false;
-    while !*shutdown.borrow() {
-        let attempt = async {
-            let addr = tokio::net::lookup_host(&config.server)
-                .await
-                .map_err(|e| format!("cannot resolve '{}': {e}", config.server))?
-                .next()
-                .ok_or_else(|| format!("'{}' resolves to no address", config.server))?;
-            quic::connect(
-                &endpoint,
-                addr,
-                &host,
-                tls_config.clone(),
-                &config.token,
-                "cbofilter",
-                // Short, so an absent server is reported (and retried) quickly; a QUIC
-                // handshake takes two round trips.
-                Duration::from_secs(2),
-            )
-            .await
-            .map_err(|e| e.to_string())
-        };
-        let result = tokio::select! {
-            r = attempt => r,
-            _ = shutdown.changed() => break,
-        };
-        match result {
-            Ok(session) => {
-                backoff = MIN_BACKOFF;
-                last_error = None;
-                if connected_before {
-                    shared.stats.lock().unwrap().reconnects += 1;
-                }
-                connected_before = true;
-                let connection = session.connection.clone();
-                *shared.connection.lock().unwrap() = Some(connection.clone());
-                events(ClientEvent::Connected {
-                    model: session.hello.model.clone(),
-                });
-                let reason = tokio::select! {
-                    e = connection.closed() => e.to_string(),
-                    _ = shutdown.changed() => {
-                        connection.close(0u32.into(), b"client stopping");
-                        *shared.connection.lock().unwrap() = None;
-                        break;
-                    }
-                };
-                *shared.connection.lock().unwrap() = None;
-                events(ClientEvent::Disconnected { reason });
-            }
-            Err(reason) => {
-                if last_error.as_deref() != Some(reason.as_str()) {
-                    events(ClientEvent::ConnectFailed {
-                        reason: reason.clone(),
-                    });
-                    last_error = Some(reason);
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => break,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
-    endpoint.close(0u32.into(), b"client stopping");
 }
 
 #[cfg(test)]

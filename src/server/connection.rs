@@ -134,6 +134,7 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
+    shared.metrics.connection_accepted();
     shared.log(format_args!("#{id} {remote}: client '{client}' connected"));
     let who = Arc::new(format!("#{id} {remote}"));
     let mut stopping = shared.stopping.clone();

@@ -35,6 +35,7 @@ pub struct Metrics {
     request_seconds: Histogram,
     batch_size: Histogram,
     connections: Gauge,
+    clients_accepted: Counter,
     in_flight: Gauge,
     backend_seconds: Histogram,
     backend_errors: Family<Kind, Counter>,
@@ -86,6 +87,12 @@ impl Metrics {
             "Client connections open (handshakes included)",
             connections.clone(),
         );
+        let clients_accepted = Counter::default();
+        registry.register(
+            "cboserver_connections_accepted",
+            "Client connections whose hello was accepted (authenticated), since the start",
+            clients_accepted.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "cboserver_requests_in_flight",
@@ -122,6 +129,7 @@ impl Metrics {
             request_seconds,
             batch_size,
             connections,
+            clients_accepted,
             in_flight,
             backend_seconds,
             backend_errors,
@@ -143,6 +151,11 @@ impl Metrics {
     /// Counts a connection until the guard drops.
     pub fn connection(&self) -> GaugeGuard {
         GaugeGuard::enter(&self.connections)
+    }
+
+    /// A connection's hello was accepted.
+    pub fn connection_accepted(&self) {
+        self.clients_accepted.inc();
     }
 
     /// Counts a request stream in progress until the guard drops.

@@ -36,6 +36,11 @@ pub struct BenchArgs {
     /// --streams N: the elements' batch-timeout, in microseconds
     #[arg(long, default_value_t = 2000)]
     pub batch_timeout: u32,
+    /// --streams N: each stream's frame rate in the paced rounds, where frames arrive in real
+    /// time and each frame's added latency is measured (default: the clip's frame rate; 0: no
+    /// paced rounds)
+    #[arg(long)]
+    pub fps: Option<f64>,
     /// Print one JSON object instead of a table
     #[arg(long)]
     pub json: bool,

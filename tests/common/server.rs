@@ -1,16 +1,19 @@
 //! A real `cboserver` child process on 127.0.0.1 for the tests that offload.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use super::repo;
 
-/// A `cboserver` child process with a self-signed certificate (and a token when asked).
+/// A `cboserver` child process with a self-signed certificate (and a token when asked), serving
+/// `/metrics` on another loopback port.
 pub struct Server {
     pub child: Child,
     pub addr: String,
     pub cert: PathBuf,
+    pub metrics: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -54,6 +57,8 @@ impl Server {
             .arg(dir.path())
             .arg("--max-batch")
             .arg("4")
+            .arg("--metrics")
+            .arg("127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(t) = token {
@@ -64,10 +69,13 @@ impl Server {
         let mut child = cmd.spawn().expect("cboserver starts");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
+        let mut metrics = None;
         let addr = loop {
             match lines.next() {
                 Some(Ok(line)) => {
-                    if let Some(a) = line.strip_prefix("listening on ") {
+                    if let Some(m) = line.strip_prefix("metrics on http://") {
+                        metrics = m.trim().trim_end_matches("/metrics").parse().ok();
+                    } else if let Some(a) = line.strip_prefix("listening on ") {
                         break a.trim().to_string();
                     }
                 }
@@ -83,8 +91,26 @@ impl Server {
             child,
             addr,
             cert,
+            metrics: metrics.expect("cboserver printed its metrics address"),
             _dir: dir,
         }
+    }
+
+    /// The value of one series of `/metrics` (its exact name with labels; 0 when absent).
+    pub fn metric(&self, series: &str) -> f64 {
+        let mut stream = TcpStream::connect(self.metrics).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.metrics
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub fn kill(&mut self) {
