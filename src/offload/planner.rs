@@ -49,17 +49,9 @@
 
 use std::sync::Arc;
 
+use super::link_estimate::LinkEstimate;
 use crate::profile::Profile;
 use crate::trace::{LinkQueue, MTU, Trace};
-
-/// Delivery records (per-request throughput, or its upper bound for a request that failed) the
-/// link estimate keeps.
-const SAMPLES: usize = 20;
-/// Records older than this no longer describe the link.
-const SAMPLE_AGE_MS: f64 = 10_000.0;
-/// The quantile of recent throughput FastVA plans with (its paper uses the recent throughput;
-/// a low quantile keeps its deadline misses comparable).
-pub const FASTVA_QUANTILE: f64 = 0.1;
 
 /// What one request adds to its JPEG on the uplink: the protocol frame and JSON header and the
 /// QUIC stream's set-up (measured on the wire: ~200 bytes).
@@ -178,276 +170,16 @@ pub fn feed_answer(planner: &mut dyn Planner, answer: AnswerIn, transport_rtt_ms
     });
 }
 
-impl LinkEstimate {
-    fn describe(&self) -> String {
-        format!(
-            "uplink {:.0} kbit/s, rtt {:.1} ms, size ratio {:.2}, link free at {:.1} ms",
-            self.bandwidth * 8.0,
-            self.rtt_ms,
-            self.size_ratio,
-            self.link_free_ms
-        )
-    }
-}
-
-/// Link estimates shared by the adaptive policies.
-#[derive(Debug, Clone)]
-pub struct LinkEstimate {
-    /// Bytes per ms the planners charge for link time: the quantile (`with_quantile`) of recent
-    /// delivery records, because a cellular uplink's capacity swings several-fold within a
-    /// second and an optimistic estimate turns straight into deadline misses.
-    pub bandwidth: f64,
-    /// Which quantile of the records [`Self::bandwidth`] is (0.1: exceeded 90 % of the time).
-    quantile: f64,
-    /// Recent per-request delivery records (time, bytes per ms), newest last. A request that
-    /// failed contributes the upper bound its failure proves.
-    samples: std::collections::VecDeque<(f64, f64)>,
-    /// Recent transport RTT samples (time, ms), newest last.
-    rtts: std::collections::VecDeque<(f64, f64)>,
-    /// Where the estimate starts, and returns to once every sample is stale: a probe. It is
-    /// the only record [`Self::arrival_probability`] has until the first answer or failure.
-    initial: f64,
-    /// The bound the oldest unanswered request proves at the last refresh, if it is below the
-    /// records' quantile (an outage shows up here long before any answer does).
-    overdue: Option<f64>,
-    /// Typical server time, from answers.
-    server_ms: f64,
-    pub rtt_ms: f64,
-    /// The RTT the estimate starts from, and returns to once every transport sample is stale.
-    initial_rtt_ms: f64,
-    /// Actual / predicted JPEG size for this stream.
-    pub size_ratio: f64,
-    /// When our last sent request is estimated to have left the uplink.
-    pub link_free_ms: f64,
-    /// Last upload completion inferred from an answer.
-    last_completion_ms: f64,
-    sent: Vec<(u64, f64, f64)>,
-}
-
-impl LinkEstimate {
-    pub fn new(initial_bps: f64, rtt_ms: f64) -> Self {
-        Self {
-            bandwidth: initial_bps / 8.0 / 1000.0,
-            quantile: FASTVA_QUANTILE,
-            samples: std::collections::VecDeque::new(),
-            rtts: std::collections::VecDeque::new(),
-            initial: initial_bps / 8.0 / 1000.0,
-            overdue: None,
-            server_ms: 0.0,
-            rtt_ms,
-            initial_rtt_ms: rtt_ms,
-            size_ratio: 1.0,
-            link_free_ms: f64::NEG_INFINITY,
-            last_completion_ms: f64::NEG_INFINITY,
-            sent: Vec::new(),
-        }
-    }
-
-    /// Plans link time with the `quantile` of recent throughput.
-    pub fn with_quantile(mut self, quantile: f64) -> Self {
-        self.quantile = quantile.clamp(0.0, 1.0);
-        self
-    }
-
-    /// The rates [`Self::arrival_probability`] weighs, each with weight one: the recent records,
-    /// or the initial estimate while there is none.
-    ///
-    /// The initial estimate is a guess, not a measurement: once the connection has a record it
-    /// no longer counts. Kept as a record of weight one it capped every probability at
-    /// `n / (n + 1)`, so a transfer on a 20 Mbit/s link that the last 12 requests all made in
-    /// time was planned with `P = 0.92` (the initial 1 Mbit/s "failed" it) and a `min_arrival`
-    /// of 0.95 refused it: cross-validated over the dev grid, dropping it raised the share of
-    /// settings where `cbo+reuse` is the best rule from 67 % to 74 % (docs/evaluation.md).
-    ///
-    /// A request overdue *now* is a fact about the present link, not one more draw: it caps every
-    /// record (as it caps [`Self::bandwidth`]) until it is answered or fails. A failure, once
-    /// over, is one record among the others: capping on it until the next answer stopped all
-    /// sending for seconds after every miss on a bursty link.
-    fn rates(&self) -> impl Iterator<Item = f64> + '_ {
-        let cap = self.overdue.unwrap_or(f64::INFINITY);
-        self.samples
-            .iter()
-            .map(|s| s.1)
-            .chain(self.samples.is_empty().then_some(self.initial))
-            .map(move |r| r.min(cap))
-    }
-
-    /// The probability that `bytes` handed to the uplink now, behind `ahead` bytes still to
-    /// cross it, are answered within `budget_ms` (the deadline less now, RTT, server time,
-    /// encode and margin), estimated from this connection's delivery record: the share of recent
-    /// requests whose throughput would have carried all of it in time. A failed request counts
-    /// at the upper bound its failure proves (an outage: close to zero), the initial estimate
-    /// stands in until there is a record, and the newest evidence of a slow link caps them all
-    /// (see `rates`).
-    pub fn arrival_probability(&self, ahead: f64, bytes: f64, budget_ms: f64) -> f64 {
-        if budget_ms <= 0.0 {
-            return 0.0;
-        }
-        let need = (ahead + bytes) / budget_ms;
-        let (mut ok, mut n) = (0usize, 0usize);
-        for r in self.rates() {
-            n += 1;
-            ok += usize::from(r >= need);
-        }
-        ok as f64 / n as f64
-    }
-
-    /// For a transfer of `bytes` that waits behind `ahead + s · charge` bytes when the planner
-    /// puts it `s` ms of link time after its start (`charge`: the bytes per ms planned link time
-    /// stands for), with `budget_ms` from now: per record, the largest `s` at which that record's
-    /// throughput still carries everything in time, sorted largest first. The arrival
-    /// probability at `s` is the share of these that are ≥ `s`, so the planner tabulates it over
-    /// every `s` in one sweep.
-    fn latest_starts(
-        &self,
-        ahead: f64,
-        bytes: f64,
-        budget_ms: f64,
-        charge: f64,
-        out: &mut Vec<f64>,
-    ) {
-        out.clear();
-        out.extend(
-            self.rates()
-                .map(|r| (r * budget_ms - bytes - ahead) / charge.max(1e-9)),
-        );
-        out.sort_by(|a, b| b.total_cmp(a));
-    }
-
-    /// A transport RTT sample. The planner uses the minimum of the last [`SAMPLE_AGE_MS`]: the
-    /// transport's smoothed RTT includes the time our own packets queue at the bottleneck, which
-    /// the link model already counts as upload time (counting it twice made the element plan
-    /// with ~100 ms less than it had on a slow uplink).
-    pub fn on_rtt(&mut self, now_ms: f64, rtt_ms: f64) {
-        // Keep only samples that can still be the minimum (a monotone queue).
-        while self.rtts.back().is_some_and(|&(_, r)| r >= rtt_ms) {
-            self.rtts.pop_back();
-        }
-        self.rtts.push_back((now_ms, rtt_ms));
-        self.expire_rtts(now_ms);
-    }
-
-    /// Drops RTT samples older than [`SAMPLE_AGE_MS`]; with none left the RTT returns to where
-    /// it started. Samples come only with answers: a stale one that said "the deadline cannot
-    /// be met" (a single 540 ms sample against a 500 ms deadline) otherwise stopped every send,
-    /// and with it every new sample, for the rest of the stream (seen for real on a 0.7 Mbit/s
-    /// trace, `cbo eval --e2e`).
-    fn expire_rtts(&mut self, now_ms: f64) {
-        while self
-            .rtts
-            .front()
-            .is_some_and(|&(t, _)| now_ms - t > SAMPLE_AGE_MS)
-        {
-            self.rtts.pop_front();
-        }
-        self.rtt_ms = self.rtts.front().map_or(self.initial_rtt_ms, |&(_, r)| r);
-    }
-
-    /// Records a send of `bytes` at `now`, returning when its upload should finish.
-    pub fn on_send(&mut self, id: u64, now_ms: f64, bytes: f64) -> f64 {
-        let start = self.link_free_ms.max(now_ms);
-        self.link_free_ms = start + bytes / self.bandwidth.max(1e-6);
-        self.sent.push((id, now_ms, bytes));
-        self.link_free_ms
-    }
-
-    /// Recomputes the estimate at `now`: the quantile of fresh records, capped by what an
-    /// overdue request proves. The oldest unanswered request has not finished uploading by
-    /// `now − RTT − server time`; if that is longer than the estimate allowed, the link is slower
-    /// than estimated.
-    pub fn refresh(&mut self, now: f64) {
-        self.expire_rtts(now);
-        while self
-            .samples
-            .front()
-            .is_some_and(|&(t, _)| now - t > SAMPLE_AGE_MS)
-        {
-            self.samples.pop_front();
-        }
-        self.overdue = None;
-        self.bandwidth = if self.samples.is_empty() {
-            self.initial
-        } else {
-            let mut sorted: Vec<f64> = self.samples.iter().map(|s| s.1).collect();
-            sorted.sort_by(f64::total_cmp);
-            sorted[((sorted.len() - 1) as f64 * self.quantile).floor() as usize]
-        };
-        let outstanding: f64 = self.sent.iter().map(|s| s.2).sum();
-        if let Some(&(_, sent, bytes)) = self.sent.first() {
-            let busy = now - self.rtt_ms - self.server_ms - sent.max(self.last_completion_ms);
-            if busy > bytes / self.bandwidth.max(1e-6) {
-                self.bandwidth = (bytes / busy).max(1e-3);
-                self.overdue = Some(self.bandwidth);
-                self.link_free_ms = now + outstanding / self.bandwidth;
-                return;
-            }
-        }
-        // What we sent and is unanswered can keep the link busy at most this long.
-        self.link_free_ms = self
-            .link_free_ms
-            .min(now + outstanding / self.bandwidth.max(1e-6));
-    }
-    pub fn on_answer(&mut self, a: &AnswerIn, predicted_bytes: Option<f64>) {
-        self.server_ms = if self.server_ms == 0.0 {
-            a.server_ms
-        } else {
-            0.8 * self.server_ms + 0.2 * a.server_ms
-        };
-        if let Some(rtt) = a.rtt_ms {
-            self.rtt_ms = 0.8 * self.rtt_ms + 0.2 * rtt;
-        }
-        let Some(pos) = self.sent.iter().position(|s| s.0 == a.id) else {
-            return;
-        };
-        // What actually crossed (the send recorded only the prediction).
-        let (_, sent_ms, _) = self.sent.remove(pos);
-        let bytes = wire_bytes(a.bytes);
-        let completion = a.now_ms - self.rtt_ms - a.server_ms;
-        let busy = completion - sent_ms.max(self.last_completion_ms);
-        self.last_completion_ms = self.last_completion_ms.max(completion);
-        if busy > 0.5 {
-            self.push_sample(a.now_ms, bytes / busy);
-        }
-        self.refresh(a.now_ms);
-        if let Some(p) = predicted_bytes.filter(|&p| p > 0.0) {
-            self.size_ratio = 0.8 * self.size_ratio + 0.2 * (bytes / p);
-        }
-    }
-
-    /// A request got no answer (given up at its deadline, or failed). Its upload had not finished
-    /// by `now − RTT − server time`, so the link delivered fewer than `bytes / busy` bytes per ms:
-    /// that bound becomes a sample. Without it a run of failures (an outage, or frames larger
-    /// than the profile predicts) would leave no trace once the request is gone, and the estimate
-    /// would stay at its optimistic value while every transfer misses.
-    pub fn on_failure(&mut self, id: u64, now: f64) {
-        if let Some(pos) = self.sent.iter().position(|s| s.0 == id) {
-            let (_, sent_ms, bytes) = self.sent.remove(pos);
-            let busy = now - self.rtt_ms - self.server_ms - sent_ms.max(self.last_completion_ms);
-            if busy > 0.5 {
-                self.push_sample(now, bytes / busy);
-            }
-        }
-        self.refresh(now);
-    }
-
-    fn push_sample(&mut self, now: f64, bytes_per_ms: f64) {
-        if self.samples.len() == SAMPLES {
-            self.samples.pop_front();
-        }
-        self.samples.push_back((now, bytes_per_ms));
-    }
-}
-
 /// Per-resolution costs from the profile.
 #[derive(Debug, Clone)]
-struct Option_ {
-    short_side: u32,
-    bytes: f64,
-    server_ms: f64,
-    encode_ms: f64,
+pub(super) struct Option_ {
+    pub(super) short_side: u32,
+    pub(super) bytes: f64,
+    pub(super) server_ms: f64,
+    pub(super) encode_ms: f64,
 }
 
-fn options(profile: &Profile) -> Vec<Option_> {
+pub(super) fn options(profile: &Profile) -> Vec<Option_> {
     profile
         .resolutions
         .iter()
@@ -973,160 +705,14 @@ impl Planner for CboPlanner {
     }
 }
 
-/// The simple rules: `local`, `all`, `threshold`, `threshold-raw` (a fixed resolution, decided at
-/// arrival, late answers dropped), and FastVA (send whenever the estimate says the answer arrives
-/// in time, at the largest resolution that fits, ignoring confidence).
-pub struct RulePlanner {
-    rule: Rule,
-    shorts: Vec<u32>,
-    /// Index of the fixed resolution.
-    fixed: usize,
-    opts: Vec<Option_>,
-    pub link: LinkEstimate,
-    due: Vec<(u64, Action)>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Rule {
-    Local,
-    All,
-    Threshold(f64),
-    ThresholdRaw(f64),
-    FastVa,
-}
-
-impl RulePlanner {
-    pub fn new(
-        rule: Rule,
-        profile: &Profile,
-        fixed_short_side: u32,
-        initial_bps: f64,
-        rtt_ms: f64,
-    ) -> Self {
-        let opts = options(profile);
-        let shorts: Vec<u32> = opts.iter().map(|o| o.short_side).collect();
-        let fixed = shorts
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, s)| s.abs_diff(fixed_short_side))
-            .map(|(i, _)| i)
-            .unwrap_or(0);
-        Self {
-            rule,
-            shorts,
-            fixed,
-            opts,
-            link: LinkEstimate::new(initial_bps, rtt_ms),
-            due: Vec::new(),
-        }
-    }
-
-    /// A fixed-resolution rule without a profile: it sends at exactly `short_side` (the only
-    /// resolution). FastVA needs the profile's sizes and takes [`RulePlanner::new`].
-    pub fn fixed(rule: Rule, short_side: u32) -> Self {
-        Self {
-            rule,
-            shorts: vec![short_side],
-            fixed: 0,
-            opts: vec![Option_ {
-                short_side,
-                bytes: 0.0,
-                server_ms: 0.0,
-                encode_ms: 0.0,
-            }],
-            link: LinkEstimate::new(1e6, 0.0),
-            due: Vec::new(),
-        }
-    }
-}
-
-impl Planner for RulePlanner {
-    fn name(&self) -> &'static str {
-        match self.rule {
-            Rule::Local => "local",
-            Rule::All => "all",
-            Rule::Threshold(_) => "threshold",
-            Rule::ThresholdRaw(_) => "threshold-raw",
-            Rule::FastVa => "fastva",
-        }
-    }
-
-    fn on_frame(&mut self, f: FrameIn) {
-        let send = |r: usize| Action::Send { resolution: r };
-        let action = match self.rule {
-            Rule::Local => Action::Keep,
-            Rule::All => send(self.fixed),
-            Rule::Threshold(t) if f.confidence < t => send(self.fixed),
-            Rule::ThresholdRaw(t) if f.raw_confidence < t => send(self.fixed),
-            Rule::Threshold(_) | Rule::ThresholdRaw(_) => Action::Keep,
-            Rule::FastVa => {
-                self.link.refresh(f.arrival_ms);
-                let t0 = self.link.link_free_ms.max(f.arrival_ms);
-                (0..self.opts.len())
-                    .rev()
-                    .find(|&r| {
-                        let o = &self.opts[r];
-                        let tx = wire_bytes(o.bytes * self.link.size_ratio)
-                            / self.link.bandwidth.max(1e-6);
-                        t0 + tx + self.link.rtt_ms + o.server_ms + o.encode_ms + MARGIN_MS
-                            <= f.deadline_ms
-                    })
-                    .map_or(Action::Keep, send)
-            }
-        };
-        if let Action::Send { resolution } = action {
-            let bytes = wire_bytes(self.opts[resolution].bytes * self.link.size_ratio);
-            self.link.on_send(f.id, f.arrival_ms, bytes);
-        }
-        self.due.push((f.id, action));
-    }
-
-    fn on_answer(&mut self, a: AnswerIn) {
-        self.link.on_answer(&a, None);
-    }
-
-    fn on_failure(&mut self, id: u64, now_ms: f64) {
-        self.link.on_failure(id, now_ms);
-    }
-
-    fn poll(&mut self, _now_ms: f64) -> Vec<(u64, Action)> {
-        std::mem::take(&mut self.due)
-    }
-
-    fn next_wakeup(&self) -> Option<f64> {
-        None
-    }
-
-    fn resolutions(&self) -> &[u32] {
-        &self.shorts
-    }
-
-    fn on_rtt(&mut self, now_ms: f64, rtt_ms: f64) {
-        self.link.on_rtt(now_ms, rtt_ms);
-    }
-
-    fn set_threshold(&mut self, threshold: f64) {
-        if let Rule::Threshold(t) | Rule::ThresholdRaw(t) = &mut self.rule {
-            *t = threshold;
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self.rule {
-            Rule::FastVa => self.link.describe(),
-            Rule::Threshold(t) | Rule::ThresholdRaw(t) => format!("threshold {t}"),
-            Rule::Local | Rule::All => String::new(),
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::offload::link_estimate::SAMPLE_AGE_MS;
     use crate::profile::{ConfidenceBin, FittedOn, ModelRef, ResolutionProfile};
 
     /// Two resolutions: small (5 kB, server 0.6) and large (15 kB, server 0.9), flat across bins.
-    fn profile() -> Profile {
+    pub(crate) fn profile() -> Profile {
         let m = ModelRef {
             file: "m".into(),
             sha256: "0".into(),
@@ -1174,7 +760,7 @@ mod tests {
         }
     }
 
-    fn frame(id: u64, at: f64, p: f64) -> FrameIn {
+    pub(crate) fn frame(id: u64, at: f64, p: f64) -> FrameIn {
         FrameIn {
             id,
             arrival_ms: at,
@@ -1419,70 +1005,5 @@ mod tests {
             assert!(seen.insert(id, a).is_none());
         }
         assert_eq!(seen.len(), 300);
-    }
-
-    #[test]
-    fn rtt_is_the_recent_minimum_not_the_queue_inflated_average() {
-        let mut link = LinkEstimate::new(1e6, 40.0);
-        link.on_rtt(0.0, 42.0);
-        link.on_rtt(100.0, 180.0);
-        link.on_rtt(200.0, 120.0);
-        assert_eq!(link.rtt_ms, 42.0);
-        // The 42 ms sample ages out; the smallest of the rest remains.
-        link.on_rtt(10_050.0, 150.0);
-        assert_eq!(link.rtt_ms, 120.0);
-        link.on_rtt(10_300.0, 60.0);
-        assert_eq!(link.rtt_ms, 60.0);
-    }
-
-    #[test]
-    fn bandwidth_estimate_ignores_self_queueing() {
-        let mut l = LinkEstimate::new(1e6, 20.0);
-        // Two 10 kB requests sent together on a true 1000 B/ms link: uploads end at 10 and 20 ms.
-        l.on_send(1, 0.0, 10_000.0);
-        l.on_send(2, 0.0, 10_000.0);
-        l.on_answer(
-            &AnswerIn {
-                id: 1,
-                now_ms: 10.0 + 20.0 + 5.0,
-                bytes: 10_000.0,
-                server_ms: 5.0,
-                rtt_ms: Some(20.0),
-            },
-            None,
-        );
-        l.on_answer(
-            &AnswerIn {
-                id: 2,
-                now_ms: 20.0 + 20.0 + 5.0,
-                bytes: 10_000.0,
-                server_ms: 5.0,
-                rtt_ms: Some(20.0),
-            },
-            None,
-        );
-        // Both samples say 1000 B/ms; the estimate moves from 125 towards it.
-        assert!(l.bandwidth > 500.0, "{}", l.bandwidth);
-    }
-
-    #[test]
-    fn rules() {
-        let pr = profile();
-        let mut p = RulePlanner::new(Rule::Threshold(0.5), &pr, 224, 8e6, 20.0);
-        p.on_frame(frame(0, 0.0, 0.4));
-        p.on_frame(frame(1, 0.0, 0.6));
-        assert_eq!(
-            p.poll(0.0),
-            vec![(0, Action::Send { resolution: 1 }), (1, Action::Keep)]
-        );
-        let mut p = RulePlanner::new(Rule::FastVa, &pr, 224, 0.4e6, 20.0);
-        p.on_frame(frame(0, 0.0, 0.99));
-        // 224 needs 351 ms ≤ 500: the largest fits.
-        assert_eq!(p.poll(0.0), vec![(0, Action::Send { resolution: 1 })]);
-        p.on_frame(frame(1, 0.0, 0.99));
-        // Behind it: 300 + 100 + 51 = 451 ≤ 500 fits only the small one.
-        assert_eq!(p.poll(0.0), vec![(1, Action::Send { resolution: 0 })]);
-        p.on_frame(frame(2, 0.0, 0.99));
-        assert_eq!(p.poll(0.0), vec![(2, Action::Keep)]);
     }
 }

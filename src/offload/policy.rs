@@ -6,7 +6,8 @@
 //! answers are reused ([`super::reuse`]). What the element adds around a planner (the in-flight
 //! window, offline frames) is the [`super::driver::PolicyDriver`]'s.
 
-use super::planner::{CboPlanner, Planner, Rule, RulePlanner};
+use super::planner::{CboPlanner, Planner};
+use super::rules::{Rule, RulePlanner};
 use crate::profile::Profile;
 
 /// The policies by name (`cbo eval --policies`, the element's `policy` nicks).

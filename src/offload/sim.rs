@@ -500,7 +500,7 @@ pub fn clairvoyant(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::offload::planner::{Rule, RulePlanner};
+    use crate::offload::rules::{Rule, RulePlanner};
     use crate::profile::{FrameObservation, Profile, ServerObservation};
 
     /// A frame of true class `truth`: the device says `device_class` with `confidence`; the
