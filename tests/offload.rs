@@ -419,19 +419,9 @@ fn stats_property_counts_what_happened() {
     let stats = std::sync::Arc::new(std::sync::Mutex::new(None));
     let s = stats.clone();
     let run = run_with(&desc, move |p| {
-        let cbo = p.by_name("cbo").unwrap();
-        cbo.static_pad("src").unwrap().add_probe(
-            gst::PadProbeType::EVENT_DOWNSTREAM,
-            move |pad, info| {
-                if let Some(gst::PadProbeData::Event(e)) = &info.data
-                    && e.type_() == gst::EventType::Eos
-                {
-                    let el = pad.parent_element().unwrap();
-                    *s.lock().unwrap() = Some(el.property::<gst::Structure>("stats"));
-                }
-                gst::PadProbeReturn::Ok
-            },
-        );
+        common::stats_at_eos(&p.by_name("cbo").unwrap(), "src", move |st| {
+            *s.lock().unwrap() = Some(st);
+        });
     });
     assert_complete(&run, 30);
     let st = stats.lock().unwrap().clone().expect("stats read at EOS");
@@ -677,25 +667,12 @@ fn hold_mode_with_a_synchronised_live_sink_has_no_late_frames() {
     let counts = std::sync::Arc::new(std::sync::Mutex::new(None::<(u64, u64)>));
     let c = counts.clone();
     let run = common::run_with(&desc, move |p| {
-        let sink = p.by_name("sink").unwrap();
-        sink.static_pad("sink").unwrap().add_probe(
-            gst::PadProbeType::EVENT_DOWNSTREAM,
-            move |pad, info| {
-                if let Some(gst::PadProbeData::Event(e)) = &info.data
-                    && e.type_() == gst::EventType::Eos
-                {
-                    let st = pad
-                        .parent_element()
-                        .unwrap()
-                        .property::<gst::Structure>("stats");
-                    *c.lock().unwrap() = Some((
-                        st.get::<u64>("rendered").unwrap(),
-                        st.get::<u64>("dropped").unwrap(),
-                    ));
-                }
-                gst::PadProbeReturn::Ok
-            },
-        );
+        common::stats_at_eos(&p.by_name("sink").unwrap(), "sink", move |st| {
+            *c.lock().unwrap() = Some((
+                st.get::<u64>("rendered").unwrap(),
+                st.get::<u64>("dropped").unwrap(),
+            ));
+        });
     });
     assert_complete(&run, 60);
     assert!(

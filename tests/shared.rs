@@ -46,20 +46,12 @@ fn run_branches(sources: &[String], props: &str) -> Vec<Branch> {
     for (i, branch) in out.iter().enumerate() {
         let cbo = pipeline.by_name(&format!("c{i}")).unwrap();
         let b = branch.clone();
-        let weak = cbo.downgrade();
-        cbo.static_pad("src")
-            .unwrap()
-            .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-                let mut b = b.lock().unwrap();
-                if let Some(r) = info.buffer().and_then(|b| CboResult::from_buffer(b)) {
-                    b.results.push(r.unwrap());
-                }
-                if let Some(cbo) = weak.upgrade() {
-                    b.session_ids.push(cbo.property("session-id"));
-                    b.streams.push(cbo.property("shared-streams"));
-                }
-                gst::PadProbeReturn::Ok
-            });
+        common::on_each_output(&cbo, move |cbo, result| {
+            let mut b = b.lock().unwrap();
+            b.results.extend(result);
+            b.session_ids.push(cbo.property("session-id"));
+            b.streams.push(cbo.property("shared-streams"));
+        });
     }
     pipeline.set_state(gst::State::Playing).unwrap();
     let bus = pipeline.bus().unwrap();
@@ -166,16 +158,9 @@ fn a_stalled_stream_does_not_stall_the_others() {
             clip_source(&bottle_clip(), 100)
         ),
         move |pipeline| {
-            let cbo = pipeline.by_name("cbo").unwrap();
-            let weak = cbo.downgrade();
-            cbo.static_pad("src")
-                .unwrap()
-                .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-                    if let Some(c) = weak.upgrade() {
-                        s.lock().unwrap().push(c.property("shared-streams"));
-                    }
-                    gst::PadProbeReturn::Ok
-                });
+            common::on_each_output(&pipeline.by_name("cbo").unwrap(), move |c, _| {
+                s.lock().unwrap().push(c.property("shared-streams"));
+            });
         },
     );
     assert!(run.error.is_none(), "{:?}", run.error);
@@ -215,28 +200,16 @@ fn an_element_set_to_null_mid_run_leaves_the_others_running() {
             clip_source(&bottle_clip(), 120)
         ),
         move |pipeline| {
-            let cbo = pipeline.by_name("cbo").unwrap();
-            let weak = cbo.downgrade();
-            cbo.static_pad("src")
-                .unwrap()
-                .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-                    let Some(c) = weak.upgrade() else {
-                        return gst::PadProbeReturn::Ok;
-                    };
-                    let frame = info
-                        .buffer()
-                        .and_then(|b| CboResult::from_buffer(b))
-                        .map(|r| r.unwrap().frame)
-                        .unwrap_or_default();
-                    s.lock()
-                        .unwrap()
-                        .push((frame, c.property("shared-streams")));
-                    if frame == 30 {
-                        // The other element leaves while this stream is running.
-                        other_in_probe.set_state(gst::State::Null).unwrap();
-                    }
-                    gst::PadProbeReturn::Ok
-                });
+            common::on_each_output(&pipeline.by_name("cbo").unwrap(), move |c, result| {
+                let frame = result.map(|r| r.frame).unwrap_or_default();
+                s.lock()
+                    .unwrap()
+                    .push((frame, c.property("shared-streams")));
+                if frame == 30 {
+                    // The other element leaves while this stream is running.
+                    other_in_probe.set_state(gst::State::Null).unwrap();
+                }
+            });
         },
     );
     assert!(run.error.is_none(), "{:?}", run.error);

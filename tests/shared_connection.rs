@@ -36,33 +36,16 @@ fn clip(i: usize) -> std::path::PathBuf {
 /// Records each result and the element's `connection-users` on `cbo`'s src pad, and its stats
 /// at EOS.
 fn record(cbo: &gst::Element, into: Arc<Mutex<Branch>>) {
-    let weak = cbo.downgrade();
     let b = into.clone();
-    cbo.static_pad("src")
-        .unwrap()
-        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            let mut b = b.lock().unwrap();
-            if let Some(r) = info.buffer().and_then(|b| CboResult::from_buffer(b)) {
-                b.results.push(r.unwrap());
-            }
-            if let Some(cbo) = weak.upgrade() {
-                let stats = cbo.property::<gst::Structure>("stats");
-                b.users.push(stats.get("connection-users").unwrap());
-            }
-            gst::PadProbeReturn::Ok
-        });
-    cbo.static_pad("src").unwrap().add_probe(
-        gst::PadProbeType::EVENT_DOWNSTREAM,
-        move |pad, info| {
-            if let Some(gst::PadProbeData::Event(e)) = &info.data
-                && e.type_() == gst::EventType::Eos
-            {
-                let el = pad.parent_element().unwrap();
-                into.lock().unwrap().stats = Some(el.property("stats"));
-            }
-            gst::PadProbeReturn::Ok
-        },
-    );
+    common::on_each_output(cbo, move |cbo, result| {
+        let mut b = b.lock().unwrap();
+        b.results.extend(result);
+        let stats = cbo.property::<gst::Structure>("stats");
+        b.users.push(stats.get("connection-users").unwrap());
+    });
+    common::stats_at_eos(cbo, "src", move |st| {
+        into.lock().unwrap().stats = Some(st);
+    });
 }
 
 /// `n` branches `clip ! cbofilter policy=all ... ! fakesink` in one pipeline, run to EOS.
@@ -190,29 +173,17 @@ fn an_element_set_to_null_mid_run_leaves_the_others_offloading() {
             bottle_clip().display()
         ),
         move |pipeline| {
-            let cbo = pipeline.by_name("cbo").unwrap();
-            let weak = cbo.downgrade();
-            cbo.static_pad("src")
-                .unwrap()
-                .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-                    let Some(c) = weak.upgrade() else {
-                        return gst::PadProbeReturn::Ok;
-                    };
-                    let frame = info
-                        .buffer()
-                        .and_then(|b| CboResult::from_buffer(b))
-                        .map(|r| r.unwrap().frame)
-                        .unwrap_or_default();
-                    let stats = c.property::<gst::Structure>("stats");
-                    u.lock()
-                        .unwrap()
-                        .push((frame, stats.get("connection-users").unwrap()));
-                    if frame == 20 {
-                        // The other element leaves while this one is offloading.
-                        other_in_probe.set_state(gst::State::Null).unwrap();
-                    }
-                    gst::PadProbeReturn::Ok
-                });
+            common::on_each_output(&pipeline.by_name("cbo").unwrap(), move |c, result| {
+                let frame = result.map(|r| r.frame).unwrap_or_default();
+                let stats = c.property::<gst::Structure>("stats");
+                u.lock()
+                    .unwrap()
+                    .push((frame, stats.get("connection-users").unwrap()));
+                if frame == 20 {
+                    // The other element leaves while this one is offloading.
+                    other_in_probe.set_state(gst::State::Null).unwrap();
+                }
+            });
         },
     );
     assert!(run.error.is_none(), "{:?}", run.error);

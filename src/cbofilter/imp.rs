@@ -489,6 +489,8 @@ impl CboFilter {
             .field("reused", counts.reused)
             .field("bytes-sent", c.bytes_sent)
             .field("rtt-ms", c.rtt_us as f64 / 1000.0)
+            .field("min-rtt-ms", c.min_rtt_us as f64 / 1000.0)
+            .field("cwnd-bytes", c.cwnd_bytes)
             .field("uplink-kbps", c.uplink_bps / 1000.0)
             .field("encode-ms", c.encode_us / 1000.0)
             .field("reconnects", c.reconnects)

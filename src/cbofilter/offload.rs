@@ -100,6 +100,17 @@ impl Effects<Job> for ElementEffects {
                     },
                     Box::new(move |r| {
                         let now_ms = clock.ms(Instant::now());
+                        if let Ok(sr) = &r {
+                            gst::log!(
+                                OFFLOAD_CAT,
+                                "frame {id}: answered ({} bytes at {} px in {:.1} ms; path rtt {:.1} ms, cwnd {} bytes)",
+                                sr.jpeg_bytes,
+                                sr.short_side,
+                                sr.latency.as_secs_f64() * 1000.0,
+                                sr.rtt.as_secs_f64() * 1000.0,
+                                sr.cwnd_bytes
+                            );
+                        }
                         let event = match &r {
                             Ok(sr) => Event::Answer(
                                 AnswerIn {

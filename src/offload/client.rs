@@ -75,6 +75,9 @@ pub struct ServerResult {
     /// upload time; fed that, the element planned with ~0.5 s less than it had and sent almost
     /// nothing on a 0.7 Mbit/s trace where the simulation, whose RTT is the path's, sent 10 %.
     pub rtt: Duration,
+    /// quinn's congestion window when the answer arrived: how much of a request the transport
+    /// had handed to the network at once (what a stream reset at the deadline cannot withdraw).
+    pub cwnd_bytes: u64,
 }
 
 /// Why the client could not start, or a frame got no answer.
@@ -118,6 +121,10 @@ pub struct Stats {
     pub bytes_sent: u64,
     pub reconnects: u64,
     pub rtt_us: u64,
+    /// The path's RTT without queueing (quinn's minimum RTT).
+    pub min_rtt_us: u64,
+    /// quinn's congestion window now.
+    pub cwnd_bytes: u64,
     /// Smoothed uplink estimate from acknowledged requests, bits/s (0 until the first answer).
     pub uplink_bps: f64,
     /// Smoothed rescale + JPEG encode time per frame.
@@ -257,6 +264,9 @@ impl OffloadClient {
         if let Some(c) = self.shared.connection() {
             s.connected = true;
             s.rtt_us = c.rtt().as_micros() as u64;
+            let path = c.stats().path;
+            s.min_rtt_us = path.min_rtt.as_micros() as u64;
+            s.cwnd_bytes = path.cwnd;
         }
         s.connection_users = self.link.link().users();
         s
@@ -398,6 +408,7 @@ fn encode_loop(
                         jpeg_bytes: encoded.bytes.len(),
                         short_side: header.short_side,
                         rtt: path_rtt(&connection),
+                        cwnd_bytes: connection.stats().path.cwnd,
                     }));
                 }
                 Ok(Err(e)) => {

@@ -99,6 +99,47 @@ pub fn run_pipeline_comparing(desc: &str, before: &str, after: &str) -> (Run, bo
     (run, !a.is_empty() && a == b)
 }
 
+/// Calls `f` with `cbo` and the buffer's result (`None` without a meta) for every buffer that
+/// leaves it, while the element exists: for reading its properties frame by frame.
+pub fn on_each_output(
+    cbo: &gst::Element,
+    f: impl Fn(&gst::Element, Option<CboResult>) + Send + Sync + 'static,
+) {
+    let weak = cbo.downgrade();
+    cbo.static_pad("src")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(c) = weak.upgrade() {
+                let result = info
+                    .buffer()
+                    .and_then(|b| CboResult::from_buffer(b))
+                    .map(|r| r.unwrap());
+                f(&c, result);
+            }
+            gst::PadProbeReturn::Ok
+        });
+}
+
+/// Calls `f` with `element`'s `stats` structure when EOS passes `pad` of it (its counts then are
+/// final for the stream).
+pub fn stats_at_eos(
+    element: &gst::Element,
+    pad: &str,
+    f: impl Fn(gst::Structure) + Send + Sync + 'static,
+) {
+    element.static_pad(pad).unwrap().add_probe(
+        gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |pad, info| {
+            if let Some(gst::PadProbeData::Event(e)) = &info.data
+                && e.type_() == gst::EventType::Eos
+            {
+                f(pad.parent_element().unwrap().property("stats"));
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+}
+
 pub fn run_with(desc: &str, setup: impl FnOnce(&gst::Pipeline)) -> Run {
     init();
     let pipeline = gst::parse::launch(desc)
