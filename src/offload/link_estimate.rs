@@ -8,8 +8,9 @@
 use super::planner::{AnswerIn, wire_bytes};
 
 /// Delivery records (per-request throughput, or its upper bound for a request that failed) the
-/// link estimate keeps.
-const SAMPLES: usize = 20;
+/// link estimate keeps by default ([`LinkEstimate::with_records`]; the CBO planner's
+/// `CboParams::records`, chosen by cross-validation).
+pub(crate) const SAMPLES: usize = 20;
 /// Records older than this no longer describe the link.
 pub(crate) const SAMPLE_AGE_MS: f64 = 10_000.0;
 /// The quantile of recent throughput FastVA plans with (its paper uses the recent throughput;
@@ -40,6 +41,8 @@ pub struct LinkEstimate {
     /// Recent per-request delivery records (time, bytes per ms), newest last. A request that
     /// failed contributes the upper bound its failure proves.
     samples: std::collections::VecDeque<(f64, f64)>,
+    /// How many of them it keeps.
+    max_samples: usize,
     /// Recent transport RTT samples (time, ms), newest last.
     rtts: std::collections::VecDeque<(f64, f64)>,
     /// Where the estimate starts, and returns to once every sample is stale: a probe. It is
@@ -68,6 +71,7 @@ impl LinkEstimate {
             bandwidth: initial_bps / 8.0 / 1000.0,
             quantile: FASTVA_QUANTILE,
             samples: std::collections::VecDeque::new(),
+            max_samples: SAMPLES,
             rtts: std::collections::VecDeque::new(),
             initial: initial_bps / 8.0 / 1000.0,
             overdue: None,
@@ -79,6 +83,12 @@ impl LinkEstimate {
             last_completion_ms: f64::NEG_INFINITY,
             sent: Vec::new(),
         }
+    }
+
+    /// Keeps the last `n` delivery records (at least one) instead of [`SAMPLES`].
+    pub fn with_records(mut self, n: usize) -> Self {
+        self.max_samples = n.max(1);
+        self
     }
 
     /// Plans link time with the `quantile` of recent throughput.
@@ -269,7 +279,7 @@ impl LinkEstimate {
     }
 
     fn push_sample(&mut self, now: f64, bytes_per_ms: f64) {
-        if self.samples.len() == SAMPLES {
+        while self.samples.len() >= self.max_samples {
             self.samples.pop_front();
         }
         self.samples.push_back((now, bytes_per_ms));

@@ -86,14 +86,24 @@ pub struct CboParams {
     /// The gain of a transfer is taken `gain_z` standard errors below the profile's estimate
     /// ([`Profile::gain_lower_bound`]): the profile comes from one clip, other content gains less.
     pub gain_z: f64,
+    /// How many recent delivery records (at most [`SAMPLE_AGE_MS`](super::link_estimate::SAMPLE_AGE_MS) old) describe the link: fewer
+    /// follow a changing link sooner, more give a finer arrival probability (it moves in steps of
+    /// one record).
+    #[serde(default = "default_records")]
+    pub records: usize,
+}
+
+fn default_records() -> usize {
+    DEFAULT_PARAMS.records
 }
 
 /// The constants the element and `cbo eval` use: the candidate `cbo eval --cv` chose on the whole
 /// dev grid (4 clips × 14 traces × 3 deadlines; docs/evaluation.md), whose held-out folds chose
-/// 0.8–0.95 and 0.25–0.5.
+/// 0.7–0.95, 0–0.5 and 10–40.
 pub const DEFAULT_PARAMS: CboParams = CboParams {
     min_arrival: 0.9,
     gain_z: 0.5,
+    records: 10,
 };
 
 /// What to do with a frame.
@@ -274,7 +284,9 @@ impl CboPlanner {
             shorts,
             // Link time is charged at the median throughput (the expected occupancy); how
             // likely a transfer is to arrive comes from the whole record.
-            link: LinkEstimate::new(initial_bps, rtt_ms).with_quantile(0.5),
+            link: LinkEstimate::new(initial_bps, rtt_ms)
+                .with_quantile(0.5)
+                .with_records(DEFAULT_PARAMS.records),
             oracle: None,
             waiting: Vec::new(),
             predicted: Vec::new(),
@@ -303,6 +315,7 @@ impl CboPlanner {
     /// Plans with other constants than [`DEFAULT_PARAMS`] (cross-validation).
     pub fn with_params(mut self, params: CboParams) -> Self {
         self.params = params;
+        self.link = self.link.with_records(params.records);
         self
     }
 

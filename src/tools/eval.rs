@@ -111,6 +111,9 @@ pub struct EvalArgs {
     /// `--cv`: candidate z of the lower confidence bound on the profile's gain
     #[arg(long, value_delimiter = ',', default_value = "0,0.25,0.5,1")]
     pub cv_gain_z: Vec<f64>,
+    /// `--cv`: candidate numbers of recent delivery records the link estimate keeps
+    #[arg(long, value_delimiter = ',', default_value = "10,20,40")]
+    pub cv_records: Vec<usize>,
     /// Write plots: accuracy vs deadline per policy and trace (this path), and the cbo policy's
     /// uplink use and resolution over time against each trace's capacity (PATH-stem.TRACE.png)
     #[arg(long)]
@@ -594,13 +597,19 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
             "--cv-gain-z {bad}: standard errors below the gain estimate, 0 or more"
         ));
     }
+    if let Some(bad) = args.cv_records.iter().find(|&&n| n == 0) {
+        return Err(format!("--cv-records {bad}: at least one record"));
+    }
     let candidates: Vec<CboParams> = if args.cv {
         args.cv_min_arrival
             .iter()
             .flat_map(|&min_arrival| {
-                args.cv_gain_z.iter().map(move |&gain_z| CboParams {
-                    min_arrival,
-                    gain_z,
+                args.cv_gain_z.iter().flat_map(move |&gain_z| {
+                    args.cv_records.iter().map(move |&records| CboParams {
+                        min_arrival,
+                        gain_z,
+                        records,
+                    })
                 })
             })
             .collect()
@@ -899,15 +908,21 @@ pub fn print_table(r: &EvalReport) {
     if let Some(cv) = &r.cv {
         println!(
             "\ncross-validated (leave one trace source and one clip out; {} candidates): chosen on all \
-             settings: min_arrival {} gain_z {}",
+             settings: min_arrival {} gain_z {} records {}",
             cv.candidates.len(),
             cv.chosen_on_all.min_arrival,
-            cv.chosen_on_all.gain_z
+            cv.chosen_on_all.gain_z,
+            cv.chosen_on_all.records
         );
         for f in &cv.folds {
             println!(
-                "  held out {:<24} {:<10} -> min_arrival {:<5} gain_z {:<4} (trained on {} settings)",
-                f.clip, f.source, f.params.min_arrival, f.params.gain_z, f.trained_on
+                "  held out {:<24} {:<10} -> min_arrival {:<5} gain_z {:<4} records {:<3} (trained on {} settings)",
+                f.clip,
+                f.source,
+                f.params.min_arrival,
+                f.params.gain_z,
+                f.params.records,
+                f.trained_on
             );
         }
         print_summary(&cv.summary);
