@@ -53,15 +53,7 @@ fn run_branches(sources: &[String], props: &str) -> Vec<Branch> {
             b.streams.push(cbo.property("shared-streams"));
         });
     }
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let bus = pipeline.bus().unwrap();
-    for msg in bus.iter_timed(gst::ClockTime::from_seconds(600)) {
-        match msg.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => panic!("{}: {:?}", e.error(), e.debug()),
-            _ => {}
-        }
-    }
+    common::play_until_eos(&pipeline);
     for (i, branch) in out.iter().enumerate() {
         let stats = pipeline
             .by_name(&format!("c{i}"))

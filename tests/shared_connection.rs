@@ -72,15 +72,7 @@ fn run_branches(server: &Server, n: usize, frames: u32, extra: &str) -> Vec<Bran
     for (i, b) in out.iter().enumerate() {
         record(&pipeline.by_name(&format!("c{i}")).unwrap(), b.clone());
     }
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let bus = pipeline.bus().unwrap();
-    for msg in bus.iter_timed(gst::ClockTime::from_seconds(600)) {
-        match msg.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => panic!("{}: {:?}", e.error(), e.debug()),
-            _ => {}
-        }
-    }
+    common::play_until_eos(&pipeline);
     pipeline.set_state(gst::State::Null).unwrap();
     out.iter().map(|b| b.lock().unwrap().clone()).collect()
 }

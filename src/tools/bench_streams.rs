@@ -136,17 +136,8 @@ fn streams_round(
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|e| e.to_string())?;
-    let bus = pipeline.bus().expect("bus");
-    let res = match bus.timed_pop_filtered(
-        gst::ClockTime::from_seconds(600),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    ) {
-        Some(m) => match m.view() {
-            gst::MessageView::Error(e) => Err(crate::gstelements::describe_error(e)),
-            _ => Ok((n * frames.len()) as f64 / t.elapsed().as_secs_f64()),
-        },
-        None => Err("timed out".into()),
-    };
+    let res =
+        wait_for_eos(&pipeline).map(|()| (n * frames.len()) as f64 / t.elapsed().as_secs_f64());
     if let Some(stats) = first_filter.map(|f| f.property::<gst::Structure>("stats")) {
         batches.0 += stats.get::<u64>("shared-batches").unwrap_or(0);
         batches.1 += stats.get::<u64>("shared-batched-frames").unwrap_or(0);
@@ -154,6 +145,21 @@ fn streams_round(
     let _ = pipeline.set_state(gst::State::Null);
     latencies_us.extend(times.lock().unwrap().iter());
     res
+}
+
+/// Waits (at most 600 s) for `pipeline` to reach EOS; its error, described, if it posts one.
+fn wait_for_eos(pipeline: &gst::Pipeline) -> Result<(), String> {
+    let bus = pipeline.bus().expect("bus");
+    match bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(600),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    ) {
+        Some(m) => match m.view() {
+            gst::MessageView::Error(e) => Err(crate::gstelements::describe_error(e)),
+            _ => Ok(()),
+        },
+        None => Err("timed out".into()),
+    }
 }
 
 /// The bare loop: frame i of every stream run as one batch of `n` (one by one for a batch-1
@@ -264,17 +270,7 @@ fn paced_round(
     for (src, _, _) in &streams {
         src.end_of_stream().map_err(|e| format!("eos: {e:?}"))?;
     }
-    let bus = pipeline.bus().expect("bus");
-    let res = match bus.timed_pop_filtered(
-        gst::ClockTime::from_seconds(600),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    ) {
-        Some(m) => match m.view() {
-            gst::MessageView::Error(e) => Err(crate::gstelements::describe_error(e)),
-            _ => Ok(()),
-        },
-        None => Err("timed out".into()),
-    };
+    let res = wait_for_eos(&pipeline);
     let _ = pipeline.set_state(gst::State::Null);
     res?;
     let mut m = std::mem::take(&mut *measured.lock().unwrap());

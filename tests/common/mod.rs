@@ -99,6 +99,20 @@ pub fn run_pipeline_comparing(desc: &str, before: &str, after: &str) -> (Run, bo
     (run, !a.is_empty() && a == b)
 }
 
+/// Plays `pipeline` until EOS (at most 600 s), panicking on an error message; leaves it in
+/// PLAYING for the caller to read and stop.
+pub fn play_until_eos(pipeline: &gst::Pipeline) {
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    for msg in bus.iter_timed(gst::ClockTime::from_seconds(600)) {
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("{}: {:?}", e.error(), e.debug()),
+            _ => {}
+        }
+    }
+}
+
 /// Calls `f` with `cbo` and the buffer's result (`None` without a meta) for every buffer that
 /// leaves it, while the element exists: for reading its properties frame by frame.
 pub fn on_each_output(
