@@ -305,6 +305,37 @@ mod tests {
     }
 
     #[test]
+    fn the_arrival_probability_counts_the_last_records_only() {
+        // Two slow requests (100 B/ms), then three fast ones (1000 B/ms), one at a time.
+        let record = |records: usize| {
+            let mut l = LinkEstimate::new(1e6, 20.0).with_records(records);
+            let mut now = 0.0;
+            for (id, rate) in [100.0, 100.0, 1000.0, 1000.0, 1000.0]
+                .into_iter()
+                .enumerate()
+            {
+                let bytes = 10_000.0;
+                l.on_send(id as u64, now, bytes);
+                let upload = wire_bytes(bytes) / rate;
+                let answer = AnswerIn {
+                    id: id as u64,
+                    now_ms: now + upload + 20.0 + 5.0,
+                    bytes,
+                    server_ms: 5.0,
+                    rtt_ms: None,
+                };
+                l.on_answer(&answer, None);
+                now = answer.now_ms + 100.0;
+            }
+            // 20 kB within 50 ms needs 400 B/ms: only the fast records carry it.
+            l.arrival_probability(0.0, 20_000.0, 50.0)
+        };
+        assert!((record(5) - 0.6).abs() < 1e-9, "{}", record(5));
+        assert_eq!(record(3), 1.0);
+        assert!((record(4) - 0.75).abs() < 1e-9, "{}", record(4));
+    }
+
+    #[test]
     fn bandwidth_estimate_ignores_self_queueing() {
         let mut l = LinkEstimate::new(1e6, 20.0);
         // Two 10 kB requests sent together on a true 1000 B/ms link: uploads end at 10 and 20 ms.
