@@ -93,6 +93,25 @@ fn run(pipeline: &gst::Pipeline, mut on_frame: impl FnMut(usize) + Send + 'stati
     watcher.join().unwrap();
 }
 
+/// What went in and came out of `cbofilter policy=all` on the bottle clip, every frame to the
+/// server and held for its answer; `before` goes in front of the element.
+type Recorded = Arc<Mutex<Vec<Seen>>>;
+fn recorded_clip(server: &Server, before: &str) -> (gst::Pipeline, Recorded, Recorded) {
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! decodebin ! videoconvert ! {before} cbofilter name=cbo {} ! fakesink sync=false",
+        bottle_clip().display(),
+        props(&server.addr, &server.cert, "policy=all deadline=5000")
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let cbo = pipeline.by_name("cbo").unwrap();
+    let (into, out) = (Arc::default(), Arc::default());
+    record(&cbo.static_pad("sink").unwrap(), Arc::clone(&into));
+    record(&cbo.static_pad("src").unwrap(), Arc::clone(&out));
+    (pipeline, into, out)
+}
+
 fn buffers(seen: &[Seen]) -> Vec<(Option<gst::ClockTime>, Option<&CboResult>)> {
     seen.iter()
         .filter_map(|s| match s {
@@ -108,18 +127,7 @@ fn a_flushing_seek_while_frames_are_held_continues_from_the_new_position() {
     let server = Server::start(None);
     // Every frame goes to the server and waits for its answer: frames are held when the seek
     // comes (the file source waits for room in the window of 8).
-    let pipeline = gst::parse::launch(&format!(
-        "filesrc location=\"{}\" ! decodebin ! videoconvert ! cbofilter name=cbo {} ! fakesink sync=false",
-        bottle_clip().display(),
-        props(&server.addr, &server.cert, "policy=all deadline=5000")
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let cbo = pipeline.by_name("cbo").unwrap();
-    let (into, out) = (Arc::default(), Arc::default());
-    record(&cbo.static_pad("sink").unwrap(), Arc::clone(&into));
-    record(&cbo.static_pad("src").unwrap(), Arc::clone(&out));
+    let (pipeline, into, out) = recorded_clip(&server, "");
     let target = gst::ClockTime::from_seconds(1);
     let p = pipeline.clone();
     let seeked = Arc::new(Mutex::new(false));
@@ -197,18 +205,7 @@ fn a_flushing_seek_while_frames_are_held_continues_from_the_new_position() {
 fn eos_waits_for_the_held_frames_then_goes_on() {
     init();
     let server = Server::start(None);
-    let pipeline = gst::parse::launch(&format!(
-        "filesrc location=\"{}\" ! decodebin ! videoconvert ! identity eos-after=20 ! cbofilter name=cbo {} ! fakesink sync=false",
-        bottle_clip().display(),
-        props(&server.addr, &server.cert, "policy=all deadline=5000")
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let cbo = pipeline.by_name("cbo").unwrap();
-    let (into, out) = (Arc::default(), Arc::default());
-    record(&cbo.static_pad("sink").unwrap(), Arc::clone(&into));
-    record(&cbo.static_pad("src").unwrap(), Arc::clone(&out));
+    let (pipeline, into, out) = recorded_clip(&server, "identity eos-after=20 !");
     run(&pipeline, |_| {});
     let into = into.lock().unwrap().clone();
     let out = out.lock().unwrap().clone();

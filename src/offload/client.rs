@@ -402,13 +402,15 @@ fn encode_loop(
                     let bps = (encoded.bytes.len() as f64 * 8.0) / upload.as_secs_f64();
                     s.uplink_bps = ewma(s.uplink_bps, bps, 0.2);
                     drop(s);
+                    // quinn's minimum RTT excludes ack delay and is seeded by the handshake.
+                    let path = connection.stats().path;
                     done(Ok(ServerResult {
                         answer,
                         latency,
                         jpeg_bytes: encoded.bytes.len(),
                         short_side: header.short_side,
-                        rtt: path_rtt(&connection),
-                        cwnd_bytes: connection.stats().path.cwnd,
+                        rtt: path.min_rtt,
+                        cwnd_bytes: path.cwnd,
                     }));
                 }
                 Ok(Err(e)) => {
@@ -429,13 +431,6 @@ fn encode_loop(
             }
         });
     }
-}
-
-/// The path's RTT without queueing ([`ServerResult::rtt`]): quinn's minimum RTT (ack delay
-/// excluded), or its smoothed RTT before it has a sample.
-fn path_rtt(connection: &quinn::Connection) -> Duration {
-    let min = connection.stats().path.min_rtt;
-    if min.is_zero() { connection.rtt() } else { min }
 }
 
 fn ewma(old: f64, new: f64, alpha: f64) -> f64 {

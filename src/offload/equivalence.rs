@@ -141,15 +141,7 @@ fn the_planner_thread_decides_what_the_simulator_decides() {
         queue_bytes: 150_000,
         overhead_bytes: 200,
     };
-    for name in [
-        "local",
-        "all",
-        "threshold",
-        "threshold-raw",
-        "fastva",
-        "cbo",
-        "cbo+reuse",
-    ] {
+    for name in super::policy::ELEMENT_POLICIES {
         let spec = PolicySpec::parse(name, 0.5, 224, 1000.0).unwrap();
         let planner = || spec.planner(Some(&profile), 1e6, cfg.rtt_ms).unwrap();
         let mut recorder = Recorder {

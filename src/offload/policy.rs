@@ -22,6 +22,18 @@ pub const NAMES: [&str; 6] = [
 /// Appended to `cbo`: the planner counts on answer reuse, and the output applies it.
 pub const REUSE_SUFFIX: &str = "+reuse";
 
+/// Every policy the element runs: [`NAMES`] and `cbo` with answer reuse (its default).
+/// (`cbo eval`'s bounds, `link-oracle` and `clairvoyant`, exist only in the simulator.)
+pub const ELEMENT_POLICIES: [&str; 7] = [
+    NAMES[0],
+    NAMES[1],
+    NAMES[2],
+    NAMES[3],
+    NAMES[4],
+    NAMES[5],
+    "cbo+reuse",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicyKind {
     /// Never offload.

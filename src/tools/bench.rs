@@ -13,7 +13,7 @@ use std::time::Instant;
 use gst::prelude::*;
 
 use crate::cli::ModelArgs;
-use crate::inference::{ModelSession, run_session};
+use crate::inference::{ModelConfig, ModelSession, run_session};
 use crate::preprocess::{Preprocessor, Tensor};
 
 #[derive(Debug, clap::Args)]
@@ -171,27 +171,39 @@ fn error_text(msg: &gst::Message) -> Option<String> {
     }
 }
 
-pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
-    super::init_gstreamer()?;
-    let video = args.video.clone().unwrap_or_else(default_video);
-    let config = args.model.to_config()?;
-    let (frames, caps) = super::decode_frames(&video, args.frames)?;
-    let info = gst_video::VideoInfo::from_caps(&caps).map_err(|e| e.to_string())?;
-
-    let mut model = ModelSession::load(
+/// The bare loop's session (the element's model, provider and its options) and the decoded
+/// frames' input tensors, pre-computed so the loop measures `Session::run` alone.
+pub(super) fn bare_session(
+    config: &ModelConfig,
+    frames: &[gst::Buffer],
+    caps: &gst::Caps,
+) -> Result<(ModelSession, Vec<Tensor>), String> {
+    let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| e.to_string())?;
+    let model = ModelSession::load_with_options(
         &config.model,
         config.execution_provider,
+        &config.ep_options,
         config.ep_fallback,
         config.threads,
     )
     .map_err(|e| e.to_string())?;
     let mut pre = Preprocessor::new(model.spec, config.normalization).map_err(|e| e.to_string())?;
     let mut tensors = Vec::with_capacity(frames.len());
-    for f in &frames {
+    for f in frames {
         let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(f, &info)
             .map_err(|e| e.to_string())?;
         tensors.push(pre.process(&frame).map_err(|e| e.to_string())?.clone());
     }
+    Ok((model, tensors))
+}
+
+pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
+    super::init_gstreamer()?;
+    let video = args.video.clone().unwrap_or_else(default_video);
+    let config = args.model.to_config()?;
+    let (frames, caps) = super::decode_frames(&video, args.frames)?;
+    let info = gst_video::VideoInfo::from_caps(&caps).map_err(|e| e.to_string())?;
+    let (mut model, tensors) = bare_session(&config, &frames, &caps)?;
     let props = args.model.element_properties(&config);
 
     let (mut bare, mut filt) = (Vec::new(), Vec::new());

@@ -25,7 +25,7 @@ use gst::prelude::*;
 use super::bench::{BenchArgs, default_video};
 use crate::inference::ModelSession;
 use crate::meta::CboResult;
-use crate::preprocess::{Preprocessor, Tensor};
+use crate::preprocess::Tensor;
 use crate::server::batch::{BatchDim, BatchTensor, run_batch};
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -350,21 +350,7 @@ pub fn run(args: &BenchArgs) -> Result<StreamsReport, String> {
     let config = args.model.to_config()?;
     let (frames, caps) = super::decode_frames(&video, args.frames)?;
     let info = gst_video::VideoInfo::from_caps(&caps).map_err(|e| e.to_string())?;
-    let mut model = ModelSession::load_with_options(
-        &config.model,
-        config.execution_provider,
-        &config.ep_options,
-        config.ep_fallback,
-        config.threads,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut pre = Preprocessor::new(model.spec, config.normalization).map_err(|e| e.to_string())?;
-    let mut tensors = Vec::with_capacity(frames.len());
-    for f in &frames {
-        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(f, &info)
-            .map_err(|e| e.to_string())?;
-        tensors.push(pre.process(&frame).map_err(|e| e.to_string())?.clone());
-    }
+    let (mut model, tensors) = super::bench::bare_session(&config, &frames, &caps)?;
     let mut shared_props = args.model.element_properties(&config);
     shared_props.push(("shared-session", "true".into()));
     shared_props.push(("batch-timeout", args.batch_timeout.to_string()));

@@ -14,6 +14,7 @@ use sha2::Digest;
 
 use crate::offload::crossval::{CvSetting, choose, leave_one_out};
 use crate::offload::planner::{CboParams, CboPlanner, DEFAULT_PARAMS, Planner};
+use crate::offload::policy::ELEMENT_POLICIES;
 use crate::offload::policy::{PolicyKind, PolicySpec};
 use crate::offload::sim::{
     SimConfig, SimFrame, SimResult, SimReuse, SimServer, clairvoyant, simulate,
@@ -23,17 +24,6 @@ use crate::profile::{FrameObservation, Profile};
 use crate::tools::dataset::InputArgs;
 use crate::tools::profile::{ProfileArgs, measure};
 use crate::trace::Trace;
-
-/// Policies the element itself implements (`clairvoyant` exists only in the simulator).
-pub const E2E_POLICIES: [&str; 7] = [
-    "local",
-    "all",
-    "threshold",
-    "threshold-raw",
-    "fastva",
-    "cbo",
-    "cbo+reuse",
-];
 
 pub const ALL_POLICIES: &str = "local,all,threshold,threshold-raw,fastva,cbo,link-oracle,clairvoyant,\
      cbo+reuse,link-oracle+reuse,clairvoyant+reuse";
@@ -643,7 +633,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
             for name in args
                 .policies
                 .iter()
-                .filter(|p| E2E_POLICIES.contains(&p.as_str()))
+                .filter(|p| ELEMENT_POLICIES.contains(&p.as_str()))
             {
                 eprintln!(
                     "e2e: {name} on {} / {} with a {deadline} ms deadline ({} frames in real time)",
@@ -944,8 +934,8 @@ fn print_run(run: &Run) {
         "  {:<18} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}",
         "policy", "accuracy", "miss", "offload", "res", "bytes", "p50 ms", "p99 ms"
     );
-    for (name, s) in &run.policies {
-        println!(
+    let row = |name: &str, s: &SimResult| {
+        format!(
             "  {:<18} {:>8.3} {:>8.3} {:>8.3} {:>8.0} {:>10} {:>8.0} {:>8.0}",
             name,
             s.accuracy,
@@ -955,22 +945,14 @@ fn print_run(run: &Run) {
             s.bytes,
             s.latency_p50_ms,
             s.latency_p99_ms
-        );
+        )
+    };
+    for (name, s) in &run.policies {
+        println!("{}", row(name, s));
     }
     for (name, s) in &run.e2e {
         let sim = run.policies.get(name).map_or(f64::NAN, |p| p.accuracy);
-        println!(
-            "  {:<18} {:>8.3} {:>8.3} {:>8.3} {:>8.0} {:>10} {:>8.0} {:>8.0}  (simulated {:.3})",
-            format!("e2e {name}"),
-            s.accuracy,
-            s.deadline_miss_rate,
-            s.offload_ratio,
-            s.mean_resolution,
-            s.bytes,
-            s.latency_p50_ms,
-            s.latency_p99_ms,
-            sim
-        );
+        println!("{}  (simulated {sim:.3})", row(&format!("e2e {name}"), s));
     }
 }
 
