@@ -140,6 +140,7 @@ fn the_planner_thread_decides_what_the_simulator_decides() {
         rtt_ms: 40.0,
         queue_bytes: 150_000,
         overhead_bytes: 200,
+        send_window_bytes: crate::offload::sender::MEASURED_WINDOW_BYTES,
     };
     for name in super::policy::ELEMENT_POLICIES {
         let spec = PolicySpec::parse(name, 0.5, 224, 1000.0).unwrap();

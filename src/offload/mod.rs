@@ -18,5 +18,6 @@ pub mod planner;
 pub mod policy;
 pub mod reuse;
 pub mod rules;
+pub mod sender;
 pub mod sim;
 pub mod summary;

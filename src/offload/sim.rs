@@ -12,7 +12,7 @@
 //! them ([`AnswerReuse::leave`]), and answers and RTT reach the planner as in the element
 //! ([`feed_answer`]).
 
-use std::cmp::Ordering;
+use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
 use serde::Serialize;
@@ -21,6 +21,7 @@ use super::clock::VirtualClock;
 use super::hold::{HoldQueue, Outcome};
 use super::planner::{Action, AnswerIn, FrameIn, Planner, feed_answer};
 use super::reuse::AnswerReuse;
+use super::sender::{Crossing, Sender};
 use crate::profile::Profile;
 use crate::trace::{LinkQueue, MTU, Trace};
 
@@ -66,6 +67,10 @@ pub struct SimConfig {
     pub queue_bytes: u64,
     /// Per-request bytes on top of the JPEG: the request header and the QUIC stream set-up.
     pub overhead_bytes: u32,
+    /// The transport's congestion window: how much of our requests may be in the bottleneck at
+    /// once; what waits behind it is withdrawn when a request is cancelled at its deadline
+    /// ([`super::sender`]; `u64::MAX`: all of it goes on the path at once, nothing is withdrawn).
+    pub send_window_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -75,7 +80,11 @@ pub struct SimResult {
     pub offload_ratio: f64,
     /// Mean short side of offloaded frames (0 when none).
     pub mean_resolution: f64,
+    /// Bytes of the offloaded frames' requests.
     pub bytes: u64,
+    /// Of those, what never went on the path: cancelled at the deadline while still being
+    /// encoded or waiting behind the transport's window.
+    pub withdrawn_bytes: u64,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
     /// Share of frames that left with a reused earlier answer.
@@ -149,65 +158,81 @@ pub fn simulate(
 ) -> SimResult {
     let n = frames.len();
     let shorts = planner.resolutions().to_vec();
-    let mut link = LinkQueue::new(trace.clone(), cfg.queue_bytes);
+    let mut sender = Sender::new(
+        LinkQueue::new(trace.clone(), cfg.queue_bytes),
+        cfg.send_window_bytes,
+    );
     let mut answers: BinaryHeap<Pending> = BinaryHeap::new();
+    // Requests being encoded: (ready at ms, frame).
+    let mut encoding: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
+    // Sent frames whose last byte is not on the path yet (encoding or in the sender): cancelled
+    // at their deadline.
+    let mut open: Vec<u64> = Vec::new();
     // Per frame: resolved at, correct, sent resolution index.
     let mut resolved: Vec<Option<(f64, bool)>> = vec![None; n];
     let mut sent: Vec<Option<usize>> = vec![None; n];
     let mut missed = 0usize;
     let mut bytes_total = 0u64;
+    let mut withdrawn = 0u64;
     let arrival = |i: usize| i as f64 * 1000.0 / cfg.fps;
     let deadline = |i: usize| arrival(i) + cfg.deadline_ms;
-    let mut next_frame = 0usize;
-    let mut now = 0.0f64;
-    let apply = |now: f64,
-                 actions: Vec<(u64, Action)>,
-                 link: &mut LinkQueue,
-                 answers: &mut BinaryHeap<Pending>,
-                 resolved: &mut Vec<Option<(f64, bool)>>,
-                 sent: &mut Vec<Option<usize>>,
-                 bytes_total: &mut u64| {
-        for (id, action) in actions {
-            let i = id as usize;
-            match action {
-                Action::Keep => resolved[i] = Some((now, frames[i].device_correct)),
-                Action::Send { resolution } => {
-                    let s = frames[i].server[resolution];
-                    let bytes = wire_bytes(s.bytes, cfg);
-                    *bytes_total += bytes;
-                    sent[i] = Some(resolution);
-                    let enqueue = now + s.encode_ms;
-                    let deadline = arrival(i) + cfg.deadline_ms;
-                    // Dropped at the queue, or answered after the deadline: the client gives up
-                    // at the deadline and the frame leaves with its device label.
-                    let at = link
-                        .send(enqueue.ceil() as u64, bytes)
-                        .map(|done| done as f64 + cfg.rtt_ms + s.server_ms)
-                        .filter(|&at| at <= deadline);
-                    answers.push(Pending {
-                        at: at.unwrap_or(deadline),
-                        id,
-                        // The element reports the JPEG's size; the planner adds the overhead.
-                        bytes: s.bytes as f64,
-                        server_ms: s.server_ms,
-                        failed: at.is_none(),
-                    });
-                }
-            }
+    let failed_at_deadline = |id: u64| Pending {
+        at: deadline(id as usize),
+        id,
+        bytes: 0.0,
+        server_ms: 0.0,
+        failed: true,
+    };
+    // A request whose last byte the path has taken: answered one RTT and the server's time
+    // after that byte crosses, or, if that is after the deadline (or the queue dropped it),
+    // failed at the deadline.
+    let on_path = |crossed: Vec<Crossing>,
+                   sent: &[Option<usize>],
+                   open: &mut Vec<u64>,
+                   answers: &mut BinaryHeap<Pending>| {
+        for c in crossed {
+            open.retain(|&id| id != c.id);
+            let i = c.id as usize;
+            let s = frames[i].server[sent[i].expect("only sent frames are on the path")];
+            let at = c
+                .last_byte_ms
+                .map(|done| done as f64 + cfg.rtt_ms + s.server_ms)
+                .filter(|&at| at <= deadline(i));
+            answers.push(match at {
+                Some(at) => Pending {
+                    at,
+                    id: c.id,
+                    // The element reports the JPEG's size; the planner adds the overhead.
+                    bytes: s.bytes as f64,
+                    server_ms: s.server_ms,
+                    failed: false,
+                },
+                None => failed_at_deadline(c.id),
+            });
         }
     };
+    let mut next_frame = 0usize;
+    let mut now = 0.0f64;
     loop {
+        let now_ms = now.ceil() as u64;
         let t_frame = (next_frame < n).then(|| arrival(next_frame));
         let t_answer = answers.peek().map(|p| p.at);
         let t_wake = planner.next_wakeup().map(|w| w.max(now + 0.5));
-        let Some(t) = [t_frame, t_answer, t_wake]
+        let t_encoded = encoding.peek().map(|Reverse((at, _))| *at as f64);
+        let t_room = sender.next_room_ms(now_ms).map(|t| t as f64);
+        let t_cancel = open
+            .iter()
+            .map(|&id| deadline(id as usize))
+            .min_by(f64::total_cmp);
+        let Some(t) = [t_frame, t_answer, t_wake, t_encoded, t_room, t_cancel]
             .into_iter()
             .flatten()
             .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.min(t))))
         else {
             break;
         };
-        now = t;
+        now = now.max(t);
+        let now_ms = now.ceil() as u64;
         if t_frame == Some(t) {
             let i = next_frame;
             next_frame += 1;
@@ -222,14 +247,47 @@ pub fn simulate(
                 small_jpeg_bytes: frames[i].server.first().map(|s| s.bytes as f64),
             });
         }
+        // At its deadline the client gives up on a request not yet answered: one still being
+        // encoded never goes out, one still partly in the sender is cancelled (its stream
+        // reset) and what is left of it is withdrawn; the frame leaves with its device label.
+        let mut k = 0;
+        while k < open.len() {
+            let id = open[k];
+            if deadline(id as usize) <= now {
+                open.swap_remove(k);
+                withdrawn += if encoding.iter().any(|Reverse((_, e))| *e == id) {
+                    let i = id as usize;
+                    wire_bytes(frames[i].server[sent[i].expect("sent")].bytes, cfg)
+                } else {
+                    sender.cancel(id)
+                };
+                answers.push(failed_at_deadline(id));
+            } else {
+                k += 1;
+            }
+        }
+        while let Some(&Reverse((at, id))) = encoding.peek() {
+            if at > now_ms {
+                break;
+            }
+            encoding.pop();
+            if open.contains(&id) {
+                let i = id as usize;
+                let s = frames[i].server[sent[i].expect("only sent frames are encoded")];
+                let crossed = sender.submit(at, id, wire_bytes(s.bytes, cfg));
+                on_path(crossed, &sent, &mut open, &mut answers);
+            }
+        }
+        let crossed = sender.pump(now_ms);
+        on_path(crossed, &sent, &mut open, &mut answers);
         while answers.peek().is_some_and(|p| p.at <= now) {
             let p = answers.pop().expect("peeked");
             let i = p.id as usize;
-            let r = sent[i].expect("answers are for sent frames");
             if p.failed {
                 planner.on_failure(p.id, p.at);
                 continue;
             }
+            let r = sent[i].expect("answers are for sent frames");
             resolved[i] = Some((p.at, frames[i].server[r].correct));
             feed_answer(
                 planner,
@@ -243,16 +301,19 @@ pub fn simulate(
                 Some(cfg.rtt_ms),
             );
         }
-        let actions = planner.poll(now);
-        apply(
-            now,
-            actions,
-            &mut link,
-            &mut answers,
-            &mut resolved,
-            &mut sent,
-            &mut bytes_total,
-        );
+        for (id, action) in planner.poll(now) {
+            let i = id as usize;
+            match action {
+                Action::Keep => resolved[i] = Some((now, frames[i].device_correct)),
+                Action::Send { resolution } => {
+                    let s = frames[i].server[resolution];
+                    bytes_total += wire_bytes(s.bytes, cfg);
+                    sent[i] = Some(resolution);
+                    open.push(id);
+                    encoding.push(Reverse(((now + s.encode_ms).ceil() as u64, id)));
+                }
+            }
+        }
     }
     // Frames leave in order through the element's hold queue: a kept frame once it is decided,
     // an answered one with its answer, one sent but not answered in time at its deadline with
@@ -342,6 +403,7 @@ pub fn simulate(
             offloaded.iter().map(|&s| s as f64).sum::<f64>() / offloaded.len() as f64
         },
         bytes: bytes_total,
+        withdrawn_bytes: withdrawn,
         latency_p50_ms: percentile(&latencies, 0.5),
         latency_p99_ms: percentile(&latencies, 0.99),
         reuse_ratio: reused as f64 / n.max(1) as f64,
@@ -489,6 +551,7 @@ pub fn clairvoyant(
             offloaded.iter().map(|&s| s as f64).sum::<f64>() / offloaded.len() as f64
         },
         bytes,
+        withdrawn_bytes: 0,
         latency_p50_ms: f64::NAN,
         latency_p99_ms: f64::NAN,
         reuse_ratio: 0.0,
@@ -605,6 +668,7 @@ mod tests {
             rtt_ms: 40.0,
             queue_bytes: 10_000_000,
             overhead_bytes: 0,
+            send_window_bytes: crate::offload::sender::MEASURED_WINDOW_BYTES,
         }
     }
 
@@ -802,6 +866,54 @@ mod tests {
         // costs the few transfers it takes the record to show it (each failure is one record of
         // about twenty), here 11 of 700 frames.
         assert!(r.deadline_miss_rate <= 0.02, "{r:?}");
+    }
+
+    #[test]
+    fn cancelled_transfers_free_the_link_in_the_simulator() {
+        // `all` at 224 px (12 kB a frame, 10 frames/s, ~1 Mbit/s) on a 4 Mbit/s link that goes
+        // out from 10 s to 18 s. The requests of the outage pile up in the sender. Put on the
+        // path whole (no window), none can be withdrawn, and after the outage the frames wait
+        // until ~1 MB of requests nobody waits for any more has crossed (2-3 s). Behind the
+        // measured window, a request cancelled at its deadline withdraws what is still in the
+        // sender, and the frames after the outage are answered at once.
+        let f = frames(400);
+        let p = profile_of(&f);
+        let link = scripted(&[(10_000, 333), (18_000, 0), (40_000, 333)]);
+        let run = |window: u64| {
+            let cfg = SimConfig {
+                send_window_bytes: window,
+                ..cfg()
+            };
+            simulate(
+                &mut RulePlanner::new(Rule::All, &p, 224, 4e6, 40.0),
+                &f,
+                &link,
+                &cfg,
+                None,
+            )
+        };
+        let whole = run(u64::MAX);
+        let windowed = run(crate::offload::sender::MEASURED_WINDOW_BYTES);
+        let answered_after_outage =
+            |r: &SimResult| r.answered[180..230].iter().filter(|&&a| a).count();
+        assert_eq!(whole.withdrawn_bytes, 0);
+        assert!(windowed.withdrawn_bytes > 50 * 12_000, "{windowed:?}");
+        assert!(
+            answered_after_outage(&whole) <= 35,
+            "{:?}",
+            &whole.answered[180..230]
+        );
+        assert!(
+            answered_after_outage(&windowed) >= 48,
+            "{:?}",
+            &windowed.answered[180..230]
+        );
+        assert!(
+            windowed.accuracy > whole.accuracy,
+            "{windowed:?} vs {whole:?}"
+        );
+        // Before the outage the link keeps up: the window changes nothing.
+        assert_eq!(whole.answered[..95], windowed.answered[..95]);
     }
 
     /// A periodic uplink: `on_ms` at `pps` packets per second, then `off_ms` of nothing.

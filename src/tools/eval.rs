@@ -73,6 +73,11 @@ pub struct EvalArgs {
     /// Drop-tail queue in front of the uplink, bytes
     #[arg(long, default_value_t = 150_000)]
     pub queue_bytes: u64,
+    /// The transport's congestion window in the replay, bytes: how much of the requests may be
+    /// in the bottleneck at once; a request cancelled at its deadline withdraws what waits
+    /// behind it (default: the smallest window measured on the element's QUIC connection)
+    #[arg(long, default_value_t = crate::offload::sender::MEASURED_WINDOW_BYTES)]
+    pub send_window_bytes: u64,
     /// Directory caching the per-frame model results between runs
     #[arg(long)]
     pub cache: Option<PathBuf>,
@@ -485,6 +490,7 @@ pub fn sim_config(args: &EvalArgs, deadline_ms: f64) -> SimConfig {
         rtt_ms: args.rtt_ms,
         queue_bytes: args.queue_bytes,
         overhead_bytes: 200,
+        send_window_bytes: args.send_window_bytes,
     }
 }
 

@@ -207,6 +207,9 @@ pub fn run(
             sent.iter().map(|&s| s as f64).sum::<f64>() / sent.len() as f64
         },
         bytes,
+        // Not observed from outside the element: the client does not report what a reset
+        // withdrew.
+        withdrawn_bytes: 0,
         latency_p50_ms: percentile(&lat, 0.5),
         latency_p99_ms: percentile(&lat, 0.99),
         reuse_ratio: reused as f64 / n,
