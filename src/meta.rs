@@ -56,10 +56,13 @@ pub enum Decision {
     Failed,
     /// Kept on the device, labelled with an earlier frame's server answer (`reuse`).
     Reuse,
+    /// Sent and answered, but the answer named another class with a lower score than the
+    /// device's calibrated confidence: it left with its device label (`overruled`; `merge`).
+    Overruled,
 }
 
 impl Decision {
-    pub const ALL: [Decision; 7] = [
+    pub const ALL: [Decision; 8] = [
         Decision::Device,
         Decision::Offload,
         Decision::Busy,
@@ -67,6 +70,7 @@ impl Decision {
         Decision::Late,
         Decision::Failed,
         Decision::Reuse,
+        Decision::Overruled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +82,7 @@ impl Decision {
             Decision::Late => "late",
             Decision::Failed => "failed",
             Decision::Reuse => "reuse",
+            Decision::Overruled => "overruled",
         }
     }
 
@@ -301,7 +306,14 @@ mod tests {
         assert_eq!(
             names,
             [
-                "device", "offload", "busy", "offline", "late", "failed", "reuse"
+                "device",
+                "offload",
+                "busy",
+                "offline",
+                "late",
+                "failed",
+                "reuse",
+                "overruled"
             ]
         );
         for d in Decision::ALL {

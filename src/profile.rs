@@ -17,6 +17,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::offload::merge::{Disagreement, MergeModel};
+
 pub const FORMAT: &str = "cbo-profile";
 pub const VERSION: u32 = 1;
 /// Equal-width bins of calibrated device confidence.
@@ -44,8 +46,9 @@ pub struct FrameObservation {
 pub struct ServerObservation {
     pub jpeg_bytes: u32,
     pub server_correct: bool,
-    /// The server's top-1 class.
+    /// The server's top-1 class, and its probability.
     pub server_class: i32,
+    pub server_score: f32,
     pub encode_us: u32,
     pub decode_us: u32,
     pub inference_us: u32,
@@ -113,6 +116,10 @@ pub struct Profile {
     pub device_accuracy: f64,
     pub resolutions: Vec<ResolutionProfile>,
     pub bins: Vec<ConfidenceBin>,
+    /// Which label an answer that disagrees with the device should leave with
+    /// ([`crate::offload::merge`]); absent in profiles made before it existed.
+    #[serde(default)]
+    pub merge: Option<MergeModel>,
 }
 
 /// Why a profile could not be built, read or written.
@@ -281,6 +288,7 @@ impl Profile {
             encoder: inputs.encoder,
             fitted_on: inputs.fitted_on,
             device_accuracy: mean(obs.iter().map(|o| acc(o.device_correct))),
+            merge: MergeModel::fit(&disagreements(&inputs.resolutions, obs)),
             resolutions,
             bins,
         })
@@ -398,6 +406,27 @@ impl Profile {
     }
 }
 
+/// The answers of `obs` that name another class than the device where one of the two is right:
+/// what [`MergeModel`] is fitted on.
+fn disagreements(resolutions: &[(u32, u32, u32)], obs: &[FrameObservation]) -> Vec<Disagreement> {
+    obs.iter()
+        .flat_map(|o| {
+            o.server
+                .iter()
+                .zip(resolutions)
+                .filter(|(s, _)| {
+                    s.server_class != o.device_class && (s.server_correct || o.device_correct)
+                })
+                .map(|(s, &(short_side, _, _))| Disagreement {
+                    device_confidence: o.device_confidence,
+                    server_score: s.server_score as f64,
+                    short_side,
+                    server_right: s.server_correct,
+                })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,6 +465,7 @@ mod tests {
                     jpeg_bytes: b,
                     server_correct: c,
                     server_class: if c { 1 } else { 3 },
+                    server_score: 0.5,
                     encode_us: 1000,
                     decode_us: 500,
                     inference_us: 20_000,

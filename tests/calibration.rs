@@ -177,7 +177,7 @@ fn cbo_profile_measures_bytes_and_server_accuracy_per_resolution() {
         .arg(a.join("video/dev-slideshow.mp4"))
         .arg("--labels")
         .arg(a.join("video/dev-slideshow.labels.csv"))
-        .args(["--max-samples", "40", "--resolutions", "96,224", "--out"])
+        .args(["--max-samples", "120", "--resolutions", "96,224", "--out"])
         .arg(&out)
         .output()
         .unwrap();
@@ -187,7 +187,7 @@ fn cbo_profile_measures_bytes_and_server_accuracy_per_resolution() {
         String::from_utf8_lossy(&status.stderr)
     );
     let p = gstcbo::profile::Profile::load(&out).unwrap();
-    assert_eq!(p.fitted_on.n, 40);
+    assert_eq!(p.fitted_on.n, 120);
     assert_eq!(
         (p.fitted_on.frame_width, p.fitted_on.frame_height),
         (480, 360)
@@ -207,16 +207,20 @@ fn cbo_profile_measures_bytes_and_server_accuracy_per_resolution() {
     assert!(large.server_inference_ms_mean > 0.0);
     // The calibration shipped beside the default device model was used.
     assert!(p.calibration.is_some());
-    assert_eq!(p.bins.iter().map(|b| b.n).sum::<usize>(), 40);
+    assert_eq!(p.bins.iter().map(|b| b.n).sum::<usize>(), 120);
     // Device accuracy per bin is consistent with the overall accuracy.
     let weighted: f64 = p
         .bins
         .iter()
         .map(|b| b.device_accuracy * b.n as f64)
         .sum::<f64>()
-        / 40.0;
+        / 120.0;
     assert!((weighted - p.device_accuracy).abs() < 1e-9);
     assert!(large.server_accuracy >= 0.5, "{}", large.server_accuracy);
+    // The merge model is fitted on the answers that disagree with the device where one of the
+    // two is right (120 frames at two resolutions: some dozens).
+    let m = p.merge.expect("a merge model");
+    assert!(m.n >= 10 && m.n <= 240, "{m:?}");
 
     // cbo ece --plot writes a reliability diagram.
     let ece = Command::new(env!("CARGO_BIN_EXE_cbo"))
@@ -264,6 +268,15 @@ fn shipped_profile_matches_the_default_models() {
     assert!(p.server_accuracy(0.15, r224) > p.bins[1].device_accuracy + 0.1);
     // And the server gains little on frames the device is sure of.
     assert!(p.server_accuracy(0.95, r224) - p.bins[9].device_accuracy < 0.05);
+    // The merge model: of two disagreeing labels the server's is the likelier the surer the
+    // server and the larger the image, the device's the surer the device.
+    let m = p.merge.expect("a merge model");
+    assert!(
+        m.server_logit > 0.0 && m.log_resolution > 0.0 && m.device_logit < 0.0,
+        "{m:?}"
+    );
+    assert!(m.server_probability(0.9, 0.3, 96) < 0.5);
+    assert!(m.server_probability(0.3, 0.9, 320) > 0.5);
 }
 
 #[test]

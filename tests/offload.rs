@@ -483,6 +483,13 @@ fn cbo_policy_offloads_what_the_profile_says_gains() {
             }
             "late" | "failed" | "offline" => assert_eq!(r.source, Source::Device),
             "reuse" => assert_eq!(r.source, Source::Server),
+            // Answered, but the profile's merge model found the device's label more likely
+            // right: it keeps it.
+            "overruled" => {
+                assert_eq!(r.source, Source::Device);
+                assert_eq!(r.class_id, r.device_class_id);
+                assert!(shorts.contains(&r.resolution), "{}", r.resolution);
+            }
             other => panic!("unexpected decision {other}"),
         }
     }
@@ -496,6 +503,8 @@ fn cbo_policy_offloads_what_the_profile_says_gains() {
         }
         if r.decision == "offload" {
             source = Some(r);
+        } else if r.decision == "overruled" {
+            source = None;
         } else if r.decision == "reuse" {
             let s = source.unwrap_or_else(|| panic!("frame {} reused nothing", r.frame));
             assert_eq!(s.device_class_id, r.device_class_id);

@@ -487,6 +487,7 @@ impl CboFilter {
             .field("busy", counts.busy)
             .field("offline", counts.offline)
             .field("reused", counts.reused)
+            .field("overruled", counts.overruled)
             .field("bytes-sent", c.bytes_sent)
             .field("rtt-ms", c.rtt_us as f64 / 1000.0)
             .field("min-rtt-ms", c.min_rtt_us as f64 / 1000.0)

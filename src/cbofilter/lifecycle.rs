@@ -310,6 +310,11 @@ impl CboFilter {
             deadline: Duration::from_millis(settings.deadline_ms as u64),
             max_in_flight,
             size_probe,
+            // The policies that plan with the profile merge by its model (as `cbo eval` replays
+            // them); the rules take the server's label.
+            merge: profile
+                .as_ref()
+                .and_then(|p| crate::offload::merge::Merge::from(settings.merge).rule(p.merge)),
             reuse: spec.reuse_window_ms.zip(profile),
         })
     }

@@ -136,6 +136,34 @@ pub enum Policy {
     FastVa = 5,
 }
 
+/// `merge` property: which label an answered frame leaves with when the server's top-1 differs
+/// from the device's ([`crate::offload::merge`]).
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum, Default)]
+#[repr(u32)]
+#[enum_type(name = "GstCboMerge")]
+pub enum MergeProp {
+    #[default]
+    #[enum_value(
+        name = "Confidence: the label more likely right, by the profile's merge model (the server's score, the device's calibrated confidence and the resolution; decision=overruled when the device's wins)",
+        nick = "confidence"
+    )]
+    Confidence = 0,
+    #[enum_value(
+        name = "Server: the server's label, always (a server model known to be better on this content)",
+        nick = "server"
+    )]
+    Server = 1,
+}
+
+impl From<MergeProp> for crate::offload::merge::Merge {
+    fn from(p: MergeProp) -> Self {
+        match p {
+            MergeProp::Confidence => Self::Confidence,
+            MergeProp::Server => Self::Server,
+        }
+    }
+}
+
 /// `output-kind` property.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum, Default)]
 #[repr(u32)]
@@ -215,6 +243,7 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     Policy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     OutputKindProp::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     ExecutionProviderProp::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    MergeProp::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "cbofilter",

@@ -20,6 +20,7 @@ use crate::meta::{CboResult, Decision};
 use crate::offload::client::{ClientEvent, OffloadClient, OffloadJob};
 use crate::offload::clock::{Clock, SystemClock};
 use crate::offload::driver::{Decided, DriverThread, Effects, Event, Input};
+use crate::offload::merge::MergeModel;
 use crate::offload::planner::{AnswerIn, FrameIn, Planner};
 use crate::profile::Profile;
 
@@ -42,6 +43,9 @@ pub struct Offload {
     pub size_probe: Option<Mutex<(FrameEncoder, u32)>>,
     /// Answer reuse at the output: the window and the profile that says what an answer is worth.
     pub reuse: Option<(f64, Profile)>,
+    /// Which label an answer that disagrees with the device leaves with (`merge` and the
+    /// profile's model; `None`: the server's, always).
+    pub merge: Option<MergeModel>,
 }
 
 impl Offload {

@@ -20,6 +20,7 @@ use super::{CAT, OFFLOAD_CAT};
 use crate::meta::{CboResult, Decision, Source};
 use crate::offload::client::{ClientError, ServerResult};
 use crate::offload::hold::{HoldQueue, Outcome};
+use crate::offload::merge::{MergeModel, server_label_wins};
 use crate::offload::reuse::AnswerReuse;
 use crate::profile::Profile;
 
@@ -49,6 +50,8 @@ pub struct FrameCounts {
     pub offline: u64,
     /// Frames that left with a reused earlier answer (policy=cbo, `reuse-window`).
     pub reused: u64,
+    /// Answered frames that left with their device label (`merge=confidence`).
+    pub overruled: u64,
 }
 
 #[derive(Default)]
@@ -241,7 +244,7 @@ pub struct OutputReuse {
 impl CboFilter {
     /// One iteration of the source pad task: waits until the head of the hold queue may leave,
     /// then pushes it.
-    pub(super) fn output_loop(&self, reuse: &mut Option<OutputReuse>) {
+    pub(super) fn output_loop(&self, reuse: &mut Option<OutputReuse>, merge: Option<&MergeModel>) {
         let hold = &self.hold;
         let mut inner = hold.lock();
         let (item, outcome) = loop {
@@ -274,7 +277,7 @@ impl CboFilter {
                 Ok(gst::FlowSuccess::Ok)
             }
             Item::Frame { buffer, result } => {
-                let result = finish_result(&mut inner.counts, result, outcome, self);
+                let result = finish_result(&mut inner.counts, result, outcome, merge, self);
                 drop(inner);
                 let (result, reused) = apply_reuse(reuse.as_mut(), &buffer, result);
                 if reused {
@@ -314,9 +317,11 @@ impl CboFilter {
     /// Starts the output task with a fresh answer-reuse state.
     pub(super) fn start_task(&self) -> Result<(), gst::LoggableError> {
         self.hold.resume();
-        let mut reuse = self.offload().and_then(|o| {
+        let offload = self.offload();
+        let merge = offload.as_ref().and_then(|o| o.merge);
+        let mut reuse = offload.and_then(|o| {
             o.reuse.as_ref().map(|(window_ms, profile)| OutputReuse {
-                reuse: AnswerReuse::new(*window_ms),
+                reuse: AnswerReuse::new(*window_ms).with_merge(merge),
                 profile: profile.clone(),
                 epoch: Instant::now(),
             })
@@ -325,7 +330,7 @@ impl CboFilter {
         self.srcpad
             .start_task(move || {
                 if let Some(obj) = weak.upgrade() {
-                    obj.imp().output_loop(&mut reuse);
+                    obj.imp().output_loop(&mut reuse, merge.as_ref());
                 }
             })
             .map_err(|e| gst::loggable_error!(CAT, "cannot start the output task: {e}"))
@@ -376,6 +381,7 @@ fn finish_result(
     counts: &mut FrameCounts,
     mut result: CboResult,
     outcome: Outcome<ServerResult>,
+    merge: Option<&MergeModel>,
     imp: &CboFilter,
 ) -> CboResult {
     match outcome {
@@ -383,7 +389,28 @@ fn finish_result(
         Outcome::Answered(sr) => {
             counts.answered += 1;
             let a = &sr.answer;
-            if let (Some(&class_id), Some(&score)) = (a.class_ids.first(), a.scores.first()) {
+            let top = a.class_ids.first().zip(a.scores.first());
+            if let Some((&class_id, &score)) = top
+                && !server_label_wins(
+                    merge,
+                    result.device_class_id,
+                    result.device_confidence,
+                    class_id,
+                    score as f64,
+                    sr.short_side,
+                )
+            {
+                gst::debug!(
+                    OFFLOAD_CAT,
+                    imp = imp,
+                    "frame {}: the server's {class_id} ({score:.3}) overruled by the device's {} ({:.3})",
+                    result.frame,
+                    result.device_class_id,
+                    result.device_confidence
+                );
+                counts.overruled += 1;
+                result.decision = Decision::Overruled;
+            } else if let Some((&class_id, &score)) = top {
                 result.class_id = class_id;
                 result.label = a.labels.first().cloned().unwrap_or_default();
                 result.confidence = score as f64;
@@ -426,6 +453,10 @@ fn apply_reuse(
     let Some(r) = reuse else {
         return (result, false);
     };
+    if result.decision == Decision::Overruled {
+        // Its answer lost to the device's label: it labels no frame after it either.
+        r.reuse.reset();
+    }
     // Stream time, so that a file decoded faster than real time keeps the window's meaning.
     let arrival_ms = match buffer.pts() {
         Some(pts) => pts.nseconds() as f64 / 1e6,
@@ -445,7 +476,8 @@ fn apply_reuse(
             top_classes: result.top_classes.clone(),
             top_scores: result.top_scores.clone(),
         };
-        (label, index)
+        let (class, score) = (label.class_id, label.score);
+        (label, index, class, score)
     });
     let Some(u) = r.reuse.leave(
         &r.profile,

@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 use gst::glib;
 use gst::prelude::*;
 
-use super::{ExecutionProviderProp, OutputKindProp, Policy};
+use super::{ExecutionProviderProp, MergeProp, OutputKindProp, Policy};
 use crate::inference;
 
 pub const DEFAULT_INPUT_MEAN: &str = "127";
@@ -55,6 +55,7 @@ pub struct Settings {
     pub jpeg_quality: u32,
     pub max_in_flight: u32,
     pub reuse_window_ms: u32,
+    pub merge: MergeProp,
     pub policy: Policy,
     pub threshold: f64,
     pub profile: String,
@@ -92,6 +93,7 @@ impl Default for Settings {
             jpeg_quality: DEFAULT_JPEG_QUALITY,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             reuse_window_ms: DEFAULT_REUSE_WINDOW_MS,
+            merge: MergeProp::Confidence,
             policy: Policy::Local,
             threshold: DEFAULT_THRESHOLD,
             profile: inference::models_dir()
@@ -288,6 +290,11 @@ pub fn properties() -> &'static [glib::ParamSpec] {
                 .default_value(DEFAULT_REUSE_WINDOW_MS)
                 .mutable_ready()
                 .build(),
+            glib::ParamSpecEnum::builder_with_default("merge", MergeProp::Confidence)
+                .nick("Merge")
+                .blurb("policy=cbo / fastva, when the server's answer names another class than the device: confidence = keep the label more likely right, by the profile's merge model of the server's score, the device's calibrated confidence and the resolution (decision=overruled when the device's wins; its answer then labels no later frame; profiles without a merge model take the server's); server = the server's label always. The other policies take the server's label")
+                .mutable_ready()
+                .build(),
             glib::ParamSpecEnum::builder_with_default("policy", Policy::Local)
                 .nick("Policy")
                 .blurb("Which frames to offload when a server is set")
@@ -309,7 +316,7 @@ pub fn properties() -> &'static [glib::ParamSpec] {
                 .build(),
             glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                 .nick("Statistics")
-                .blurb("cbo-stats structure: frames, kept, offloaded, answered, late, failed, busy, offline, reused, bytes-sent, rtt-ms (quinn's smoothed RTT), min-rtt-ms (its minimum: the path without queueing), cwnd-bytes (its congestion window), uplink-kbps, encode-ms, reconnects, connected, connection-users (elements sharing its QUIC connection, this one included); shared-batches and shared-batched-frames (batches the shared session has run for its whole group, and the frames in them; 0 when not shared); also posted as an element message every second while offloading")
+                .blurb("cbo-stats structure: frames, kept, offloaded, answered, late, failed, busy, offline, reused, overruled (answered frames that kept their device label, `merge`), bytes-sent, rtt-ms (quinn's smoothed RTT), min-rtt-ms (its minimum: the path without queueing), cwnd-bytes (its congestion window), uplink-kbps, encode-ms, reconnects, connected, connection-users (elements sharing its QUIC connection, this one included); shared-batches and shared-batched-frames (batches the shared session has run for its whole group, and the frames in them; 0 when not shared); also posted as an element message every second while offloading")
                 .read_only()
                 .build(),
         ]
@@ -364,6 +371,7 @@ impl Settings {
             "max-in-flight" => s.max_in_flight = value.get().expect("type checked upstream"),
             "reuse-window" => s.reuse_window_ms = value.get().expect("type checked upstream"),
             "policy" => s.policy = value.get().expect("type checked upstream"),
+            "merge" => s.merge = value.get().expect("type checked upstream"),
             "profile" => s.profile = opt_string(value).unwrap_or_else(|| Self::default().profile),
             "threshold" => s.threshold = value.get().expect("type checked upstream"),
             other => unreachable!("unknown property {other}"),
@@ -401,6 +409,7 @@ impl Settings {
             "max-in-flight" => s.max_in_flight.to_value(),
             "reuse-window" => s.reuse_window_ms.to_value(),
             "policy" => s.policy.to_value(),
+            "merge" => s.merge.to_value(),
             "threshold" => s.threshold.to_value(),
             "profile" => s.profile.to_value(),
             _ => return None,

@@ -106,6 +106,7 @@ fn frames(profile: &Profile, n: usize) -> Vec<SimFrame> {
                         bytes: (res.bytes_mean * (0.7 + 0.6 * rand())) as u32,
                         correct,
                         class: if correct { scene } else { -1 },
+                        score: if correct { 0.8 } else { 0.4 },
                         encode_ms: res.encode_ms_mean,
                         server_ms: res.server_decode_ms_mean + res.server_inference_ms_mean,
                     }
@@ -141,6 +142,7 @@ fn the_planner_thread_decides_what_the_simulator_decides() {
         queue_bytes: 150_000,
         overhead_bytes: 200,
         send_window_bytes: crate::offload::sender::MEASURED_WINDOW_BYTES,
+        merge: None,
     };
     for name in super::policy::ELEMENT_POLICIES {
         let spec = PolicySpec::parse(name, 0.5, 224, 1000.0).unwrap();

@@ -14,6 +14,7 @@ mod equivalence;
 pub mod hold;
 pub mod link;
 pub mod link_estimate;
+pub mod merge;
 pub mod planner;
 pub mod policy;
 pub mod reuse;

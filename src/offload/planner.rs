@@ -770,6 +770,7 @@ pub(crate) mod tests {
                     scenes: None,
                 })
                 .collect(),
+            merge: None,
         }
     }
 

@@ -6,11 +6,14 @@
 //! the device's top-1 changes (the scene or the object changed) or the answered frame is older
 //! than the window. The server's label replaces the device's only where it is more likely right:
 //! its expected accuracy (the profile's server accuracy for the answered frame's confidence and
-//! resolution) must exceed the device's calibrated confidence for this frame.
+//! resolution) must exceed the device's calibrated confidence for this frame, and, with a merge
+//! rule ([`super::merge`]), the rule that decides the answered frame's own label must also give
+//! this frame the server's label.
 //!
 //! Frames are fed in stream order as they leave, so every answer that can be reused has arrived
 //! (a frame leaves only after the frames before it).
 
+use super::merge::{MergeModel, server_label_wins};
 use crate::profile::Profile;
 
 /// A server answer for a frame; `T` is what the caller needs of it (a class id in the
@@ -20,6 +23,10 @@ pub struct Answered<T> {
     pub label: T,
     /// Probability the label is right, as the profile predicts it.
     pub expected_accuracy: f64,
+    /// The server's top-1, its score and the short side it was sent at (for the merge rule).
+    pub class: i32,
+    pub score: f64,
+    pub short_side: u32,
 }
 
 /// A frame leaving the element.
@@ -56,6 +63,7 @@ pub struct AnswerReuse<T> {
     /// How conservatively an answer's accuracy is taken ([`Profile::answer_accuracy`]): the
     /// planner's [`crate::offload::planner::CboParams::gain_z`], so both value it alike.
     gain_z: f64,
+    merge: Option<MergeModel>,
     source: Option<Source<T>>,
     last_device_class: Option<i32>,
 }
@@ -66,6 +74,7 @@ impl<T: Clone> AnswerReuse<T> {
         Self {
             window_ms,
             gain_z: crate::offload::planner::DEFAULT_PARAMS.gain_z,
+            merge: None,
             source: None,
             last_device_class: None,
         }
@@ -74,6 +83,13 @@ impl<T: Clone> AnswerReuse<T> {
     /// Values answers with another `gain_z` than the default (cross-validation).
     pub fn with_gain_z(mut self, gain_z: f64) -> Self {
         self.gain_z = gain_z;
+        self
+    }
+
+    /// Reuses an answer only where `merge` (the rule of the answered frame's own label) gives
+    /// this frame the server's label too (default: `None`, the profile's expectation alone).
+    pub fn with_merge(mut self, merge: Option<MergeModel>) -> Self {
+        self.merge = merge;
         self
     }
 
@@ -96,16 +112,24 @@ impl<T: Clone> AnswerReuse<T> {
         let age_ms = f.arrival_ms - s.arrival_ms;
         (s.device_class == f.device_class
             && age_ms <= self.window_ms
-            && s.answer.expected_accuracy > f.device_confidence)
-            .then(|| Reused {
-                label: s.answer.label.clone(),
-                expected_accuracy: s.answer.expected_accuracy,
-                age_ms,
-            })
+            && s.answer.expected_accuracy > f.device_confidence
+            && server_label_wins(
+                self.merge.as_ref(),
+                f.device_class,
+                f.device_confidence,
+                s.answer.class,
+                s.answer.score,
+                s.answer.short_side,
+            ))
+        .then(|| Reused {
+            label: s.answer.label.clone(),
+            expected_accuracy: s.answer.expected_accuracy,
+            age_ms,
+        })
     }
 
-    /// [`AnswerReuse::next`] for a frame whose answer (`label`, and the index of the profile
-    /// resolution it was sent at) is worth what `profile` says (at the same lower bound the
+    /// [`AnswerReuse::next`] for a frame whose answer (`label`, the index of the profile
+    /// resolution it was sent at, the server's top-1 and its score) is worth what `profile` says (at the same lower bound the
     /// planner plans with): the element's output and the
     /// simulator both leave frames through here.
     pub fn leave(
@@ -114,15 +138,18 @@ impl<T: Clone> AnswerReuse<T> {
         arrival_ms: f64,
         device_class: i32,
         device_confidence: f64,
-        answer: Option<(T, usize)>,
+        answer: Option<(T, usize, i32, f64)>,
     ) -> Option<Reused<T>> {
         self.next(Leaving {
             arrival_ms,
             device_class,
             device_confidence,
-            answer: answer.map(|(label, r)| Answered {
+            answer: answer.map(|(label, r, class, score)| Answered {
                 label,
                 expected_accuracy: profile.answer_accuracy(device_confidence, r, self.gain_z),
+                class,
+                score,
+                short_side: profile.resolutions.get(r).map_or(0, |x| x.short_side),
             }),
         })
     }
@@ -146,6 +173,10 @@ mod tests {
             answer: answer.map(|(label, expected_accuracy)| Answered {
                 label,
                 expected_accuracy,
+                class: label,
+                // As sure as the profile says it is right.
+                score: expected_accuracy,
+                short_side: 224,
             }),
         }
     }
@@ -176,5 +207,30 @@ mod tests {
         assert_eq!(r.next(frame(500.0, 1, 0.5, None)).unwrap().label, 3);
         r.reset();
         assert_eq!(r.next(frame(600.0, 1, 0.5, None)), None);
+    }
+
+    #[test]
+    fn an_answer_is_reused_only_where_its_own_score_beats_the_device() {
+        let answer = |score: f64| Leaving {
+            arrival_ms: 0.0,
+            device_class: 1,
+            device_confidence: 0.2,
+            answer: Some(Answered {
+                label: 2,
+                expected_accuracy: 0.9,
+                class: 2,
+                score,
+                short_side: 224,
+            }),
+        };
+        // The profile expects 0.9 but the server gave this answer only 0.4.
+        let mut r = AnswerReuse::new(1000.0).with_merge(Some(crate::offload::merge::SCORES));
+        r.next(answer(0.4));
+        assert!(r.next(frame(100.0, 1, 0.3, None)).is_some());
+        assert_eq!(r.next(frame(200.0, 1, 0.5, None)), None);
+        // `merge=server`: the profile's expectation alone decides.
+        let mut r = AnswerReuse::new(1000.0);
+        r.next(answer(0.4));
+        assert!(r.next(frame(200.0, 1, 0.5, None)).is_some());
     }
 }

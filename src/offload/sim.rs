@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use super::clock::VirtualClock;
 use super::hold::{HoldQueue, Outcome};
+use super::merge::{MergeModel, server_label_wins};
 use super::planner::{Action, AnswerIn, FrameIn, Planner, feed_answer};
 use super::reuse::AnswerReuse;
 use super::sender::{Crossing, Sender};
@@ -52,8 +53,9 @@ pub struct SimFrame {
 pub struct SimServer {
     pub bytes: u32,
     pub correct: bool,
-    /// The server's top-1.
+    /// The server's top-1, and its probability (the server model's own confidence).
     pub class: i32,
+    pub score: f32,
     pub encode_ms: f64,
     pub server_ms: f64,
 }
@@ -71,6 +73,9 @@ pub struct SimConfig {
     /// once; what waits behind it is withdrawn when a request is cancelled at its deadline
     /// ([`super::sender`]; `u64::MAX`: all of it goes on the path at once, nothing is withdrawn).
     pub send_window_bytes: u64,
+    /// Which label an answer that disagrees with the device leaves with
+    /// ([`super::merge`]; `None`: the server's, always).
+    pub merge: Option<MergeModel>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -323,13 +328,30 @@ pub fn simulate(
     let mut latencies = Vec::with_capacity(n);
     let mut reuse_state = reuse.map(|r| {
         (
-            AnswerReuse::new(r.window_ms).with_gain_z(r.gain_z),
+            AnswerReuse::new(r.window_ms)
+                .with_gain_z(r.gain_z)
+                .with_merge(cfg.merge),
             r.profile,
         )
     });
     let mut leave = |i: usize, at: f64, outcome: Outcome<bool>, missed: &mut usize| {
         let f = &frames[i];
+        // An answered frame whose answer lost to the device's label ([`Merge`]) leaves as if it
+        // had stayed, and its answer labels no frame after it.
+        let overruled = matches!(outcome, Outcome::Answered(_))
+            && sent[i].is_some_and(|r| {
+                let s = f.server[r];
+                !server_label_wins(
+                    cfg.merge.as_ref(),
+                    f.device_class,
+                    f.confidence,
+                    s.class,
+                    s.score as f64,
+                    shorts[r],
+                )
+            });
         let mut correct = match outcome {
+            Outcome::Answered(_) if overruled => f.device_correct,
             Outcome::Answered(correct) => correct,
             Outcome::Ready => f.device_correct,
             _ if sent[i].is_some() => {
@@ -339,8 +361,16 @@ pub fn simulate(
             _ => false,
         };
         if let Some((state, profile)) = &mut reuse_state {
-            let answer = matches!(outcome, Outcome::Answered(_))
-                .then(|| sent[i].map(|r| (f.server[r].class, r)))
+            if overruled {
+                state.reset();
+            }
+            let answer = (matches!(outcome, Outcome::Answered(_)) && !overruled)
+                .then(|| {
+                    sent[i].map(|r| {
+                        let s = f.server[r];
+                        (s.class, r, s.class, s.score as f64)
+                    })
+                })
                 .flatten();
             if let Some(u) = state.leave(profile, arrival(i), f.device_class, f.confidence, answer)
             {
@@ -580,6 +610,7 @@ mod tests {
                     bytes: 4000,
                     correct: false,
                     class: -1,
+                    score: 0.3,
                     encode_ms: 1.0,
                     server_ms: 20.0,
                 },
@@ -587,6 +618,7 @@ mod tests {
                     bytes: 12000,
                     correct: true,
                     class: truth,
+                    score: 0.9,
                     encode_ms: 1.0,
                     server_ms: 20.0,
                 },
@@ -630,6 +662,7 @@ mod tests {
                         jpeg_bytes: s.bytes,
                         server_correct: s.correct,
                         server_class: s.class,
+                        server_score: s.score,
                         encode_us: 1000,
                         decode_us: 0,
                         inference_us: 20_000,
@@ -669,6 +702,7 @@ mod tests {
             queue_bytes: 10_000_000,
             overhead_bytes: 0,
             send_window_bytes: crate::offload::sender::MEASURED_WINDOW_BYTES,
+            merge: None,
         }
     }
 
@@ -914,6 +948,69 @@ mod tests {
         );
         // Before the outage the link keeps up: the window changes nothing.
         assert_eq!(whole.answered[..95], windowed.answered[..95]);
+    }
+
+    #[test]
+    fn an_answer_the_server_is_less_sure_of_keeps_the_device_label() {
+        // `all` at 96 px on a fast link: every frame is answered. The server is wrong on every
+        // frame at 96 px (score 0.3); the device is right on the sure frames (0.95) and wrong on
+        // the unsure ones (0.2).
+        let f = frames(200);
+        let p = profile_of(&f);
+        let fast = Trace::constant(8e6);
+        let run = |merge: Option<MergeModel>, reuse: bool| {
+            let cfg = SimConfig { merge, ..cfg() };
+            let mut planner = RulePlanner::new(Rule::All, &p, 96, 8e6, 40.0);
+            let reuse = reuse.then_some(SimReuse {
+                window_ms: 1000.0,
+                profile: &p,
+                gain_z: 0.0,
+            });
+            simulate(&mut planner, &f, &fast, &cfg, reuse)
+        };
+        let server = run(None, false);
+        assert!(server.answered.iter().all(|&a| a));
+        assert_eq!(server.accuracy, 0.0, "the server's label, always");
+        // The sure frames keep their (right) device label; the unsure ones take the server's.
+        let merged = run(Some(crate::offload::merge::SCORES), false);
+        assert_eq!(merged.accuracy, 0.5);
+    }
+
+    #[test]
+    fn an_overruled_answer_labels_no_frame_after_it() {
+        // Scenes of ten frames the device gets right: the first unsure (0.2: `threshold` 0.5
+        // sends it at 224 px), the rest surer (0.55: kept). The server is wrong on all of them
+        // (score 0.3, above the first frame's 0.2, below the rest's 0.55), but the profile (from
+        // other frames) promises it is right at 224 px on frames like the first, so
+        // with `merge=server` its answer is reused for the rest of the scene.
+        let p = profile_of(&frames(200));
+        let f: Vec<SimFrame> = (0..200)
+            .map(|i| {
+                let scene = i / 10;
+                let mut fr = frame(scene, scene, if i % 10 == 0 { 0.2 } else { 0.55 });
+                fr.server[1].correct = false;
+                fr.server[1].class = -1;
+                fr.server[1].score = 0.3;
+                fr
+            })
+            .collect();
+        let run = |merge: Option<MergeModel>| {
+            let cfg = SimConfig { merge, ..cfg() };
+            let mut planner = RulePlanner::new(Rule::Threshold(0.5), &p, 224, 8e6, 40.0);
+            let reuse = SimReuse {
+                window_ms: 1000.0,
+                profile: &p,
+                gain_z: 0.0,
+            };
+            simulate(&mut planner, &f, &Trace::constant(8e6), &cfg, Some(reuse))
+        };
+        let server = run(None);
+        assert!(server.reuse_ratio > 0.8, "{server:?}");
+        assert!(server.accuracy < 0.1, "{server:?}");
+        // `confidence`: the first frame of each scene takes the server's label (0.3 > 0.2), but
+        // a frame sure of another label (0.55 > 0.3) keeps its own.
+        let merged = run(Some(crate::offload::merge::SCORES));
+        assert!(merged.accuracy >= 0.9, "{merged:?}");
     }
 
     /// A periodic uplink: `on_ms` at `pps` packets per second, then `off_ms` of nothing.

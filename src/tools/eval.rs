@@ -6,6 +6,7 @@
 //! ([`crate::offload::sim`]) for every trace and deadline. The `cbo` policy reads the offload
 //! profile (default: the one shipped for the default model pair).
 
+use crate::offload::merge::MergeModel;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -78,6 +79,10 @@ pub struct EvalArgs {
     /// behind it (default: the smallest window measured on the element's QUIC connection)
     #[arg(long, default_value_t = crate::offload::sender::MEASURED_WINDOW_BYTES)]
     pub send_window_bytes: u64,
+    /// How an answer that disagrees with the device is merged: `confidence` (the label more
+    /// likely right, the element's default) or `server` (the server's, always)
+    #[arg(long, default_value = "confidence", value_parser = crate::offload::merge::Merge::parse_arg)]
+    pub merge: crate::offload::merge::Merge,
     /// Directory caching the per-frame model results between runs
     #[arg(long)]
     pub cache: Option<PathBuf>,
@@ -229,6 +234,7 @@ fn sim_frames(obs: &[FrameObservation]) -> Vec<SimFrame> {
                     bytes: s.jpeg_bytes,
                     correct: s.server_correct,
                     class: s.server_class,
+                    score: s.server_score,
                     encode_ms: s.encode_us as f64 / 1000.0,
                     server_ms: (s.decode_us + s.inference_us) as f64 / 1000.0,
                 })
@@ -265,7 +271,7 @@ fn frames(
         }
         h.update(
             format!(
-                "v2 {shorts:?} q{} n{}",
+                "v3 {shorts:?} q{} n{}",
                 profile.jpeg_quality, args.max_frames
             )
             .as_bytes(),
@@ -432,6 +438,10 @@ fn run_setting(
                 profile,
                 gain_z: params.gain_z,
             });
+            let cfg = SimConfig {
+                merge: merge_for(name, args, profile),
+                ..cfg
+            };
             results.insert(
                 name.to_string(),
                 simulate(p.as_mut(), &clip.frames, trace, &cfg, reuse),
@@ -457,6 +467,10 @@ fn run_policies(
     let mut policies = BTreeMap::new();
     for name in &args.policies {
         let reuse = name.ends_with(REUSE_SUFFIX);
+        let cfg = SimConfig {
+            merge: merge_for(name, args, profile),
+            ..cfg
+        };
         let result = match planner(name, args, profile, trace)? {
             Some(mut p) => simulate(
                 p.as_mut(),
@@ -491,7 +505,19 @@ pub fn sim_config(args: &EvalArgs, deadline_ms: f64) -> SimConfig {
         queue_bytes: args.queue_bytes,
         overhead_bytes: 200,
         send_window_bytes: args.send_window_bytes,
+        merge: None,
     }
+}
+
+/// The merge rule policy `name` replays with: as in the element, the profile's
+/// ([`crate::offload::merge`]) for the policies that plan with the profile (`cbo`, `fastva`, and
+/// the link oracle, which plans as `cbo` does), the server's label always for the rules.
+fn merge_for(name: &str, args: &EvalArgs, profile: &Profile) -> Option<MergeModel> {
+    ["cbo", "fastva", "link-oracle"]
+        .iter()
+        .any(|p| name.starts_with(p))
+        .then(|| args.merge.rule(profile.merge))
+        .flatten()
 }
 
 /// Runs `f` over `items` on `jobs` threads (0: one per core), keeping the order.

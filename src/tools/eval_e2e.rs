@@ -79,11 +79,12 @@ pub fn run(
     let desc = format!(
         "filesrc location=\"{}\" ! decodebin ! identity name=pace sync=true eos-after={frames} ! \
          cbofilter name=cbo server={} \
-         server-cert=\"{}\" policy={policy} reuse-window={reuse} deadline={} threshold={} \
+         server-cert=\"{}\" policy={policy} reuse-window={reuse} merge={} deadline={} threshold={} \
          resolution={} max-in-flight=1000 profile=\"{}\" {} ! fakesink sync=false",
         video.display(),
         netem.local_addr(),
         certs.path().join("cert.pem").display(),
+        args.merge.as_str(),
         deadline_ms.round() as u64,
         args.threshold,
         args.resolution,
@@ -189,7 +190,7 @@ pub fn run(
         .collect();
     let missed = results
         .iter()
-        .filter(|(r, _)| r.resolution > 0 && r.decision != "offload")
+        .filter(|(r, _)| r.resolution > 0 && r.decision != "offload" && r.decision != "overruled")
         .count();
     let reused = results
         .iter()

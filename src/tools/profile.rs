@@ -211,6 +211,7 @@ pub fn measure(args: &ProfileArgs) -> Result<(ProfileInputs, Vec<FrameObservatio
                 jpeg_bytes: jpeg.bytes.len() as u32,
                 server_correct: answer.class_id == class as i32,
                 server_class: answer.class_id,
+                server_score: answer.confidence as f32,
                 encode_us: (t1 - t0).as_micros() as u32,
                 decode_us: (t2 - t1).as_micros() as u32,
                 inference_us: timing.inference_us as u32,
