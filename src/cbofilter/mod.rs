@@ -50,10 +50,10 @@
 //! 1. `state` (streaming thread while it pre-processes, start, stop; a FLUSH_STOP and a
 //!    deactivation reset `live`)
 //! 2. `offload` (held only to clone the `Arc`)
-//! 3. `hold.inner` (the queue, the frames for the model and their spare tensors; its condition
-//!    variable is the only wait with a lock: the streaming thread waits for room, the inference
-//!    thread for a frame, the output task for the head, serialized queries for the queue to
-//!    drain)
+//! 3. `hold.inner` (the queue, the frames for the model and their spare tensors; its two
+//!    condition variables are the only waits with a lock: the streaming thread waits for room,
+//!    the output task for the head, serialized queries for the queue to drain, and on a second
+//!    one, the inference thread for a frame)
 //! 4. `settings`, `active_provider`, `session` and `inference` (leaves: copied out or taken,
 //!    nothing taken under them)
 //!
@@ -74,7 +74,7 @@
 //!
 //! The planner thread and the client's completions take only `hold.inner` (and the client's own
 //! internal locks, never while holding `hold.inner`). Nothing polls: waits end on a notification
-//! (every change to the queue notifies) or the head frame's deadline; the planner thread sleeps
+//! (every change to the queue notifies its waiters) or the head frame's deadline; the planner thread sleeps
 //! on its channel until the planner's next wake-up.
 //!
 //! # Debug categories

@@ -8,9 +8,10 @@
 //! it waits, undecided, until its deadline, for the planner thread to decide it
 //! ([`Hold::decide`], [`Hold::mark_sent`]) and the client's threads to complete it
 //! ([`Hold::complete`]). The output task ([`CboFilter::output_loop`]) pushes the head whenever it
-//! may leave: classified and ready, answered, kept, failed or due. Everyone waits on the one
-//! condition variable of the queue's own mutex, and each change to the queue notifies it; no wait
-//! has a polling timeout (the output task's only timeout is the head frame's deadline). How many
+//! may leave: classified and ready, answered, kept, failed or due. Everyone waits on a condition
+//! variable of the queue's own mutex (the inference thread on one of its own, notified when there
+//! is a frame to classify, a flush or a stop; the others on one each change to the queue
+//! notifies); no wait has a polling timeout (the output task's only timeout is the head frame's deadline). How many
 //! frames may be in the element before the streaming thread waits is
 //! [`crate::offload::hold::Admission`]'s.
 
@@ -82,7 +83,12 @@ pub struct HoldInner {
 #[derive(Default)]
 pub struct Hold {
     inner: Mutex<HoldInner>,
+    /// Every change to the queue: the streaming thread waits on it for room, the output task
+    /// for the head, serialized queries for the queue to drain.
     cond: Condvar,
+    /// A frame to classify, a flush or stop: the inference thread waits on it alone, so that the
+    /// queue's other changes (two per frame pushed) do not wake it.
+    model_cond: Condvar,
 }
 
 impl Hold {
@@ -93,6 +99,12 @@ impl Hold {
     /// Back to a fresh queue (start).
     pub fn reset(&self) {
         *self.lock() = HoldInner::default();
+        self.notify_all();
+    }
+
+    fn notify_all(&self) {
+        self.cond.notify_all();
+        self.model_cond.notify_all();
     }
 
     pub fn counts(&self) -> FrameCounts {
@@ -143,7 +155,8 @@ impl Hold {
             .queue
             .push_classifying(Item::Frame { buffer, result }, job.id);
         inner.to_classify.push_back(job);
-        self.cond.notify_all();
+        // Only the inference thread has anything to do: a frame being classified cannot leave.
+        self.model_cond.notify_all();
         Ok(())
     }
 
@@ -162,7 +175,7 @@ impl Hold {
                 self.cond.notify_all();
                 return Some(job);
             }
-            inner = self.cond.wait(inner).unwrap();
+            inner = self.model_cond.wait(inner).unwrap();
         }
     }
 
@@ -210,7 +223,7 @@ impl Hold {
     /// Stop: the inference thread exits once its current frame (if any) is done.
     pub fn stop_inference(&self) {
         self.lock().stopping = true;
-        self.cond.notify_all();
+        self.notify_all();
     }
 
     /// Planner thread: frame `id` leaves with its device label (`decision`: device, busy or
@@ -277,7 +290,7 @@ impl Hold {
     /// finishes the frame it is running, whose result then finds it dropped).
     pub fn set_flushing(&self) {
         self.lock().flushing = true;
-        self.cond.notify_all();
+        self.notify_all();
     }
 
     /// FLUSH_STOP / deactivation: drops what is held and what waits for the model (returning the
@@ -289,7 +302,7 @@ impl Hold {
         let dropped = inner.queue.drain();
         let jobs: Vec<ToClassify> = inner.to_classify.drain(..).collect();
         inner.spare.extend(jobs.into_iter().map(|j| j.tensor));
-        self.cond.notify_all();
+        self.notify_all();
         dropped
             .into_iter()
             .filter_map(|item| match item {
@@ -304,6 +317,7 @@ impl Hold {
         let mut inner = self.lock();
         inner.flushing = false;
         inner.flow = None;
+        self.notify_all();
     }
 
     /// Serialized queries: waits until everything queued before has been pushed (or the output
