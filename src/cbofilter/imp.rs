@@ -52,7 +52,8 @@ pub struct CboFilter {
     pub(super) inference: Mutex<Option<InferenceThread>>,
     /// Offloading (client, planner thread), set in start when a server is used.
     pub(super) offload: Mutex<Option<Arc<Offload>>>,
-    /// Hold mode's queue, shared with the output task, the planner thread and the client.
+    /// The queue between the pads (every mode), shared with the inference thread, the output
+    /// task, and when offloading the planner thread and the client.
     pub(super) hold: Arc<Hold>,
     pub(super) active_provider: Mutex<String>,
     /// The session's id and, when shared, its group (0 and `None` until started).
