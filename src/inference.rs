@@ -666,11 +666,17 @@ enum Engine {
     Shared(crate::shared_inference::Member),
 }
 
-/// A ready-to-use image classifier: frames in, [`Classification`]s out.
+/// A ready-to-use image classifier: frames in, [`Classification`]s out. [`Classifier::split`]
+/// separates the pre-processing from the model, for a pipeline that runs them on two threads.
 pub struct Classifier {
+    preprocessor: Preprocessor,
+    model: ClassifierModel,
+}
+
+/// The model half of a [`Classifier`]: pre-processed tensors in, [`Classification`]s out.
+pub struct ClassifierModel {
     engine: Engine,
     spec: TensorSpec,
-    preprocessor: Preprocessor,
     postprocessor: Postprocessor,
     row: Vec<f32>,
 }
@@ -742,14 +748,92 @@ impl Classifier {
             })?;
         let preprocessor = Preprocessor::new(spec, config.normalization)?;
         Ok(Self {
-            engine,
-            spec,
             preprocessor,
-            postprocessor,
-            row: Vec::new(),
+            model: ClassifierModel {
+                engine,
+                spec,
+                postprocessor,
+                row: Vec::new(),
+            },
         })
     }
 
+    /// The pre-processing (frame → tensor) and the model (tensor → classification), to run on
+    /// different threads.
+    pub fn split(self) -> (Preprocessor, ClassifierModel) {
+        (self.preprocessor, self.model)
+    }
+
+    pub fn model(&self) -> &ClassifierModel {
+        &self.model
+    }
+
+    pub fn spec(&self) -> &TensorSpec {
+        self.model.spec()
+    }
+
+    pub fn active_provider(&self) -> &'static str {
+        self.model.active_provider()
+    }
+
+    pub fn fallback_warning(&self) -> Option<&str> {
+        self.model.fallback_warning()
+    }
+
+    /// Id of the ONNX Runtime session the model runs on (shared classifiers report the same).
+    pub fn session_id(&self) -> u64 {
+        self.model.session_id()
+    }
+
+    /// The shared session's group, to count its members from another thread.
+    pub fn sharing_group(&self) -> Option<crate::shared_inference::Group> {
+        self.model.sharing_group()
+    }
+
+    /// Classifiers using this one's session now, this one included (1 when not shared).
+    pub fn sharing_streams(&self) -> usize {
+        self.model.sharing_streams()
+    }
+
+    pub fn postprocessor(&self) -> &Postprocessor {
+        self.model.postprocessor()
+    }
+
+    /// The raw output row of the last frame (logits or probabilities, as the model gives them).
+    pub fn last_output(&self) -> &[f32] {
+        self.model.last_output()
+    }
+
+    /// Fills the model input from a frame without running the model.
+    pub fn preprocess<T>(
+        &mut self,
+        frame: &gst_video::VideoFrameRef<T>,
+    ) -> Result<&Tensor, InferenceError> {
+        Ok(self.preprocessor.process(frame)?)
+    }
+
+    /// Classifies one video frame. With a shared session, `inference_us` includes the wait for
+    /// the batch.
+    pub fn classify_frame<T>(
+        &mut self,
+        frame: &gst_video::VideoFrameRef<T>,
+    ) -> Result<(Classification, FrameTiming), InferenceError> {
+        let t0 = Instant::now();
+        self.preprocessor.process(frame)?;
+        let t1 = Instant::now();
+        let result = self.model.classify(self.preprocessor.tensor_mut())?;
+        let t2 = Instant::now();
+        Ok((
+            result,
+            FrameTiming {
+                preprocess_us: (t1 - t0).as_micros() as u64,
+                inference_us: (t2 - t1).as_micros() as u64,
+            },
+        ))
+    }
+}
+
+impl ClassifierModel {
     pub fn spec(&self) -> &TensorSpec {
         &self.spec
     }
@@ -801,42 +885,21 @@ impl Classifier {
         &self.row
     }
 
-    /// Fills the model input from a frame without running the model.
-    pub fn preprocess<T>(
-        &mut self,
-        frame: &gst_video::VideoFrameRef<T>,
-    ) -> Result<&Tensor, InferenceError> {
-        Ok(self.preprocessor.process(frame)?)
-    }
-
-    /// Classifies one video frame. With a shared session, `inference_us` includes the wait for
+    /// Runs the model on a pre-processed `input` (of [`ClassifierModel::spec`]; handed back
+    /// unchanged) and classifies its scores. With a shared session this includes the wait for
     /// the batch.
-    pub fn classify_frame<T>(
-        &mut self,
-        frame: &gst_video::VideoFrameRef<T>,
-    ) -> Result<(Classification, FrameTiming), InferenceError> {
-        let t0 = Instant::now();
-        self.preprocessor.process(frame)?;
-        let t1 = Instant::now();
+    pub fn classify(&mut self, input: &mut Tensor) -> Result<Classification, InferenceError> {
         match &mut self.engine {
             Engine::Own(model) => run_session(
                 &mut model.session,
                 &model.input_name,
                 &model.spec,
-                self.preprocessor.tensor(),
+                input,
                 &mut self.row,
             )?,
-            Engine::Shared(member) => member.infer(&mut self.preprocessor, &mut self.row)?,
+            Engine::Shared(member) => member.infer(input, &mut self.row)?,
         }
-        let t2 = Instant::now();
-        let result = self.postprocessor.classify(&self.row);
-        Ok((
-            result,
-            FrameTiming {
-                preprocess_us: (t1 - t0).as_micros() as u64,
-                inference_us: (t2 - t1).as_micros() as u64,
-            },
-        ))
+        Ok(self.postprocessor.classify(&self.row))
     }
 }
 

@@ -233,6 +233,12 @@ impl Preprocessor {
         &self.tensor
     }
 
+    /// The tensor the last [`Preprocessor::process`] filled, for a model run that swaps it
+    /// (a shared session's batcher) and hands it back.
+    pub fn tensor_mut(&mut self) -> &mut Tensor {
+        &mut self.tensor
+    }
+
     /// Exchanges the tensor with `other` (a tensor of the same spec: [`Tensor::zeros`]), so the
     /// shared batcher can take a frame's tensor without copying it. Every `process` overwrites
     /// the whole tensor, so what comes back needs no clearing.

@@ -1,10 +1,10 @@
 //! Shared inference: elements of one process that run the same model with the same provider
 //! settings share one ONNX Runtime session, and their frames run together as batches.
 //!
-//! Each element pre-processes on its own streaming thread, hands its tensor over with
-//! [`Member::infer`] and waits for its own row of scores. There is no thread of its own: the
-//! streaming thread whose frame fills the batch (N = `max-batch`, by default the number of
-//! elements sharing the session, capped at the model's batch dimension), or whose wait for the
+//! Each element pre-processes on its own streaming thread; its inference thread hands the tensor
+//! over with [`Member::infer`] and waits for its own row of scores. The session has no thread of
+//! its own: the member thread whose frame fills the batch (N = `max-batch`, by default the number
+//! of elements sharing the session, capped at the model's batch dimension), or whose wait for the
 //! batch reaches `batch-timeout` first, runs the whole batch as one `[N,...]` inference and hands
 //! every member its row (a model with a fixed batch of 1 runs the frames one after the other).
 //! So a frame waits at most `batch-timeout` plus one batch inference (plus a batch already
@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::inference::{EpOptions, ExecutionProvider, InferenceError, ModelSession, run_tensor};
-use crate::preprocess::{Preprocessor, Tensor, TensorSpec};
+use crate::preprocess::{Tensor, TensorSpec};
 use crate::server::batch::{BatchDim, BatchTensor, run_batch};
 
 /// What a member with a frame queued does next.
@@ -356,13 +356,14 @@ fn run(engine: &mut Engine, dim: BatchDim, slots: &[Arc<Slot>]) {
 }
 
 impl Member {
-    /// Runs the model on `pre`'s tensor (swapped into this member's slot, no copy) and waits for
-    /// its scores in `row`; runs the batch itself when its frame fills it or has waited longest.
-    pub fn infer(&self, pre: &mut Preprocessor, row: &mut Vec<f32>) -> Result<(), InferenceError> {
+    /// Runs the model on `input` (swapped into this member's slot and back, no copy) and waits
+    /// for its scores in `row`; runs the batch itself when its frame fills it or has waited
+    /// longest.
+    pub fn infer(&self, input: &mut Tensor, row: &mut Vec<f32>) -> Result<(), InferenceError> {
         let inner = &*self.shared.inner;
         {
             let mut s = self.slot.inner.lock().unwrap();
-            pre.swap_tensor(&mut s.input);
+            std::mem::swap(input, &mut s.input);
             s.state = SlotState::Queued;
         }
         let mut q = inner.queue.lock().unwrap();
@@ -420,8 +421,8 @@ impl Member {
                 Ok(())
             }
         };
-        // The preprocessor gets its tensor back for the next frame.
-        pre.swap_tensor(&mut s.input);
+        // The caller gets its tensor back.
+        std::mem::swap(input, &mut s.input);
         result
     }
 

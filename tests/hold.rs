@@ -1,15 +1,21 @@
-//! Hold mode under the stream's control events, through real pipelines with a real `cboserver`:
-//! a flushing seek while frames wait for the server, EOS while frames are held, and a caps
-//! change mid-stream.
+//! The element's queue under the stream's control events, through real pipelines: offloading
+//! with a real `cboserver` (a flushing seek while frames wait for the server, EOS while frames
+//! are held, a caps change mid-stream), and device only, where the streaming thread pre-processes
+//! the next frame while the inference thread classifies this one (results identical to
+//! classifying frame by frame on one thread, a flushing seek, EOS, caps, NULL with frames in
+//! flight, and a model failing mid-stream).
 
 mod common;
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::server::{Server, props};
-use common::{bottle_clip, init};
+use common::{assets, bottle_clip, init};
 use gst::prelude::*;
+use gstcbo::inference::{Classifier, ModelConfig};
+use gstcbo::postprocess::Classification;
 use gstcbo::{CboResult, Decision};
 
 /// What crossed a pad, in order.
@@ -330,4 +336,395 @@ fn a_property_set_in_ready_applies_at_the_next_start() {
     let out = buffers(&out);
     assert_eq!(out.len(), 3);
     assert!(out.iter().all(|(_, r)| r.unwrap().top_classes.len() == 2));
+}
+
+/// The first `n` decoded frames of a clip and their caps.
+fn decoded(clip: &std::path::Path, n: usize) -> (Vec<gst::Buffer>, gst::Caps) {
+    init();
+    gstcbo::tools::decode_frames(clip, n).unwrap()
+}
+
+/// Each frame classified in turn on this thread, pre-processing then the model, with the
+/// element's default model and settings: what the element computed before it overlapped the two.
+fn classified_in_turn(frames: &[(gst::Buffer, gst::Caps)]) -> Vec<Classification> {
+    let mut classifier = Classifier::load(&ModelConfig::default()).unwrap();
+    frames
+        .iter()
+        .map(|(buffer, caps)| {
+            let info = gst_video::VideoInfo::from_caps(caps).unwrap();
+            let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info).unwrap();
+            classifier.classify_frame(&frame).unwrap().0
+        })
+        .collect()
+}
+
+/// `appsrc ! cbofilter name=cbo PROPS ! fakesink` fed `frames` (each with its caps) then EOS,
+/// run to EOS: what left the element, in order.
+fn through_element(frames: &[(gst::Buffer, gst::Caps)], element_props: &str) -> Vec<Seen> {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src format=time max-bytes=0 ! cbofilter name=cbo {element_props} ! fakesink sync=false"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let out = Arc::default();
+    record(
+        &pipeline.by_name("cbo").unwrap().static_pad("src").unwrap(),
+        Arc::clone(&out),
+    );
+    pipeline.set_state(gst::State::Paused).unwrap();
+    for (k, (buffer, caps)) in frames.iter().enumerate() {
+        let mut b = buffer.copy();
+        b.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(k as u64 * 33));
+        let sample = gst::Sample::builder().buffer(&b).caps(caps).build();
+        src.push_sample(&sample).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    run(&pipeline, |_| {});
+    out.lock().unwrap().clone()
+}
+
+/// The result of every buffer in `seen`, checking that they are the frames pushed, in order,
+/// each once (frame index and timestamp), with EOS after the last.
+fn in_order(seen: &[Seen], n: usize) -> Vec<CboResult> {
+    assert_eq!(seen.last(), Some(&Seen::Eos), "EOS leaves last");
+    let out = buffers(seen);
+    assert_eq!(out.len(), n, "every frame out, none twice");
+    out.iter()
+        .enumerate()
+        .map(|(k, (pts, r))| {
+            let r = r.expect("every frame has its meta").clone();
+            assert_eq!(r.frame, k as u64, "in order");
+            assert_eq!(*pts, Some(gst::ClockTime::from_mseconds(k as u64 * 33)));
+            r
+        })
+        .collect()
+}
+
+fn assert_same(r: &CboResult, c: &Classification) {
+    assert_eq!(r.class_id, c.class_id, "frame {}", r.frame);
+    assert_eq!(r.confidence, c.confidence, "frame {}", r.frame);
+    assert_eq!(r.raw_confidence, c.confidence, "frame {}", r.frame);
+    assert_eq!(r.top_classes, c.top_classes, "frame {}", r.frame);
+    let scores: Vec<f64> = c.top_scores.iter().map(|&v| v as f64).collect();
+    assert_eq!(r.top_scores, scores, "frame {}", r.frame);
+    assert_eq!(r.decision, Decision::Device);
+}
+
+#[test]
+fn device_only_results_match_classifying_each_frame_in_turn() {
+    let (frames, caps) = decoded(&assets().join("video/dev-slideshow-fast.mp4"), 300);
+    let frames: Vec<_> = frames.into_iter().map(|b| (b, caps.clone())).collect();
+    let expected = classified_in_turn(&frames);
+    let classes: std::collections::HashSet<i32> = expected.iter().map(|c| c.class_id).collect();
+    assert!(
+        classes.len() >= 5,
+        "a varied clip: {} classes",
+        classes.len()
+    );
+    // Shared session (the default, one member: it runs its frames itself) and a session of its
+    // own; every frame queued before the clock runs, so the streaming thread is always ahead.
+    for element_props in ["", "shared-session=false"] {
+        let out = in_order(&through_element(&frames, element_props), frames.len());
+        for (r, c) in out.iter().zip(&expected) {
+            assert_same(r, c);
+        }
+    }
+}
+
+#[test]
+fn device_only_a_caps_change_applies_to_the_frames_after_it() {
+    let caps = |w: i32, h: i32| {
+        gst_video::VideoCapsBuilder::new()
+            .format(gst_video::VideoFormat::Rgb)
+            .width(w)
+            .height(h)
+            .framerate(gst::Fraction::new(30, 1))
+            .build()
+    };
+    let (small, large) = (caps(160, 120), caps(320, 240));
+    // Different content per frame, so a frame read with the other caps would give another
+    // result (or not map at all).
+    let frames: Vec<(gst::Buffer, gst::Caps)> = [(&small, 160, 120), (&large, 320, 240)]
+        .into_iter()
+        .flat_map(|(c, w, h)| std::iter::repeat_n((c, w, h), 6))
+        .enumerate()
+        .map(|(k, (c, w, h))| {
+            let data: Vec<u8> = (0..w * h * 3)
+                .map(|i| ((i * (k + 1)) % 251) as u8)
+                .collect();
+            (gst::Buffer::from_mut_slice(data), c.clone())
+        })
+        .collect();
+    let expected = classified_in_turn(&frames);
+    let seen = through_element(&frames, "");
+    let shape: Vec<String> = seen
+        .iter()
+        .map(|s| match s {
+            Seen::Caps(c) if *c == small => "small".into(),
+            Seen::Caps(c) if *c == large => "large".into(),
+            Seen::Buffer { result, .. } => result.as_ref().unwrap().decision.to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    let mut want = vec!["small".to_string()];
+    want.extend(std::iter::repeat_n("device".to_string(), 6));
+    want.push("large".into());
+    want.extend(std::iter::repeat_n("device".to_string(), 6));
+    want.push("Eos".into());
+    assert_eq!(shape, want);
+    for (r, c) in in_order(&seen, frames.len()).iter().zip(&expected) {
+        assert_same(r, c);
+    }
+}
+
+#[test]
+fn device_only_a_flushing_seek_mid_stream_leaves_nothing_stale() {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! decodebin ! videoconvert ! cbofilter name=cbo ! fakesink sync=false",
+        bottle_clip().display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let cbo = pipeline.by_name("cbo").unwrap();
+    let (into, out): (Recorded, Recorded) = (Arc::default(), Arc::default());
+    record(&cbo.static_pad("sink").unwrap(), Arc::clone(&into));
+    record(&cbo.static_pad("src").unwrap(), Arc::clone(&out));
+    let target = gst::ClockTime::from_seconds(1);
+    let p = pipeline.clone();
+    let mut seeked = false;
+    run(&pipeline, move |n| {
+        if n >= 12 && !seeked {
+            seeked = true;
+            p.seek(
+                1.0,
+                gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+                gst::SeekType::Set,
+                target,
+                gst::SeekType::Set,
+                target + gst::ClockTime::from_mseconds(1500),
+            )
+            .unwrap();
+        }
+    });
+    let into = into.lock().unwrap().clone();
+    let out = out.lock().unwrap().clone();
+    let split = |seen: &[Seen]| {
+        let at = seen
+            .iter()
+            .position(|s| *s == Seen::FlushStop)
+            .expect("flushed");
+        (seen[..at].to_vec(), seen[at..].to_vec())
+    };
+    let (in_before, in_after) = split(&into);
+    let (out_before, out_after) = split(&out);
+    // Before the flush: what left did so in order, and nothing that had not entered.
+    let (in_before, out_before) = (buffers(&in_before), buffers(&out_before));
+    assert!(out_before.len() <= in_before.len());
+    for (k, (pts, r)) in out_before.iter().enumerate() {
+        assert_eq!(*pts, in_before[k].0);
+        assert_eq!(r.unwrap().frame, k as u64);
+    }
+    // After it: exactly the frames that entered after it, in order, each with its result, none
+    // from before the seek.
+    let (in_after, out_after) = (buffers(&in_after), buffers(&out_after));
+    assert!(
+        in_after.len() > 30,
+        "{} frames after the seek",
+        in_after.len()
+    );
+    assert_eq!(
+        in_after.iter().map(|b| b.0).collect::<Vec<_>>(),
+        out_after.iter().map(|b| b.0).collect::<Vec<_>>()
+    );
+    let first_after = out_after[0].1.unwrap().frame;
+    for (k, (pts, r)) in out_after.iter().enumerate() {
+        assert!(
+            pts.unwrap() + gst::ClockTime::from_mseconds(1) >= target,
+            "{pts:?}"
+        );
+        let r = r.expect("every frame has its meta");
+        assert_eq!(r.frame, first_after + k as u64, "in order, none lost");
+        assert_eq!(r.decision, Decision::Device);
+    }
+    assert_eq!(out.last(), Some(&Seen::Eos));
+}
+
+#[test]
+fn device_only_eos_from_upstream_drains_every_frame_first() {
+    init();
+    // identity sends EOS right behind the 40th frame, while the last frames are still in the
+    // element.
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! decodebin ! identity eos-after=40 ! cbofilter name=cbo ! fakesink sync=false",
+        bottle_clip().display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let cbo = pipeline.by_name("cbo").unwrap();
+    let (into, out): (Recorded, Recorded) = (Arc::default(), Arc::default());
+    record(&cbo.static_pad("sink").unwrap(), Arc::clone(&into));
+    record(&cbo.static_pad("src").unwrap(), Arc::clone(&out));
+    run(&pipeline, |_| {});
+    let into = into.lock().unwrap().clone();
+    let out = out.lock().unwrap().clone();
+    let n = buffers(&into).len();
+    assert!(n >= 40);
+    assert_eq!(out.last(), Some(&Seen::Eos));
+    let out = buffers(&out);
+    assert_eq!(out.len(), n);
+    for (k, ((pts, r), (pts_in, _))) in out.iter().zip(buffers(&into)).enumerate() {
+        assert_eq!(*pts, pts_in);
+        assert_eq!(r.unwrap().frame, k as u64);
+    }
+}
+
+/// Sets `pipeline` to `state` on another thread; panics if that does not return within 60 s
+/// (a hang, not a slow machine: it takes milliseconds).
+fn set_state_or_hang(pipeline: &gst::Pipeline, state: gst::State) -> gst::StateChangeSuccess {
+    let (tx, rx) = mpsc::channel();
+    let p = pipeline.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(p.set_state(state));
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("set_state({state:?}) hangs"))
+        .unwrap()
+}
+
+#[test]
+fn device_only_null_mid_stream_with_frames_in_flight_then_a_clean_restart() {
+    init();
+    for element_props in ["", "shared-session=false"] {
+        // Static pads, so that the same pipeline plays again after NULL.
+        let pipeline = gst::parse::launch(&format!(
+            "videotestsrc num-buffers=60 pattern=ball ! video/x-raw,width=640,height=360 ! cbofilter name=cbo {element_props} ! fakesink sync=false"
+        ))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let cbo = pipeline.by_name("cbo").unwrap();
+        // Stop once the 30th frame has entered: the frames before it are in the model, queued
+        // or leaving.
+        let (entered_tx, entered) = mpsc::channel();
+        let entered_tx = Mutex::new(Some(entered_tx));
+        let count = std::sync::atomic::AtomicUsize::new(0);
+        let probe = cbo
+            .static_pad("sink")
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 30
+                    && let Some(tx) = entered_tx.lock().unwrap().take()
+                {
+                    let _ = tx.send(());
+                }
+                gst::PadProbeReturn::Ok
+            })
+            .unwrap();
+        set_state_or_hang(&pipeline, gst::State::Playing);
+        entered
+            .recv_timeout(Duration::from_secs(120))
+            .expect("30 frames entered");
+        set_state_or_hang(&pipeline, gst::State::Null);
+        cbo.static_pad("sink").unwrap().remove_probe(probe);
+        // Started again: from frame 0, every frame once, in order, nothing left from before.
+        let out = Arc::default();
+        record(&cbo.static_pad("src").unwrap(), Arc::clone(&out));
+        run(&pipeline, |_| {});
+        let out = out.lock().unwrap().clone();
+        assert_eq!(out.last(), Some(&Seen::Eos));
+        let out = buffers(&out);
+        assert_eq!(out.len(), 60, "{element_props}");
+        for (k, (_, r)) in out.iter().enumerate() {
+            assert_eq!(r.unwrap().frame, k as u64, "{element_props}");
+        }
+    }
+}
+
+#[test]
+fn a_model_failing_mid_stream_is_an_element_error_and_a_flow_error_upstream() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("fails-unless-black.onnx");
+    std::fs::write(&model, common::onnx::fails_unless_black_model(32)).unwrap();
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src format=time max-bytes=0 ! cbofilter name=cbo model=\"{}\" input-mean=0 input-std=1 ! fakesink sync=false",
+        model.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let out = Arc::default();
+    record(
+        &pipeline.by_name("cbo").unwrap().static_pad("src").unwrap(),
+        Arc::clone(&out),
+    );
+    let caps = gst_video::VideoCapsBuilder::new()
+        .format(gst_video::VideoFormat::Rgb)
+        .width(32)
+        .height(32)
+        .framerate(gst::Fraction::new(30, 1))
+        .build();
+    src.set_caps(Some(&caps));
+    set_state_or_hang(&pipeline, gst::State::Playing);
+    // Ten black frames the model classifies, then white ones it fails on.
+    for k in 0..20u64 {
+        let v = if k < 10 { 0 } else { 255 };
+        let mut b = gst::Buffer::from_mut_slice(vec![v; 32 * 32 * 3]);
+        b.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(k * 33));
+        src.push_buffer(b).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    // The element's error, then the source's: its push returned the flow error, on which it
+    // stops and sends EOS, which leaves the element behind the frames classified before.
+    let bus = pipeline.bus().unwrap();
+    let mut errors = Vec::new();
+    loop {
+        let msg = bus
+            .timed_pop(gst::ClockTime::from_seconds(120))
+            .expect("the pipeline ends within 120 s");
+        match msg.view() {
+            gst::MessageView::Error(e) => errors.push((
+                msg.src().map(|s| s.name().to_string()).unwrap_or_default(),
+                e.error().to_string(),
+                e.debug().map(|d| d.to_string()).unwrap_or_default(),
+            )),
+            gst::MessageView::Eos(_) => break,
+            _ => {}
+        }
+    }
+    set_state_or_hang(&pipeline, gst::State::Null);
+    assert!(errors.len() >= 2, "{errors:?}");
+    assert_eq!(errors[0].0, "cbo", "{errors:?}");
+    assert!(errors[0].1.contains("inference failed"), "{errors:?}");
+    assert_eq!(errors[1].0, "src", "{errors:?}");
+    assert!(errors[1].2.contains("reason error"), "{errors:?}");
+    // Exactly the black frames, each classified, in order; no white frame passed unlabelled.
+    let out = out.lock().unwrap().clone();
+    assert_eq!(out.last(), Some(&Seen::Eos));
+    let out = buffers(&out);
+    assert_eq!(out.len(), 10);
+    for (k, (_, r)) in out.iter().enumerate() {
+        let r = r.expect("classified");
+        assert_eq!(r.frame, k as u64);
+        assert_eq!(r.class_id, 0);
+    }
 }

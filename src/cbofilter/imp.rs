@@ -1,8 +1,9 @@
 //! `cbofilter`'s GObject and pad functions: the properties (values and ParamSpecs in
 //! [`super::settings`]), state changes (start and stop in [`super::lifecycle`]), and the
-//! streaming thread's work: classifying each buffer, then either pushing it on at once (device
-//! only) or handing it to hold mode ([`super::offload`], [`super::output`]). Events, queries and
-//! flushing are handled here; the threads and locks are described in [`super`].
+//! streaming thread's work: pre-processing each buffer and handing it to the inference thread
+//! ([`super::classify`]) through the queue the source pad task pushes from ([`super::output`]).
+//! Events, queries and flushing are handled here; the threads and locks are described in
+//! [`super`].
 
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -12,12 +13,13 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::CAT;
-use super::lifecycle::State;
+use super::classify::{InferenceThread, ToClassify};
 use super::offload::Offload;
-use super::output::Hold;
+use super::output::{Hold, MAX_HELD_ITEMS};
 use super::settings::{self, Settings};
-use crate::meta::{CboResult, Decision, Source};
 use crate::offload::driver::Event;
+use crate::offload::hold::Admission;
+use crate::preprocess::Tensor;
 
 /// Raw formats accepted on both pads; all are read directly, no `videoconvert` needed.
 const FORMATS: [gst_video::VideoFormat; 12] = [
@@ -44,11 +46,14 @@ pub struct CboFilter {
     /// Property values; copied at start, and per buffer for the few that may change while
     /// playing.
     pub(super) settings: Mutex<Settings>,
-    /// The streaming thread's state (model, caps, frame counter), set in start.
-    pub(super) state: Mutex<Option<State>>,
+    /// The streaming thread's state (pre-processing, caps, frame counter), set in start.
+    pub(super) state: Mutex<Option<super::lifecycle::State>>,
+    /// The inference thread, from start to stop.
+    pub(super) inference: Mutex<Option<InferenceThread>>,
     /// Offloading (client, planner thread), set in start when a server is used.
     pub(super) offload: Mutex<Option<Arc<Offload>>>,
-    /// Hold mode's queue, shared with the output task, the planner thread and the client.
+    /// The queue between the pads (every mode), shared with the inference thread, the output
+    /// task, and when offloading the planner thread and the client.
     pub(super) hold: Arc<Hold>,
     pub(super) active_provider: Mutex<String>,
     /// The session's id and, when shared, its group (0 and `None` until started).
@@ -115,6 +120,7 @@ impl ObjectSubclass for CboFilter {
             srcpad,
             settings: Mutex::new(Settings::default()),
             state: Mutex::new(None),
+            inference: Mutex::new(None),
             hold: Arc::new(Hold::default()),
             offload: Mutex::new(None),
             active_provider: Mutex::new(String::new()),
@@ -154,7 +160,7 @@ impl ObjectImpl for CboFilter {
         match pspec.name() {
             "active-execution-provider" => self.active_provider.lock().unwrap().to_value(),
             // Read without waiting for the streaming thread (which holds `state` while it
-            // classifies, up to batch-timeout plus one batch).
+            // pre-processes).
             "session-id" => self.session.lock().unwrap().0.to_value(),
             "shared-streams" => {
                 let session = self.session.lock().unwrap();
@@ -241,21 +247,31 @@ impl ElementImpl for CboFilter {
 }
 
 impl CboFilter {
-    /// Classifies a buffer and decides what happens to it (streaming thread).
+    /// Pre-processes a buffer and hands it to the inference thread (streaming thread): waits
+    /// first, without any lock held, until the element has room for it.
     fn sink_chain(
         &self,
         _pad: &gst::Pad,
         buffer: gst::Buffer,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let entered = Instant::now();
-        let post = self.settings.lock().unwrap().post_messages;
+        let offload = self.offload();
+        let admission = match &offload {
+            None => Admission::Device,
+            Some(o) => Admission::Hold {
+                max_items: MAX_HELD_ITEMS,
+                window: (!self.upstream_live(o)?).then_some(o.max_in_flight),
+            },
+        };
+        let spare = self.hold.admit(admission)?;
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
         let info = state.info.clone().ok_or_else(|| {
             gst::element_imp_error!(self, gst::CoreError::Negotiation, ("No caps set"));
             gst::FlowError::NotNegotiated
         })?;
-        let (classification, timing) = {
+        let started = Instant::now();
+        {
             let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), &info)
                 .map_err(|_| {
                     gst::element_imp_error!(
@@ -265,66 +281,32 @@ impl CboFilter {
                     );
                     gst::FlowError::Error
                 })?;
-            state.classifier.classify_frame(&frame).map_err(|e| {
+            state.preprocessor.process(&frame).map_err(|e| {
                 gst::element_imp_error!(self, gst::StreamError::Failed, ("{e}"));
                 gst::FlowError::Error
-            })?
-        };
-        let confidence = state.calibrated(classification.confidence);
-        let result = CboResult {
-            frame: state.frame,
-            class_id: classification.class_id,
-            label: classification.label,
-            confidence,
-            raw_confidence: classification.confidence,
-            source: Source::Device,
-            decision: Decision::Device,
-            resolution: 0,
-            inference_us: timing.inference_us,
-            preprocess_us: timing.preprocess_us,
-            top_classes: classification.top_classes,
-            top_scores: classification
-                .top_scores
-                .iter()
-                .map(|&v| v as f64)
-                .collect(),
-            device_class_id: classification.class_id,
-            device_confidence: confidence,
-            server_latency_us: 0,
-        };
-        state.frame += 1;
-        gst::trace!(
-            CAT,
-            imp = self,
-            "frame {}: {} ({}) p={:.3} pre={}us inf={}us",
-            result.frame,
-            result.label,
-            result.class_id,
-            result.confidence,
-            result.preprocess_us,
-            result.inference_us
-        );
-        let Some(offload) = self.offload() else {
-            drop(guard);
-            return self.push_result(buffer, result, post);
-        };
-        if state.live.is_none() {
-            let mut q = gst::query::Latency::new();
-            let live = self.sinkpad.peer_query(&mut q) && q.result().0;
-            gst::debug!(CAT, imp = self, "upstream is live: {live}");
-            state.live = Some(live);
-            // The planner thread's window: busy frames when live, waiting for room when not.
-            offload
-                .driver
-                .send(offload.now_ms(), vec![Event::Live(live)]);
+            })?;
         }
-        let live = state.live.unwrap_or(true);
-        let post_stats = entered.duration_since(state.last_stats) >= STATS_INTERVAL;
+        // The filled tensor goes with the frame; the preprocessor keeps one the model is done
+        // with for the next.
+        let mut tensor = spare.unwrap_or_else(|| Tensor::zeros(&state.spec));
+        state.preprocessor.swap_tensor(&mut tensor);
+        let preprocess_us = started.elapsed().as_micros() as u64;
+        let id = state.frame;
+        state.frame += 1;
+        let post_stats =
+            offload.is_some() && entered.duration_since(state.last_stats) >= STATS_INTERVAL;
         if post_stats {
             state.last_stats = entered;
         }
         drop(guard);
-        self.offload_frame(&offload, buffer, info, entered, result, live)?;
+        let job = ToClassify {
+            id,
+            tensor,
+            to_send: offload.as_ref().map(|_| (buffer.clone(), info)),
+            entered,
+            preprocess_us,
+        };
+        self.hold.push_to_classify(buffer, job)?;
         if post_stats {
             let msg = gst::message::Element::builder(self.stats())
                 .src(&*self.obj())
@@ -337,6 +319,24 @@ impl CboFilter {
         }
     }
 
+    /// Whether upstream is live, queried at the first buffer after start or a flush and told
+    /// to the planner thread (its window: busy frames when live, waiting for room when not).
+    fn upstream_live(&self, offload: &Offload) -> Result<bool, gst::FlowError> {
+        let mut guard = self.state.lock().unwrap();
+        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+        if let Some(live) = state.live {
+            return Ok(live);
+        }
+        let mut q = gst::query::Latency::new();
+        let live = self.sinkpad.peer_query(&mut q) && q.result().0;
+        gst::debug!(CAT, imp = self, "upstream is live: {live}");
+        state.live = Some(live);
+        offload
+            .driver
+            .send(offload.now_ms(), vec![Event::Live(live)]);
+        Ok(live)
+    }
+
     fn src_activatemode(
         &self,
         _pad: &gst::Pad,
@@ -347,9 +347,7 @@ impl CboFilter {
             return Err(gst::loggable_error!(CAT, "only push mode is supported"));
         }
         if active {
-            if self.offloading() {
-                self.start_task()?;
-            }
+            self.start_task()?;
         } else {
             self.hold.set_flushing();
             self.srcpad
@@ -387,9 +385,6 @@ impl CboFilter {
                 None => return false,
             }
         }
-        if !self.offloading() {
-            return gst::Pad::event_default(pad, Some(&*self.obj()), event);
-        }
         match event.view() {
             EventView::FlushStart(_) => {
                 let ret = self.srcpad.push_event(event);
@@ -422,9 +417,9 @@ impl CboFilter {
     }
 
     fn sink_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
-        if query.is_serialized() && self.offloading() {
+        if query.is_serialized() {
             // A serialized query (drain, allocation) must see every frame before it pass:
-            // wait until the output task has pushed everything held.
+            // wait until the output task has pushed everything queued.
             self.hold.wait_drained();
         }
         gst::Pad::query_default(pad, Some(&*self.obj()), query)
@@ -449,7 +444,9 @@ impl CboFilter {
             } else {
                 gst::ClockTime::ZERO
             };
-            // A shared session may hold a frame for the batch to fill.
+            // A shared session may hold a frame for the batch to fill. Handing the frame from
+            // the streaming thread to the inference thread adds none: the frame waits there
+            // only while the one before it is classified, as it waited upstream before.
             if let Some(us) = batch_us {
                 extra += gst::ClockTime::from_useconds(us as u64);
             }

@@ -1,6 +1,6 @@
 //! Start and stop: what the element loads and starts at READY→PAUSED (the device model, its
-//! calibration, and when offloading, the profile, the offload client and the planner thread),
-//! and what it tears down at PAUSED→READY.
+//! calibration, the inference thread, and when offloading, the profile, the offload client and
+//! the planner thread), and what it tears down at PAUSED→READY.
 //!
 //! Starting at READY→PAUSED (as gst-plugins-rs' `BaseTransform::start`) means every property
 //! flagged changeable in NULL or READY takes effect at the next start, also when it was set in
@@ -12,19 +12,19 @@ use std::time::{Duration, Instant};
 
 use gst::subclass::prelude::*;
 
+use super::classify::{Inference, InferenceThread};
 use super::imp::CboFilter;
 use super::offload::{ElementEffects, Offload, client_events};
 use super::settings::Settings;
 use super::{CAT, Policy};
-use crate::calibration::{CalibrationFile, Calibrator};
+use crate::calibration::CalibrationFile;
 use crate::inference::{Classifier, EpOptions, InferenceError, ModelConfig, Sharing};
 use crate::jpeg::FrameEncoder;
 use crate::offload::client::{ClientConfig, OffloadClient};
 use crate::offload::clock::SystemClock;
 use crate::offload::driver::{PolicyDriver, Window, input_channel, spawn};
 use crate::offload::policy::{PolicyKind, PolicySpec};
-use crate::postprocess::OutputKind;
-use crate::preprocess::Normalization;
+use crate::preprocess::{Normalization, Preprocessor, TensorSpec};
 use crate::profile::Profile;
 use crate::shared_inference::Batching;
 use crate::tls::Trust;
@@ -35,31 +35,15 @@ const INITIAL_RTT_MS: f64 = 40.0;
 
 /// Streaming-thread state, set in start.
 pub struct State {
-    pub classifier: Classifier,
+    /// Frames in, model input out; the model itself is the inference thread's.
+    pub preprocessor: Preprocessor,
+    pub spec: TensorSpec,
     pub info: Option<gst_video::VideoInfo>,
-    /// Frames classified since start (the meta's `frame`, the planner's frame id).
+    /// Frames pre-processed since start (the meta's `frame`, the planner's frame id).
     pub frame: u64,
-    pub calibrator: Option<Calibrator>,
-    /// Log-probabilities of a probability-output model, for temperature scaling.
-    pub log_scores: Vec<f32>,
     /// Upstream liveness, queried at the first buffer after start or a flush.
     pub live: Option<bool>,
     pub last_stats: Instant,
-}
-
-impl State {
-    /// Calibrated confidence of the frame just classified (raw when no calibration is loaded).
-    pub fn calibrated(&mut self, raw: f64) -> f64 {
-        match &self.calibrator {
-            None => raw,
-            Some(cal) => cal.apply_to_output(
-                raw,
-                self.classifier.last_output(),
-                self.classifier.postprocessor().kind() == OutputKind::Probabilities,
-                &mut self.log_scores,
-            ),
-        }
-    }
 }
 
 /// Maps a load failure onto the GStreamer error domain a user would look in.
@@ -228,14 +212,27 @@ impl CboFilter {
             }
             _ => None,
         };
-        *self.offload.lock().unwrap() = offload;
+        *self.offload.lock().unwrap() = offload.clone();
         self.hold.reset();
-        *self.state.lock().unwrap() = Some(State {
-            classifier,
-            info: None,
-            frame: 0,
+        let (preprocessor, model) = classifier.split();
+        let inference = Inference {
+            model,
             calibrator,
             log_scores: Vec::new(),
+        };
+        let thread = InferenceThread::spawn(&self.obj(), self.hold.clone(), inference, offload)
+            .map_err(|e| {
+                gst::error_msg!(
+                    gst::CoreError::Thread,
+                    ("Cannot start the inference thread: {e}")
+                )
+            })?;
+        *self.inference.lock().unwrap() = Some(thread);
+        *self.state.lock().unwrap() = Some(State {
+            preprocessor,
+            spec,
+            info: None,
+            frame: 0,
             live: None,
             last_stats: Instant::now(),
         });
@@ -352,10 +349,15 @@ impl CboFilter {
         }
     }
 
-    /// Stops the planner thread (its decisions still queued are applied), then the client
-    /// (closing the connection; completions still running find the queue empty and are
-    /// ignored), and drops the state.
+    /// Stops the inference thread (after the frame it is running, if any; the pads are
+    /// deactivated, so nothing more comes), the planner thread (its decisions still queued are
+    /// applied), then the client (closing the connection; completions still running find the
+    /// queue empty and are ignored), and drops the state.
     pub(super) fn stop(&self) {
+        let thread = self.inference.lock().unwrap().take();
+        if let Some(thread) = thread {
+            thread.stop(&self.hold);
+        }
         let offload = self.offload.lock().unwrap().take();
         if let Some(offload) = offload {
             offload.driver.stop();

@@ -9,52 +9,73 @@
 //! |---|---|
 //! | `imp.rs` | GObject, pads, state changes; the streaming thread's chain, events, queries, flushing |
 //! | `settings.rs` | property values, ParamSpecs, defaults |
-//! | `lifecycle.rs` | start (READY→PAUSED) and stop: model, calibration, profile, client, planner thread |
-//! | `offload.rs` | frames to the planner thread; its decisions to the hold queue and the client |
-//! | `output.rs` | the hold queue and the source pad task that pushes it downstream in order |
+//! | `lifecycle.rs` | start (READY→PAUSED) and stop: model, calibration, inference thread, profile, client, planner thread |
+//! | `classify.rs` | the inference thread: the model, calibration and result of each pre-processed frame |
+//! | `offload.rs` | the planner's decisions to the hold queue and the client |
+//! | `output.rs` | the queue between the pads and the source pad task that pushes it downstream in order |
 //!
 //! # Threads
 //!
-//! - **Streaming thread** (upstream's): classifies each buffer. With `shared-session` (the
-//!   default) it queues the tensor in the shared session and waits for its row; the streaming
-//!   thread whose frame fills the batch, or waits longest (`batch-timeout`), runs the batch for
-//!   every element of the group ([`crate::shared_inference`]). Device only: pushes it at once.
-//!   Offloading: queues it in the hold queue, undecided, and sends it to the planner thread.
-//!   Serialized events queue behind the frames; FLUSH_STOP drops what is held.
-//! - **Output task** (the source pad's, offloading only): pushes the head of the hold queue
-//!   when it may leave (decided, answered, failed, or at its deadline); applies answer reuse.
-//! - **Planner thread** (`cbo-planner`, [`crate::offload::driver`]): owns the planner; receives
-//!   frames, answers, failures, connection changes and ticks over a channel; marks frames kept,
-//!   busy, offline or sent in the hold queue, and submits sends to the client.
+//! - **Streaming thread** (upstream's): waits until the element has room for one more frame
+//!   ([`crate::offload::hold::Admission`]: never while a frame it handed over has not reached the
+//!   model), then pre-processes the buffer (scale, colour conversion, normalisation into the
+//!   model's tensor) and queues the frame, still to be classified, handing its tensor to the
+//!   inference thread; so it pre-processes frame N+1 while the model runs frame N. Serialized
+//!   events queue behind the frames; FLUSH_START unblocks every wait, FLUSH_STOP drops what is
+//!   queued.
+//! - **Inference thread** (`cbo-infer`, [`classify`]): runs the model on each frame in order,
+//!   post-processes and calibrates; device only the frame is then ready to leave, offloading it
+//!   waits in the queue, undecided, and goes to the planner thread. With `shared-session` (the
+//!   default) it queues the tensor in the shared session and waits for its row; the member thread
+//!   whose frame fills the batch, or waits longest (`batch-timeout`), runs the batch for every
+//!   element of the group ([`crate::shared_inference`]).
+//! - **Output task** (the source pad's): pushes the head of the queue when it may leave
+//!   (classified and ready; offloading: decided, answered, failed, or at its deadline), events
+//!   in their place; applies answer reuse. The one output path, device only or offloading.
+//! - **Planner thread** (`cbo-planner`, offloading, [`crate::offload::driver`]): owns the planner;
+//!   receives frames, answers, failures, connection changes and ticks over a channel; marks
+//!   frames kept, busy, offline or sent in the hold queue, and submits sends to the client.
 //! - **Client threads** (`cbo-offload`: one encoder thread, the shared tokio runtime): encode,
 //!   send, and complete each request into the hold queue and the planner's channel.
 //! - **Application threads**: properties, state changes, FLUSH_START, queries.
 //!
+//! At most one frame is in the model and one pre-processed behind it; device only at most
+//! [`crate::offload::hold::DEVICE_FRAMES`] frames are queued (plus the one being pushed), so a
+//! slow downstream blocks the streaming thread as before; offloading, frames wait for the server
+//! up to `deadline` (at most `MAX_HELD_ITEMS`, and `max-in-flight` undecided from a non-live
+//! source).
+//!
 //! # Locks, in the order they may be taken
 //!
-//! 1. `state` (streaming thread, start, stop; a FLUSH_STOP and a deactivation reset `live`)
+//! 1. `state` (streaming thread while it pre-processes, start, stop; a FLUSH_STOP and a
+//!    deactivation reset `live`)
 //! 2. `offload` (held only to clone the `Arc`)
-//! 3. `hold.inner` (the queue; its condition variable is the only wait with a lock: the
-//!    streaming thread waits for room, the output task for the head, serialized queries for the
-//!    queue to drain)
-//! 4. `settings`, `active_provider` and `session` (leaves: copied out, nothing taken under them)
+//! 3. `hold.inner` (the queue, the frames for the model and their spare tensors; its two
+//!    condition variables are the only waits with a lock: the streaming thread waits for room,
+//!    the output task for the head, serialized queries for the queue to drain, and on a second
+//!    one, the inference thread for a frame)
+//! 4. `settings`, `active_provider`, `session` and `inference` (leaves: copied out or taken,
+//!    nothing taken under them)
 //!
-//! With `shared-session`, the streaming thread holds `state` while it waits for its frame's row,
-//! on the shared session's queue condition variable (the queue lock released while waiting);
-//! running a batch it holds the session's engine lock (the model) and, one at a time, the slots
-//! of the frames in the batch. Those locks are the shared session's own (see
-//! [`crate::shared_inference`]); nothing of any element is taken under them, so elements never
-//! wait on each other's `state`. The wait ends at most `batch-timeout` plus one batch inference
-//! (plus a batch already running) after the frame was queued. Start (attach) takes the
-//! process-wide registry of shared sessions and may load the model under it, so that elements
-//! starting together load one session; stop (leaving the group) takes the queue lock.
+//! The streaming thread holds no lock while it waits for room, and `state` only while it
+//! pre-processes. The inference thread owns the model (and calibration) outright and holds no
+//! element lock while it runs: it takes `hold.inner` only to take a frame and to put its result
+//! back, and tells the planner about an offloaded frame under it (a channel send, which never
+//! waits) so that the planner sees frames and flushes in order. With `shared-session` it waits for
+//! its frame's row on the shared session's queue condition variable; running a batch it holds the
+//! session's engine lock (the model) and, one at a time, the slots of the frames in the batch.
+//! Those locks are the shared session's own (see [`crate::shared_inference`]); nothing of any
+//! element is taken under them, so elements never wait on each other's locks. The wait ends at
+//! most `batch-timeout` plus one batch inference (plus a batch already running) after the frame
+//! was queued. Start (attach) takes the process-wide registry of shared sessions and may load the
+//! model under it, so that elements starting together load one session; stop (leaving the group)
+//! takes the queue lock. Stop lets the inference thread finish the frame it is running and joins
+//! it with no lock held.
 //!
-//! The streaming thread releases `state` before it queues a frame, so that no lock is held across
-//! the condition variable's wait but the queue's own; the planner thread and the client's
-//! completions take only `hold.inner` (and the client's own internal locks, never while holding
-//! `hold.inner`). Nothing polls: waits end on a notification (every change to the queue notifies)
-//! or the head frame's deadline; the planner thread sleeps on its channel until the planner's next
-//! wake-up.
+//! The planner thread and the client's completions take only `hold.inner` (and the client's own
+//! internal locks, never while holding `hold.inner`). Nothing polls: waits end on a notification
+//! (every change to the queue notifies its waiters) or the head frame's deadline; the planner thread sleeps
+//! on its channel until the planner's next wake-up.
 //!
 //! # Debug categories
 //!
@@ -66,6 +87,7 @@ use std::sync::LazyLock;
 use gst::glib;
 use gst::prelude::*;
 
+mod classify;
 mod imp;
 mod lifecycle;
 mod offload;

@@ -1,5 +1,6 @@
-//! The element's side of offloading: what the streaming thread hands to the planner thread, and
-//! how the planner's decisions reach the hold queue and the offload client.
+//! The element's side of offloading: what the inference thread hands to the planner thread
+//! ([`super::classify`]), and how the planner's decisions reach the hold queue and the offload
+//! client.
 //!
 //! The planner itself, the in-flight window and offline frames are the pure
 //! [`crate::offload::driver`]'s, on its own thread; this file adapts it to GStreamer buffers.
@@ -16,12 +17,11 @@ use super::imp::CboFilter;
 use super::output::Hold;
 use super::{OFFLOAD_CAT, PLANNER_CAT};
 use crate::jpeg::FrameEncoder;
-use crate::meta::{CboResult, Decision};
 use crate::offload::client::{ClientEvent, OffloadClient, OffloadJob};
 use crate::offload::clock::{Clock, SystemClock};
 use crate::offload::driver::{Decided, DriverThread, Effects, Event, Input};
 use crate::offload::merge::MergeModel;
-use crate::offload::planner::{AnswerIn, FrameIn, Planner};
+use crate::offload::planner::{AnswerIn, Planner};
 use crate::profile::Profile;
 
 /// What sending a frame needs.
@@ -172,70 +172,6 @@ pub fn client_events(
 }
 
 impl CboFilter {
-    /// Streaming thread: queues a classified frame in the hold queue and hands it to the planner
-    /// thread. `live`: upstream's liveness.
-    pub(super) fn offload_frame(
-        &self,
-        offload: &Offload,
-        buffer: gst::Buffer,
-        info: gst_video::VideoInfo,
-        entered: Instant,
-        mut result: CboResult,
-        live: bool,
-    ) -> Result<(), gst::FlowError> {
-        // The frame's JPEG size at the smallest resolution: the planner scales the profile's
-        // sizes by it. Not while offline: the frame stays on the device anyway.
-        let probe = offload
-            .size_probe
-            .as_ref()
-            .filter(|_| offload.client.connected());
-        let small_jpeg_bytes = probe.and_then(|probe| {
-            let frame =
-                gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), &info).ok()?;
-            let mut probe = probe.lock().unwrap();
-            let short = probe.1;
-            probe
-                .0
-                .encode(&frame, short)
-                .ok()
-                .map(|j| j.bytes.len() as f64)
-        });
-        let deadline = entered + offload.deadline;
-        let frame = FrameIn {
-            id: result.frame,
-            arrival_ms: offload.clock.ms(entered),
-            deadline_ms: offload.clock.ms(deadline),
-            confidence: result.device_confidence,
-            raw_confidence: result.raw_confidence,
-            class: result.class_id,
-            small_jpeg_bytes,
-        };
-        gst::log!(
-            PLANNER_CAT,
-            imp = self,
-            "frame {}: p={:.3} raw={:.3} class={} small-jpeg={:?}",
-            frame.id,
-            frame.confidence,
-            frame.raw_confidence,
-            frame.class,
-            small_jpeg_bytes
-        );
-        // Undecided: if the planner never decides it, it leaves at its deadline (late).
-        result.decision = Decision::Late;
-        let window = (!live).then_some(offload.max_in_flight);
-        self.hold
-            .push_frame(buffer.clone(), result, deadline, window)?;
-        let job = Job {
-            buffer,
-            info,
-            deadline,
-        };
-        offload
-            .driver
-            .send(offload.now_ms(), vec![Event::Frame(frame, job)]);
-        Ok(())
-    }
-
     /// Connection changes, logged, and warnings for the user when the element falls back to the
     /// device.
     pub(super) fn on_client_event(&self, event: ClientEvent) {

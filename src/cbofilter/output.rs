@@ -1,31 +1,40 @@
-//! Hold mode: the queue frames and serialized events wait in while offloading, and the source
-//! pad task that pushes them downstream in order.
+//! The element's one output path: the queue frames and serialized events wait in between the
+//! sink pad and the source pad, and the source pad task that pushes them downstream in order.
 //!
-//! Every frame enters the [`Hold`] queue on the streaming thread as soon as it is classified,
-//! undecided, with its deadline; the planner thread decides it ([`Hold::decide`],
-//! [`Hold::mark_sent`]), the client's threads complete it ([`Hold::complete`]), and the output
-//! task ([`CboFilter::output_loop`]) pushes the head whenever it may leave: answered, kept, failed
-//! or due. Everyone waits on the one condition variable of the queue's own mutex, and each change
-//! to the queue notifies it; no wait has a polling timeout (the output task's only timeout is the
-//! head frame's deadline).
+//! Every frame enters the [`Hold`] queue on the streaming thread as soon as it is pre-processed,
+//! still to be classified, with its tensor handed to the inference thread
+//! ([`super::classify`]), which takes the frames in order ([`Hold::next_job`]) and puts each
+//! result back ([`Hold::classified`]): device only the frame is then ready to leave; offloading
+//! it waits, undecided, until its deadline, for the planner thread to decide it
+//! ([`Hold::decide`], [`Hold::mark_sent`]) and the client's threads to complete it
+//! ([`Hold::complete`]). The output task ([`CboFilter::output_loop`]) pushes the head whenever it
+//! may leave: classified and ready, answered, kept, failed or due. Everyone waits on a condition
+//! variable of the queue's own mutex (the inference thread on one of its own, notified when there
+//! is a frame to classify, a flush or a stop; the others on one each change to the queue
+//! notifies); no wait has a polling timeout (the output task's only timeout is the head frame's deadline). How many
+//! frames may be in the element before the streaming thread waits is
+//! [`crate::offload::hold::Admission`]'s.
 
+use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
+use super::classify::ToClassify;
 use super::imp::CboFilter;
 use super::{CAT, OFFLOAD_CAT};
 use crate::meta::{CboResult, Decision, Source};
 use crate::offload::client::{ClientError, ServerResult};
-use crate::offload::hold::{HoldQueue, Outcome};
+use crate::offload::hold::{Admission, HoldQueue, Outcome};
 use crate::offload::merge::{MergeModel, server_label_wins};
 use crate::offload::reuse::AnswerReuse;
+use crate::preprocess::Tensor;
 use crate::profile::Profile;
 
-/// Items the hold queue may contain before the streaming thread waits (downstream is slower
-/// than the source): bounds memory without ever dropping a frame.
+/// Items the hold queue may contain while offloading before the streaming thread waits
+/// (downstream is slower than the source): bounds memory without ever dropping a frame.
 pub const MAX_HELD_ITEMS: usize = 512;
 
 /// What the hold queue carries.
@@ -57,20 +66,32 @@ pub struct FrameCounts {
 #[derive(Default)]
 pub struct HoldInner {
     queue: HoldQueue<Item, ServerResult>,
+    /// Frames pre-processed and queued (as classifying), in order, for the inference thread.
+    to_classify: VecDeque<ToClassify>,
+    /// Tensors the model is done with, for the streaming thread's next frames.
+    spare: Vec<Tensor>,
     flushing: bool,
-    /// Last flow return of a downstream push, returned by the next chain call.
+    /// The inference thread is to exit (stop).
+    stopping: bool,
+    /// Last flow return of a downstream push that failed, or `Error` after a failed
+    /// classification: returned by the next chain call.
     flow: Option<gst::FlowError>,
     /// The task is pushing an item it popped (so the queue looks empty but is not done).
     pushing: bool,
     counts: FrameCounts,
 }
 
-/// The hold queue, shared by the streaming thread, the output task, the planner thread and the
-/// client's completions.
+/// The hold queue, shared by the streaming thread, the inference thread, the output task, the
+/// planner thread and the client's completions.
 #[derive(Default)]
 pub struct Hold {
     inner: Mutex<HoldInner>,
+    /// Every change to the queue: the streaming thread waits on it for room, the output task
+    /// for the head, serialized queries for the queue to drain.
     cond: Condvar,
+    /// A frame to classify, a flush or stop: the inference thread waits on it alone, so that the
+    /// queue's other changes (two per frame pushed) do not wake it.
+    model_cond: Condvar,
 }
 
 impl Hold {
@@ -81,6 +102,12 @@ impl Hold {
     /// Back to a fresh queue (start).
     pub fn reset(&self) {
         *self.lock() = HoldInner::default();
+        self.notify_all();
+    }
+
+    fn notify_all(&self) {
+        self.cond.notify_all();
+        self.model_cond.notify_all();
     }
 
     pub fn counts(&self) -> FrameCounts {
@@ -92,45 +119,114 @@ impl Hold {
         self.lock().flow
     }
 
-    /// Streaming thread: queues a classified frame, undecided, until `deadline`. Waits while the
-    /// queue is full, and on a non-live source (`window`: the in-flight window) while that many
-    /// frames wait for the planner or the server, so that file processing goes at the server's
-    /// pace instead of missing deadlines.
-    pub fn push_frame(
-        &self,
-        buffer: gst::Buffer,
-        result: CboResult,
-        deadline: Instant,
-        window: Option<usize>,
-    ) -> Result<(), gst::FlowError> {
+    /// Streaming thread, before it pre-processes a frame: waits until `admission` lets one more
+    /// frame in, and returns a tensor the model is done with (if any) for it. Gives up when
+    /// flushing, or when the output or the model has failed.
+    pub fn admit(&self, admission: Admission) -> Result<Option<Tensor>, gst::FlowError> {
         let mut inner = self.lock();
-        while !inner.flushing
-            && (inner.queue.len() >= MAX_HELD_ITEMS
-                || window.is_some_and(|w| inner.queue.waiting() >= w))
-        {
+        loop {
+            if inner.flushing {
+                return Err(gst::FlowError::Flushing);
+            }
+            if let Some(e) = inner.flow {
+                return Err(e);
+            }
+            if admission.may_enter(&inner.queue.occupancy(inner.to_classify.len())) {
+                return Ok(inner.spare.pop());
+            }
             inner = self.cond.wait(inner).unwrap();
         }
+    }
+
+    /// Streaming thread: queues pre-processed frame `buffer` (`job.id`) behind everything before
+    /// it, still to be classified, and hands `job` to the inference thread.
+    pub fn push_to_classify(
+        &self,
+        buffer: gst::Buffer,
+        job: ToClassify,
+    ) -> Result<(), gst::FlowError> {
+        let mut inner = self.lock();
         if inner.flushing {
             return Err(gst::FlowError::Flushing);
         }
         inner.counts.frames += 1;
-        let id = result.frame;
+        let result = CboResult {
+            frame: job.id,
+            ..CboResult::default()
+        };
         inner
             .queue
-            .push_waiting(Item::Frame { buffer, result }, id, deadline);
-        self.cond.notify_all();
+            .push_classifying(Item::Frame { buffer, result }, job.id);
+        inner.to_classify.push_back(job);
+        // Only the inference thread has anything to do: a frame being classified cannot leave.
+        self.model_cond.notify_all();
         Ok(())
     }
 
-    /// Streaming thread: queues a serialized event behind the frames before it.
-    pub fn push_event(&self, event: gst::Event) -> bool {
+    /// Inference thread: the next frame to classify, in order; waits while there is none or
+    /// while flushing. `None`: the thread is to exit.
+    pub fn next_job(&self) -> Option<ToClassify> {
         let mut inner = self.lock();
-        if inner.flushing {
-            return false;
+        loop {
+            if inner.stopping {
+                return None;
+            }
+            if !inner.flushing
+                && let Some(job) = inner.to_classify.pop_front()
+            {
+                // Room for the streaming thread's next frame.
+                self.cond.notify_all();
+                return Some(job);
+            }
+            inner = self.model_cond.wait(inner).unwrap();
         }
-        inner.queue.push_ready(Item::Event(event));
+    }
+
+    /// Inference thread: frame `id` is classified (`tensor`, done with, goes back to the
+    /// streaming thread). Device only (`deadline` `None`) it may leave now; offloading it waits
+    /// for the planner until `deadline`, and `then` (which tells the planner) runs before anyone
+    /// else sees the queue, so that the planner learns of frames in order with flushes. False
+    /// when the frame is gone (a flush dropped it).
+    pub fn classified(
+        &self,
+        id: u64,
+        result: CboResult,
+        deadline: Option<Instant>,
+        tensor: Tensor,
+        then: impl FnOnce(),
+    ) -> bool {
+        let mut inner = self.lock();
+        inner.spare.push(tensor);
+        let queued = inner.queue.classified(id, deadline, |item| {
+            if let Item::Frame { result: r, .. } = item {
+                *r = result;
+            }
+        });
+        if queued {
+            then();
+            self.cond.notify_all();
+        }
+        queued
+    }
+
+    /// Inference thread: the model failed on a frame. It and the frames behind it still to be
+    /// classified are dropped (events stay and go on), and the streaming thread's next chain
+    /// call returns an error: the element has posted one.
+    pub fn classification_failed(&self, tensor: Tensor) {
+        let mut inner = self.lock();
+        inner.spare.push(tensor);
+        let dropped = inner.queue.remove_classifying().len();
+        let jobs: Vec<ToClassify> = inner.to_classify.drain(..).collect();
+        inner.spare.extend(jobs.into_iter().map(|j| j.tensor));
+        gst::debug!(CAT, "classification failed: {dropped} frame(s) dropped");
+        inner.flow = Some(gst::FlowError::Error);
         self.cond.notify_all();
-        true
+    }
+
+    /// Stop: the inference thread exits once its current frame (if any) is done.
+    pub fn stop_inference(&self) {
+        self.lock().stopping = true;
+        self.notify_all();
     }
 
     /// Planner thread: frame `id` leaves with its device label (`decision`: device, busy or
@@ -182,20 +278,34 @@ impl Hold {
         }
     }
 
-    /// FLUSH_START / deactivation: wakes every waiter, which gives up.
-    pub fn set_flushing(&self) {
-        self.lock().flushing = true;
+    /// Streaming thread: queues a serialized event behind the frames before it.
+    pub fn push_event(&self, event: gst::Event) -> bool {
+        let mut inner = self.lock();
+        if inner.flushing {
+            return false;
+        }
+        inner.queue.push_ready(Item::Event(event));
         self.cond.notify_all();
+        true
     }
 
-    /// FLUSH_STOP / deactivation: drops what is held (returning the events among it) and accepts
-    /// items again.
+    /// FLUSH_START / deactivation: wakes every waiter, which gives up (the inference thread
+    /// finishes the frame it is running, whose result then finds it dropped).
+    pub fn set_flushing(&self) {
+        self.lock().flushing = true;
+        self.notify_all();
+    }
+
+    /// FLUSH_STOP / deactivation: drops what is held and what waits for the model (returning the
+    /// events among it) and accepts items again.
     pub fn flush(&self) -> Vec<gst::Event> {
         let mut inner = self.lock();
         inner.flushing = false;
         inner.flow = None;
         let dropped = inner.queue.drain();
-        self.cond.notify_all();
+        let jobs: Vec<ToClassify> = inner.to_classify.drain(..).collect();
+        inner.spare.extend(jobs.into_iter().map(|j| j.tensor));
+        self.notify_all();
         dropped
             .into_iter()
             .filter_map(|item| match item {
@@ -210,12 +320,15 @@ impl Hold {
         let mut inner = self.lock();
         inner.flushing = false;
         inner.flow = None;
+        self.notify_all();
     }
 
-    /// Serialized queries: waits until everything queued before has been pushed.
+    /// Serialized queries: waits until everything queued before has been pushed (or the output
+    /// stopped on an error).
     pub fn wait_drained(&self) {
         let mut inner = self.lock();
-        while (!inner.queue.is_empty() || inner.pushing) && !inner.flushing {
+        while (!inner.queue.is_empty() || inner.pushing) && !inner.flushing && inner.flow.is_none()
+        {
             inner = self.cond.wait(inner).unwrap();
         }
     }

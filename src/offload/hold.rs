@@ -2,11 +2,17 @@
 //! instants of a [`Clock`], the system clock in the element and virtual time in the simulator,
 //! which both release frames through it).
 //!
-//! Frames (and the serialized events between them) leave in arrival order. A frame sent to the
-//! server waits at the head of the queue until its answer arrives, the request fails, or its
-//! deadline passes, whichever is first; every item behind it waits too, so the stream stays in
-//! order. Nothing is dropped or duplicated: each pushed item is popped exactly once, and a server
-//! answer for a frame that already left is reported as late and ignored.
+//! Frames (and the serialized events between them) leave in arrival order. A frame enters either
+//! classified (ready, or waiting for the planner and the server) or still to be classified (the
+//! element's streaming thread has pre-processed it and the model has not run yet): such a frame
+//! cannot leave before its result is in ([`HoldQueue::classified`]). A frame sent to the server
+//! waits at the head of the queue until its answer arrives, the request fails, or its deadline
+//! passes, whichever is first; every item behind it waits too, so the stream stays in order.
+//! Nothing is dropped or duplicated: each pushed item is popped exactly once, and a server answer
+//! for a frame that already left is reported as late and ignored.
+//!
+//! [`Admission`] says when the element lets the next frame in: at most one frame pre-processed
+//! and waiting for the model, and a small fixed number in the element when nothing is offloaded.
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
@@ -27,8 +33,15 @@ pub enum Outcome<A> {
 }
 
 enum Slot<A, T> {
+    /// Pre-processed; the model has not given its result yet.
+    Classifying {
+        id: u64,
+    },
     Ready,
-    Waiting { id: u64, deadline: T },
+    Waiting {
+        id: u64,
+        deadline: T,
+    },
     Answered(A),
     Failed(String),
 }
@@ -36,6 +49,8 @@ enum Slot<A, T> {
 struct Entry<P, A, T> {
     payload: P,
     slot: Slot<A, T>,
+    /// A frame (pushed classifying or waiting), not an event.
+    frame: bool,
 }
 
 /// Ordered queue of `P` items; offloaded items wait for an `A` answer until a deadline on
@@ -73,6 +88,32 @@ impl<P, A, C: Clock> HoldQueue<P, A, C> {
             .count()
     }
 
+    /// Frames whose classification has not come back yet.
+    pub fn classifying(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| matches!(e.slot, Slot::Classifying { .. }))
+            .count()
+    }
+
+    /// What is queued, for [`Admission::may_enter`]; `to_classify`: frames handed over whose
+    /// model run has not started.
+    pub fn occupancy(&self, to_classify: usize) -> Occupancy {
+        let mut o = Occupancy {
+            items: self.entries.len(),
+            to_classify,
+            ..Occupancy::default()
+        };
+        for e in &self.entries {
+            o.frames += usize::from(e.frame);
+            o.undecided += usize::from(matches!(
+                e.slot,
+                Slot::Classifying { .. } | Slot::Waiting { .. }
+            ));
+        }
+        o
+    }
+
     /// Answers that arrived after their frame had left.
     pub fn late_answers(&self) -> u64 {
         self.late_answers
@@ -83,6 +124,7 @@ impl<P, A, C: Clock> HoldQueue<P, A, C> {
         self.entries.push_back(Entry {
             payload,
             slot: Slot::Ready,
+            frame: false,
         });
     }
 
@@ -91,7 +133,56 @@ impl<P, A, C: Clock> HoldQueue<P, A, C> {
         self.entries.push_back(Entry {
             payload,
             slot: Slot::Waiting { id, deadline },
+            frame: true,
         });
+    }
+
+    /// Appends frame `id` before its classification: it leaves only after
+    /// [`HoldQueue::classified`] (or goes with [`HoldQueue::remove`]).
+    pub fn push_classifying(&mut self, payload: P, id: u64) {
+        self.entries.push_back(Entry {
+            payload,
+            slot: Slot::Classifying { id },
+            frame: true,
+        });
+    }
+
+    /// Frame `id` is classified: `f` updates its payload, and it is ready (`deadline` `None`) or
+    /// waits for the planner and the server until `deadline`. False when it is not queued as
+    /// classifying any more (dropped by a flush).
+    pub fn classified(
+        &mut self,
+        id: u64,
+        deadline: Option<C::Instant>,
+        f: impl FnOnce(&mut P),
+    ) -> bool {
+        match self
+            .entries
+            .iter_mut()
+            .find(|e| matches!(e.slot, Slot::Classifying { id: i } if i == id))
+        {
+            Some(e) => {
+                f(&mut e.payload);
+                e.slot = match deadline {
+                    Some(deadline) => Slot::Waiting { id, deadline },
+                    None => Slot::Ready,
+                };
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes every frame still to be classified (its classification failed, or the ones
+    /// behind it are not wanted after that), returning their payloads in order; events and
+    /// classified frames stay.
+    pub fn remove_classifying(&mut self) -> Vec<P> {
+        let (gone, kept): (Vec<_>, Vec<_>) = self
+            .entries
+            .drain(..)
+            .partition(|e| matches!(e.slot, Slot::Classifying { .. }));
+        self.entries = kept.into();
+        gone.into_iter().map(|e| e.payload).collect()
     }
 
     fn waiting_slot(&mut self, id: u64) -> Option<&mut Slot<A, C::Instant>> {
@@ -162,6 +253,7 @@ impl<P, A, C: Clock> HoldQueue<P, A, C> {
     /// Removes and returns the head item if it may leave at `now`.
     pub fn pop(&mut self, now: C::Instant) -> Option<(P, Outcome<A>)> {
         let ready = match &self.entries.front()?.slot {
+            Slot::Classifying { .. } => false,
             Slot::Waiting { deadline, .. } => *deadline <= now,
             _ => true,
         };
@@ -170,6 +262,7 @@ impl<P, A, C: Clock> HoldQueue<P, A, C> {
         }
         let entry = self.entries.pop_front().expect("front exists");
         let outcome = match entry.slot {
+            Slot::Classifying { .. } => unreachable!("a classifying frame never leaves"),
             Slot::Ready => Outcome::Ready,
             Slot::Waiting { .. } => Outcome::Late,
             Slot::Answered(a) => Outcome::Answered(a),
@@ -178,7 +271,8 @@ impl<P, A, C: Clock> HoldQueue<P, A, C> {
         Some((entry.payload, outcome))
     }
 
-    /// When the head item will be released at the latest, if it is waiting.
+    /// When the head item will be released at the latest, if it is waiting (a frame still
+    /// classifying has no deadline: it waits for its result).
     pub fn next_deadline(&self) -> Option<C::Instant> {
         match self.entries.front()?.slot {
             Slot::Waiting { deadline, .. } => Some(deadline),
@@ -193,10 +287,59 @@ impl<P, A, C: Clock> HoldQueue<P, A, C> {
     }
 }
 
+/// What is between the element's sink pad and its output, as [`Admission`] counts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    /// Items queued: frames and events.
+    pub items: usize,
+    /// Frames queued, whatever their state.
+    pub frames: usize,
+    /// Frames pre-processed and handed over whose model run has not started.
+    pub to_classify: usize,
+    /// Frames without their final label yet: classifying, or waiting for the planner or the
+    /// server.
+    pub undecided: usize,
+}
+
+/// Frames queued device only, beyond which the streaming thread waits: one in the model (or
+/// ready) and one pre-processed behind it; with the one being pushed, three frames at most.
+pub const DEVICE_FRAMES: usize = 2;
+
+/// When the streaming thread may take the next frame in (pre-process it and hand it over). Never
+/// while a frame it handed over has not reached the model yet, so at most one frame is in the
+/// model and one pre-processed behind it; and beyond that, per mode:
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Device only: while fewer than [`DEVICE_FRAMES`] frames are queued. A frame leaves as soon
+    /// as it is classified, so a slower downstream blocks the streaming thread, as it did when
+    /// the streaming thread pushed.
+    Device,
+    /// Offloading: while fewer than `max_items` items are queued, and on a non-live source
+    /// (`window`: the in-flight window) while fewer than `window` frames are undecided, so that
+    /// file processing goes at the server's pace instead of missing deadlines.
+    Hold {
+        max_items: usize,
+        window: Option<usize>,
+    },
+}
+
+impl Admission {
+    pub fn may_enter(&self, o: &Occupancy) -> bool {
+        o.to_classify == 0
+            && match *self {
+                Admission::Device => o.frames < DEVICE_FRAMES,
+                Admission::Hold { max_items, window } => {
+                    o.items < max_items && window.is_none_or(|w| o.undecided < w)
+                }
+            }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::offload::clock::VirtualClock;
+    use std::collections::VecDeque;
     use std::time::{Duration, Instant};
 
     #[test]
@@ -312,5 +455,174 @@ mod tests {
             out.push(p);
         }
         assert_eq!(out, (0..2000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_frame_being_classified_holds_the_head_until_its_result() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(3600);
+        let mut q: HoldQueue<&str, u32> = HoldQueue::default();
+        q.push_classifying("f0", 0);
+        q.push_ready("caps");
+        q.push_classifying("f1", 1);
+        q.push_classifying("f2", 2);
+        assert_eq!(q.classifying(), 3);
+        // No deadline: it waits for its result however long that takes.
+        assert_eq!(q.next_deadline(), None);
+        assert_eq!(q.pop(later), None);
+        // f1 classified first (device only: ready) still waits behind f0.
+        assert!(q.classified(1, None, |p| *p = "f1 labelled"));
+        assert_eq!(q.pop(later), None);
+        // f0 offloaded: it waits for the server until its deadline.
+        assert!(q.classified(0, Some(t0 + Duration::from_millis(100)), |_| {}));
+        assert_eq!(q.next_deadline(), Some(t0 + Duration::from_millis(100)));
+        assert_eq!(q.waiting(), 1);
+        assert!(q.answer(0, 5));
+        assert_eq!(q.pop(t0), Some(("f0", Outcome::Answered(5))));
+        assert_eq!(q.pop(t0), Some(("caps", Outcome::Ready)));
+        assert_eq!(q.pop(t0), Some(("f1 labelled", Outcome::Ready)));
+        assert_eq!(q.pop(later), None, "f2 still classifying");
+        assert!(!q.classified(1, None, |_| {}), "f1 already left");
+        assert!(!q.answer(2, 1), "a frame being classified takes no answer");
+        assert!(q.classified(2, None, |_| {}));
+        assert_eq!(q.pop(t0), Some(("f2", Outcome::Ready)));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_failed_classification_removes_the_unclassified_frames_only() {
+        let t0 = Instant::now();
+        let mut q: HoldQueue<&str, u32> = HoldQueue::default();
+        q.push_classifying("f0", 0);
+        q.push_classifying("f1", 1);
+        q.push_ready("eos");
+        assert!(q.classified(0, None, |_| {}));
+        assert_eq!(q.remove_classifying(), vec!["f1"]);
+        assert_eq!(q.pop(t0), Some(("f0", Outcome::Ready)));
+        assert_eq!(q.pop(t0), Some(("eos", Outcome::Ready)));
+        assert!(!q.classified(1, None, |_| {}), "removed");
+        // A flush drops frames being classified too; their results come back to nothing.
+        q.push_classifying("f2", 2);
+        assert_eq!(q.drain(), vec!["f2"]);
+        assert!(!q.classified(2, None, |_| {}));
+    }
+
+    #[test]
+    fn admission_allows_one_frame_in_the_model_and_one_behind_it() {
+        let o = |items, frames, to_classify, undecided| Occupancy {
+            items,
+            frames,
+            to_classify,
+            undecided,
+        };
+        let device = Admission::Device;
+        assert!(device.may_enter(&o(0, 0, 0, 0)));
+        // One in the model: the next may be pre-processed.
+        assert!(device.may_enter(&o(1, 1, 0, 1)));
+        // One handed over that the model has not taken: wait.
+        assert!(!device.may_enter(&o(1, 1, 1, 1)));
+        // One ready (downstream slow) and one in the model: wait.
+        assert!(!device.may_enter(&o(2, 2, 0, 1)));
+        // Events do not count as frames.
+        assert!(device.may_enter(&o(3, 1, 0, 1)));
+        let hold = Admission::Hold {
+            max_items: 4,
+            window: None,
+        };
+        assert!(hold.may_enter(&o(3, 3, 0, 3)));
+        assert!(!hold.may_enter(&o(4, 2, 0, 0)));
+        assert!(!hold.may_enter(&o(1, 1, 1, 1)));
+        let windowed = Admission::Hold {
+            max_items: 512,
+            window: Some(2),
+        };
+        assert!(windowed.may_enter(&o(5, 5, 0, 1)));
+        assert!(!windowed.may_enter(&o(5, 5, 0, 2)));
+        let q: HoldQueue<u8, ()> = {
+            let mut q = HoldQueue::default();
+            q.push_ready(0);
+            q.push_classifying(1, 1);
+            q.push_waiting(2, 2, Instant::now());
+            q.push_classifying(3, 3);
+            assert!(q.classified(3, None, |_| {}));
+            q
+        };
+        assert_eq!(q.occupancy(1), o(4, 3, 1, 2));
+    }
+
+    /// The element's three stages at random speeds (pre-processing, the model, the output) with
+    /// events between frames: every item leaves once, in order, and device only the queue never
+    /// holds more than the admission allows.
+    #[test]
+    fn staged_frames_leave_in_order_within_the_admission_bound() {
+        let t0 = Instant::now();
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for admission in [
+            Admission::Device,
+            Admission::Hold {
+                max_items: 6,
+                window: Some(3),
+            },
+        ] {
+            let mut q: HoldQueue<u64, u64> = HoldQueue::default();
+            // Frames handed over, not taken by the model; the one in the model.
+            let mut to_classify: VecDeque<u64> = VecDeque::new();
+            let mut in_model: Option<u64> = None;
+            let (mut next, mut frames_in, total) = (0u64, 0, 2000);
+            let mut out = Vec::new();
+            let now = t0 + Duration::from_secs(1);
+            loop {
+                match rand() % 4 {
+                    // The streaming thread: an event, or a frame when admitted.
+                    0 if frames_in < total => {
+                        if rand() % 8 == 0 {
+                            q.push_ready(next);
+                            next += 1;
+                        } else if admission.may_enter(&q.occupancy(to_classify.len())) {
+                            q.push_classifying(next, next);
+                            to_classify.push_back(next);
+                            next += 1;
+                            frames_in += 1;
+                        }
+                    }
+                    // The model: finishes its frame, or takes the next.
+                    1 => match in_model.take() {
+                        Some(id) => {
+                            let deadline = match admission {
+                                Admission::Device => None,
+                                _ => Some(t0),
+                            };
+                            assert!(q.classified(id, deadline, |_| {}));
+                        }
+                        None => in_model = to_classify.pop_front(),
+                    },
+                    // The output: the head, if it may leave.
+                    _ => {
+                        if let Some((p, _)) = q.pop(now) {
+                            out.push(p);
+                        }
+                    }
+                }
+                let o = q.occupancy(to_classify.len());
+                assert!(o.to_classify <= 1, "{o:?}");
+                if admission == Admission::Device {
+                    assert!(o.frames <= DEVICE_FRAMES, "{o:?}");
+                }
+                if frames_in == total
+                    && to_classify.is_empty()
+                    && in_model.is_none()
+                    && q.is_empty()
+                {
+                    break;
+                }
+            }
+            assert_eq!(out, (0..next).collect::<Vec<_>>(), "{admission:?}");
+        }
     }
 }

@@ -129,24 +129,32 @@ fn filter_round(
 ) -> Result<f64, String> {
     let pipeline = gst::Pipeline::new();
     let (src, _) = add_filter_branch(&pipeline, caps, props)?;
-    // PAUSED loads the model (cbofilter's start), outside the timed part.
+    // PAUSED loads the model (cbofilter's start, done when set_state returns), outside the
+    // timed part. Nothing flows before the clock starts (a frame pushed in PAUSED would be
+    // classified while prerolling, ahead of the clock), so the timed part pushes the frames,
+    // time-stamped beforehand: each push only queues a buffer in appsrc.
     pipeline
         .set_state(gst::State::Paused)
         .map_err(|e| format!("cannot start cbofilter: {e}"))?;
-    let _ = pipeline.state(gst::ClockTime::from_seconds(30));
-    for (i, frame) in frames.iter().enumerate() {
-        let mut b = frame.copy();
-        {
-            let b = b.get_mut().expect("fresh copy");
-            b.set_pts(gst::ClockTime::from_mseconds(33 * i as u64));
-        }
-        src.push_buffer(b).map_err(|e| format!("push: {e:?}"))?;
-    }
-    src.end_of_stream().map_err(|e| format!("eos: {e:?}"))?;
+    let stamped: Vec<gst::Buffer> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, frame)| {
+            let mut b = frame.copy();
+            b.get_mut()
+                .expect("fresh copy")
+                .set_pts(gst::ClockTime::from_mseconds(33 * i as u64));
+            b
+        })
+        .collect();
     let t = Instant::now();
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|e| e.to_string())?;
+    for b in stamped {
+        src.push_buffer(b).map_err(|e| format!("push: {e:?}"))?;
+    }
+    src.end_of_stream().map_err(|e| format!("eos: {e:?}"))?;
     let bus = pipeline.bus().expect("bus");
     let res = match bus
         .timed_pop_filtered(

@@ -117,25 +117,38 @@ fn streams_round(
         );
         sources.push(src);
     }
+    // PAUSED loads the models; nothing flows before the clock starts (a frame pushed in PAUSED
+    // would be classified while prerolling, ahead of the clock): the timed part pushes the
+    // frames, time-stamped beforehand, each push only queueing a buffer in appsrc.
     pipeline
         .set_state(gst::State::Paused)
         .map_err(|e| format!("cannot start cbofilter: {e}"))?;
-    for src in &sources {
-        for (i, frame) in frames.iter().enumerate() {
-            let mut b = frame.copy();
-            b.get_mut()
-                .expect("fresh copy")
-                .set_pts(gst::ClockTime::from_mseconds(33 * i as u64));
-            src.push_buffer(b).map_err(|e| format!("push: {e:?}"))?;
-        }
-        src.end_of_stream().map_err(|e| format!("eos: {e:?}"))?;
-    }
-    // Preroll takes one frame per branch before the clock starts; the rest is timed.
-    let _ = pipeline.state(gst::ClockTime::from_seconds(60));
+    // One copy per branch: the element attaches its meta without copying the buffer again.
+    let stamped: Vec<Vec<gst::Buffer>> = (0..n)
+        .map(|_| {
+            frames
+                .iter()
+                .enumerate()
+                .map(|(i, frame)| {
+                    let mut b = frame.copy();
+                    b.get_mut()
+                        .expect("fresh copy")
+                        .set_pts(gst::ClockTime::from_mseconds(33 * i as u64));
+                    b
+                })
+                .collect()
+        })
+        .collect();
     let t = Instant::now();
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|e| e.to_string())?;
+    for (src, stamped) in sources.iter().zip(stamped) {
+        for b in stamped {
+            src.push_buffer(b).map_err(|e| format!("push: {e:?}"))?;
+        }
+        src.end_of_stream().map_err(|e| format!("eos: {e:?}"))?;
+    }
     let res =
         wait_for_eos(&pipeline).map(|()| (n * frames.len()) as f64 / t.elapsed().as_secs_f64());
     if let Some(stats) = first_filter.map(|f| f.property::<gst::Structure>("stats")) {

@@ -62,3 +62,68 @@ pub fn identity_model(shape: &[u64]) -> Vec<u8> {
     field_bytes(7, &graph, &mut model);
     model
 }
+
+fn attribute_int(name: &str, v: u64) -> Vec<u8> {
+    let mut a = Vec::new();
+    field_bytes(1, name.as_bytes(), &mut a); // name
+    field_varint(3, v, &mut a); // i
+    field_varint(20, 2, &mut a); // type = INT
+    a
+}
+
+fn node(inputs: &[&str], outputs: &[&str], op: &str, attributes: &[Vec<u8>]) -> Vec<u8> {
+    let mut n = Vec::new();
+    for i in inputs {
+        field_bytes(1, i.as_bytes(), &mut n);
+    }
+    for o in outputs {
+        field_bytes(2, o.as_bytes(), &mut n);
+    }
+    field_bytes(4, op.as_bytes(), &mut n);
+    for a in attributes {
+        field_bytes(5, a, &mut n);
+    }
+    n
+}
+
+/// A float initializer of `dims`.
+fn initializer(name: &str, dims: &[u64], values: &[f32]) -> Vec<u8> {
+    let mut t = Vec::new();
+    for &d in dims {
+        field_varint(1, d, &mut t); // dims
+    }
+    field_varint(2, 1, &mut t); // data_type = FLOAT
+    field_bytes(8, name.as_bytes(), &mut t);
+    let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    field_bytes(9, &raw, &mut t); // raw_data
+    t
+}
+
+/// An image classifier `[1,3,side,side] -> [1,2]` that works on an all-zero image (its load-time
+/// warm-up, and black frames with input-mean=0) and fails at run time on anything brighter: it
+/// picks its score row with `Gather(rows, int(max(x)))`, and there are two rows.
+pub fn fails_unless_black_model(side: u64) -> Vec<u8> {
+    let mut graph = Vec::new();
+    for n in [
+        node(&["x"], &["m"], "ReduceMax", &[attribute_int("keepdims", 0)]),
+        node(&["m"], &["i"], "Cast", &[attribute_int("to", 7)]), // INT64
+        node(&["rows", "i"], &["y"], "Gather", &[]),
+    ] {
+        field_bytes(1, &n, &mut graph);
+    }
+    field_bytes(2, b"fails_unless_black", &mut graph);
+    field_bytes(
+        5,
+        &initializer("rows", &[2, 1, 2], &[2.0, 1.0, 1.0, 2.0]),
+        &mut graph,
+    );
+    field_bytes(11, &value_info("x", &[1, 3, side, side]), &mut graph);
+    field_bytes(12, &value_info("y", &[1, 2]), &mut graph);
+    let mut opset = Vec::new();
+    field_varint(2, 13, &mut opset);
+    let mut model = Vec::new();
+    field_varint(1, 7, &mut model); // ir_version
+    field_bytes(8, &opset, &mut model);
+    field_bytes(7, &graph, &mut model);
+    model
+}
