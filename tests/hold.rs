@@ -99,14 +99,13 @@ fn run(pipeline: &gst::Pipeline, mut on_frame: impl FnMut(usize) + Send + 'stati
     watcher.join().unwrap();
 }
 
-/// What went in and came out of `cbofilter policy=all` on the bottle clip, every frame to the
-/// server and held for its answer; `before` goes in front of the element.
+/// What went in and came out of `cbofilter` (with `element_props`) on the bottle clip; `before`
+/// goes in front of the element.
 type Recorded = Arc<Mutex<Vec<Seen>>>;
-fn recorded_clip(server: &Server, before: &str) -> (gst::Pipeline, Recorded, Recorded) {
+fn recorded(before: &str, element_props: &str) -> (gst::Pipeline, Recorded, Recorded) {
     let pipeline = gst::parse::launch(&format!(
-        "filesrc location=\"{}\" ! decodebin ! videoconvert ! {before} cbofilter name=cbo {} ! fakesink sync=false",
+        "filesrc location=\"{}\" ! decodebin ! videoconvert ! {before} cbofilter name=cbo {element_props} ! fakesink sync=false",
         bottle_clip().display(),
-        props(&server.addr, &server.cert, "policy=all deadline=5000")
     ))
     .unwrap()
     .downcast::<gst::Pipeline>()
@@ -116,6 +115,77 @@ fn recorded_clip(server: &Server, before: &str) -> (gst::Pipeline, Recorded, Rec
     record(&cbo.static_pad("sink").unwrap(), Arc::clone(&into));
     record(&cbo.static_pad("src").unwrap(), Arc::clone(&out));
     (pipeline, into, out)
+}
+
+/// [`recorded`] with `policy=all`: every frame to the server and held for its answer.
+fn recorded_clip(server: &Server, before: &str) -> (gst::Pipeline, Recorded, Recorded) {
+    recorded(
+        before,
+        &props(&server.addr, &server.cert, "policy=all deadline=5000"),
+    )
+}
+
+/// What crossed the element's pads before and after a flushing seek to 1 s (and on for 1.5 s)
+/// made once the 12th frame has entered: (in before, in after, out before, out after).
+type SeekSplit = (Vec<Seen>, Vec<Seen>, Vec<Seen>, Vec<Seen>);
+fn seek_mid_stream(pipeline: &gst::Pipeline, into: &Recorded, out: &Recorded) -> SeekSplit {
+    let p = pipeline.clone();
+    let mut seeked = false;
+    run(pipeline, move |n| {
+        if n >= 12 && !seeked {
+            seeked = true;
+            p.seek(
+                1.0,
+                gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+                gst::SeekType::Set,
+                SEEK_TARGET,
+                gst::SeekType::Set,
+                SEEK_TARGET + gst::ClockTime::from_mseconds(1500),
+            )
+            .unwrap();
+        }
+    });
+    let split = |seen: &[Seen]| {
+        let at = seen
+            .iter()
+            .position(|s| *s == Seen::FlushStop)
+            .expect("flushed");
+        (seen[..at].to_vec(), seen[at..].to_vec())
+    };
+    let (in_before, in_after) = split(&into.lock().unwrap());
+    let (out_before, out_after) = split(&out.lock().unwrap());
+    (in_before, in_after, out_before, out_after)
+}
+
+const SEEK_TARGET: gst::ClockTime = gst::ClockTime::from_seconds(1);
+
+/// After a flushing seek: exactly the frames that entered after it leave, in order, none from
+/// before the seek, each with its result; returns the results.
+fn assert_after_seek(in_after: &[Seen], out_after: &[Seen]) -> Vec<CboResult> {
+    let (in_after, out_after) = (buffers(in_after), buffers(out_after));
+    assert!(
+        in_after.len() > 30,
+        "{} frames after the seek",
+        in_after.len()
+    );
+    assert_eq!(
+        in_after.iter().map(|b| b.0).collect::<Vec<_>>(),
+        out_after.iter().map(|b| b.0).collect::<Vec<_>>()
+    );
+    let first_after = out_after[0].1.unwrap().frame;
+    out_after
+        .iter()
+        .enumerate()
+        .map(|(k, (pts, r))| {
+            assert!(
+                pts.unwrap() + gst::ClockTime::from_mseconds(1) >= SEEK_TARGET,
+                "{pts:?}"
+            );
+            let r = r.expect("every frame has its meta");
+            assert_eq!(r.frame, first_after + k as u64, "in order, none lost");
+            r.clone()
+        })
+        .collect()
 }
 
 fn buffers(seen: &[Seen]) -> Vec<(Option<gst::ClockTime>, Option<&CboResult>)> {
@@ -134,38 +204,7 @@ fn a_flushing_seek_while_frames_are_held_continues_from_the_new_position() {
     // Every frame goes to the server and waits for its answer: frames are held when the seek
     // comes (the file source waits for room in the window of 8).
     let (pipeline, into, out) = recorded_clip(&server, "");
-    let target = gst::ClockTime::from_seconds(1);
-    let p = pipeline.clone();
-    let seeked = Arc::new(Mutex::new(false));
-    let did_seek = seeked.clone();
-    run(&pipeline, move |n| {
-        let mut seeked = did_seek.lock().unwrap();
-        if n >= 12 && !*seeked {
-            *seeked = true;
-            // To 1 s, and on for 1.5 s.
-            p.seek(
-                1.0,
-                gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
-                gst::SeekType::Set,
-                target,
-                gst::SeekType::Set,
-                target + gst::ClockTime::from_mseconds(1500),
-            )
-            .unwrap();
-        }
-    });
-    assert!(*seeked.lock().unwrap());
-    let into = into.lock().unwrap().clone();
-    let out = out.lock().unwrap().clone();
-    let split = |seen: &[Seen]| {
-        let at = seen
-            .iter()
-            .position(|s| *s == Seen::FlushStop)
-            .expect("flushed");
-        (seen[..at].to_vec(), seen[at..].to_vec())
-    };
-    let (in_before, in_after) = split(&into);
-    let (out_before, out_after) = split(&out);
+    let (in_before, in_after, out_before, out_after) = seek_mid_stream(&pipeline, &into, &out);
     // Frames were held at the flush, and were dropped with it.
     assert!(
         buffers(&out_before).len() < buffers(&in_before).len(),
@@ -173,38 +212,14 @@ fn a_flushing_seek_while_frames_are_held_continues_from_the_new_position() {
         buffers(&out_before).len(),
         buffers(&in_before).len()
     );
-    // After it: exactly the frames that entered after it, in order, none from before the seek.
-    let in_after = buffers(&in_after);
-    let out_after = buffers(&out_after);
-    assert!(
-        in_after.len() > 30,
-        "{} frames after the seek",
-        in_after.len()
-    );
-    assert_eq!(
-        in_after.iter().map(|b| b.0).collect::<Vec<_>>(),
-        out_after.iter().map(|b| b.0).collect::<Vec<_>>()
-    );
-    let first_after = out_after[0].1.unwrap().frame;
-    for (k, (pts, result)) in out_after.iter().enumerate() {
-        assert!(
-            pts.unwrap() + gst::ClockTime::from_mseconds(1) >= target,
-            "{pts:?}"
-        );
-        let r = result.expect("every frame has its meta");
-        assert_eq!(r.frame, first_after + k as u64, "in order, none lost");
-    }
+    let after = assert_after_seek(&in_after, &out_after);
     // Offloading went on: the server's answers label the frames after the seek.
-    let answered = out_after
+    let answered = after
         .iter()
-        .filter(|b| b.1.unwrap().decision == Decision::Offload)
+        .filter(|r| r.decision == Decision::Offload)
         .count();
-    assert!(
-        answered * 2 > out_after.len(),
-        "{answered} of {}",
-        out_after.len()
-    );
-    assert_eq!(out.last(), Some(&Seen::Eos));
+    assert!(answered * 2 > after.len(), "{answered} of {}", after.len());
+    assert_eq!(out_after.last(), Some(&Seen::Eos));
 }
 
 #[test]
@@ -489,45 +504,8 @@ fn device_only_a_caps_change_applies_to_the_frames_after_it() {
 #[test]
 fn device_only_a_flushing_seek_mid_stream_leaves_nothing_stale() {
     init();
-    let pipeline = gst::parse::launch(&format!(
-        "filesrc location=\"{}\" ! decodebin ! videoconvert ! cbofilter name=cbo ! fakesink sync=false",
-        bottle_clip().display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let cbo = pipeline.by_name("cbo").unwrap();
-    let (into, out): (Recorded, Recorded) = (Arc::default(), Arc::default());
-    record(&cbo.static_pad("sink").unwrap(), Arc::clone(&into));
-    record(&cbo.static_pad("src").unwrap(), Arc::clone(&out));
-    let target = gst::ClockTime::from_seconds(1);
-    let p = pipeline.clone();
-    let mut seeked = false;
-    run(&pipeline, move |n| {
-        if n >= 12 && !seeked {
-            seeked = true;
-            p.seek(
-                1.0,
-                gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
-                gst::SeekType::Set,
-                target,
-                gst::SeekType::Set,
-                target + gst::ClockTime::from_mseconds(1500),
-            )
-            .unwrap();
-        }
-    });
-    let into = into.lock().unwrap().clone();
-    let out = out.lock().unwrap().clone();
-    let split = |seen: &[Seen]| {
-        let at = seen
-            .iter()
-            .position(|s| *s == Seen::FlushStop)
-            .expect("flushed");
-        (seen[..at].to_vec(), seen[at..].to_vec())
-    };
-    let (in_before, in_after) = split(&into);
-    let (out_before, out_after) = split(&out);
+    let (pipeline, into, out) = recorded("", "");
+    let (in_before, in_after, out_before, out_after) = seek_mid_stream(&pipeline, &into, &out);
     // Before the flush: what left did so in order, and nothing that had not entered.
     let (in_before, out_before) = (buffers(&in_before), buffers(&out_before));
     assert!(out_before.len() <= in_before.len());
@@ -535,29 +513,11 @@ fn device_only_a_flushing_seek_mid_stream_leaves_nothing_stale() {
         assert_eq!(*pts, in_before[k].0);
         assert_eq!(r.unwrap().frame, k as u64);
     }
-    // After it: exactly the frames that entered after it, in order, each with its result, none
-    // from before the seek.
-    let (in_after, out_after) = (buffers(&in_after), buffers(&out_after));
-    assert!(
-        in_after.len() > 30,
-        "{} frames after the seek",
-        in_after.len()
-    );
-    assert_eq!(
-        in_after.iter().map(|b| b.0).collect::<Vec<_>>(),
-        out_after.iter().map(|b| b.0).collect::<Vec<_>>()
-    );
-    let first_after = out_after[0].1.unwrap().frame;
-    for (k, (pts, r)) in out_after.iter().enumerate() {
-        assert!(
-            pts.unwrap() + gst::ClockTime::from_mseconds(1) >= target,
-            "{pts:?}"
-        );
-        let r = r.expect("every frame has its meta");
-        assert_eq!(r.frame, first_after + k as u64, "in order, none lost");
+    // After it: exactly the frames that entered after it, each classified on the device.
+    for r in assert_after_seek(&in_after, &out_after) {
         assert_eq!(r.decision, Decision::Device);
     }
-    assert_eq!(out.last(), Some(&Seen::Eos));
+    assert_eq!(out_after.last(), Some(&Seen::Eos));
 }
 
 #[test]
