@@ -252,6 +252,30 @@ fn eos_waits_for_the_held_frames_then_goes_on() {
     assert!(answered >= n / 2, "{answered} of {n} answered");
 }
 
+/// `seen` is: the `small` caps, six frames with `decision`, the `large` caps, six more, EOS.
+fn assert_caps_then_six_frames_each(
+    seen: &[Seen],
+    small: &gst::Caps,
+    large: &gst::Caps,
+    decision: &str,
+) {
+    let shape: Vec<String> = seen
+        .iter()
+        .map(|s| match s {
+            Seen::Caps(c) if c == small => "small".into(),
+            Seen::Caps(c) if c == large => "large".into(),
+            Seen::Buffer { result, .. } => result.as_ref().unwrap().decision.to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    let mut want = vec!["small".to_string()];
+    want.extend(std::iter::repeat_n(decision.to_string(), 6));
+    want.push("large".into());
+    want.extend(std::iter::repeat_n(decision.to_string(), 6));
+    want.push("Eos".into());
+    assert_eq!(shape, want);
+}
+
 #[test]
 fn a_caps_change_mid_stream_reaches_downstream_between_the_right_frames() {
     init();
@@ -315,21 +339,7 @@ fn a_caps_change_mid_stream_reaches_downstream_between_the_right_frames() {
     feed.join().unwrap();
     let out = out.lock().unwrap().clone();
     // Caps, six frames at 160x120, caps, six at 320x240, each with its answer, then EOS.
-    let shape: Vec<String> = out
-        .iter()
-        .map(|s| match s {
-            Seen::Caps(c) if *c == small => "small".into(),
-            Seen::Caps(c) if *c == large => "large".into(),
-            Seen::Buffer { result, .. } => result.as_ref().unwrap().decision.to_string(),
-            other => format!("{other:?}"),
-        })
-        .collect();
-    let mut expected = vec!["small".to_string()];
-    expected.extend(std::iter::repeat_n("offload".to_string(), 6));
-    expected.push("large".into());
-    expected.extend(std::iter::repeat_n("offload".to_string(), 6));
-    expected.push("Eos".into());
-    assert_eq!(shape, expected);
+    assert_caps_then_six_frames_each(&out, &small, &large, "offload");
 }
 
 #[test]
@@ -481,21 +491,7 @@ fn device_only_a_caps_change_applies_to_the_frames_after_it() {
         .collect();
     let expected = classified_in_turn(&frames);
     let seen = through_element(&frames, "");
-    let shape: Vec<String> = seen
-        .iter()
-        .map(|s| match s {
-            Seen::Caps(c) if *c == small => "small".into(),
-            Seen::Caps(c) if *c == large => "large".into(),
-            Seen::Buffer { result, .. } => result.as_ref().unwrap().decision.to_string(),
-            other => format!("{other:?}"),
-        })
-        .collect();
-    let mut want = vec!["small".to_string()];
-    want.extend(std::iter::repeat_n("device".to_string(), 6));
-    want.push("large".into());
-    want.extend(std::iter::repeat_n("device".to_string(), 6));
-    want.push("Eos".into());
-    assert_eq!(shape, want);
+    assert_caps_then_six_frames_each(&seen, &small, &large, "device");
     for (r, c) in in_order(&seen, frames.len()).iter().zip(&expected) {
         assert_same(r, c);
     }

@@ -93,6 +93,22 @@ fn bare_round(model: &mut ModelSession, tensors: &[Tensor]) -> Result<f64, Strin
     Ok(tensors.len() as f64 / t.elapsed().as_secs_f64())
 }
 
+/// A copy of each frame, time-stamped 33 ms apart, to push into `appsrc` (a copy of its own per
+/// branch: the element attaches its meta without copying the buffer again).
+pub(super) fn stamped_copies(frames: &[gst::Buffer]) -> Vec<gst::Buffer> {
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, frame)| {
+            let mut b = frame.copy();
+            b.get_mut()
+                .expect("fresh copy")
+                .set_pts(gst::ClockTime::from_mseconds(33 * i as u64));
+            b
+        })
+        .collect()
+}
+
 /// Adds `appsrc ! cbofilter ! fakesink` (unsynchronised) to `pipeline`, the filter with `props`;
 /// the source queues without bound, so every frame can be pushed before the clock starts.
 pub fn add_filter_branch(
@@ -136,17 +152,7 @@ fn filter_round(
     pipeline
         .set_state(gst::State::Paused)
         .map_err(|e| format!("cannot start cbofilter: {e}"))?;
-    let stamped: Vec<gst::Buffer> = frames
-        .iter()
-        .enumerate()
-        .map(|(i, frame)| {
-            let mut b = frame.copy();
-            b.get_mut()
-                .expect("fresh copy")
-                .set_pts(gst::ClockTime::from_mseconds(33 * i as u64));
-            b
-        })
-        .collect();
+    let stamped = stamped_copies(frames);
     let t = Instant::now();
     pipeline
         .set_state(gst::State::Playing)

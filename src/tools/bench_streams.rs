@@ -125,19 +125,7 @@ fn streams_round(
         .map_err(|e| format!("cannot start cbofilter: {e}"))?;
     // One copy per branch: the element attaches its meta without copying the buffer again.
     let stamped: Vec<Vec<gst::Buffer>> = (0..n)
-        .map(|_| {
-            frames
-                .iter()
-                .enumerate()
-                .map(|(i, frame)| {
-                    let mut b = frame.copy();
-                    b.get_mut()
-                        .expect("fresh copy")
-                        .set_pts(gst::ClockTime::from_mseconds(33 * i as u64));
-                    b
-                })
-                .collect()
-        })
+        .map(|_| super::bench::stamped_copies(frames))
         .collect();
     let t = Instant::now();
     pipeline
