@@ -579,66 +579,114 @@ fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// Logistic regression of correctness on the log-odds of the raw confidence: Newton's method on
-/// (a, b) with step halving (the log loss must fall at every step) and a tiny ridge so separable
-/// data stays finite.
+/// Logistic regression of correctness on the log-odds of the raw confidence ([`fit_logistic`]
+/// with the features (log-odds, 1), shrunk towards the identity map (1, 0)).
 pub fn fit_platt(points: &[(f64, bool)]) -> Calibrator {
-    let xs: Vec<(f64, f64)> = points
+    let rows: Vec<([f64; 2], bool)> = points
         .iter()
-        .map(|&(p, c)| (logit(p).clamp(-30.0, 30.0), if c { 1.0 } else { 0.0 }))
+        .map(|&(p, c)| ([logit(p).clamp(-30.0, 30.0), 1.0], c))
         .collect();
-    let ridge = 1e-6 * xs.len() as f64;
-    let loss = |a: f64, b: f64| {
-        let l: f64 = xs
+    let ridge = 1e-6 * rows.len() as f64;
+    match fit_logistic(&rows, [1.0, 0.0], ridge) {
+        // A non-positive slope would mean confidence is anti-informative; keep the identity
+        // rather than write a non-monotone map.
+        Some([a, b]) if a > 0.0 => Calibrator::Platt { a, b },
+        _ => Calibrator::Platt { a: 1.0, b: 0.0 },
+    }
+}
+
+/// Maximum-likelihood logistic regression `P(y) = σ(w · x)`: Newton's method from `prior` with
+/// step halving (the log loss must fall at every step) and a ridge `ridge · |w − prior|² / 2`
+/// that keeps separable data finite. `None` when the weights do not come out finite.
+pub fn fit_logistic<const K: usize>(
+    rows: &[([f64; K], bool)],
+    prior: [f64; K],
+    ridge: f64,
+) -> Option<[f64; K]> {
+    let z = |w: &[f64; K], x: &[f64; K]| -> f64 { w.iter().zip(x).map(|(w, x)| w * x).sum() };
+    let loss = |w: &[f64; K]| {
+        let l: f64 = rows
             .iter()
-            .map(|&(x, y)| {
-                let z = a * x + b;
+            .map(|(x, y)| {
+                let z = z(w, x);
                 // log(1 + e^z) - y z, computed stably.
-                z.max(0.0) + (-z.abs()).exp().ln_1p() - y * z
+                z.max(0.0) + (-z.abs()).exp().ln_1p() - if *y { z } else { 0.0 }
             })
             .sum();
-        l + 0.5 * ridge * ((a - 1.0).powi(2) + b * b)
+        l + 0.5
+            * ridge
+            * w.iter()
+                .zip(&prior)
+                .map(|(w, p)| (w - p).powi(2))
+                .sum::<f64>()
     };
-    let (mut a, mut b) = (1.0, 0.0);
-    let mut current = loss(a, b);
+    let mut w = prior;
+    let mut current = loss(&w);
     for _ in 0..100 {
-        let (mut ga, mut gb, mut haa, mut hab, mut hbb) =
-            (ridge * (a - 1.0), ridge * b, ridge, 0.0, ridge);
-        for &(x, y) in &xs {
-            let q = sigmoid(a * x + b);
-            let w = q * (1.0 - q);
-            ga += (q - y) * x;
-            gb += q - y;
-            haa += w * x * x;
-            hab += w * x;
-            hbb += w;
+        let mut g = [0.0; K];
+        let mut h = [[0.0; K]; K];
+        for i in 0..K {
+            g[i] = ridge * (w[i] - prior[i]);
+            h[i][i] = ridge;
         }
-        let det = haa * hbb - hab * hab;
-        if det.abs() < 1e-300 {
+        for (x, y) in rows {
+            let q = sigmoid(z(&w, x));
+            let r = q - if *y { 1.0 } else { 0.0 };
+            for i in 0..K {
+                g[i] += r * x[i];
+                for j in 0..K {
+                    h[i][j] += q * (1.0 - q) * x[i] * x[j];
+                }
+            }
+        }
+        let Some(d) = solve(h, g) else {
             break;
-        }
-        let (da, db) = ((hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det);
+        };
         let mut step = 1.0;
         let mut improved = false;
         for _ in 0..30 {
-            let (na, nb) = (a - step * da, b - step * db);
-            let l = loss(na, nb);
+            let mut next = w;
+            for (n, d) in next.iter_mut().zip(&d) {
+                *n -= step * d;
+            }
+            let l = loss(&next);
             if l.is_finite() && l <= current {
-                (a, b, current, improved) = (na, nb, l, true);
+                (w, current, improved) = (next, l, true);
                 break;
             }
             step *= 0.5;
         }
-        if !improved || (step * (da.abs() + db.abs())) < 1e-10 {
+        if !improved || step * d.iter().map(|d| d.abs()).sum::<f64>() < 1e-10 {
             break;
         }
     }
-    // A non-positive slope would mean confidence is anti-informative; keep the identity rather
-    // than write a non-monotone map.
-    if !(a.is_finite() && b.is_finite()) || a <= 0.0 {
-        return Calibrator::Platt { a: 1.0, b: 0.0 };
+    w.iter().all(|w| w.is_finite()).then_some(w)
+}
+
+/// Solves `a · x = b` (Gaussian elimination with partial pivoting); `None` when singular.
+fn solve<const K: usize>(mut a: [[f64; K]; K], mut b: [f64; K]) -> Option<[f64; K]> {
+    for c in 0..K {
+        let pivot = (c..K).max_by(|&i, &j| a[i][c].abs().total_cmp(&a[j][c].abs()))?;
+        if a[pivot][c].abs() < 1e-300 {
+            return None;
+        }
+        a.swap(c, pivot);
+        b.swap(c, pivot);
+        let pivot_row = a[c];
+        for r in c + 1..K {
+            let f = a[r][c] / pivot_row[c];
+            for (x, p) in a[r].iter_mut().zip(pivot_row).skip(c) {
+                *x -= f * p;
+            }
+            b[r] -= f * b[c];
+        }
     }
-    Calibrator::Platt { a, b }
+    let mut x = [0.0; K];
+    for r in (0..K).rev() {
+        let s: f64 = (r + 1..K).map(|k| a[r][k] * x[k]).sum();
+        x[r] = (b[r] - s) / a[r][r];
+    }
+    Some(x)
 }
 
 /// Accuracy of a bin with `hits` of `n` right, shrunk towards 1/2 (Laplace's rule of

@@ -22,9 +22,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::calibration::fit_logistic;
+
 /// How an answer that disagrees with the device is merged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Merge {
     /// The more likely right of the two labels, by the profile's [`MergeModel`] (the server's
     /// when the profile has none).
@@ -128,85 +129,32 @@ impl MergeModel {
         1.0 / (1.0 + (-z).exp())
     }
 
-    /// Maximum-likelihood fit (Newton's method, a weak ridge keeping it defined when the data
+    /// Maximum-likelihood fit ([`fit_logistic`], a weak ridge keeping it defined when the data
     /// separate); `None` without both outcomes among the rows.
     pub fn fit(rows: &[Disagreement]) -> Option<Self> {
         let right = rows.iter().filter(|d| d.server_right).count();
         if right == 0 || right == rows.len() {
             return None;
         }
-        const RIDGE: f64 = 1e-3;
-        let xs: Vec<([f64; 4], f64)> = rows
+        let xs: Vec<([f64; 4], bool)> = rows
             .iter()
             .map(|d| {
                 (
                     features(d.device_confidence, d.server_score, d.short_side),
-                    if d.server_right { 1.0 } else { 0.0 },
+                    d.server_right,
                 )
             })
             .collect();
-        let mut w = [0.0f64; 4];
-        for _ in 0..50 {
-            let mut g = [0.0f64; 4];
-            let mut h = [[0.0f64; 4]; 4];
-            for (x, y) in &xs {
-                let z: f64 = w.iter().zip(x).map(|(w, x)| w * x).sum();
-                let p = 1.0 / (1.0 + (-z).exp());
-                for i in 0..4 {
-                    g[i] += (p - y) * x[i];
-                    for j in 0..4 {
-                        h[i][j] += p * (1.0 - p) * x[i] * x[j];
-                    }
-                }
-            }
-            for i in 0..4 {
-                g[i] += RIDGE * w[i];
-                h[i][i] += RIDGE;
-            }
-            let step = solve(h, g)?;
-            let mut largest = 0.0f64;
-            for i in 0..4 {
-                w[i] -= step[i];
-                largest = largest.max(step[i].abs());
-            }
-            if largest < 1e-9 {
-                break;
-            }
-        }
+        let [intercept, device_logit, server_logit, log_resolution] =
+            fit_logistic(&xs, [0.0; 4], 1e-3)?;
         Some(Self {
-            intercept: w[0],
-            device_logit: w[1],
-            server_logit: w[2],
-            log_resolution: w[3],
+            intercept,
+            device_logit,
+            server_logit,
+            log_resolution,
             n: rows.len(),
         })
     }
-}
-
-/// Solves `a · x = b` (Gaussian elimination with partial pivoting); `None` when singular.
-fn solve(mut a: [[f64; 4]; 4], mut b: [f64; 4]) -> Option<[f64; 4]> {
-    for c in 0..4 {
-        let pivot = (c..4).max_by(|&i, &j| a[i][c].abs().total_cmp(&a[j][c].abs()))?;
-        if a[pivot][c].abs() < 1e-12 {
-            return None;
-        }
-        a.swap(c, pivot);
-        b.swap(c, pivot);
-        let pivot_row = a[c];
-        for r in c + 1..4 {
-            let f = a[r][c] / pivot_row[c];
-            for (x, p) in a[r].iter_mut().zip(pivot_row).skip(c) {
-                *x -= f * p;
-            }
-            b[r] -= f * b[c];
-        }
-    }
-    let mut x = [0.0f64; 4];
-    for r in (0..4).rev() {
-        let s: f64 = (r + 1..4).map(|k| a[r][k] * x[k]).sum();
-        x[r] = (b[r] - s) / a[r][r];
-    }
-    Some(x)
 }
 
 /// Whether the server's label (`server_class`, score `server_score`, sent at `short_side`) is the
