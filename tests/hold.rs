@@ -383,10 +383,9 @@ fn classified_in_turn(frames: &[(gst::Buffer, gst::Caps)]) -> Vec<Classification
         .collect()
 }
 
-/// `appsrc ! cbofilter name=cbo PROPS ! fakesink` fed `frames` (each with its caps) then EOS,
-/// run to EOS: what left the element, in order.
-fn through_element(frames: &[(gst::Buffer, gst::Caps)], element_props: &str) -> Vec<Seen> {
-    init();
+/// `appsrc ! cbofilter name=cbo PROPS ! fakesink`: the pipeline, its source, and what will
+/// leave the element.
+fn fed_element(element_props: &str) -> (gst::Pipeline, gst_app::AppSrc, Recorded) {
     let pipeline = gst::parse::launch(&format!(
         "appsrc name=src format=time max-bytes=0 ! cbofilter name=cbo {element_props} ! fakesink sync=false"
     ))
@@ -403,6 +402,14 @@ fn through_element(frames: &[(gst::Buffer, gst::Caps)], element_props: &str) -> 
         &pipeline.by_name("cbo").unwrap().static_pad("src").unwrap(),
         Arc::clone(&out),
     );
+    (pipeline, src, out)
+}
+
+/// `appsrc ! cbofilter name=cbo PROPS ! fakesink` fed `frames` (each with its caps) then EOS,
+/// run to EOS: what left the element, in order.
+fn through_element(frames: &[(gst::Buffer, gst::Caps)], element_props: &str) -> Vec<Seen> {
+    init();
+    let (pipeline, src, out) = fed_element(element_props);
     pipeline.set_state(gst::State::Paused).unwrap();
     for (k, (buffer, caps)) in frames.iter().enumerate() {
         let mut b = buffer.copy();
@@ -614,23 +621,10 @@ fn a_model_failing_mid_stream_is_an_element_error_and_a_flow_error_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("fails-unless-black.onnx");
     std::fs::write(&model, common::onnx::fails_unless_black_model(32)).unwrap();
-    let pipeline = gst::parse::launch(&format!(
-        "appsrc name=src format=time max-bytes=0 ! cbofilter name=cbo model=\"{}\" input-mean=0 input-std=1 ! fakesink sync=false",
+    let (pipeline, src, out) = fed_element(&format!(
+        "model=\"{}\" input-mean=0 input-std=1",
         model.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
-    let out = Arc::default();
-    record(
-        &pipeline.by_name("cbo").unwrap().static_pad("src").unwrap(),
-        Arc::clone(&out),
-    );
+    ));
     let caps = gst_video::VideoCapsBuilder::new()
         .format(gst_video::VideoFormat::Rgb)
         .width(32)
