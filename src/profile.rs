@@ -17,7 +17,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::offload::merge::{Disagreement, MergeModel};
+use crate::offload::merge::{Disagreement, Merge, MergeModel, server_label_wins};
 
 pub const FORMAT: &str = "cbo-profile";
 pub const VERSION: u32 = 1;
@@ -92,6 +92,13 @@ pub struct ConfidenceBin {
     /// copies of each other. Absent in profiles made before it was recorded (then `n` counts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scenes: Option<usize>,
+    /// Accuracy of the label these frames leave with once answered at each resolution, when an
+    /// answer that disagrees with the device is merged by the profile's [`Profile::merge`]
+    /// model: the device's label where the model keeps it, the server's where it does not.
+    /// What an answer is worth to a stream that merges; absent in profiles made before it was
+    /// recorded, and without a merge model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_accuracy: Option<Vec<f64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,6 +257,23 @@ impl Profile {
                 Some(*n)
             })
             .collect();
+        let merge = MergeModel::fit(&disagreements(&inputs.resolutions, obs));
+        // Whether frame `o`'s answer at `r` leaves right under the merge model.
+        let merged_right = |m: &MergeModel, o: &FrameObservation, r: usize| {
+            let s = &o.server[r];
+            if server_label_wins(
+                Some(m),
+                o.device_class,
+                o.device_confidence,
+                s.server_class,
+                s.server_score as f64,
+                inputs.resolutions[r].0,
+            ) {
+                s.server_correct
+            } else {
+                o.device_correct
+            }
+        };
         let bins = (0..CONFIDENCE_BINS)
             .map(|k| {
                 let in_bin: Vec<&FrameObservation> = obs
@@ -275,6 +299,11 @@ impl Profile {
                         .map(|r| mean(in_bin.iter().map(|o| acc(o.server[r].server_correct))))
                         .collect(),
                     scenes: Some(scenes.len()),
+                    merged_accuracy: merge.as_ref().map(|m| {
+                        (0..nres)
+                            .map(|r| mean(in_bin.iter().map(|o| acc(merged_right(m, o, r)))))
+                            .collect()
+                    }),
                 }
             })
             .collect();
@@ -288,7 +317,7 @@ impl Profile {
             encoder: inputs.encoder,
             fitted_on: inputs.fitted_on,
             device_accuracy: mean(obs.iter().map(|o| acc(o.device_correct))),
-            merge: MergeModel::fit(&disagreements(&inputs.resolutions, obs)),
+            merge,
             resolutions,
             bins,
         })
@@ -323,15 +352,34 @@ impl Profile {
     pub fn gain_lower_bound(&self, confidence: f64, r: usize, z: f64) -> f64 {
         let bin = &self.bins[bin_of(confidence)];
         let n = bin.scenes.unwrap_or(bin.n).min(bin.n) as f64;
-        let (a, b) = (bin.server_accuracy[r], bin.device_accuracy);
+        let (a, b) = (self.answered_accuracy(bin, r), bin.device_accuracy);
         let shrunk = (a - b) * n / (n + PRIOR_FRAMES);
         let var = (a * (1.0 - b) + b * (1.0 - a) - (a - b).powi(2)).max(0.0);
         shrunk - z * (var / (n + PRIOR_FRAMES)).sqrt()
     }
 
-    /// The probability that the server's answer at `r` is right for a frame of calibrated
-    /// confidence `confidence`, taken at the gain's lower bound ([`Self::gain_lower_bound`]):
-    /// what the planner and answer reuse count on.
+    /// The accuracy of the label a frame of `bin` leaves with once answered at `r`: under the
+    /// profile's merge model when it has one (the element's `merge=confidence`; a caller that
+    /// takes the server's label always drops the model, [`Profile::merged_by`]), else the
+    /// server's.
+    fn answered_accuracy(&self, bin: &ConfidenceBin, r: usize) -> f64 {
+        match (&self.merge, &bin.merged_accuracy) {
+            (Some(_), Some(m)) => m[r],
+            _ => bin.server_accuracy[r],
+        }
+    }
+
+    /// This profile as seen by a stream that merges answers by `merge`: with
+    /// [`Merge::Server`] it drops its merge model, and its gains count the server's labels.
+    pub fn merged_by(mut self, merge: Merge) -> Self {
+        self.merge = merge.rule(self.merge);
+        self
+    }
+
+    /// The probability that an answered frame's label at `r` is right (the server's, or the
+    /// merged one when the profile merges) for a frame of calibrated confidence `confidence`,
+    /// taken at the gain's lower bound ([`Self::gain_lower_bound`]): what the planner and
+    /// answer reuse count on.
     pub fn answer_accuracy(&self, confidence: f64, r: usize, z: f64) -> f64 {
         (confidence + self.gain_lower_bound(confidence, r, z)).clamp(0.0, 1.0)
     }
@@ -380,6 +428,9 @@ impl Profile {
             if b.server_accuracy.len() != self.resolutions.len()
                 || !b.server_accuracy.iter().all(|&a| unit(a))
                 || !unit(b.device_accuracy)
+                || b.merged_accuracy.as_ref().is_some_and(|m| {
+                    m.len() != self.resolutions.len() || !m.iter().all(|&a| unit(a))
+                })
             {
                 return bad(format!("confidence bin [{}, {}) is malformed", b.lo, b.hi));
             }
@@ -502,6 +553,45 @@ mod tests {
         assert_eq!(p.server_accuracy(0.55, 1), 1.0);
         assert_eq!(p.resolution_index(224), Some(1));
         assert_eq!(p.resolution_index(100), None);
+    }
+
+    #[test]
+    fn an_answer_is_worth_the_label_the_merge_leaves() {
+        // Confident, right device frames whose 96 px answers are half wrong with a low score,
+        // and unsure, wrong device frames whose answers are half right with a high score.
+        // Every frame its own scene, so that the bins' evidence is not shrunk away.
+        let frame = |scene: i32, conf: f64, device: bool, server: bool| {
+            let mut o = obs(conf, device, &[(1000, server)]);
+            o.server[0].server_score = if server { 0.9 } else { 0.3 };
+            o.truth = scene;
+            o
+        };
+        let frames: Vec<FrameObservation> = (0..100)
+            .flat_map(|i| {
+                [
+                    frame(2 * i, 0.95, true, i % 2 == 0),
+                    frame(2 * i + 1, 0.15, false, i % 2 == 0),
+                ]
+            })
+            .collect();
+        let p = Profile::build(inputs(&[96]), &frames).unwrap();
+        assert!(p.merge.is_some(), "50 + 50 disagreements fit a model");
+        // The merge keeps the right device labels and takes the right server ones.
+        assert_eq!(p.bins[9].server_accuracy, vec![0.5]);
+        assert_eq!(p.bins[9].merged_accuracy, Some(vec![1.0]));
+        assert_eq!(p.bins[1].merged_accuracy, Some(vec![0.5]));
+        // Sending a confident frame loses half its labels when the server's label is taken,
+        // nothing when the stream merges; an unsure frame gains the same either way.
+        let server = p.clone().merged_by(Merge::Server);
+        assert!(server.merge.is_none());
+        assert!(server.gain_lower_bound(0.95, 0, 0.0) < -0.4);
+        assert_eq!(p.gain_lower_bound(0.95, 0, 0.0), 0.0);
+        assert_eq!(
+            p.gain_lower_bound(0.15, 0, 0.0),
+            server.gain_lower_bound(0.15, 0, 0.0)
+        );
+        let read = Profile::parse(&p.to_json()).unwrap();
+        assert_eq!(read.bins[9].merged_accuracy, Some(vec![1.0]));
     }
 
     #[test]

@@ -263,6 +263,9 @@ impl CboFilter {
             )
             .map_err(|e| e.to_string())?,
         );
+        // Planner, reuse and output all see the profile as this element merges answers: with
+        // `merge=server` it keeps no merge model, and its gains count the server's labels.
+        let profile = profile.map(|p| p.merged_by(settings.merge.into()));
         let planner = spec
             .planner(profile.as_ref(), INITIAL_UPLINK_BPS, INITIAL_RTT_MS)
             .ok_or_else(|| format!("policy {} needs a profile", spec.kind.name()))?;
@@ -309,9 +312,7 @@ impl CboFilter {
             size_probe,
             // The policies that plan with the profile merge by its model (as `cbo eval` replays
             // them); the rules take the server's label.
-            merge: profile
-                .as_ref()
-                .and_then(|p| crate::offload::merge::Merge::from(settings.merge).rule(p.merge)),
+            merge: profile.as_ref().and_then(|p| p.merge),
             reuse: spec.reuse_window_ms.zip(profile),
         })
     }

@@ -768,6 +768,7 @@ pub(crate) mod tests {
                     device_accuracy: (k as f64 + 0.5) / 10.0,
                     server_accuracy: vec![0.6, 0.9],
                     scenes: None,
+                    merged_accuracy: None,
                 })
                 .collect(),
             merge: None,

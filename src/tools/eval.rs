@@ -439,7 +439,7 @@ fn run_setting(
                 gain_z: params.gain_z,
             });
             let cfg = SimConfig {
-                merge: merge_for(name, args, profile),
+                merge: merge_for(name, profile),
                 ..cfg
             };
             results.insert(
@@ -468,7 +468,7 @@ fn run_policies(
     for name in &args.policies {
         let reuse = name.ends_with(REUSE_SUFFIX);
         let cfg = SimConfig {
-            merge: merge_for(name, args, profile),
+            merge: merge_for(name, profile),
             ..cfg
         };
         let result = match planner(name, args, profile, trace)? {
@@ -511,12 +511,13 @@ pub fn sim_config(args: &EvalArgs, deadline_ms: f64) -> SimConfig {
 
 /// The merge rule policy `name` replays with: as in the element, the profile's
 /// ([`crate::offload::merge`]) for the policies that plan with the profile (`cbo`, `fastva`, and
-/// the link oracle, which plans as `cbo` does), the server's label always for the rules.
-fn merge_for(name: &str, args: &EvalArgs, profile: &Profile) -> Option<MergeModel> {
+/// the link oracle, which plans as `cbo` does; `None` when `--merge server` dropped it), the
+/// server's label always for the rules.
+fn merge_for(name: &str, profile: &Profile) -> Option<MergeModel> {
     ["cbo", "fastva", "link-oracle"]
         .iter()
         .any(|p| name.starts_with(p))
-        .then(|| args.merge.rule(profile.merge))
+        .then_some(profile.merge)
         .flatten()
 }
 
@@ -560,7 +561,11 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
     let profile_path = args.profile.clone().unwrap_or_else(|| {
         crate::inference::models_dir().join("efficientnet-lite0-to-lite2.profile.json")
     });
-    let profile = Profile::load(&profile_path).map_err(|e| e.to_string())?;
+    // The cbo planners value an answer by the label it leaves with under `--merge`, as the
+    // element does with its `merge` property.
+    let profile = Profile::load(&profile_path)
+        .map_err(|e| e.to_string())?
+        .merged_by(args.merge);
     if args.video.len() != args.labels.len() {
         return Err(format!(
             "{} clip(s) but {} label file(s): give --labels in the order of --video",
