@@ -98,12 +98,12 @@ fn default_records() -> usize {
 }
 
 /// The constants the element and `cbo eval` use: the candidate `cbo eval --cv` chose on the whole
-/// dev grid (4 clips × 14 traces × 3 deadlines, with the profile's merge model; docs/evaluation.md,
-/// commit 4da69ab), whose held-out folds chose 0.7–0.95, 0–1 and 10–40.
+/// dev grid (4 clips × 14 traces × 3 deadlines, answers valued by the label the merge model
+/// leaves; docs/evaluation.md, commit 795d4bd), whose held-out folds chose 0.7–0.95, 0.25–1 and 10.
 pub const DEFAULT_PARAMS: CboParams = CboParams {
-    min_arrival: 0.9,
+    min_arrival: 0.95,
     gain_z: 0.25,
-    records: 20,
+    records: 10,
 };
 
 /// What to do with a frame.
