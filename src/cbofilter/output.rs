@@ -29,7 +29,7 @@ use crate::meta::{CboResult, Decision, Source};
 use crate::offload::client::{ClientError, ServerResult};
 use crate::offload::hold::{Admission, HoldQueue, Outcome};
 use crate::offload::merge::{MergeModel, server_label_wins};
-use crate::offload::reuse::AnswerReuse;
+use crate::offload::reuse::{AnswerReuse, FrameAnswer};
 use crate::preprocess::Tensor;
 use crate::profile::Profile;
 
@@ -589,8 +589,12 @@ fn apply_reuse(
             top_classes: result.top_classes.clone(),
             top_scores: result.top_scores.clone(),
         };
-        let (class, score) = (label.class_id, label.score);
-        (label, index, class, score)
+        FrameAnswer {
+            class: label.class_id,
+            score: label.score,
+            label,
+            resolution: index,
+        }
     });
     let Some(u) = r.reuse.leave(
         &r.profile,

@@ -12,7 +12,8 @@
 //! `r`, scaled by the frame's own JPEG size at the smallest resolution when the caller measured
 //! it, [`FrameIn::small_jpeg_bytes`], and by this stream's actual/predicted ratio) and, if its
 //! answer arrives by `d_i`, is worth `A(p_i, r) = p_i + G(p_i, r)`: the profile's gain over the
-//! device for frames of that confidence, at its lower bound ([`Profile::answer_accuracy`],
+//! device for frames of that confidence (of the label the frame leaves with: merged by the
+//! profile's merge model when the stream merges), at its lower bound ([`Profile::answer_accuracy`],
 //! [`CboParams::gain_z`]). Its answer arrives at `c + RTT + s_r` where `c` is when its last byte
 //! crosses the uplink and `s_r` the server time. The uplink is one FIFO (QUIC streams share one
 //! congestion window), so frames are sent in deadline (= arrival) order.
@@ -261,7 +262,7 @@ struct ReuseSource {
     id: u64,
     run: u64,
     arrival_ms: f64,
-    /// The profile's server accuracy for that frame at the resolution it went at.
+    /// The profile's accuracy of the answered label for that frame at the resolution it went at.
     accuracy: f64,
     answered: bool,
 }
@@ -362,8 +363,9 @@ impl CboPlanner {
         self.server_value(f.confidence, r) - self.keep_value(f)
     }
 
-    /// The probability that the server's answer at `r` is right for a frame of calibrated
-    /// confidence `confidence`: that confidence plus the profile's gain at its lower bound.
+    /// The probability that an answered frame's label at `r` is right (the server's, or the
+    /// merged one when the profile merges) for a frame of calibrated confidence `confidence`:
+    /// that confidence plus the profile's gain at its lower bound.
     fn server_value(&self, confidence: f64, r: usize) -> f64 {
         self.profile
             .answer_accuracy(confidence, r, self.params.gain_z)

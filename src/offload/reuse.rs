@@ -5,8 +5,8 @@
 //! the server's label is a better guess than the device's for those frames too. A run ends when
 //! the device's top-1 changes (the scene or the object changed) or the answered frame is older
 //! than the window. The server's label replaces the device's only where it is more likely right:
-//! its expected accuracy (the profile's server accuracy for the answered frame's confidence and
-//! resolution) must exceed the device's calibrated confidence for this frame, and, with a merge
+//! its expected accuracy (the profile's accuracy of the answered label, merged when the stream
+//! merges, for the answered frame's confidence and resolution) must exceed the device's calibrated confidence for this frame, and, with a merge
 //! rule ([`super::merge`]), the rule that decides the answered frame's own label must also give
 //! this frame the server's label.
 //!
@@ -27,6 +27,16 @@ pub struct Answered<T> {
     pub class: i32,
     pub score: f64,
     pub short_side: u32,
+}
+
+/// A frame's own server answer as the caller has it: the label to reuse, the index of the
+/// profile resolution it was sent at, and the server's top-1 and its score (for the merge rule).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameAnswer<T> {
+    pub label: T,
+    pub resolution: usize,
+    pub class: i32,
+    pub score: f64,
 }
 
 /// A frame leaving the element.
@@ -128,28 +138,34 @@ impl<T: Clone> AnswerReuse<T> {
         })
     }
 
-    /// [`AnswerReuse::next`] for a frame whose answer (`label`, the index of the profile
-    /// resolution it was sent at, the server's top-1 and its score) is worth what `profile` says (at the same lower bound the
-    /// planner plans with): the element's output and the
-    /// simulator both leave frames through here.
+    /// [`AnswerReuse::next`] for a frame whose answer is worth what `profile` says (at the same
+    /// lower bound the planner plans with): the element's output and the simulator both leave
+    /// frames through here.
     pub fn leave(
         &mut self,
         profile: &Profile,
         arrival_ms: f64,
         device_class: i32,
         device_confidence: f64,
-        answer: Option<(T, usize, i32, f64)>,
+        answer: Option<FrameAnswer<T>>,
     ) -> Option<Reused<T>> {
         self.next(Leaving {
             arrival_ms,
             device_class,
             device_confidence,
-            answer: answer.map(|(label, r, class, score)| Answered {
-                label,
-                expected_accuracy: profile.answer_accuracy(device_confidence, r, self.gain_z),
-                class,
-                score,
-                short_side: profile.resolutions.get(r).map_or(0, |x| x.short_side),
+            answer: answer.map(|a| Answered {
+                label: a.label,
+                expected_accuracy: profile.answer_accuracy(
+                    device_confidence,
+                    a.resolution,
+                    self.gain_z,
+                ),
+                class: a.class,
+                score: a.score,
+                short_side: profile
+                    .resolutions
+                    .get(a.resolution)
+                    .map_or(0, |x| x.short_side),
             }),
         })
     }

@@ -21,7 +21,7 @@ use super::clock::VirtualClock;
 use super::hold::{HoldQueue, Outcome};
 use super::merge::{MergeModel, server_label_wins};
 use super::planner::{Action, AnswerIn, FrameIn, Planner, feed_answer};
-use super::reuse::AnswerReuse;
+use super::reuse::{AnswerReuse, FrameAnswer};
 use super::sender::{Crossing, Sender};
 use crate::profile::Profile;
 use crate::trace::{LinkQueue, MTU, Trace};
@@ -368,7 +368,12 @@ pub fn simulate(
                 .then(|| {
                     sent[i].map(|r| {
                         let s = f.server[r];
-                        (s.class, r, s.class, s.score as f64)
+                        FrameAnswer {
+                            label: s.class,
+                            resolution: r,
+                            class: s.class,
+                            score: s.score as f64,
+                        }
                     })
                 })
                 .flatten();
