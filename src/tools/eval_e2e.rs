@@ -76,8 +76,12 @@ pub fn run(
         Some(p) => (p, args.reuse_window_ms.round() as u64),
         None => (policy, 0),
     };
+    // Two frames more than are scored: the last frame before the EOS came out of the decoder as
+    // the frame after it (frame 599 of `dev-slideshow.mp4` carried frame 600's picture), which
+    // put the real `local` one frame below its simulation on every trace.
+    let eos_after = frames + 2;
     let desc = format!(
-        "filesrc location=\"{}\" ! decodebin ! identity name=pace sync=true eos-after={frames} ! \
+        "filesrc location=\"{}\" ! decodebin ! identity name=pace sync=true eos-after={eos_after} ! \
          cbofilter name=cbo server={} \
          server-cert=\"{}\" policy={policy} reuse-window={reuse} merge={} deadline={} threshold={} \
          resolution={} max-in-flight=1000 profile=\"{}\" {} ! fakesink sync=false",
@@ -175,7 +179,8 @@ pub fn run(
         return Err(format!("e2e pipeline failed: {e}"));
     }
     // The first `frames` frames, as the simulation replays them (identity's `eos-after=N` lets
-    // N or N + 1 through, depending on when the EOS overtakes the stream).
+    // N or N + 1 through, depending on when the EOS overtakes the stream, and the last of them
+    // may not be the picture its index says: see `eos_after`).
     let mut results = results.lock().unwrap();
     results.truncate(frames);
     let n = results.len().max(1) as f64;
