@@ -8,7 +8,9 @@
 //! device's *calibrated* confidence (10 equal-width bins) it records how often the device is right
 //! and how often the server is right at each resolution: the gain of offloading a frame of
 //! confidence `c` at `r` is `server_accuracy(c, r) − c` (the device is right with probability `c`
-//! when calibrated).
+//! when calibrated). With a merge model ([`crate::offload::merge`], fitted on the same
+//! observations) it also records how often the label the merge leaves is right, which is what
+//! an answer is worth to a stream that merges ([`Profile::gain_lower_bound`]).
 //!
 //! File format (JSON, `format: "cbo-profile"`, `version: 1`): see [`Profile`];
 //! `docs/profile.md` shows the shipped profile's numbers.
@@ -592,6 +594,15 @@ mod tests {
         );
         let read = Profile::parse(&p.to_json()).unwrap();
         assert_eq!(read.bins[9].merged_accuracy, Some(vec![1.0]));
+        // A profile made before merged accuracies were recorded values answers as the server's.
+        let mut old = p.clone();
+        old.bins.iter_mut().for_each(|b| b.merged_accuracy = None);
+        let old = Profile::parse(&old.to_json()).unwrap();
+        assert!(old.merge.is_some());
+        assert_eq!(
+            old.gain_lower_bound(0.95, 0, 0.0),
+            server.gain_lower_bound(0.95, 0, 0.0)
+        );
     }
 
     #[test]
