@@ -221,6 +221,20 @@ fn cbo_profile_measures_bytes_and_server_accuracy_per_resolution() {
     // two is right (120 frames at two resolutions: some dozens).
     let m = p.merge.expect("a merge model");
     assert!(m.n >= 10 && m.n <= 240, "{m:?}");
+    // ...and with it, how often the label the merge leaves is right, per bin and resolution,
+    // which `cbo profile` also prints.
+    assert!(
+        p.bins
+            .iter()
+            .all(|b| b.merged_accuracy.as_ref().is_some_and(|m| m.len() == 2)),
+        "{:?}",
+        p.bins
+    );
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        stdout.contains("accuracy of the label the merge leaves"),
+        "{stdout}"
+    );
 
     // cbo ece --plot writes a reliability diagram.
     let ece = Command::new(env!("CARGO_BIN_EXE_cbo"))

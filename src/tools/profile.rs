@@ -17,7 +17,7 @@ use crate::jpeg::{FrameDecoder, FrameEncoder, scaled_size};
 use crate::postprocess::OutputKind;
 use crate::preprocess::Normalization;
 use crate::profile::{
-    FittedOn, FrameObservation, ModelRef, Profile, ProfileInputs, ServerObservation,
+    ConfidenceBin, FittedOn, FrameObservation, ModelRef, Profile, ProfileInputs, ServerObservation,
 };
 use crate::tools::dataset::{InputArgs, for_each_labelled, map_frame};
 
@@ -280,6 +280,20 @@ pub fn print_table(p: &Profile) {
             r.server_accuracy
         );
     }
+    println!("server accuracy per device-confidence bin:");
+    print_bins(p, |b| Some(&b.server_accuracy));
+    if let Some(m) = &p.merge {
+        println!(
+            "merge model (on {} disagreements): P(server's label right) = σ({:.2} {:+.2}·logit p {:+.2}·logit q {:+.2}·ln(r/224))",
+            m.n, m.intercept, m.device_logit, m.server_logit, m.log_resolution
+        );
+        println!("accuracy of the label the merge leaves, per device-confidence bin:");
+        print_bins(p, |b| b.merged_accuracy.as_ref());
+    }
+}
+
+/// One row per confidence bin: its frames, the device's accuracy and `per_resolution` of it.
+fn print_bins(p: &Profile, per_resolution: impl Fn(&ConfidenceBin) -> Option<&Vec<f64>>) {
     print!("{:>11} {:>5} {:>7}", "confidence", "n", "device");
     for r in &p.resolutions {
         print!(" {:>6}", format!("@{}", r.short_side));
@@ -292,7 +306,7 @@ pub fn print_table(p: &Profile) {
             b.n,
             b.device_accuracy
         );
-        for a in &b.server_accuracy {
+        for a in per_resolution(b).into_iter().flatten() {
             print!(" {a:>6.3}");
         }
         println!();
