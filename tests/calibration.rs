@@ -372,6 +372,50 @@ fn cbo_eval_replays_every_policy_against_a_real_trace() {
 }
 
 #[test]
+fn cbo_eval_caches_model_results_by_content_not_by_path() {
+    // The same clip under two paths: the second run reads the first run's model results.
+    let a = common::assets();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let media = common::repo().join("examples/media");
+    let run = |clip_dir: &str| {
+        let d = dir.path().join(clip_dir);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["bottle-detection.mp4", "bottle-detection.labels.csv"] {
+            std::fs::copy(media.join(f), d.join(f)).unwrap();
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_cbo"))
+            .args(["eval", "--video"])
+            .arg(d.join("bottle-detection.mp4"))
+            .arg("--labels")
+            .arg(d.join("bottle-detection.labels.csv"))
+            .arg("--trace")
+            .arg(a.join("traces/Verizon-LTE-short.up"))
+            .args(["--max-frames", "12", "--policies", "local,all", "--json"])
+            .arg("--cache")
+            .arg(&cache)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            v["policies"].clone(),
+        )
+    };
+    let (first, p1) = run("a");
+    assert!(!first.contains("using cached model results"), "{first}");
+    let (second, p2) = run("b");
+    assert!(second.contains("using cached model results"), "{second}");
+    assert_eq!(p1, p2);
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+}
+
+#[test]
 fn cbo_eval_summarises_a_grid_of_clips_traces_and_deadlines_and_cross_validates() {
     let a = common::assets();
     let dir = tempfile::tempdir().unwrap();

@@ -83,7 +83,8 @@ pub struct EvalArgs {
     /// likely right, the element's default) or `server` (the server's, always)
     #[arg(long, default_value = "confidence", value_parser = crate::offload::merge::Merge::parse_arg)]
     pub merge: crate::offload::merge::Merge,
-    /// Directory caching the per-frame model results between runs
+    /// Directory caching the per-frame model results between runs (keyed by the clip's and the
+    /// labels' contents, the models, the calibration and the resolutions, not by their paths)
     #[arg(long)]
     pub cache: Option<PathBuf>,
     /// Use at most this many frames (0 = all)
@@ -251,18 +252,12 @@ fn frames(
     profile: &Profile,
 ) -> Result<Vec<SimFrame>, String> {
     let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
+    // Keyed by what the results depend on: the clip's and labels' contents (not where they
+    // are: a moved checkout keeps its cache), the models, the calibration and the resolutions.
     let key = {
-        let meta = std::fs::metadata(video)
-            .map_err(|e| format!("cannot read '{}': {e}", video.display()))?;
+        let video_sha = crate::calibration::sha256_file(video).map_err(|e| e.to_string())?;
         let mut h = sha2::Sha256::new();
-        h.update(
-            video
-                .canonicalize()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .as_bytes(),
-        );
-        h.update(meta.len().to_le_bytes());
+        h.update(video_sha.as_bytes());
         h.update(std::fs::read(labels).unwrap_or_default());
         h.update(profile.device_model.sha256.as_bytes());
         h.update(profile.server_model.sha256.as_bytes());
@@ -271,7 +266,7 @@ fn frames(
         }
         h.update(
             format!(
-                "v3 {shorts:?} q{} n{}",
+                "v4 {shorts:?} q{} n{}",
                 profile.jpeg_quality, args.max_frames
             )
             .as_bytes(),
