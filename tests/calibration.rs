@@ -384,22 +384,17 @@ fn cbo_eval_caches_model_results_by_content_not_by_path() {
         for f in ["bottle-detection.mp4", "bottle-detection.labels.csv"] {
             std::fs::copy(media.join(f), d.join(f)).unwrap();
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_cbo"))
-            .args(["eval", "--video"])
-            .arg(d.join("bottle-detection.mp4"))
-            .arg("--labels")
-            .arg(d.join("bottle-detection.labels.csv"))
-            .arg("--trace")
-            .arg(a.join("traces/Verizon-LTE-short.up"))
-            .args(["--max-frames", "12", "--policies", "local,all", "--json"])
-            .arg("--cache")
-            .arg(&cache)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = common::succeed(
+            Command::new(env!("CARGO_BIN_EXE_cbo"))
+                .args(["eval", "--video"])
+                .arg(d.join("bottle-detection.mp4"))
+                .arg("--labels")
+                .arg(d.join("bottle-detection.labels.csv"))
+                .arg("--trace")
+                .arg(a.join("traces/Verizon-LTE-short.up"))
+                .args(["--max-frames", "12", "--policies", "local,all", "--json"])
+                .arg("--cache")
+                .arg(&cache),
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         (

@@ -49,6 +49,18 @@ pub fn bottle_clip() -> PathBuf {
     repo().join("examples/media/bottle-detection.mp4")
 }
 
+/// Runs `cmd` (a `cbo` subcommand) and returns its output, failing the test with its stderr
+/// unless it succeeded.
+pub fn succeed(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// What a pipeline run produced.
 #[derive(Debug, Default)]
 pub struct Run {
