@@ -56,8 +56,9 @@ pub enum Decision {
     Failed,
     /// Kept on the device, labelled with an earlier frame's server answer (`reuse`).
     Reuse,
-    /// Sent and answered, but the answer named another class with a lower score than the
-    /// device's calibrated confidence: it left with its device label (`overruled`; `merge`).
+    /// Sent and answered, but the answer named another class and the profile's merge model
+    /// found the device's label the likelier right: it left with its device label
+    /// (`overruled`; `merge=confidence`).
     Overruled,
 }
 

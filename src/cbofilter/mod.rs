@@ -74,8 +74,8 @@
 //!
 //! The planner thread and the client's completions take only `hold.inner` (and the client's own
 //! internal locks, never while holding `hold.inner`). Nothing polls: waits end on a notification
-//! (every change to the queue notifies its waiters) or the head frame's deadline; the planner thread sleeps
-//! on its channel until the planner's next wake-up.
+//! (every change to the queue notifies its waiters) or the head frame's deadline; the planner
+//! thread sleeps on its channel until the planner's next wake-up.
 //!
 //! # Debug categories
 //!

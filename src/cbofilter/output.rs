@@ -11,8 +11,8 @@
 //! may leave: classified and ready, answered, kept, failed or due. Everyone waits on a condition
 //! variable of the queue's own mutex (the inference thread on one of its own, notified when there
 //! is a frame to classify, a flush or a stop; the others on one each change to the queue
-//! notifies); no wait has a polling timeout (the output task's only timeout is the head frame's deadline). How many
-//! frames may be in the element before the streaming thread waits is
+//! notifies); no wait has a polling timeout (the output task's only timeout is the head frame's
+//! deadline). How many frames may be in the element before the streaming thread waits is
 //! [`crate::offload::hold::Admission`]'s.
 
 use std::collections::VecDeque;
@@ -502,38 +502,39 @@ fn finish_result(
         Outcome::Answered(sr) => {
             counts.answered += 1;
             let a = &sr.answer;
-            let top = a.class_ids.first().zip(a.scores.first());
-            if let Some((&class_id, &score)) = top
-                && !server_label_wins(
-                    merge,
-                    result.device_class_id,
-                    result.device_confidence,
-                    class_id,
-                    score as f64,
-                    sr.short_side,
-                )
-            {
-                gst::debug!(
-                    OFFLOAD_CAT,
-                    imp = imp,
-                    "frame {}: the server's {class_id} ({score:.3}) overruled by the device's {} ({:.3})",
-                    result.frame,
-                    result.device_class_id,
-                    result.device_confidence
-                );
-                counts.overruled += 1;
-                result.decision = Decision::Overruled;
-            } else if let Some((&class_id, &score)) = top {
-                result.class_id = class_id;
-                result.label = a.labels.first().cloned().unwrap_or_default();
-                result.confidence = score as f64;
-                result.raw_confidence = score as f64;
-                result.top_classes = a.class_ids.clone();
-                result.top_scores = a.scores.iter().map(|&s| s as f64).collect();
-                result.source = Source::Server;
-                result.decision = Decision::Offload;
-            } else {
-                result.decision = Decision::Failed;
+            match a.class_ids.first().zip(a.scores.first()) {
+                None => result.decision = Decision::Failed,
+                Some((&class_id, &score))
+                    if !server_label_wins(
+                        merge,
+                        result.device_class_id,
+                        result.device_confidence,
+                        class_id,
+                        score as f64,
+                        sr.short_side,
+                    ) =>
+                {
+                    gst::debug!(
+                        OFFLOAD_CAT,
+                        imp = imp,
+                        "frame {}: the server's {class_id} ({score:.3}) overruled by the device's {} ({:.3})",
+                        result.frame,
+                        result.device_class_id,
+                        result.device_confidence
+                    );
+                    counts.overruled += 1;
+                    result.decision = Decision::Overruled;
+                }
+                Some((&class_id, &score)) => {
+                    result.class_id = class_id;
+                    result.label = a.labels.first().cloned().unwrap_or_default();
+                    result.confidence = score as f64;
+                    result.raw_confidence = score as f64;
+                    result.top_classes = a.class_ids.clone();
+                    result.top_scores = a.scores.iter().map(|&s| s as f64).collect();
+                    result.source = Source::Server;
+                    result.decision = Decision::Offload;
+                }
             }
             result.resolution = sr.short_side as i32;
             result.server_latency_us = sr.latency.as_micros() as u64;

@@ -22,7 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::calibration::fit_logistic;
+use crate::calibration::{fit_logistic, sigmoid};
 
 /// How an answer that disagrees with the device is merged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -87,6 +87,8 @@ pub struct MergeModel {
 /// The short side the resolution term is relative to (the device model's input).
 const REFERENCE_SHORT_SIDE: f64 = 224.0;
 
+/// Log-odds, clamped at 1e-4 (not calibration's 1e-12): the fitted weights assume this range,
+/// and a device confidence of 1 − 1e-9 says no more than one of 0.9999 here.
 fn logit(x: f64) -> f64 {
     let x = x.clamp(1e-4, 1.0 - 1e-4);
     (x / (1.0 - x)).ln()
@@ -125,8 +127,7 @@ impl MergeModel {
             self.server_logit,
             self.log_resolution,
         ];
-        let z: f64 = w.iter().zip(x).map(|(w, x)| w * x).sum();
-        1.0 / (1.0 + (-z).exp())
+        sigmoid(w.iter().zip(x).map(|(w, x)| w * x).sum())
     }
 
     /// Maximum-likelihood fit ([`fit_logistic`], a weak ridge keeping it defined when the data

@@ -13,8 +13,8 @@
 //! it, [`FrameIn::small_jpeg_bytes`], and by this stream's actual/predicted ratio) and, if its
 //! answer arrives by `d_i`, is worth `A(p_i, r) = p_i + G(p_i, r)`: the profile's gain over the
 //! device for frames of that confidence (of the label the frame leaves with: merged by the
-//! profile's merge model when the stream merges), at its lower bound ([`Profile::answer_accuracy`],
-//! [`CboParams::gain_z`]). Its answer arrives at `c + RTT + s_r` where `c` is when its last byte
+//! profile's merge model when the stream merges), at its lower bound
+//! ([`Profile::answer_accuracy`], [`CboParams::gain_z`]). Its answer arrives at `c + RTT + s_r` where `c` is when its last byte
 //! crosses the uplink and `s_r` the server time. The uplink is one FIFO (QUIC streams share one
 //! congestion window), so frames are sent in deadline (= arrival) order.
 //!

@@ -6,9 +6,9 @@
 //! the device's top-1 changes (the scene or the object changed) or the answered frame is older
 //! than the window. The server's label replaces the device's only where it is more likely right:
 //! its expected accuracy (the profile's accuracy of the answered label, merged when the stream
-//! merges, for the answered frame's confidence and resolution) must exceed the device's calibrated confidence for this frame, and, with a merge
-//! rule ([`super::merge`]), the rule that decides the answered frame's own label must also give
-//! this frame the server's label.
+//! merges, for the answered frame's confidence and resolution) must exceed the device's
+//! calibrated confidence for this frame, and, with a merge rule ([`super::merge`]), the rule that
+//! decides the answered frame's own label must also give this frame the server's label.
 //!
 //! Frames are fed in stream order as they leave, so every answer that can be reused has arrived
 //! (a frame leaves only after the frames before it).

@@ -6,7 +6,6 @@
 //! ([`crate::offload::sim`]) for every trace and deadline. The `cbo` policy reads the offload
 //! profile (default: the one shipped for the default model pair).
 
-use crate::offload::merge::MergeModel;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +13,7 @@ use std::sync::Arc;
 use sha2::Digest;
 
 use crate::offload::crossval::{CvSetting, choose, leave_one_out};
+use crate::offload::merge::MergeModel;
 use crate::offload::planner::{CboParams, CboPlanner, DEFAULT_PARAMS, Planner};
 use crate::offload::policy::ELEMENT_POLICIES;
 use crate::offload::policy::{PolicyKind, PolicySpec};
