@@ -433,8 +433,9 @@ impl CboFilter {
         let offload = self.offload();
         let merge = offload.as_ref().and_then(|o| o.merge);
         let mut reuse = offload.and_then(|o| {
+            // The reuse profile's merge model is `merge` (lifecycle: `Profile::merged_by`).
             o.reuse.as_ref().map(|(window_ms, profile)| OutputReuse {
-                reuse: AnswerReuse::new(*window_ms).with_merge(merge),
+                reuse: AnswerReuse::new(*window_ms).with_merge(profile.merge),
                 profile: profile.clone(),
                 epoch: Instant::now(),
             })

@@ -142,7 +142,8 @@ fn the_planner_thread_decides_what_the_simulator_decides() {
         queue_bytes: 150_000,
         overhead_bytes: 200,
         send_window_bytes: crate::offload::sender::MEASURED_WINDOW_BYTES,
-        merge: None,
+        // As the element merges: by the profile's model.
+        merge: profile.merge,
     };
     for name in super::policy::ELEMENT_POLICIES {
         let spec = PolicySpec::parse(name, 0.5, 224, 1000.0).unwrap();

@@ -27,7 +27,8 @@ use crate::profile::Profile;
 use crate::trace::{LinkQueue, MTU, Trace};
 
 /// Answer reuse in a replay ([`super::reuse`]): the window, and the profile that says how likely
-/// an answer is right.
+/// an answer is right and, by its merge model, which label an answer leaves with (the replay's
+/// [`SimConfig::merge`] must be that same model: [`Profile::merged_by`]).
 #[derive(Debug, Clone, Copy)]
 pub struct SimReuse<'a> {
     pub window_ms: f64,
@@ -327,10 +328,13 @@ pub fn simulate(
     let mut reused = 0usize;
     let mut latencies = Vec::with_capacity(n);
     let mut reuse_state = reuse.map(|r| {
+        // One merge rule: the one the reuse profile's merged accuracies assume, which must be
+        // the one deciding the answered frames themselves (`Profile::merged_by`).
+        debug_assert_eq!(cfg.merge, r.profile.merge, "reuse and replay merge alike");
         (
             AnswerReuse::new(r.window_ms)
                 .with_gain_z(r.gain_z)
-                .with_merge(cfg.merge),
+                .with_merge(r.profile.merge),
             r.profile,
         )
     });
@@ -773,6 +777,11 @@ mod tests {
         let f = scenes(300);
         let p = profile_of(&f);
         let slow = Trace::constant(0.5e6);
+        // The cbo planner's answers merge by the profile's model, as in the element.
+        let merged = SimConfig {
+            merge: p.merge,
+            ..cfg()
+        };
         let reuse = SimReuse {
             window_ms: 1000.0,
             profile: &p,
@@ -782,7 +791,7 @@ mod tests {
             &mut super::super::planner::CboPlanner::new(p.clone(), 0.5e6, 40.0),
             &f,
             &slow,
-            &cfg(),
+            &merged,
             None,
         );
         assert_eq!(plain.reuse_ratio, 0.0);
@@ -791,7 +800,7 @@ mod tests {
             &mut super::super::planner::CboPlanner::new(p.clone(), 0.5e6, 40.0).with_reuse(1000.0),
             &f,
             &slow,
-            &cfg(),
+            &merged,
             Some(reuse),
         );
         // The first frame of each scene is sent; its answer labels the rest.
@@ -811,18 +820,22 @@ mod tests {
         // Alternating scenes (every frame its own): nothing to reuse, nothing changes.
         let f = frames(200);
         let p = profile_of(&f);
+        let merged = SimConfig {
+            merge: p.merge,
+            ..cfg()
+        };
         let a = simulate(
             &mut super::super::planner::CboPlanner::new(p.clone(), 0.5e6, 40.0),
             &f,
             &slow,
-            &cfg(),
+            &merged,
             None,
         );
         let b = simulate(
             &mut super::super::planner::CboPlanner::new(p.clone(), 0.5e6, 40.0).with_reuse(1000.0),
             &f,
             &slow,
-            &cfg(),
+            &merged,
             Some(SimReuse {
                 window_ms: 1000.0,
                 profile: &p,
@@ -965,6 +978,7 @@ mod tests {
         let fast = Trace::constant(8e6);
         let run = |merge: Option<MergeModel>, reuse: bool| {
             let cfg = SimConfig { merge, ..cfg() };
+            let p = Profile { merge, ..p.clone() };
             let mut planner = RulePlanner::new(Rule::All, &p, 96, 8e6, 40.0);
             let reuse = reuse.then_some(SimReuse {
                 window_ms: 1000.0,
@@ -1001,6 +1015,7 @@ mod tests {
             .collect();
         let run = |merge: Option<MergeModel>| {
             let cfg = SimConfig { merge, ..cfg() };
+            let p = Profile { merge, ..p.clone() };
             let mut planner = RulePlanner::new(Rule::Threshold(0.5), &p, 224, 8e6, 40.0);
             let reuse = SimReuse {
                 window_ms: 1000.0,
