@@ -873,11 +873,11 @@ mod tests {
             let xs = Sampler::axis(src_w, dst_w);
             let ys = Sampler::axis(src_h, dst_h);
             for offset in 0..bpp {
-                for oy in 0..dst_h {
+                for (oy, &(r0, r1)) in ys.iter().enumerate() {
                     let mut out = Vec::new();
                     sampler.sample_rows(&data, stride, bpp, [offset], oy, [&mut out]);
                     assert_eq!(out.len(), width);
-                    let (r0, r1) = (ys[oy].0 as usize, ys[oy].1 as usize);
+                    let (r0, r1) = (r0 as usize, r1 as usize);
                     for (i, &got) in out.iter().enumerate() {
                         let (x0, x1) = xs[i / repeat];
                         let at = |r: usize, x: u32| data[r * stride + x as usize * bpp + offset];
