@@ -74,6 +74,9 @@ pub fn wire_bytes(jpeg: f64) -> f64 {
 pub const TIME_STEP_MS: f64 = 2.0;
 /// Safety margin on every deadline: timer granularity and the encoder's variation.
 pub const MARGIN_MS: f64 = 10.0;
+/// Bounds on one answer's reported / profiled server time: a report outside them (a clock
+/// glitch) moves the scale no further than this.
+const SERVER_SCALE_RANGE: (f64, f64) = (0.02, 50.0);
 
 /// The cbo planner's two constants. Both have a meaning, and both are chosen by
 /// leave-one-source-out cross-validation over the trace corpus and the dev clips
@@ -234,10 +237,15 @@ pub struct CboPlanner {
     oracle: Option<LinkOracle>,
     /// Frames waiting for a decision, in arrival order.
     waiting: Vec<FrameIn>,
-    /// Bytes predicted for sent frames (for the size-ratio estimate).
-    predicted: Vec<(u64, f64)>,
-    /// Server time assumed per resolution: the profile's, scaled by what answers report.
-    server_scale: f64,
+    /// Per open transfer: the bytes predicted (for the size-ratio estimate) and the resolution
+    /// it went at (for the server-time scale).
+    predicted: Vec<(u64, f64, usize)>,
+    /// Server time assumed per resolution: the profile's, scaled by what answers report
+    /// (moving average of reported / profiled; 1 until the first answer). The profile was
+    /// measured against one server on one machine; the server a stream talks to may be a GPU
+    /// that answers in a tenth of that, or a loaded CPU that takes three times as long, and the
+    /// planner's deadline budget must be this one's.
+    server_scale: Option<f64>,
     /// Answer reuse ([`super::reuse`]), when the element applies it: a waiting frame in the
     /// run of the latest sent frame will get that frame's answer if it stays on the device, so
     /// keeping it is worth the answer's expected accuracy, not just its own confidence.
@@ -291,7 +299,7 @@ impl CboPlanner {
             oracle: None,
             waiting: Vec::new(),
             predicted: Vec::new(),
-            server_scale: 1.0,
+            server_scale: None,
             reuse_window_ms: None,
             run: (None, 0),
             run_of: std::collections::HashMap::new(),
@@ -391,7 +399,7 @@ impl CboPlanner {
     /// The time a transfer of `f` at `r` needs besides its upload: encode, RTT, server, margin.
     fn fixed_ms(&self, r: usize) -> f64 {
         let o = &self.opts[r];
-        o.encode_ms + self.link.rtt_ms + o.server_ms * self.server_scale + MARGIN_MS
+        o.encode_ms + self.link.rtt_ms + o.server_ms * self.server_scale.unwrap_or(1.0) + MARGIN_MS
     }
 
     /// Per waiting frame and resolution, for every start state `s` (the link free at
@@ -596,8 +604,20 @@ impl Planner for CboPlanner {
             .predicted
             .iter()
             .position(|p| p.0 == a.id)
-            .map(|i| self.predicted.swap_remove(i).1);
-        self.link.on_answer(&a, predicted);
+            .map(|i| self.predicted.swap_remove(i));
+        // A server that reports no time (0) says nothing about its speed.
+        if let Some(&(_, _, r)) = predicted.as_ref()
+            && self.opts[r].server_ms > 0.0
+            && a.server_ms > 0.0
+        {
+            let ratio = (a.server_ms / self.opts[r].server_ms)
+                .clamp(SERVER_SCALE_RANGE.0, SERVER_SCALE_RANGE.1);
+            self.server_scale = Some(match self.server_scale {
+                None => ratio,
+                Some(s) => 0.8 * s + 0.2 * ratio,
+            });
+        }
+        self.link.on_answer(&a, predicted.map(|p| p.1));
         self.delivery = 0.9 * self.delivery + 0.1;
         if let Some(s) = self.source.as_mut().filter(|s| s.id == a.id) {
             s.answered = true;
@@ -680,7 +700,7 @@ impl Planner for CboPlanner {
                     let enqueue = (now + self.opts[r].encode_ms).ceil() as u64;
                     o.queue.send(enqueue, bytes.round() as u64);
                 }
-                self.predicted.push((f.id, self.predicted_bytes(&f, r)));
+                self.predicted.push((f.id, self.predicted_bytes(&f, r), r));
                 actions.push((f.id, Action::Send { resolution: r }));
                 continue;
             }
@@ -920,6 +940,46 @@ pub(crate) mod tests {
             p.on_frame(alike(3, 1300.0, 8));
             assert_eq!(p.poll(1300.0), vec![(3, Action::Send { resolution: 1 })]);
         }
+    }
+
+    /// The deadline budget counts the server time this connection's answers report, not the
+    /// profile's: a server ten times slower than profiled leaves no time for a transfer the
+    /// profile would allow, one ten times faster leaves time for a larger one.
+    #[test]
+    fn the_deadline_budget_uses_the_server_time_answers_report() {
+        // Profile: server 20 ms at both resolutions; RTT 20, encode 1, margin 10. 8 Mbit/s:
+        // ~16 ms for the large frame, ~5 ms for the small one.
+        let decide = |server_ms: f64, deadline: f64| {
+            let mut p = CboPlanner::new(profile(), 8e6, 20.0);
+            for i in 0..5u64 {
+                let t = i as f64 * 300.0;
+                p.on_frame(frame(i, t, 0.2));
+                assert_eq!(p.poll(t), vec![(i, Action::Send { resolution: 1 })]);
+                p.on_answer(AnswerIn {
+                    id: i,
+                    now_ms: t + 16.0 + 20.0 + server_ms,
+                    bytes: 15000.0,
+                    server_ms,
+                    rtt_ms: Some(20.0),
+                });
+            }
+            p.on_frame(FrameIn {
+                deadline_ms: 2000.0 + deadline,
+                ..frame(9, 2000.0, 0.2)
+            });
+            p.poll(2000.0)
+        };
+        let large = vec![(9, Action::Send { resolution: 1 })];
+        let small = vec![(9, Action::Send { resolution: 0 })];
+        // As profiled: 90 ms fit the large frame (16 + 51), 60 ms only the small one.
+        assert_eq!(decide(20.0, 90.0), large);
+        assert_eq!(decide(20.0, 60.0), small);
+        // A server at 200 ms: nothing fits 90 ms.
+        assert_eq!(decide(200.0, 90.0), vec![(9, Action::Keep)]);
+        // A server at 2 ms: the large frame fits 60 ms (16 + 33).
+        assert_eq!(decide(2.0, 60.0), large);
+        // A server that reports no time changes nothing.
+        assert_eq!(decide(0.0, 60.0), small);
     }
 
     /// The DP's plan against every assignment of {keep, each resolution} to a small window,
