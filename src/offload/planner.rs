@@ -15,7 +15,8 @@
 //! device for frames of that confidence (of the label the frame leaves with: merged by the
 //! profile's merge model when the stream merges), at its lower bound
 //! ([`Profile::answer_accuracy`], [`CboParams::gain_z`]). Its answer arrives at `c + RTT + s_r` where `c` is when its last byte
-//! crosses the uplink and `s_r` the server time. The uplink is one FIFO (QUIC streams share one
+//! crosses the uplink and `s_r` the server time (the profile's, scaled by what this
+//! connection's answers report: [`CboPlanner`]'s `server_scale`). The uplink is one FIFO (QUIC streams share one
 //! congestion window), so frames are sent in deadline (= arrival) order.
 //!
 //! Whether an answer arrives is a probability, not a margin: `P` that the bytes ahead of it plus
@@ -732,10 +733,11 @@ impl Planner for CboPlanner {
 
     fn describe(&self) -> String {
         format!(
-            "{} waiting, {}, delivery {:.2}",
+            "{} waiting, {}, delivery {:.2}, server time x{:.2} of the profile's",
             self.waiting.len(),
             self.link.describe(),
-            self.delivery
+            self.delivery,
+            self.server_scale.unwrap_or(1.0)
         )
     }
 }
