@@ -6,7 +6,7 @@
 //! Two paths produce the RGB image:
 //! - the fast path, for the formats decoders and cameras actually produce (I420, YV12, NV12, NV21
 //!   and the packed 8-bit RGB variants): each output pixel samples its source neighbourhood
-//!   directly (see [`Sampler`]), YUV becomes RGB with the frame's own matrix (BT.601/709/2020) and
+//!   directly (see `Sampler`), YUV becomes RGB with the frame's own matrix (BT.601/709/2020) and
 //!   range, and normalisation is fused into the same pass, written with AVX2/FMA where the CPU
 //!   has them (runtime detection). On a 640x360 I420 frame this is an order of magnitude cheaper
 //!   than GStreamer's generic converter, and the 5 % overhead budget over a bare model run needs

@@ -60,8 +60,8 @@ struct Cli {
     /// Server ONNX model for --backend local (default: the bundled EfficientNet-Lite2)
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Class names of the model: one per line or TSV index<TAB>wnid<TAB>name (default: ImageNet
-    /// for 1000/1001 outputs). `--model-labels` is accepted too, as in the `cbo` tools.
+    /// Class names of the model: one per line, or TSV rows of index, wnid and name (default:
+    /// ImageNet for 1000/1001 outputs). `--model-labels` is accepted too, as in the `cbo` tools.
     #[arg(long, alias = "model-labels")]
     labels: Option<PathBuf>,
     /// Per-channel mean: one value or R,G,B

@@ -14,7 +14,7 @@
 //! connection changes and ticks arrive over one channel as [`Input`]s, each stamped with its
 //! time; after each input the planner is polled at that time, and between inputs the thread
 //! sleeps on the channel until the planner's next wake-up. The thread is generic over a
-//! [`Clock`]: on the [`VirtualClock`] time moves only with the inputs, so the tests below (and
+//! [`Clock`]: on the [`VirtualClock`](super::clock::VirtualClock) time moves only with the inputs, so the tests below (and
 //! the test against `cbo eval`'s simulator) run the real thread on virtual time without sleeps.
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -138,7 +138,7 @@ impl<P, A, C: Clock> HoldQueue<P, A, C> {
     }
 
     /// Appends frame `id` before its classification: it leaves only after
-    /// [`HoldQueue::classified`] (or goes with [`HoldQueue::remove`]).
+    /// [`HoldQueue::classified`] (or goes with [`HoldQueue::remove_classifying`]).
     pub fn push_classifying(&mut self, payload: P, id: u64) {
         self.entries.push_back(Entry {
             payload,

@@ -85,7 +85,7 @@ impl LinkEstimate {
         }
     }
 
-    /// Keeps the last `n` delivery records (at least one) instead of [`SAMPLES`].
+    /// Keeps the last `n` delivery records (at least one) instead of `SAMPLES` (20).
     pub fn with_records(mut self, n: usize) -> Self {
         self.max_samples = n.max(1);
         self
@@ -162,7 +162,7 @@ impl LinkEstimate {
         out.sort_by(|a, b| b.total_cmp(a));
     }
 
-    /// A transport RTT sample. The planner uses the minimum of the last [`SAMPLE_AGE_MS`]: the
+    /// A transport RTT sample. The planner uses the minimum of the last `SAMPLE_AGE_MS` (10 s): the
     /// transport's smoothed RTT includes the time our own packets queue at the bottleneck, which
     /// the link model already counts as upload time (counting it twice made the element plan
     /// with ~100 ms less than it had on a slow uplink).

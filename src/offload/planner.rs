@@ -91,7 +91,7 @@ pub struct CboParams {
     /// The gain of a transfer is taken `gain_z` standard errors below the profile's estimate
     /// ([`Profile::gain_lower_bound`]): the profile comes from one clip, other content gains less.
     pub gain_z: f64,
-    /// How many recent delivery records (at most [`SAMPLE_AGE_MS`](super::link_estimate::SAMPLE_AGE_MS) old) describe the link: fewer
+    /// How many recent delivery records (at most 10 s old) describe the link: fewer
     /// follow a changing link sooner, more give a finer arrival probability (it moves in steps of
     /// one record).
     #[serde(default = "default_records")]

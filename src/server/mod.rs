@@ -14,10 +14,10 @@
 //! `--metrics ADDR` serves Prometheus metrics and health checks ([`ops`]); logs go through
 //! `tracing`.
 //!
-//! The network side ([`connection`]) is a thin adapter: it authenticates, enforces the limits
+//! The network side (`connection`) is a thin adapter: it authenticates, enforces the limits
 //! ([`Limits`]), turns request frames into engine jobs and engine outcomes into response frames.
 //! Every misbehaving request is answered (or its stream/connection closed) with an
-//! [`ErrorCode`](crate::protocol::ErrorCode) and logged, and never affects other clients.
+//! [`ErrorCode`] and logged, and never affects other clients.
 
 pub mod backend;
 pub mod batch;
