@@ -245,8 +245,12 @@ pub struct CboPlanner {
     /// (moving average of reported / profiled; 1 until the first answer). The profile was
     /// measured against one server on one machine; the server a stream talks to may be a GPU
     /// that answers in a tenth of that, or a loaded CPU that takes three times as long, and the
-    /// planner's deadline budget must be this one's.
-    server_scale: Option<f64>,
+    /// planner's deadline budget must be this one's. With the time of the last answer: with no
+    /// answer for [`SAMPLE_AGE_MS`](super::link_estimate::SAMPLE_AGE_MS) it returns to 1, so a
+    /// scale that made every transfer look too slow (and so stopped the answers that would
+    /// lower it) cannot stop offloading for good; the reported time includes the server's queue,
+    /// which our own burst may have filled.
+    server_scale: Option<(f64, f64)>,
     /// Answer reuse ([`super::reuse`]), when the element applies it: a waiting frame in the
     /// run of the latest sent frame will get that frame's answer if it stays on the device, so
     /// keeping it is worth the answer's expected accuracy, not just its own confidence.
@@ -397,10 +401,15 @@ impl CboPlanner {
         wire_bytes(self.predicted_bytes(f, r) * self.link.size_ratio)
     }
 
+    /// Reported / profiled server time ([`Self::server_scale`]'s field): 1 until an answer.
+    fn server_scale(&self) -> f64 {
+        self.server_scale.map_or(1.0, |(scale, _)| scale)
+    }
+
     /// The time a transfer of `f` at `r` needs besides its upload: encode, RTT, server, margin.
     fn fixed_ms(&self, r: usize) -> f64 {
         let o = &self.opts[r];
-        o.encode_ms + self.link.rtt_ms + o.server_ms * self.server_scale.unwrap_or(1.0) + MARGIN_MS
+        o.encode_ms + self.link.rtt_ms + o.server_ms * self.server_scale() + MARGIN_MS
     }
 
     /// Per waiting frame and resolution, for every start state `s` (the link free at
@@ -613,10 +622,11 @@ impl Planner for CboPlanner {
         {
             let ratio = (a.server_ms / self.opts[r].server_ms)
                 .clamp(SERVER_SCALE_RANGE.0, SERVER_SCALE_RANGE.1);
-            self.server_scale = Some(match self.server_scale {
+            let scale = match self.server_scale {
                 None => ratio,
-                Some(s) => 0.8 * s + 0.2 * ratio,
-            });
+                Some((s, _)) => 0.8 * s + 0.2 * ratio,
+            };
+            self.server_scale = Some((scale, a.now_ms));
         }
         self.link.on_answer(&a, predicted.map(|p| p.1));
         self.delivery = 0.9 * self.delivery + 0.1;
@@ -636,6 +646,12 @@ impl Planner for CboPlanner {
 
     fn poll(&mut self, now: f64) -> Vec<(u64, Action)> {
         self.link.refresh(now);
+        if self
+            .server_scale
+            .is_some_and(|(_, at)| now - at > super::link_estimate::SAMPLE_AGE_MS)
+        {
+            self.server_scale = None;
+        }
         let mut actions = Vec::new();
         loop {
             // Frames no option can serve any more, or that nothing improves, leave now.
@@ -737,7 +753,7 @@ impl Planner for CboPlanner {
             self.waiting.len(),
             self.link.describe(),
             self.delivery,
-            self.server_scale.unwrap_or(1.0)
+            self.server_scale()
         )
     }
 }
@@ -978,6 +994,27 @@ pub(crate) mod tests {
         assert_eq!(decide(20.0, 60.0), small);
         // A server at 200 ms: nothing fits 90 ms.
         assert_eq!(decide(200.0, 90.0), vec![(9, Action::Keep)]);
+        // ...and with nothing sent, no answer lowers it again: after 10 s without one the
+        // budget is the profile's once more.
+        let mut p = CboPlanner::new(profile(), 8e6, 20.0);
+        for i in 0..5u64 {
+            let t = i as f64 * 300.0;
+            p.on_frame(frame(i, t, 0.2));
+            p.poll(t);
+            p.on_answer(AnswerIn {
+                id: i,
+                now_ms: t + 236.0,
+                bytes: 15000.0,
+                server_ms: 200.0,
+                rtt_ms: Some(20.0),
+            });
+        }
+        let late = 1436.0 + SAMPLE_AGE_MS + 1.0;
+        p.on_frame(FrameIn {
+            deadline_ms: late + 90.0,
+            ..frame(9, late, 0.2)
+        });
+        assert_eq!(p.poll(late), large);
         // A server at 2 ms: the large frame fits 60 ms (16 + 33).
         assert_eq!(decide(2.0, 60.0), large);
         // A server that reports no time changes nothing.
