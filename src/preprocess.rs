@@ -500,7 +500,7 @@ impl FastPath {
 /// 1.5, else the average of two neighbours (a 2-tap box), per axis. For the 2-3x reductions
 /// cameras need (640x360 or 1280x720 to 224) this removes most aliasing at a fraction of the cost
 /// of a full convolution: on dev-slideshow it scores within 0.002 top-1 of an antialiased bilinear
-/// resize, and it is what keeps the element within a few per cent of a bare model run.
+/// resize, at ~0.1 ms a 640x360 frame (docs/evaluation.md, "Cheaper pre-processing").
 ///
 /// Rows are done in passes over contiguous bytes, which the compiler turns into SIMD byte
 /// averages: the two source rows are averaged over their whole width, then (2-tap columns) each

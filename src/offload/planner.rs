@@ -14,10 +14,11 @@
 //! answer arrives by `d_i`, is worth `A(p_i, r) = p_i + G(p_i, r)`: the profile's gain over the
 //! device for frames of that confidence (of the label the frame leaves with: merged by the
 //! profile's merge model when the stream merges), at its lower bound
-//! ([`Profile::answer_accuracy`], [`CboParams::gain_z`]). Its answer arrives at `c + RTT + s_r` where `c` is when its last byte
-//! crosses the uplink and `s_r` the server time (the profile's, scaled by what this
-//! connection's answers report: [`CboPlanner`]'s `server_scale`). The uplink is one FIFO (QUIC streams share one
-//! congestion window), so frames are sent in deadline (= arrival) order.
+//! ([`Profile::answer_accuracy`], [`CboParams::gain_z`]). Its answer arrives at
+//! `c + RTT + s_r` where `c` is when its last byte crosses the uplink and `s_r` the server time
+//! (the profile's, scaled by what this connection's answers report). The uplink is one FIFO
+//! (QUIC streams share one congestion window), so frames are sent in deadline (= arrival)
+//! order.
 //!
 //! Whether an answer arrives is a probability, not a margin: `P` that the bytes ahead of it plus
 //! its own cross the uplink within `d_i − now − (RTT + s_r + encode + margin)`, from this
@@ -401,7 +402,8 @@ impl CboPlanner {
         wire_bytes(self.predicted_bytes(f, r) * self.link.size_ratio)
     }
 
-    /// Reported / profiled server time ([`Self::server_scale`]'s field): 1 until an answer.
+    /// Reported / profiled server time, as the `server_scale` field averages it: 1 before the
+    /// first answer and again 10 s after the last.
     fn server_scale(&self) -> f64 {
         self.server_scale.map_or(1.0, |(scale, _)| scale)
     }
