@@ -700,7 +700,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
     let summary = summarise(&runs.iter().map(|r| &r.policies).collect::<Vec<_>>());
     let cv = args
         .cv
-        .then(|| cross_validate(&runs, &per_candidate, &candidates));
+        .then(|| cross_validate(&runs, &per_candidate, &candidates, &clips));
     if let Some(png) = &args.plot {
         // With --cv the plots show the cbo policies' cross-validated results.
         let plotted: Vec<Run> = match &cv {
@@ -738,7 +738,15 @@ fn cross_validate(
     runs: &[Run],
     per_candidate: &[CandidateResults],
     candidates: &[CboParams],
+    clips: &[Clip],
 ) -> CvReport {
+    // What keeping every device label scores on each clip (`local`, whether or not it ran).
+    let device_accuracy = |clip: &str| {
+        clips.iter().find(|c| c.name == clip).map_or(0.0, |c| {
+            let right = c.frames.iter().filter(|f| f.device_correct).count();
+            right as f64 / c.frames.len().max(1) as f64
+        })
+    };
     let on = ["cbo+reuse", "cbo"]
         .into_iter()
         .find(|p| {
@@ -755,6 +763,7 @@ fn cross_validate(
             clip: run.clip.clone(),
             source: run.source.clone(),
             best_baseline: best_baseline(&run.policies),
+            local: device_accuracy(&run.clip),
             per_candidate: cands
                 .iter()
                 .map(|m| m.get(on).cloned().unwrap_or_default())
