@@ -119,6 +119,27 @@ impl Trace {
         (index / n) * self.period_ms + self.times_ms[(index % n) as usize]
     }
 
+    /// The same link met `offset_ms` into it: opportunity `t` of this trace is at `t − offset`
+    /// (modulo the period) in the result. `cbo eval --e2e` replays a cell with the trace as the
+    /// real run met it (its clip started some time after the relay's trace clock).
+    pub fn rotated(&self, offset_ms: u64) -> Self {
+        let offset = offset_ms % self.period_ms;
+        let mut times_ms: Vec<u64> = self
+            .times_ms
+            .iter()
+            .map(|&t| match (t + self.period_ms - offset) % self.period_ms {
+                // A period covers (0, period]: time 0 is the previous period's last instant.
+                0 => self.period_ms,
+                r => r,
+            })
+            .collect();
+        times_ms.sort_unstable();
+        Self {
+            times_ms,
+            period_ms: self.period_ms,
+        }
+    }
+
     /// Bytes the link can carry in `[t0_ms, t1_ms)`.
     pub fn capacity_bytes(&self, t0_ms: u64, t1_ms: u64) -> u64 {
         if t1_ms <= t0_ms {
@@ -207,6 +228,33 @@ impl LinkQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotated_trace_is_the_same_link_met_later() {
+        let t = Trace::parse("3\n3\n7\n12\n20").unwrap();
+        assert_eq!(t.rotated(0), t);
+        assert_eq!(t.rotated(20), t);
+        let r = t.rotated(7);
+        assert_eq!(r.period_ms(), 20);
+        // What the original carries in [7 + a, 7 + b), the rotated one carries in [a, b) (from
+        // time 1: as in any trace, time 0 is the end of the period before the first).
+        for (a, b) in [
+            (1, 5),
+            (1, 13),
+            (4, 30),
+            (1, 40),
+            (13, 19),
+            (13, 21),
+            (20, 47),
+        ] {
+            assert_eq!(
+                r.capacity_bytes(a, b),
+                t.capacity_bytes(7 + a, 7 + b),
+                "[{a}, {b})"
+            );
+        }
+        assert_eq!(r.mean_bps(), t.mean_bps());
+    }
 
     #[test]
     fn parses_and_repeats() {

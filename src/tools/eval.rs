@@ -144,6 +144,10 @@ pub struct Run {
     /// `--e2e`: the same policies run for real (element, relay, server).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub e2e: BTreeMap<String, SimResult>,
+    /// `--e2e`: each policy's simulation with the trace as its real run met it (the clip
+    /// started `trace_offset_ms` into the relay's trace; the column `simulated` starts at 0).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub e2e_simulated: BTreeMap<String, AlignedSim>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -445,13 +449,15 @@ fn run_setting(
         per_candidate.push(results);
     }
     Ok((
-        run_policies(args, profile, clip, trace, &cfg)?,
+        run_policies(args, &args.policies, profile, clip, trace, &cfg)?,
         per_candidate,
     ))
 }
 
+/// Replays `names` (policies) on one setting.
 fn run_policies(
     args: &EvalArgs,
+    names: &[String],
     profile: &Profile,
     clip: &Clip,
     trace: &Arc<Trace>,
@@ -460,7 +466,7 @@ fn run_policies(
     let cfg = *cfg;
     let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
     let mut policies = BTreeMap::new();
-    for name in &args.policies {
+    for name in names {
         let reuse = name.ends_with(REUSE_SUFFIX);
         let cfg = SimConfig {
             merge: merge_for(name, profile),
@@ -489,6 +495,14 @@ fn run_policies(
         policies.insert(name.clone(), result);
     }
     Ok(policies)
+}
+
+/// A policy's simulation replayed from where its real run met the trace.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AlignedSim {
+    pub trace_offset_ms: u64,
+    #[serde(flatten)]
+    pub result: SimResult,
 }
 
 /// The replay's link and timing for one deadline.
@@ -661,6 +675,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
         let reuse_share = share("cbo+reuse", "clairvoyant+reuse");
         let share = share("cbo", "clairvoyant");
         let mut e2e = BTreeMap::new();
+        let mut e2e_simulated = BTreeMap::new();
         if args.e2e {
             for name in args
                 .policies
@@ -682,7 +697,21 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
                     deadline,
                     clip.frames.len(),
                 )?;
-                e2e.insert(name.clone(), r);
+                let aligned = Arc::new(trace.rotated(r.trace_offset_ms));
+                let cfg = sim_config(args, deadline);
+                let only = std::slice::from_ref(name);
+                if let Some(sim) =
+                    run_policies(args, only, &profile, clip, &aligned, &cfg)?.remove(name)
+                {
+                    e2e_simulated.insert(
+                        name.clone(),
+                        AlignedSim {
+                            trace_offset_ms: r.trace_offset_ms,
+                            result: sim,
+                        },
+                    );
+                }
+                e2e.insert(name.clone(), r.result);
             }
         }
         runs.push(Run {
@@ -695,6 +724,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
             cbo_share_of_clairvoyant_gain: share,
             cbo_reuse_share_of_clairvoyant_reuse_gain: reuse_share,
             e2e,
+            e2e_simulated,
         });
     }
     let summary = summarise(&runs.iter().map(|r| &r.policies).collect::<Vec<_>>());
@@ -993,7 +1023,16 @@ fn print_run(run: &Run) {
     }
     for (name, s) in &run.e2e {
         let sim = run.policies.get(name).map_or(f64::NAN, |p| p.accuracy);
-        println!("{}  (simulated {sim:.3})", row(&format!("e2e {name}"), s));
+        let aligned = run.e2e_simulated.get(name).map_or(String::new(), |a| {
+            format!(
+                "; {:.3} from {} ms into the trace, where this run started",
+                a.result.accuracy, a.trace_offset_ms
+            )
+        });
+        println!(
+            "{}  (simulated {sim:.3}{aligned})",
+            row(&format!("e2e {name}"), s)
+        );
     }
 }
 

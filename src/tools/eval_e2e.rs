@@ -25,6 +25,14 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
+/// What one real run measured, and where in the trace its clip started.
+pub struct E2eRun {
+    pub result: SimResult,
+    /// How far into the relay's trace the clip started (the relay's clock starts before the
+    /// element connects): the simulation of the same run replays the trace from here.
+    pub trace_offset_ms: u64,
+}
+
 /// Runs `policy` for real on the first `frames` frames of `clip` (video, labels CSV).
 pub fn run(
     args: &EvalArgs,
@@ -34,7 +42,7 @@ pub fn run(
     trace: &Trace,
     deadline_ms: f64,
     frames: usize,
-) -> Result<SimResult, String> {
+) -> Result<E2eRun, String> {
     super::init_gstreamer()?;
     let profile = Profile::load(profile_path).map_err(|e| e.to_string())?;
     let models = inference::models_dir();
@@ -156,6 +164,7 @@ pub fn run(
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|_| "cannot start the e2e pipeline".to_string())?;
+    let trace_offset_ms = netem.started_at().elapsed().as_millis() as u64;
     let bus = pipeline.bus().expect("bus");
     let mut error = None;
     for msg in bus.iter_timed(gst::ClockTime::NONE) {
@@ -203,7 +212,7 @@ pub fn run(
         .count();
     let mut lat: Vec<f64> = results.iter().map(|(_, ms)| *ms).collect();
     lat.sort_by(f64::total_cmp);
-    Ok(SimResult {
+    let result = SimResult {
         accuracy: right as f64 / n,
         deadline_miss_rate: missed as f64 / n,
         offload_ratio: sent.len() as f64 / n,
@@ -221,5 +230,9 @@ pub fn run(
         reuse_ratio: reused as f64 / n,
         sent_at: Vec::new(),
         answered: Vec::new(),
+    };
+    Ok(E2eRun {
+        result,
+        trace_offset_ms,
     })
 }
