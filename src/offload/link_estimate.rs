@@ -17,6 +17,99 @@ pub(crate) const SAMPLE_AGE_MS: f64 = 10_000.0;
 /// a low quantile keeps its deadline misses comparable).
 pub const FASTVA_QUANTILE: f64 = 0.1;
 
+/// The arrival probability of one transfer as a function of how late it starts, for a planner
+/// that tabulates it over every start in one sweep ([`Self::reset`], then [`Self::at`] with
+/// starts that never decrease). Its buffers are kept between transfers.
+#[derive(Debug, Default)]
+pub(super) struct ArrivalSweep {
+    /// Per measured record, the latest start (ms of planned link time) at which it still carries
+    /// the transfer, largest first.
+    latest: Vec<f64>,
+    /// The failures' bounds.
+    bounds: Vec<f64>,
+    /// How many of `latest` are at or after the last start asked for.
+    carrying: usize,
+    ahead: f64,
+    bytes: f64,
+    budget_ms: f64,
+    charge: f64,
+}
+
+impl ArrivalSweep {
+    /// For a transfer of `bytes` that waits behind `ahead + s · charge` bytes when the planner
+    /// puts it `s` ms of link time after its start (`charge`: the bytes per ms planned link time
+    /// stands for), with `budget_ms` from now.
+    pub(super) fn reset(
+        &mut self,
+        link: &LinkEstimate,
+        ahead: f64,
+        bytes: f64,
+        budget_ms: f64,
+        charge: f64,
+    ) {
+        let charge = charge.max(1e-9);
+        self.latest.clear();
+        self.bounds.clear();
+        for (rate, censored) in link.rates() {
+            if censored {
+                self.bounds.push(rate);
+            } else {
+                self.latest
+                    .push((rate * budget_ms - bytes - ahead) / charge);
+            }
+        }
+        self.latest.sort_by(|a, b| b.total_cmp(a));
+        self.carrying = self.latest.len();
+        (self.ahead, self.bytes, self.budget_ms, self.charge) = (ahead, bytes, budget_ms, charge);
+    }
+
+    /// The arrival probability when the transfer starts `start_ms` of planned link time late.
+    pub(super) fn at(&mut self, start_ms: f64) -> f64 {
+        let n = self.latest.len() + self.bounds.len();
+        if self.budget_ms <= 0.0 || n == 0 {
+            return 0.0;
+        }
+        while self.carrying > 0 && self.latest[self.carrying - 1] < start_ms {
+            self.carrying -= 1;
+        }
+        let need = (self.ahead + start_ms * self.charge + self.bytes) / self.budget_ms;
+        let failures: f64 = self.bounds.iter().map(|&b| carried(b, true, need)).sum();
+        (self.carrying as f64 + failures) / n as f64
+    }
+}
+
+/// One delivery record: the throughput a request met, or for a request that failed the bound its
+/// failure proves.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    /// Bytes per ms.
+    rate: f64,
+    /// A failure: the link was slower than `rate`, by how much is unknown.
+    censored: bool,
+    /// When it stops describing the link.
+    until_ms: f64,
+}
+
+/// The chance that a record of `rate` bytes per ms carries a transfer that needs `need`: 1 or 0
+/// for a measured rate. A failure proves only that the link was slower than its `rate`; where
+/// below is unknown, so it counts the share of `[0, rate)` at or above `need`.
+///
+/// Counted as a measured rate instead, a failure carried the next transfer whenever that needed
+/// a little less, and it did: the bound is `bytes / busy` with `busy` about the time the failed
+/// transfer was given, so the next, slightly smaller transfer always fitted under it. On
+/// `nyc3g-up-subway` at 200 ms the planner sent twelve transfers in 1.2 s into a link that
+/// carried 15–45 B/ms, every one planned at P = 1 on records of failures at ~100 B/ms, and all
+/// twelve missed (docs/evaluation.md).
+pub(super) fn carried(rate: f64, censored: bool, need: f64) -> f64 {
+    if !censored {
+        f64::from(u8::from(rate >= need))
+    } else if rate > 0.0 {
+        (1.0 - need / rate).max(0.0)
+    } else {
+        0.0
+    }
+}
+
 impl LinkEstimate {
     pub(super) fn describe(&self) -> String {
         format!(
@@ -38,11 +131,19 @@ pub struct LinkEstimate {
     pub bandwidth: f64,
     /// Which quantile of the records [`Self::bandwidth`] is (0.1: exceeded 90 % of the time).
     quantile: f64,
-    /// Recent per-request delivery records (time, bytes per ms), newest last. A request that
-    /// failed contributes the upper bound its failure proves.
-    samples: std::collections::VecDeque<(f64, f64)>,
+    /// Recent per-request delivery records, newest last. A request that failed contributes the
+    /// upper bound its failure proves, for `failure_memory_ms`.
+    samples: std::collections::VecDeque<Record>,
     /// How many of them it keeps.
     max_samples: usize,
+    /// How long a failure's record lasts (answers' last [`SAMPLE_AGE_MS`]), doubled for each
+    /// further failure of the same outage.
+    failure_memory_ms: f64,
+    /// Failures since the last answer, counting only requests sent after the previous failure
+    /// was known (those sent before it met the same moment of the outage).
+    outage_failures: u32,
+    /// When the last failure was known.
+    last_failure_ms: f64,
     /// Recent transport RTT samples (time, ms), newest last.
     rtts: std::collections::VecDeque<(f64, f64)>,
     /// Where the estimate starts, and returns to once every sample is stale: a probe. It is
@@ -72,6 +173,9 @@ impl LinkEstimate {
             quantile: FASTVA_QUANTILE,
             samples: std::collections::VecDeque::new(),
             max_samples: SAMPLES,
+            failure_memory_ms: SAMPLE_AGE_MS,
+            outage_failures: 0,
+            last_failure_ms: f64::NEG_INFINITY,
             rtts: std::collections::VecDeque::new(),
             initial: initial_bps / 8.0 / 1000.0,
             overdue: None,
@@ -91,14 +195,30 @@ impl LinkEstimate {
         self
     }
 
+    /// Forgets a failure's record after `ms` (at most [`SAMPLE_AGE_MS`], how long an answer's
+    /// lasts), doubled for each further failure of the same outage.
+    ///
+    /// A failure shows an outage, and counted by its bound (see [`carried`]) it holds large
+    /// transfers back while it lasts. Nothing sent means nothing that could replace it, so kept
+    /// as long as an answer it held them back 10 s after every outage on a driving trace whose
+    /// outages end within a second. How long an outage lasts is unknown; one that has outlasted
+    /// a failure's memory is likely to last longer (a request sent after the previous failure
+    /// was known fails too), so each such failure is remembered twice as long as the one before,
+    /// until an answer comes: the probes into a long outage thin out instead of recurring every
+    /// `ms`. The base memory is cross-validated (`CboParams::failure_memory_ms`; 1 s).
+    pub fn with_failure_memory(mut self, ms: f64) -> Self {
+        self.failure_memory_ms = ms.clamp(0.0, SAMPLE_AGE_MS);
+        self
+    }
+
     /// Plans link time with the `quantile` of recent throughput.
     pub fn with_quantile(mut self, quantile: f64) -> Self {
         self.quantile = quantile.clamp(0.0, 1.0);
         self
     }
 
-    /// The rates [`Self::arrival_probability`] weighs, each with weight one: the recent records,
-    /// or the initial estimate while there is none.
+    /// The rates [`Self::arrival_probability`] weighs, each with weight one and whether it is a
+    /// failure's bound: the recent records, or the initial estimate while there is none.
     ///
     /// The initial estimate is a guess, not a measurement: once the connection has a record it
     /// no longer counts. Kept as a record of weight one it capped every probability at
@@ -111,55 +231,26 @@ impl LinkEstimate {
     /// record (as it caps [`Self::bandwidth`]) until it is answered or fails. A failure, once
     /// over, is one record among the others: capping on it until the next answer stopped all
     /// sending for seconds after every miss on a bursty link.
-    fn rates(&self) -> impl Iterator<Item = f64> + '_ {
+    fn rates(&self) -> impl Iterator<Item = (f64, bool)> + '_ {
         let cap = self.overdue.unwrap_or(f64::INFINITY);
         self.samples
             .iter()
-            .map(|s| s.1)
-            .chain(self.samples.is_empty().then_some(self.initial))
-            .map(move |r| r.min(cap))
+            .map(|s| (s.rate, s.censored))
+            .chain(self.samples.is_empty().then_some((self.initial, false)))
+            .map(move |(r, c)| if r > cap { (cap, c) } else { (r, c) })
     }
 
     /// The probability that `bytes` handed to the uplink now, behind `ahead` bytes still to
     /// cross it, are answered within `budget_ms` (the deadline less now, RTT, server time,
     /// encode and margin), estimated from this connection's delivery record: the share of recent
     /// requests whose throughput would have carried all of it in time. A failed request counts
-    /// at the upper bound its failure proves (an outage: close to zero), the initial estimate
-    /// stands in until there is a record, and the newest evidence of a slow link caps them all
-    /// (see `rates`).
+    /// by the share of what lies below its bound that would have ([`carried`]), the initial
+    /// estimate stands in until there is a record, and the newest evidence of a slow link caps
+    /// them all (see `rates`).
     pub fn arrival_probability(&self, ahead: f64, bytes: f64, budget_ms: f64) -> f64 {
-        if budget_ms <= 0.0 {
-            return 0.0;
-        }
-        let need = (ahead + bytes) / budget_ms;
-        let (mut ok, mut n) = (0usize, 0usize);
-        for r in self.rates() {
-            n += 1;
-            ok += usize::from(r >= need);
-        }
-        ok as f64 / n as f64
-    }
-
-    /// For a transfer of `bytes` that waits behind `ahead + s · charge` bytes when the planner
-    /// puts it `s` ms of link time after its start (`charge`: the bytes per ms planned link time
-    /// stands for), with `budget_ms` from now: per record, the largest `s` at which that record's
-    /// throughput still carries everything in time, sorted largest first. The arrival
-    /// probability at `s` is the share of these that are ≥ `s`, so the planner tabulates it over
-    /// every `s` in one sweep.
-    pub(super) fn latest_starts(
-        &self,
-        ahead: f64,
-        bytes: f64,
-        budget_ms: f64,
-        charge: f64,
-        out: &mut Vec<f64>,
-    ) {
-        out.clear();
-        out.extend(
-            self.rates()
-                .map(|r| (r * budget_ms - bytes - ahead) / charge.max(1e-9)),
-        );
-        out.sort_by(|a, b| b.total_cmp(a));
+        let mut sweep = ArrivalSweep::default();
+        sweep.reset(self, ahead, bytes, budget_ms, 1.0);
+        sweep.at(0.0)
     }
 
     /// A transport RTT sample. The planner uses the minimum of the last `SAMPLE_AGE_MS` (10 s): the
@@ -205,18 +296,13 @@ impl LinkEstimate {
     /// than estimated.
     pub fn refresh(&mut self, now: f64) {
         self.expire_rtts(now);
-        while self
-            .samples
-            .front()
-            .is_some_and(|&(t, _)| now - t > SAMPLE_AGE_MS)
-        {
-            self.samples.pop_front();
-        }
+        // An answer's record lasts SAMPLE_AGE_MS; a failure's less (`with_failure_memory`).
+        self.samples.retain(|s| now <= s.until_ms);
         self.overdue = None;
         self.bandwidth = if self.samples.is_empty() {
             self.initial
         } else {
-            let mut sorted: Vec<f64> = self.samples.iter().map(|s| s.1).collect();
+            let mut sorted: Vec<f64> = self.samples.iter().map(|s| s.rate).collect();
             sorted.sort_by(f64::total_cmp);
             sorted[((sorted.len() - 1) as f64 * self.quantile).floor() as usize]
         };
@@ -254,7 +340,12 @@ impl LinkEstimate {
         let busy = completion - sent_ms.max(self.last_completion_ms);
         self.last_completion_ms = self.last_completion_ms.max(completion);
         if busy > 0.5 {
-            self.push_sample(a.now_ms, bytes / busy);
+            self.outage_failures = 0;
+            self.push_record(Record {
+                rate: bytes / busy,
+                censored: false,
+                until_ms: a.now_ms + SAMPLE_AGE_MS,
+            });
         }
         self.refresh(a.now_ms);
         if let Some(p) = predicted_bytes.filter(|&p| p > 0.0) {
@@ -271,18 +362,30 @@ impl LinkEstimate {
         if let Some(pos) = self.sent.iter().position(|s| s.0 == id) {
             let (_, sent_ms, bytes) = self.sent.remove(pos);
             let busy = now - self.rtt_ms - self.server_ms - sent_ms.max(self.last_completion_ms);
+            // A request sent after the last failure was known that fails too finds the outage
+            // still there: it has lasted longer than that failure's memory allowed.
+            if sent_ms > self.last_failure_ms {
+                self.outage_failures += 1;
+            }
+            self.last_failure_ms = now;
             if busy > 0.5 {
-                self.push_sample(now, bytes / busy);
+                let memory = self.failure_memory_ms
+                    * 2f64.powi(self.outage_failures.saturating_sub(1).min(16) as i32);
+                self.push_record(Record {
+                    rate: bytes / busy,
+                    censored: true,
+                    until_ms: now + memory.min(SAMPLE_AGE_MS),
+                });
             }
         }
         self.refresh(now);
     }
 
-    fn push_sample(&mut self, now: f64, bytes_per_ms: f64) {
+    fn push_record(&mut self, record: Record) {
         while self.samples.len() >= self.max_samples {
             self.samples.pop_front();
         }
-        self.samples.push_back((now, bytes_per_ms));
+        self.samples.push_back(record);
     }
 }
 
@@ -333,6 +436,57 @@ mod tests {
         assert!((record(5) - 0.6).abs() < 1e-9, "{}", record(5));
         assert_eq!(record(3), 1.0);
         assert!((record(4) - 0.75).abs() < 1e-9, "{}", record(4));
+    }
+
+    #[test]
+    fn a_failure_carries_the_share_below_its_bound_that_would_do() {
+        assert_eq!(carried(100.0, false, 99.0), 1.0);
+        assert_eq!(carried(100.0, false, 101.0), 0.0);
+        assert!((carried(100.0, true, 25.0) - 0.75).abs() < 1e-12);
+        assert_eq!(carried(100.0, true, 99.0 + 2.0), 0.0);
+        assert_eq!(carried(0.0, true, 1.0), 0.0);
+    }
+
+    #[test]
+    fn failures_of_one_moment_count_once_and_a_later_one_is_remembered_twice_as_long() {
+        let mut l = LinkEstimate::new(8e6, 20.0).with_failure_memory(1000.0);
+        // Three requests sent together fail one after the other: one moment of an outage, each
+        // remembered 1 s.
+        for id in 0..3 {
+            l.on_send(id, 0.0, 10_000.0);
+        }
+        for id in 0..3 {
+            l.on_failure(id, 500.0 + id as f64 * 100.0);
+        }
+        l.refresh(1_650.0);
+        assert_eq!(l.samples.len(), 1);
+        l.refresh(1_701.0);
+        assert!(l.samples.is_empty());
+        // One sent after them that fails too: the outage outlasted their memory, 2 s.
+        l.on_send(3, 1_800.0, 10_000.0);
+        l.on_failure(3, 2_300.0);
+        l.refresh(4_299.0);
+        assert_eq!(l.samples.len(), 1);
+        l.refresh(4_301.0);
+        assert!(l.samples.is_empty());
+        // An answer ends the outage: the next failure is remembered 1 s again.
+        l.on_send(4, 5_000.0, 10_000.0);
+        l.on_answer(
+            &AnswerIn {
+                id: 4,
+                now_ms: 5_100.0,
+                bytes: 10_000.0,
+                server_ms: 5.0,
+                rtt_ms: None,
+            },
+            None,
+        );
+        l.on_send(5, 6_000.0, 10_000.0);
+        l.on_failure(5, 6_500.0);
+        l.refresh(7_499.0);
+        assert_eq!(l.samples.len(), 2);
+        l.refresh(7_501.0);
+        assert_eq!(l.samples.len(), 1, "the answer's record stays");
     }
 
     #[test]

@@ -52,7 +52,7 @@
 
 use std::sync::Arc;
 
-use super::link_estimate::LinkEstimate;
+use super::link_estimate::{ArrivalSweep, LinkEstimate};
 use crate::profile::Profile;
 use crate::trace::{LinkQueue, MTU, Trace};
 
@@ -97,19 +97,31 @@ pub struct CboParams {
     /// one record).
     #[serde(default = "default_records")]
     pub records: usize,
+    /// How long a failed request's bound describes the link (ms), doubled for each further
+    /// failure of the same outage ([`LinkEstimate::with_failure_memory`]): it shows an outage,
+    /// and the link comes back from most of those sooner than an answered request's throughput
+    /// stops describing it (`SAMPLE_AGE_MS`, 10 s).
+    #[serde(default = "default_failure_memory")]
+    pub failure_memory_ms: f64,
 }
 
 fn default_records() -> usize {
     DEFAULT_PARAMS.records
 }
 
+fn default_failure_memory() -> f64 {
+    DEFAULT_PARAMS.failure_memory_ms
+}
+
 /// The constants the element and `cbo eval` use: the candidate `cbo eval --cv` chose on the whole
-/// dev grid (4 clips × 14 traces × 3 deadlines, answers valued by the label the merge model
-/// leaves; docs/evaluation.md, commit 795d4bd), whose held-out folds chose 0.7–0.95, 0.25–1 and 10.
+/// dev grid (4 clips × 14 traces × 3 deadlines, failures as bounds with their own memory;
+/// docs/evaluation.md), whose held-out folds chose `min_arrival` 0.8–0.95, `gain_z` 0–0.25,
+/// 10–40 records and a failure memory of 1 s (one fold 2.5 s).
 pub const DEFAULT_PARAMS: CboParams = CboParams {
-    min_arrival: 0.95,
+    min_arrival: 0.9,
     gain_z: 0.25,
-    records: 10,
+    records: 20,
+    failure_memory_ms: 1000.0,
 };
 
 /// What to do with a frame.
@@ -301,7 +313,8 @@ impl CboPlanner {
             // likely a transfer is to arrive comes from the whole record.
             link: LinkEstimate::new(initial_bps, rtt_ms)
                 .with_quantile(0.5)
-                .with_records(DEFAULT_PARAMS.records),
+                .with_records(DEFAULT_PARAMS.records)
+                .with_failure_memory(DEFAULT_PARAMS.failure_memory_ms),
             oracle: None,
             waiting: Vec::new(),
             predicted: Vec::new(),
@@ -330,7 +343,10 @@ impl CboPlanner {
     /// Plans with other constants than [`DEFAULT_PARAMS`] (cross-validation).
     pub fn with_params(mut self, params: CboParams) -> Self {
         self.params = params;
-        self.link = self.link.with_records(params.records);
+        self.link = self
+            .link
+            .with_records(params.records)
+            .with_failure_memory(params.failure_memory_ms);
         self
     }
 
@@ -424,7 +440,7 @@ impl CboPlanner {
     /// number of right labels it adds, since a frame whose answer misses keeps the device label.
     /// Link oracle: the trace says exactly when it crosses; worth `gain` if that is in time.
     fn option_table(&self, now: f64, t0: f64, steps: usize) -> Vec<Vec<Vec<Option<Step>>>> {
-        let mut starts = Vec::new();
+        let mut sweep = ArrivalSweep::default();
         self.waiting
             .iter()
             .map(|f| {
@@ -463,21 +479,15 @@ impl CboPlanner {
                         let cost = ((bytes / charge / TIME_STEP_MS).ceil() as usize).max(1);
                         // Until `t0` the link carries what we sent before: that many bytes are
                         // ahead of this transfer at `s = 0`.
-                        self.link.latest_starts(
+                        sweep.reset(
+                            &self.link,
                             (t0 - now).max(0.0) * charge,
                             bytes,
                             f.deadline_ms - now - fixed,
                             charge,
-                            &mut starts,
                         );
-                        let n = starts.len() as f64;
-                        let mut ok = starts.len();
                         for (s, cell) in row.iter_mut().enumerate() {
-                            let start = s as f64 * TIME_STEP_MS;
-                            while ok > 0 && starts[ok - 1] < start {
-                                ok -= 1;
-                            }
-                            let p = ok as f64 / n;
+                            let p = sweep.at(s as f64 * TIME_STEP_MS);
                             if p < self.params.min_arrival {
                                 break;
                             }
@@ -896,11 +906,32 @@ pub(crate) mod tests {
         p.on_frame(frame(0, 0.0, 0.2));
         assert_eq!(p.poll(0.0), vec![(0, Action::Send { resolution: 1 })]);
         p.on_failure(0, 500.0);
-        // The record is now the failure (~31 B/ms; the initial estimate no longer counts): 5 kB
-        // (~180 ms with the overhead, + 51 ms) arrives within 500 ms at that rate, 15 kB does not
-        // (P = 0).
+        // The record is now the failure (the initial estimate no longer counts), which proves only
+        // that the link carried less than ~31 B/ms, not how much less: a 5 kB transfer needing
+        // ~12 B/ms of it arrives with P = 1 − 12 / 31 ≈ 0.63 (the share of [0, 31) that carries
+        // it), below `min_arrival`; 15 kB not at all.
+        let bound = wire_bytes(15_000.0) / 480.0;
+        let need = wire_bytes(5_000.0) / 449.0;
+        let p5 = p.link.arrival_probability(0.0, wire_bytes(5_000.0), 449.0);
+        assert!((p5 - (1.0 - need / bound)).abs() < 1e-9, "{p5}");
+        assert!(p5 < DEFAULT_PARAMS.min_arrival);
         p.on_frame(frame(1, 500.0, 0.2));
-        assert_eq!(p.poll(500.0), vec![(1, Action::Send { resolution: 0 })]);
+        assert_eq!(p.poll(500.0), vec![(1, Action::Keep)]);
+        // An outage ends: after the failure's memory the link is unknown again, and the guess
+        // stands in.
+        let memory = DEFAULT_PARAMS.failure_memory_ms;
+        let t = 500.0 + memory + 1.0;
+        p.on_frame(frame(2, t, 0.2));
+        assert_eq!(p.poll(t), vec![(2, Action::Send { resolution: 1 })]);
+        // That one fails too: the outage outlasted the first failure's memory, so the second
+        // is remembered twice as long.
+        p.on_failure(2, t + 500.0);
+        let t2 = t + 500.0 + memory + 1.0;
+        p.on_frame(frame(3, t2, 0.2));
+        assert_eq!(p.poll(t2), vec![(3, Action::Keep)]);
+        let t3 = t + 500.0 + 2.0 * memory + 1.0;
+        p.on_frame(frame(4, t3, 0.2));
+        assert_eq!(p.poll(t3), vec![(4, Action::Send { resolution: 1 })]);
     }
 
     #[test]

@@ -906,10 +906,27 @@ mod tests {
         let slow = phase(22, 40);
         assert!(sent(slow) > 20, "{slow:?}");
         assert!(mean_res(slow) < 100.0, "{slow:?}");
-        // Outage: a few probes while the failures pile up in the delivery record (each one a
-        // record the link did not carry in time), then nothing until the link is back.
-        assert!(sent(phase(40, 42)) <= 6, "{:?}", phase(40, 50));
-        assert_eq!(sent(phase(42, 50)), 0, "{:?}", phase(40, 50));
+        // Outage: a few probes, further and further apart (each failure of a probe sent after
+        // the last failure was known is remembered twice as long as the one before).
+        let probes: Vec<usize> = phase(40, 50)
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s > 0)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(probes.len() <= 8, "{:?}", phase(40, 50));
+        let bursts: Vec<usize> = probes
+            .iter()
+            .enumerate()
+            .filter(|&(k, &i)| k == 0 || i - probes[k - 1] > 3)
+            .map(|(_, &i)| i)
+            .collect();
+        let gaps: Vec<usize> = bursts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.len() >= 2, "{:?}", phase(40, 50));
+        assert!(
+            gaps.windows(2).all(|g| g[1] > g[0] * 3 / 2),
+            "probes at {probes:?} (in 100 ms from 40 s)"
+        );
         // Back: it probes and offloads again, at 224.
         let back = phase(55, 70);
         assert!(sent(back) > 40, "{back:?}");

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use sha2::Digest;
 
 use crate::offload::crossval::{CvSetting, choose, leave_one_out};
+use crate::offload::link_estimate::SAMPLE_AGE_MS;
 use crate::offload::merge::MergeModel;
 use crate::offload::planner::{CboParams, CboPlanner, DEFAULT_PARAMS, Planner};
 use crate::offload::policy::ELEMENT_POLICIES;
@@ -115,6 +116,9 @@ pub struct EvalArgs {
     /// `--cv`: candidate numbers of recent delivery records the link estimate keeps
     #[arg(long, value_delimiter = ',', default_value = "10,20,40")]
     pub cv_records: Vec<usize>,
+    /// `--cv`: candidate times (ms, at most 10000) a failed request's record lasts
+    #[arg(long, value_delimiter = ',', default_value = "1000,2500,10000")]
+    pub cv_failure_memory_ms: Vec<f64>,
     /// Write plots: accuracy vs deadline per policy and trace (this path), and the cbo policy's
     /// uplink use and resolution over time against each trace's capacity (PATH-stem.TRACE.png)
     #[arg(long)]
@@ -636,15 +640,29 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
     if let Some(bad) = args.cv_records.iter().find(|&&n| n == 0) {
         return Err(format!("--cv-records {bad}: at least one record"));
     }
+    if let Some(bad) = args
+        .cv_failure_memory_ms
+        .iter()
+        .find(|m| !(**m >= 0.0 && **m <= SAMPLE_AGE_MS))
+    {
+        return Err(format!(
+            "--cv-failure-memory-ms {bad}: from 0 to {SAMPLE_AGE_MS} ms (an answer's record lasts that long)"
+        ));
+    }
     let candidates: Vec<CboParams> = if args.cv {
         args.cv_min_arrival
             .iter()
             .flat_map(|&min_arrival| {
                 args.cv_gain_z.iter().flat_map(move |&gain_z| {
-                    args.cv_records.iter().map(move |&records| CboParams {
-                        min_arrival,
-                        gain_z,
-                        records,
+                    args.cv_records.iter().flat_map(move |&records| {
+                        args.cv_failure_memory_ms
+                            .iter()
+                            .map(move |&failure_memory_ms| CboParams {
+                                min_arrival,
+                                gain_z,
+                                records,
+                                failure_memory_ms,
+                            })
                     })
                 })
             })
@@ -969,20 +987,22 @@ pub fn print_table(r: &EvalReport) {
     if let Some(cv) = &r.cv {
         println!(
             "\ncross-validated (leave one trace source and one clip out; {} candidates): chosen on all \
-             settings: min_arrival {} gain_z {} records {}",
+             settings: min_arrival {} gain_z {} records {} failure memory {} ms",
             cv.candidates.len(),
             cv.chosen_on_all.min_arrival,
             cv.chosen_on_all.gain_z,
-            cv.chosen_on_all.records
+            cv.chosen_on_all.records,
+            cv.chosen_on_all.failure_memory_ms
         );
         for f in &cv.folds {
             println!(
-                "  held out {:<24} {:<10} -> min_arrival {:<5} gain_z {:<4} records {:<3} (trained on {} settings)",
+                "  held out {:<24} {:<10} -> min_arrival {:<5} gain_z {:<4} records {:<3} failure memory {:<5} (trained on {} settings)",
                 f.clip,
                 f.source,
                 f.params.min_arrival,
                 f.params.gain_z,
                 f.params.records,
+                f.params.failure_memory_ms,
                 f.trained_on
             );
         }
