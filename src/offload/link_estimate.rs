@@ -198,7 +198,7 @@ impl LinkEstimate {
     /// Forgets a failure's record after `ms` (at most [`SAMPLE_AGE_MS`], how long an answer's
     /// lasts), doubled for each further failure of the same outage.
     ///
-    /// A failure shows an outage, and counted by its bound (see [`carried`]) it holds large
+    /// A failure shows an outage, and counted by its bound (see `carried`) it holds large
     /// transfers back while it lasts. Nothing sent means nothing that could replace it, so kept
     /// as long as an answer it held them back 10 s after every outage on a driving trace whose
     /// outages end within a second. How long an outage lasts is unknown; one that has outlasted
@@ -244,7 +244,7 @@ impl LinkEstimate {
     /// cross it, are answered within `budget_ms` (the deadline less now, RTT, server time,
     /// encode and margin), estimated from this connection's delivery record: the share of recent
     /// requests whose throughput would have carried all of it in time. A failed request counts
-    /// by the share of what lies below its bound that would have ([`carried`]), the initial
+    /// by the share of what lies below its bound that would have (`carried`), the initial
     /// estimate stands in until there is a record, and the newest evidence of a slow link caps
     /// them all (see `rates`).
     pub fn arrival_probability(&self, ahead: f64, bytes: f64, budget_ms: f64) -> f64 {

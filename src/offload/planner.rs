@@ -40,7 +40,10 @@
 //! Throughput records come from answers: request `k` finished its upload at
 //! `c_k = answer_k − RTT − s_k`, and occupied the link for `c_k − max(send_k, c_{k−1})`, so
 //! `bytes / that` is a record; queueing behind our own earlier requests is not counted as
-//! slowness. A request with no answer by its deadline gives an upper bound the same way.
+//! slowness. A request with no answer by its deadline gives an upper bound the same way, which
+//! carries a transfer with the share of the rates below it that would
+//! (`link_estimate::carried`) and describes the link only for
+//! [`CboParams::failure_memory_ms`] (longer for each further failure of the same outage).
 //!
 //! With answer reuse ([`super::reuse`], [`CboPlanner::with_reuse`]) keeping a frame is worth
 //! more than `p_i` when it is in the run of equal device labels of the latest sent frame: it will
