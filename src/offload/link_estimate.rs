@@ -195,7 +195,7 @@ impl LinkEstimate {
         self
     }
 
-    /// Forgets a failure's record after `ms` (at most [`SAMPLE_AGE_MS`], how long an answer's
+    /// Forgets a failure's record after `ms` (at most `SAMPLE_AGE_MS`, how long an answer's
     /// lasts), doubled for each further failure of the same outage.
     ///
     /// A failure shows an outage, and counted by its bound (see `carried`) it holds large
