@@ -248,9 +248,16 @@ impl LinkEstimate {
     /// estimate stands in until there is a record, and the newest evidence of a slow link caps
     /// them all (see `rates`).
     pub fn arrival_probability(&self, ahead: f64, bytes: f64, budget_ms: f64) -> f64 {
-        let mut sweep = ArrivalSweep::default();
-        sweep.reset(self, ahead, bytes, budget_ms, 1.0);
-        sweep.at(0.0)
+        if budget_ms <= 0.0 {
+            return 0.0;
+        }
+        let need = (ahead + bytes) / budget_ms;
+        let (mut carrying, mut n) = (0.0, 0usize);
+        for (rate, censored) in self.rates() {
+            n += 1;
+            carrying += carried(rate, censored, need);
+        }
+        carrying / n.max(1) as f64
     }
 
     /// A transport RTT sample. The planner uses the minimum of the last `SAMPLE_AGE_MS` (10 s): the
