@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use gstcbo::inference::{self, ModelConfig};
@@ -65,6 +65,17 @@ async fn collect(socket: &UdpSocket, quiet: Duration) -> Vec<(Instant, Vec<u8>)>
         got.push((Instant::now(), buf[..n].to_vec()));
     }
     got
+}
+
+/// Polls `done` every 20 ms until it holds; panics with `what` after `limit`. For counters the
+/// relay's own tasks update: the test waits for them, however long a loaded machine takes (a
+/// safety net, never a speed check).
+async fn settled(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < until, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Milliseconds from `from` to `to`.
@@ -240,7 +251,9 @@ fn each_client_gets_its_own_upstream_socket_and_idle_ones_are_forgotten() {
             "one client keeps its upstream socket"
         );
         assert_eq!(relay.stats().clients, 2);
-        // Replies go to the client behind each upstream socket, not to the other one.
+        // Replies go to the client behind each upstream socket, not to the other one. The last
+        // datagram either mapping sees arrives after this moment.
+        let quiet_from = Instant::now();
         sink.send_to(b"to b", upstream[1]).await.unwrap();
         sink.send_to(b"to a", upstream[0]).await.unwrap();
         let wait = Duration::from_secs(2);
@@ -254,9 +267,17 @@ fn each_client_gets_its_own_upstream_socket_and_idle_ones_are_forgotten() {
             .unwrap()
             .unwrap();
         assert_eq!(&buf[..n], b"to a");
-        // Idle for longer than the timeout: both mappings go (checked once a second).
-        tokio::time::sleep(Duration::from_millis(3200)).await;
-        assert_eq!(relay.stats().clients, 0);
+        // Idle for longer than the timeout: both mappings go (checked once a second), and not
+        // before the timeout.
+        settled("idle clients forgotten", Duration::from_secs(30), || {
+            relay.stats().clients == 0
+        })
+        .await;
+        assert!(
+            quiet_from.elapsed() >= Duration::from_millis(1500),
+            "forgotten after {:?} idle",
+            quiet_from.elapsed()
+        );
         // A returning client gets a fresh mapping and is relayed again.
         a.send(b"again").await.unwrap();
         let (n, _) = sink.recv_from(&mut buf).await.unwrap();
@@ -321,7 +342,11 @@ fn a_closed_server_port_does_not_stop_the_relay() {
             for _ in 0..10 {
                 client.send(b"anyone?").await.unwrap();
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            settled("every datagram relayed", Duration::from_secs(10), || {
+                let s = relay.stats();
+                s.uplink.packets_in >= 10 * round && s.uplink.delivered_packets >= 10 * round
+            })
+            .await;
             let s = relay.stats();
             assert_eq!(s.uplink.packets_in, 10 * round, "{s:?}");
             assert_eq!(s.uplink.delivered_packets, 10 * round, "{s:?}");
@@ -556,18 +581,31 @@ fn the_binary_relays_reports_and_stops_on_sigterm() {
     let mut buf = [0u8; 16];
     let n = target.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"hello");
-    // Past the first one-second report.
-    std::thread::sleep(Duration::from_millis(1300));
+    // Its standard error, read as it comes: the first one-second report is awaited, not slept
+    // for.
+    let err = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let err = err.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut e = err.lock().unwrap();
+                e.push_str(&line);
+                e.push('\n');
+            }
+        })
+    };
+    common::wait_for(
+        "the relay's first one-second report",
+        Duration::from_secs(60),
+        || err.lock().unwrap().contains("netem: t=0s uplink delivered"),
+    );
     // SAFETY: signals the child this test spawned.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    // The child is gone: its standard error ends, and the reader with it.
+    reader.join().unwrap();
+    let err = err.lock().unwrap().clone();
     assert!(status.success(), "{status}: {err}");
     assert!(err.contains("SIGTERM"), "{err}");
     assert!(err.contains("netem: t=0s uplink delivered"), "{err}");

@@ -161,7 +161,7 @@ fn embedding_example_recovers_when_the_rtsp_server_restarts() {
     let stderr = child.stderr.take().unwrap();
     let errors = Arc::new(Mutex::new(String::new()));
     let e = errors.clone();
-    std::thread::spawn(move || {
+    let stderr_reader = std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
@@ -190,6 +190,8 @@ fn embedding_example_recovers_when_the_rtsp_server_restarts() {
     });
     let _ = child.kill();
     let _ = child.wait();
+    // Its standard error has ended with it: every line it wrote is in `errors`.
+    stderr_reader.join().unwrap();
     second.stop();
     assert!(
         errors.lock().unwrap().contains("restarting"),

@@ -718,7 +718,9 @@ fn connection_and_pending_limits_with_a_fixed_batch_model() {
     let limits = Limits {
         max_connections: 2,
         max_pending: 2,
-        request_timeout: Duration::from_millis(1000),
+        // Long enough that the two stalled requests still hold their places while the third
+        // is sent on a loaded machine.
+        request_timeout: Duration::from_millis(5000),
         ..Limits::default()
     };
     let model = model_config(
@@ -864,8 +866,10 @@ fn sigterm_drains_requests_in_progress_and_exits_zero() {
             .arg(&token_file)
             .arg("--model")
             .arg(&model)
-            // A long batch wait keeps the requests below in progress when SIGTERM arrives.
-            .args(["--max-batch", "8", "--batch-timeout-ms", "1000"])
+            // A long batch wait keeps the requests below in progress when SIGTERM arrives; the
+            // drain waits for them however slow the machine.
+            .args(["--max-batch", "8", "--batch-timeout-ms", "4000"])
+            .args(["--drain-timeout-ms", "30000", "--metrics", "127.0.0.1:0"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -873,6 +877,15 @@ fn sigterm_drains_requests_in_progress_and_exits_zero() {
     };
     let mut child = spawn();
     let (addr, printed) = wait_listening(&mut child);
+    let metrics: SocketAddr = printed
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("metrics on http://")?
+                .strip_suffix("/metrics")
+        })
+        .expect("the metrics address is printed")
+        .parse()
+        .unwrap();
     let pem = cert_dir.join("cert.pem");
     let (certs, _) = tls::load_pem(&pem, &cert_dir.join("key.pem")).unwrap();
     let fingerprint = tls::fingerprint(&certs[0]);
@@ -916,7 +929,16 @@ fn sigterm_drains_requests_in_progress_and_exits_zero() {
                 })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // SIGTERM once the server has taken all three (a stream it has not accepted when it
+        // stops is not its to answer).
+        let until = Instant::now() + Duration::from_secs(30);
+        while common::server::metric(metrics, "cboserver_requests_in_flight") < 3.0 {
+            assert!(
+                Instant::now() < until,
+                "the server never took the three requests"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         sigterm(&child);
         for (i, r) in requests.into_iter().enumerate() {
             let answer = r.await.unwrap().unwrap_or_else(|e| {

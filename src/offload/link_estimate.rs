@@ -346,8 +346,10 @@ impl LinkEstimate {
         let completion = a.now_ms - self.rtt_ms - a.server_ms;
         let busy = completion - sent_ms.max(self.last_completion_ms);
         self.last_completion_ms = self.last_completion_ms.max(completion);
+        // Any answer ends an outage, also one too close behind the previous completion to
+        // measure a rate.
+        self.outage_failures = 0;
         if busy > 0.5 {
-            self.outage_failures = 0;
             self.push_record(Record {
                 rate: bytes / busy,
                 censored: false,
@@ -494,6 +496,37 @@ mod tests {
         assert_eq!(l.samples.len(), 2);
         l.refresh(7_501.0);
         assert_eq!(l.samples.len(), 1, "the answer's record stays");
+    }
+
+    #[test]
+    fn an_answer_too_quick_to_measure_still_ends_the_outage() {
+        let mut l = LinkEstimate::new(8e6, 20.0).with_failure_memory(1000.0);
+        // Two moments of an outage: the second failure is remembered 2 s.
+        l.on_send(0, 0.0, 10_000.0);
+        l.on_failure(0, 500.0);
+        l.on_send(1, 1_600.0, 10_000.0);
+        l.on_failure(1, 2_100.0);
+        // An answer whose upload took no measurable time (0.3 ms): no record, but the link
+        // works again.
+        l.on_send(2, 5_000.0, 100.0);
+        l.on_answer(
+            &AnswerIn {
+                id: 2,
+                now_ms: 5_000.0 + 20.0 + 5.0 + 0.3,
+                bytes: 100.0,
+                server_ms: 5.0,
+                rtt_ms: None,
+            },
+            None,
+        );
+        assert!(l.samples.is_empty());
+        // The next failure starts a new outage: remembered 1 s, not 4 s.
+        l.on_send(3, 6_000.0, 10_000.0);
+        l.on_failure(3, 6_500.0);
+        l.refresh(7_499.0);
+        assert_eq!(l.samples.len(), 1);
+        l.refresh(7_501.0);
+        assert!(l.samples.is_empty());
     }
 
     #[test]

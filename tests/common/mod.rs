@@ -6,10 +6,11 @@ pub mod onnx;
 pub mod server;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex, Once, mpsc};
+use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use gstcbo::CboResult;
+use gstcbo::{CboResult, Source};
 
 static INIT: Once = Once::new();
 
@@ -274,4 +275,65 @@ pub fn plugin_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(plugin_library(), dir.path().join("libgstcbo.so")).unwrap();
     dir
+}
+
+/// Polls `done` every 20 ms until it holds; panics with `what` after `limit`. For state another
+/// thread or process owns (a server's metrics, a relay's counters, a child's output): the test
+/// waits for that state, however long a loaded machine takes, up to a limit that only catches a
+/// hang (a safety net, never a speed check).
+pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < until, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Results' sources as they leave the element named `cbo`, for a controller thread.
+pub fn result_feed(pipeline: &gst::Pipeline) -> mpsc::Receiver<Source> {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let cbo = pipeline.by_name("cbo").unwrap();
+    cbo.static_pad("src")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(buf) = info.buffer()
+                && let Some(Ok(r)) = CboResult::from_buffer(buf)
+            {
+                let _ = tx.lock().unwrap().send(r.source);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    rx
+}
+
+/// Receives results until `n` of them satisfy `pred`; returns how many results that took. Fails
+/// when `within` results pass without that (the stream goes on whatever happens).
+pub fn until(
+    rx: &mpsc::Receiver<Source>,
+    n: usize,
+    within: usize,
+    pred: impl Fn(Source) -> bool,
+) -> usize {
+    let (mut seen, mut hits) = (0, 0);
+    while hits < n {
+        let Ok(s) = rx.recv_timeout(Duration::from_secs(120)) else {
+            panic!("the stream stopped after {seen} results with {hits} of the {n} awaited");
+        };
+        seen += 1;
+        assert!(seen <= within, "{hits} of {n} awaited results in {within}");
+        if pred(s) {
+            hits += 1;
+        }
+    }
+    seen
+}
+
+/// Ends the stream when dropped, also when the controller thread holding it panics.
+pub struct EosOnDrop(pub gst::Pipeline);
+
+impl Drop for EosOnDrop {
+    fn drop(&mut self) {
+        self.0.send_event(gst::event::Eos::new());
+    }
 }

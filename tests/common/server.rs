@@ -98,19 +98,7 @@ impl Server {
 
     /// The value of one series of `/metrics` (its exact name with labels; 0 when absent).
     pub fn metric(&self, series: &str) -> f64 {
-        let mut stream = TcpStream::connect(self.metrics).unwrap();
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.metrics
-        )
-        .unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+        metric(self.metrics, series)
     }
 
     pub fn kill(&mut self) {
@@ -123,6 +111,23 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The value of one series of the `/metrics` served at `metrics` (its exact name with labels; 0
+/// when absent).
+pub fn metric(metrics: SocketAddr, series: &str) -> f64 {
+    let mut stream = TcpStream::connect(metrics).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {metrics}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 pub fn props(addr: &str, cert: &Path, extra: &str) -> String {
