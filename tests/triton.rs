@@ -691,7 +691,9 @@ fn send_frames(server: &CboServer, n: usize) -> Vec<Option<ErrorCode>> {
 fn requests_whose_deadline_passes_behind_a_slow_backend_are_dropped_not_forwarded() {
     const SLOW: &str = "efficientnet-lite2-slow";
     let repository = tempfile::tempdir().unwrap();
-    add_model(repository.path(), SLOW, Some(2000));
+    // 5 s: long beside the time the test takes to see the batch start and queue three frames
+    // behind it on a loaded machine.
+    add_model(repository.path(), SLOW, Some(5000));
     let triton = Triton::start_models(repository.path(), free_tcp_port(), &[SLOW]);
     let server = CboServer::start(&[
         "--backend",
@@ -702,6 +704,9 @@ fn requests_whose_deadline_passes_behind_a_slow_backend_are_dropped_not_forwarde
         "1",
         "--metrics",
         "127.0.0.1:0",
+        // Frame 0 is answered after the slow batch, beyond the default 5 s limit.
+        "--request-timeout-ms",
+        "30000",
     ]);
     let client = Client::connect(&server);
     let done = Arc::new(Mutex::new(Vec::new()));
