@@ -595,10 +595,13 @@ fn the_binary_relays_reports_and_stops_on_sigterm() {
             }
         })
     };
-    common::wait_for(
-        "the relay's first one-second report",
-        Duration::from_secs(60),
-        || err.lock().unwrap().contains("netem: t=0s uplink delivered"),
+    assert!(
+        common::settles(Duration::from_secs(60), || err
+            .lock()
+            .unwrap()
+            .contains("netem: t=0s uplink delivered")),
+        "no one-second report: {}",
+        err.lock().unwrap()
     );
     // SAFETY: signals the child this test spawned.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);

@@ -375,13 +375,7 @@ impl CboServer {
     /// client goes away (its backend call, or the wait for the client's acknowledgement) leaves
     /// a gauge up for that long; the test waits for the server's state, not for a fixed time.
     fn metric_settles(&self, series: &str, want: f64, limit: Duration) -> f64 {
-        let step = Duration::from_millis(20);
-        for _ in 0..(limit.as_millis() / step.as_millis()) {
-            if self.metric(series) == want {
-                break;
-            }
-            std::thread::sleep(step);
-        }
+        common::settles(limit, || self.metric(series) == want);
         self.metric(series)
     }
 

@@ -139,8 +139,9 @@ pub struct LinkEstimate {
     /// How long a failure's record lasts (answers' last [`SAMPLE_AGE_MS`]), doubled for each
     /// further failure of the same outage.
     failure_memory_ms: f64,
-    /// Failures since the last answer that gave a record, counting only requests sent after the
-    /// previous failure was known (those sent before it met the same moment of the outage).
+    /// Failures since the last answer (any answer, also one too quick to give a record), counting
+    /// only requests sent after the previous failure was known (those sent before it met the
+    /// same moment of the outage).
     outage_failures: u32,
     /// When the last failure was known.
     last_failure_ms: f64,
