@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use sha2::Digest;
 
-use crate::offload::crossval::{CvSetting, choose, leave_one_out};
+use crate::offload::crossval::{CvSetting, MAX_MISS_RATE, choose, leave_one_out};
 use crate::offload::link_estimate::SAMPLE_AGE_MS;
 use crate::offload::merge::MergeModel;
 use crate::offload::planner::{CboParams, CboPlanner, DEFAULT_PARAMS, Planner};
@@ -174,6 +174,8 @@ pub struct CvReport {
     pub candidates: Vec<CboParams>,
     /// The candidate chosen on every setting: what the element should ship.
     pub chosen_on_all: CboParams,
+    /// The training miss limit it was chosen under.
+    pub miss_limit_on_all: f64,
     /// The candidate each held-out (clip, source) cell was scored with.
     pub folds: Vec<CvFold>,
     /// Like [`EvalReport::summary`], with `cbo`, `cbo+reuse`, `link-oracle` and
@@ -188,6 +190,9 @@ pub struct CvFold {
     pub clip: String,
     pub source: String,
     pub params: CboParams,
+    /// The training miss limit it was chosen under (cross-validated within its training
+    /// settings, [`crate::offload::crossval::miss_limit`]).
+    pub miss_limit: f64,
     pub trained_on: usize,
 }
 
@@ -819,7 +824,7 @@ fn cross_validate(
         })
         .collect();
     let (chosen, folds) = leave_one_out(&settings);
-    let all = choose(&settings, |_| true).unwrap_or(0);
+    let (all, miss_limit_on_all) = choose(&settings, |_| true).unwrap_or((0, MAX_MISS_RATE));
     let cv_runs: Vec<BTreeMap<String, SimResult>> = per_candidate
         .iter()
         .zip(&chosen)
@@ -837,12 +842,14 @@ fn cross_validate(
     CvReport {
         candidates: candidates.to_vec(),
         chosen_on_all: candidates.get(all).copied().unwrap_or(DEFAULT_PARAMS),
+        miss_limit_on_all,
         folds: folds
             .into_iter()
             .map(|f| CvFold {
                 clip: f.clip,
                 source: f.source,
                 params: candidates.get(f.chosen).copied().unwrap_or(DEFAULT_PARAMS),
+                miss_limit: f.miss_limit,
                 trained_on: f.trained_on,
             })
             .collect(),
@@ -987,8 +994,9 @@ pub fn print_table(r: &EvalReport) {
     if let Some(cv) = &r.cv {
         println!(
             "\ncross-validated (leave one trace source and one clip out; {} candidates): chosen on all \
-             settings: min_arrival {} gain_z {} records {} failure memory {} ms",
+             settings (training misses at most {:.2} %): min_arrival {} gain_z {} records {} failure memory {} ms",
             cv.candidates.len(),
+            cv.miss_limit_on_all * 100.0,
             cv.chosen_on_all.min_arrival,
             cv.chosen_on_all.gain_z,
             cv.chosen_on_all.records,
@@ -996,14 +1004,15 @@ pub fn print_table(r: &EvalReport) {
         );
         for f in &cv.folds {
             println!(
-                "  held out {:<24} {:<10} -> min_arrival {:<5} gain_z {:<4} records {:<3} failure memory {:<5} (trained on {} settings)",
+                "  held out {:<24} {:<10} -> min_arrival {:<5} gain_z {:<4} records {:<3} failure memory {:<5} (trained on {} settings, misses at most {:.2} %)",
                 f.clip,
                 f.source,
                 f.params.min_arrival,
                 f.params.gain_z,
                 f.params.records,
                 f.params.failure_memory_ms,
-                f.trained_on
+                f.trained_on,
+                f.miss_limit * 100.0
             );
         }
         print_summary(&cv.summary);
