@@ -83,7 +83,7 @@ pub const MARGIN_MS: f64 = 10.0;
 /// glitch) moves the scale no further than this.
 const SERVER_SCALE_RANGE: (f64, f64) = (0.02, 50.0);
 
-/// The cbo planner's three constants. Each has a meaning, and each is chosen by
+/// The cbo planner's four constants. Each has a meaning, and each is chosen by
 /// leave-one-source-out cross-validation over the trace corpus and the dev clips
 /// (`cbo eval --cv`, docs/evaluation.md), never on the traces they are reported on.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
