@@ -559,4 +559,77 @@ mod tests {
         // Both samples say 1000 B/ms; the estimate moves from 125 towards it.
         assert!(l.bandwidth > 500.0, "{}", l.bandwidth);
     }
+
+    #[test]
+    fn the_planners_sweep_agrees_with_the_arrival_probability() {
+        // The planner tabulates P over every start in one sweep; the rest of it asks
+        // `arrival_probability` one transfer at a time. They must be the same number: answers
+        // at several rates, failures' bounds, and then an overdue request capping them all.
+        let mut l = LinkEstimate::new(1e6, 20.0).with_failure_memory(5_000.0);
+        let mut t = 0.0;
+        for (id, &(bytes, took, fails)) in [
+            (8_000.0, 40.0, false),
+            (6_000.0, 90.0, false),
+            (9_000.0, 35.0, false),
+            (30_000.0, 150.0, true),
+            (5_000.0, 60.0, false),
+            (40_000.0, 250.0, true),
+            (4_000.0, 33.0, false),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let id = id as u64;
+            t += 1_000.0;
+            l.on_send(id, t, bytes);
+            let end = t + took + 20.0 + 5.0;
+            if fails {
+                l.on_failure(id, end);
+            } else {
+                l.on_answer(
+                    &AnswerIn {
+                        id,
+                        now_ms: end,
+                        bytes,
+                        server_ms: 5.0,
+                        rtt_ms: None,
+                    },
+                    None,
+                );
+            }
+        }
+        let check = |l: &LinkEstimate| {
+            let mut sweep = ArrivalSweep::default();
+            for (ahead, bytes, budget) in [(0.0, 6_000.0, 300.0), (3_000.0, 2_500.0, 150.0)] {
+                let charge = 150.0;
+                sweep.reset(l, ahead, bytes, budget, charge);
+                let mut seen = Vec::new();
+                for step in 0..300 {
+                    let start = step as f64 * 2.5;
+                    let swept = sweep.at(start);
+                    let direct = l.arrival_probability(ahead + start * charge, bytes, budget);
+                    assert!(
+                        (swept - direct).abs() < 1e-9,
+                        "at {start}: {swept} vs {direct}"
+                    );
+                    seen.push(swept);
+                }
+                // A walk from likely to impossible, through both kinds of record (a failure's
+                // bound carries a share, so some steps are not multiples of 1/7).
+                assert!(seen[0] > 0.5 && *seen.last().unwrap() == 0.0, "{seen:?}");
+                assert!(
+                    seen.iter()
+                        .any(|p| ((p * 7.0) - (p * 7.0).round()).abs() > 1e-6),
+                    "{seen:?}"
+                );
+            }
+        };
+        assert_eq!(l.samples.iter().filter(|r| r.censored).count(), 2);
+        check(&l);
+        // An overdue request caps every record.
+        l.on_send(99, t + 2_000.0, 20_000.0);
+        l.refresh(t + 2_400.0);
+        assert!(l.overdue.is_some());
+        check(&l);
+    }
 }
