@@ -22,10 +22,11 @@
 //!
 //! Whether an answer arrives is a probability, not a margin: `P` that the bytes ahead of it plus
 //! its own cross the uplink within `d_i − now − (RTT + s_r + encode + margin)`, from this
-//! connection's delivery record ([`LinkEstimate::arrival_probability`]). A transfer is planned
-//! only with `P ≥ min_arrival` ([`CboParams`]) and is worth `P · (A − p_i)` expected right labels
-//! (a miss leaves the device label and costs only its link time, charged at the record's median
-//! throughput).
+//! connection's delivery record ([`LinkEstimate::arrival_probability`]). A transfer is worth
+//! `P · (A − p_i) − λ · (1 − P)` expected right labels: a miss leaves the device label, takes
+//! its link time from later frames (charged at the record's quantile throughput) and costs `λ`,
+//! the price of a deadline miss ([`CboParams::miss_price`]), the multiplier of the miss-rate
+//! budget; it is planned only where that is positive.
 //!
 //! The planner maximises the expected right labels over the frames waiting for a decision, a
 //! multiple-choice knapsack solved exactly by dynamic programming over (frame, link time in
@@ -34,7 +35,7 @@
 //! waiting and 7 resolutions that is ~35 k cell updates, tens of µs. It commits only the first
 //! frame of the plan, and only when the uplink is about to be free (so a better frame arriving
 //! meanwhile can still take the link), and re-plans at every arrival, answer and link-free time.
-//! Frames that no option can serve with `P ≥ min_arrival` any more, or that no option improves,
+//! Frames that no option can serve at a positive worth any more, or that no option improves,
 //! are kept on the device at once.
 //!
 //! Throughput records come from answers: request `k` finished its upload at
@@ -88,10 +89,14 @@ const SERVER_SCALE_RANGE: (f64, f64) = (0.02, 50.0);
 /// (`cbo eval --cv`, docs/evaluation.md), never on the traces they are reported on.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CboParams {
-    /// A transfer is planned only when the probability that its answer arrives by the frame's
-    /// deadline ([`LinkEstimate::arrival_probability`]) is at least this: a miss gains nothing
-    /// and holds the frame until its deadline.
-    pub min_arrival: f64,
+    /// What one deadline miss costs, in right labels: a transfer whose answer arrives by the
+    /// frame's deadline with probability `P` ([`LinkEstimate::arrival_probability`]) is worth
+    /// `P · gain − miss_price · (1 − P)`, and is planned only when that is positive. The price
+    /// of the stream's deadline-miss budget (a Lagrange multiplier): a miss gains nothing,
+    /// holds its frame until the deadline and counts against the miss rate, so an unlikely
+    /// transfer must be worth more to be made, and one that gains little must be near certain
+    /// (a fixed least `P` instead spent the same misses on transfers that gain little).
+    pub miss_price: f64,
     /// The gain of a transfer is taken `gain_z` standard errors below the profile's estimate
     /// ([`Profile::gain_lower_bound`]): the profile comes from one clip, other content gains less.
     pub gain_z: f64,
@@ -118,12 +123,12 @@ fn default_failure_memory() -> f64 {
 
 /// The constants the element and `cbo eval` use: the candidate `cbo eval --cv` chose on the whole
 /// dev grid (4 clips × 14 traces × 3 deadlines, failures as bounds with their own memory, under
-/// the training miss limit cross-validated within the grid, 0.8 %; docs/evaluation.md).
+/// the training miss limit cross-validated within the grid, 0.75 %; docs/evaluation.md).
 pub const DEFAULT_PARAMS: CboParams = CboParams {
-    min_arrival: 0.95,
     gain_z: 0.25,
-    records: 20,
+    records: 10,
     failure_memory_ms: 1000.0,
+    miss_price: 0.7,
 };
 
 /// What to do with a frame.
@@ -434,12 +439,12 @@ impl CboPlanner {
 
     /// Per waiting frame and resolution, for every start state `s` (the link free at
     /// `t0 + s · TIME_STEP_MS`): where the transfer leaves the link and what it is worth there,
-    /// `None` where it is not worth planning (gain ≤ 0, or arrival less likely than
-    /// [`CboParams::min_arrival`]).
+    /// `None` where it is not worth planning (gain ≤ 0, or a worth of 0 or less).
     ///
     /// Estimated link: it occupies `bytes / bandwidth` of link time (the estimate's quantile),
-    /// and is worth `P(arrives) · gain`, `P` from the start on ([`LinkEstimate`]): the expected
-    /// number of right labels it adds, since a frame whose answer misses keeps the device label.
+    /// and is worth `P(arrives) · gain − miss_price · (1 − P)`, `P` from the start on
+    /// ([`LinkEstimate`], [`Self::worth`]): the expected number of right labels it adds, since a
+    /// frame whose answer misses keeps the device label, less what its expected miss costs.
     /// Link oracle: the trace says exactly when it crosses; worth `gain` if that is in time.
     fn option_table(&self, now: f64, t0: f64, steps: usize) -> Vec<Vec<Vec<Option<Step>>>> {
         let mut sweep = ArrivalSweep::default();
@@ -488,15 +493,16 @@ impl CboPlanner {
                             f.deadline_ms - now - fixed,
                             charge,
                         );
+                        // `P` only falls as the start moves later, and the worth with it.
                         for (s, cell) in row.iter_mut().enumerate() {
                             let p = sweep.at(s as f64 * TIME_STEP_MS);
-                            if p < self.params.min_arrival {
+                            let Some(value) = self.worth(p, gain) else {
                                 break;
-                            }
+                            };
                             if s + cost < steps {
                                 *cell = Some(Step {
                                     end: s + cost,
-                                    value: p * gain,
+                                    value,
                                 });
                             }
                         }
@@ -505,6 +511,14 @@ impl CboPlanner {
                     .collect()
             })
             .collect()
+    }
+
+    /// Expected right labels a transfer adds that improves its frame by `gain` when it arrives,
+    /// which it does with probability `p`: `p · gain − miss_price · (1 − p)`; `None` when it is
+    /// not worth planning (worth nothing, [`CboParams::miss_price`]).
+    fn worth(&self, p: f64, gain: f64) -> Option<f64> {
+        let value = p * gain - self.params.miss_price * (1.0 - p);
+        (p > 0.0 && value > 0.0).then_some(value)
     }
 
     /// Solves the knapsack over the waiting frames at `now`, with the link free from `t0`;
@@ -579,9 +593,10 @@ impl CboPlanner {
                 }
                 None => {
                     let ahead = (t0 - now).max(0.0) * self.link.bandwidth;
-                    self.link
-                        .arrival_probability(ahead, bytes, f.deadline_ms - now - fixed)
-                        >= self.params.min_arrival
+                    let p =
+                        self.link
+                            .arrival_probability(ahead, bytes, f.deadline_ms - now - fixed);
+                    self.worth(p, self.gain(f, r)).is_some()
                 }
             }
         })
@@ -903,20 +918,25 @@ pub(crate) mod tests {
         link.on_send(0, 0.0, 15_000.0);
         link.on_failure(0, 500.0);
         assert!(link.bandwidth < 32.0, "{}", link.bandwidth);
-        // And the planner stops sending what cannot arrive at that rate.
-        let mut p = CboPlanner::new(profile(), 8e6, 20.0);
+        // And the planner stops sending what cannot arrive at that rate (at a price of one
+        // right label per miss).
+        let mut p = CboPlanner::new(profile(), 8e6, 20.0).with_params(CboParams {
+            miss_price: 1.0,
+            ..DEFAULT_PARAMS
+        });
         p.on_frame(frame(0, 0.0, 0.2));
         assert_eq!(p.poll(0.0), vec![(0, Action::Send { resolution: 1 })]);
         p.on_failure(0, 500.0);
         // The record is now the failure (the initial estimate no longer counts), which proves only
         // that the link carried less than ~31 B/ms, not how much less: a 5 kB transfer needing
         // ~12 B/ms of it arrives with P = 1 − 12 / 31 ≈ 0.63 (the share of [0, 31) that carries
-        // it), below `min_arrival`; 15 kB not at all.
+        // it), and its gain of ~0.35 is worth less than the 0.37 expected misses cost; 15 kB not
+        // at all.
         let bound = wire_bytes(15_000.0) / 480.0;
         let need = wire_bytes(5_000.0) / 449.0;
         let p5 = p.link.arrival_probability(0.0, wire_bytes(5_000.0), 449.0);
         assert!((p5 - (1.0 - need / bound)).abs() < 1e-9, "{p5}");
-        assert!(p5 < DEFAULT_PARAMS.min_arrival);
+        assert!(p.worth(p5, p.gain(&frame(1, 500.0, 0.2), 0)).is_none());
         p.on_frame(frame(1, 500.0, 0.2));
         assert_eq!(p.poll(500.0), vec![(1, Action::Keep)]);
         // An outage ends: after the failure's memory the link is unknown again, and the guess
@@ -934,6 +954,33 @@ pub(crate) mod tests {
         let t3 = t + 500.0 + 2.0 * memory + 1.0;
         p.on_frame(frame(4, t3, 0.2));
         assert_eq!(p.poll(t3), vec![(4, Action::Send { resolution: 1 })]);
+    }
+
+    #[test]
+    fn the_price_of_a_miss_weighs_the_gain_against_the_arrival_probability() {
+        // After a failed 15 kB transfer a 5 kB one arrives with P ≈ 0.63 (see above). Worth
+        // `P · gain − price · (1 − P)`: at a price of half a right label per miss, a frame the
+        // server would improve by ~0.55 is worth sending at that P (0.35 − 0.19), one it would
+        // improve by ~0.15 is not (0.09 − 0.19); with misses free both would go.
+        let decide = |price: f64, confidence: f64| {
+            let mut p = CboPlanner::new(profile(), 8e6, 20.0).with_params(CboParams {
+                miss_price: price,
+                ..DEFAULT_PARAMS
+            });
+            p.on_frame(frame(0, 0.0, 0.2));
+            assert_eq!(p.poll(0.0), vec![(0, Action::Send { resolution: 1 })]);
+            p.on_failure(0, 500.0);
+            let p5 = p.link.arrival_probability(0.0, wire_bytes(5_000.0), 449.0);
+            assert!((0.6..0.66).contains(&p5), "{p5}");
+            p.on_frame(frame(1, 500.0, confidence));
+            p.poll(500.0)
+        };
+        let send = vec![(1, Action::Send { resolution: 0 })];
+        let keep = vec![(1, Action::Keep)];
+        assert_eq!(decide(0.5, 0.05), send);
+        assert_eq!(decide(0.5, 0.45), keep);
+        assert_eq!(decide(0.0, 0.05), send);
+        assert_eq!(decide(0.0, 0.45), send);
     }
 
     #[test]

@@ -906,15 +906,18 @@ mod tests {
         let slow = phase(22, 40);
         assert!(sent(slow) > 20, "{slow:?}");
         assert!(mean_res(slow) < 100.0, "{slow:?}");
-        // Outage: a few probes, further and further apart (each failure of a probe sent after
-        // the last failure was known is remembered twice as long as the one before).
+        // Outage: a few probes, then fewer and fewer. The answered records from before it say
+        // the link carries a small transfer, and each failure is one record more that says it
+        // does not: probes go on (two at a time, the second sent before the first is known to
+        // have failed) until the failures weigh more than the answers at the price of a miss;
+        // later ones only as failures' memories (doubled for each failure of the outage) run out.
         let probes: Vec<usize> = phase(40, 50)
             .iter()
             .enumerate()
             .filter(|(_, s)| **s > 0)
             .map(|(i, _)| i)
             .collect();
-        assert!(probes.len() <= 8, "{:?}", phase(40, 50));
+        assert!(probes.len() <= 10, "{:?}", phase(40, 50));
         let bursts: Vec<usize> = probes
             .iter()
             .enumerate()
@@ -924,7 +927,11 @@ mod tests {
         let gaps: Vec<usize> = bursts.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(gaps.len() >= 2, "{:?}", phase(40, 50));
         assert!(
-            gaps.windows(2).all(|g| g[1] > g[0] * 3 / 2),
+            gaps.last() > Some(&(3 * gaps[0])),
+            "probes at {probes:?} (in 100 ms from 40 s)"
+        );
+        assert!(
+            probes.iter().filter(|&&i| i >= 50).count() <= 2,
             "probes at {probes:?} (in 100 ms from 40 s)"
         );
         // Back: it probes and offloads again, at 224.
@@ -932,9 +939,18 @@ mod tests {
         assert!(sent(back) > 40, "{back:?}");
         assert!(mean_res(back) > 200.0);
         // Only frames sent when the link stepped down or went out missed: a change of regime
-        // costs the few transfers it takes the record to show it (each failure is one record of
-        // about twenty), here 11 of 700 frames.
-        assert!(r.deadline_miss_rate <= 0.02, "{r:?}");
+        // costs the few transfers it takes the record to show it (each failure is one record
+        // among the answers): within 5 s of the step down, and from just before the outage.
+        let missed: Vec<usize> = (0..f.len())
+            .filter(|&i| r.sent_at[i] > 0 && !r.answered[i])
+            .collect();
+        assert!(
+            missed
+                .iter()
+                .all(|&i| (200..250).contains(&i) || (395..500).contains(&i)),
+            "missed {missed:?}"
+        );
+        assert!(missed.len() <= 15, "missed {missed:?}");
     }
 
     #[test]
@@ -1091,10 +1107,7 @@ mod tests {
             assert!(log.len() > 30, "{name}: only {} sends", log.len());
             let (mut pr, mut ar) = (0.0, 0.0);
             for &(id, prob) in log {
-                assert!(
-                    prob >= planner.params().min_arrival - 1e-9,
-                    "{name}: sent at {prob}"
-                );
+                assert!(prob > 0.0, "{name}: sent at {prob}");
                 pr += prob;
                 ar += f64::from(u8::from(r.answered[id as usize]));
             }

@@ -107,9 +107,14 @@ pub struct EvalArgs {
     /// clip out) over the candidates below, and report the cross-validated results
     #[arg(long)]
     pub cv: bool,
-    /// `--cv`: candidate least arrival probabilities of a planned transfer
-    #[arg(long, value_delimiter = ',', default_value = "0.7,0.8,0.9,0.95,0.98")]
-    pub cv_min_arrival: Vec<f64>,
+    /// `--cv`: candidate prices of a deadline miss, in right labels (a transfer arriving in time
+    /// with probability P is worth P · gain − price · (1 − P))
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.25,0.35,0.5,0.7,1,1.4,2"
+    )]
+    pub cv_miss_price: Vec<f64>,
     /// `--cv`: candidate z of the lower confidence bound on the profile's gain
     #[arg(long, value_delimiter = ',', default_value = "0,0.25,0.5,1")]
     pub cv_gain_z: Vec<f64>,
@@ -625,15 +630,6 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
         })
         .collect();
     if let Some(bad) = args
-        .cv_min_arrival
-        .iter()
-        .find(|p| !(**p > 0.0 && **p <= 1.0))
-    {
-        return Err(format!(
-            "--cv-min-arrival {bad}: a probability of arriving in time, in (0, 1]"
-        ));
-    }
-    if let Some(bad) = args
         .cv_gain_z
         .iter()
         .find(|z| !(**z >= 0.0 && z.is_finite()))
@@ -654,16 +650,25 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
             "--cv-failure-memory-ms {bad}: from 0 to {SAMPLE_AGE_MS} ms (an answer's record lasts that long)"
         ));
     }
+    if let Some(bad) = args
+        .cv_miss_price
+        .iter()
+        .find(|m| !(**m >= 0.0 && m.is_finite()))
+    {
+        return Err(format!(
+            "--cv-miss-price {bad}: right labels one deadline miss costs, 0 or more"
+        ));
+    }
     let candidates: Vec<CboParams> = if args.cv {
-        args.cv_min_arrival
+        args.cv_miss_price
             .iter()
-            .flat_map(|&min_arrival| {
+            .flat_map(|&miss_price| {
                 args.cv_gain_z.iter().flat_map(move |&gain_z| {
                     args.cv_records.iter().flat_map(move |&records| {
                         args.cv_failure_memory_ms
                             .iter()
                             .map(move |&failure_memory_ms| CboParams {
-                                min_arrival,
+                                miss_price,
                                 gain_z,
                                 records,
                                 failure_memory_ms,
@@ -994,20 +999,20 @@ pub fn print_table(r: &EvalReport) {
     if let Some(cv) = &r.cv {
         println!(
             "\ncross-validated (leave one trace source and one clip out; {} candidates): chosen on all \
-             settings (training misses at most {:.2} %): min_arrival {} gain_z {} records {} failure memory {} ms",
+             settings (training misses at most {:.2} %): miss price {} gain_z {} records {} failure memory {} ms",
             cv.candidates.len(),
             cv.miss_limit_on_all * 100.0,
-            cv.chosen_on_all.min_arrival,
+            cv.chosen_on_all.miss_price,
             cv.chosen_on_all.gain_z,
             cv.chosen_on_all.records,
             cv.chosen_on_all.failure_memory_ms
         );
         for f in &cv.folds {
             println!(
-                "  held out {:<24} {:<10} -> min_arrival {:<5} gain_z {:<4} records {:<3} failure memory {:<5} (trained on {} settings, misses at most {:.2} %)",
+                "  held out {:<24} {:<10} -> miss price {:<4} gain_z {:<4} records {:<3} failure memory {:<5} (trained on {} settings, misses at most {:.2} %)",
                 f.clip,
                 f.source,
-                f.params.min_arrival,
+                f.params.miss_price,
                 f.params.gain_z,
                 f.params.records,
                 f.params.failure_memory_ms,
