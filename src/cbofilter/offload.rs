@@ -126,7 +126,6 @@ impl Effects<Job> for ElementEffects {
                                         + sr.answer.inference_us)
                                         as f64
                                         / 1000.0,
-                                    rtt_ms: None,
                                 },
                                 Some(sr.rtt.as_secs_f64() * 1000.0),
                             ),

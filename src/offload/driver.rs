@@ -347,7 +347,6 @@ mod tests {
             now_ms,
             bytes: 10_000.0,
             server_ms: 10.0,
-            rtt_ms: None,
         }
     }
 

@@ -335,9 +335,6 @@ impl LinkEstimate {
         } else {
             0.8 * self.server_ms + 0.2 * a.server_ms
         };
-        if let Some(rtt) = a.rtt_ms {
-            self.rtt_ms = 0.8 * self.rtt_ms + 0.2 * rtt;
-        }
         let Some(pos) = self.sent.iter().position(|s| s.0 == a.id) else {
             return;
         };
@@ -435,7 +432,6 @@ mod tests {
                     now_ms: now + upload + 20.0 + 5.0,
                     bytes,
                     server_ms: 5.0,
-                    rtt_ms: None,
                 };
                 l.on_answer(&answer, None);
                 now = answer.now_ms + 100.0;
@@ -487,7 +483,6 @@ mod tests {
                 now_ms: 5_100.0,
                 bytes: 10_000.0,
                 server_ms: 5.0,
-                rtt_ms: None,
             },
             None,
         );
@@ -516,7 +511,6 @@ mod tests {
                 now_ms: 5_000.0 + 20.0 + 5.0 + 0.3,
                 bytes: 100.0,
                 server_ms: 5.0,
-                rtt_ms: None,
             },
             None,
         );
@@ -542,7 +536,6 @@ mod tests {
                 now_ms: 10.0 + 20.0 + 5.0,
                 bytes: 10_000.0,
                 server_ms: 5.0,
-                rtt_ms: Some(20.0),
             },
             None,
         );
@@ -552,7 +545,6 @@ mod tests {
                 now_ms: 20.0 + 20.0 + 5.0,
                 bytes: 10_000.0,
                 server_ms: 5.0,
-                rtt_ms: Some(20.0),
             },
             None,
         );
@@ -592,7 +584,6 @@ mod tests {
                         now_ms: end,
                         bytes,
                         server_ms: 5.0,
-                        rtt_ms: None,
                     },
                     None,
                 );

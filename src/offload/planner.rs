@@ -165,8 +165,6 @@ pub struct AnswerIn {
     pub bytes: f64,
     /// Server decode + queue + inference.
     pub server_ms: f64,
-    /// Round-trip time measured by the transport, if known.
-    pub rtt_ms: Option<f64>,
 }
 
 /// A policy: events in, actions out.
@@ -199,10 +197,7 @@ pub fn feed_answer(planner: &mut dyn Planner, answer: AnswerIn, transport_rtt_ms
     if let Some(rtt) = transport_rtt_ms {
         planner.on_rtt(answer.now_ms, rtt);
     }
-    planner.on_answer(AnswerIn {
-        rtt_ms: None,
-        ..answer
-    });
+    planner.on_answer(answer);
 }
 
 /// Per-resolution costs from the profile.
@@ -1018,7 +1013,6 @@ pub(crate) mod tests {
                 now_ms,
                 bytes: 15000.0,
                 server_ms: 20.0,
-                rtt_ms: Some(20.0),
             };
             p.on_frame(alike(0, 0.0, 7));
             assert_eq!(p.poll(0.0), vec![(0, Action::Send { resolution: 1 })]);
@@ -1060,7 +1054,6 @@ pub(crate) mod tests {
                     now_ms: t + 16.0 + 20.0 + server_ms,
                     bytes: 15000.0,
                     server_ms,
-                    rtt_ms: Some(20.0),
                 });
             }
             p.on_frame(FrameIn {
@@ -1088,7 +1081,6 @@ pub(crate) mod tests {
                 now_ms: t + 236.0,
                 bytes: 15000.0,
                 server_ms: 200.0,
-                rtt_ms: Some(20.0),
             });
         }
         let late = 1436.0 + SAMPLE_AGE_MS + 1.0;
@@ -1185,7 +1177,6 @@ pub(crate) mod tests {
                         now_ms: t + 60.0,
                         bytes: [5000.0, 15000.0][resolution],
                         server_ms: 20.0,
-                        rtt_ms: Some(30.0),
                     });
                 }
             }

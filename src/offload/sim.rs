@@ -302,7 +302,6 @@ pub fn simulate(
                     now_ms: p.at,
                     bytes: p.bytes,
                     server_ms: p.server_ms,
-                    rtt_ms: None,
                 },
                 Some(cfg.rtt_ms),
             );
