@@ -1105,8 +1105,11 @@ mod tests {
             let log = planner.arrival_log();
             assert!(log.len() > 30, "{name}: only {} sends", log.len());
             let (mut pr, mut ar) = (0.0, 0.0);
+            // A transfer is made only where `P · gain > price · (1 − P)`; no gain exceeds 1, so
+            // none goes at `P ≤ price / (1 + price)`.
+            let price = planner.params().miss_price;
             for &(id, prob) in log {
-                assert!(prob > 0.0, "{name}: sent at {prob}");
+                assert!(prob > price / (1.0 + price), "{name}: sent at {prob}");
                 pr += prob;
                 ar += f64::from(u8::from(r.answered[id as usize]));
             }
