@@ -225,8 +225,9 @@ impl LinkEstimate {
     /// no longer counts. Kept as a record of weight one it capped every probability at
     /// `n / (n + 1)`, so a transfer on a 20 Mbit/s link that the last 12 requests all made in
     /// time was planned with `P = 0.92` (the initial 1 Mbit/s "failed" it) and the least arrival
-    /// probability the planner then required (0.95) refused it: cross-validated over the dev grid, dropping it raised the share of
-    /// settings where `cbo+reuse` is the best rule from 67 % to 74 % (docs/evaluation.md).
+    /// probability the planner then required (0.95) refused it: cross-validated over the dev
+    /// grid, dropping it raised the share of settings where `cbo+reuse` is the best rule from
+    /// 67 % to 74 % (docs/evaluation.md).
     ///
     /// A request overdue *now* is a fact about the present link, not one more draw: it caps every
     /// record (as it caps [`Self::bandwidth`]) until it is answered or fails. A failure, once

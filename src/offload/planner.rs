@@ -24,7 +24,7 @@
 //! its own cross the uplink within `d_i − now − (RTT + s_r + encode + margin)`, from this
 //! connection's delivery record ([`LinkEstimate::arrival_probability`]). A transfer is worth
 //! `P · (A − p_i) − λ · (1 − P)` expected right labels: a miss leaves the device label, takes
-//! its link time from later frames (charged at the record's quantile throughput) and costs `λ`,
+//! its link time from later frames (charged at the record's median throughput) and costs `λ`,
 //! the price of a deadline miss ([`CboParams::miss_price`]), the multiplier of the miss-rate
 //! budget; it is planned only where that is positive.
 //!
