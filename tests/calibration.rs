@@ -411,7 +411,7 @@ fn cbo_eval_caches_model_results_by_content_not_by_path() {
 }
 
 #[test]
-fn cbo_eval_summarises_a_grid_of_clips_traces_and_deadlines_and_cross_validates() {
+fn cbo_eval_summarises_a_grid_of_clips_traces_deadlines_and_rtts_and_cross_validates() {
     let a = common::assets();
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("grid.png");
@@ -433,6 +433,8 @@ fn cbo_eval_summarises_a_grid_of_clips_traces_and_deadlines_and_cross_validates(
         .args([
             "--deadline-ms",
             "200,1000",
+            "--rtt-ms",
+            "40,100",
             "--max-frames",
             "40",
             "--cv",
@@ -452,9 +454,34 @@ fn cbo_eval_summarises_a_grid_of_clips_traces_and_deadlines_and_cross_validates(
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    // 2 clips × 3 traces × 2 deadlines.
+    // 2 clips × 3 traces × 2 deadlines × 2 RTTs.
     let runs = v["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 12);
+    assert_eq!(runs.len(), 24);
+    assert_eq!(v["rtt_ms"], serde_json::json!([40.0, 100.0]));
+    // Each RTT is replayed as its own setting: the device alone does not care, but a longer
+    // RTT leaves less of a 200 ms deadline for the upload, so sending every frame misses more.
+    let at = |rtt: f64, deadline: f64| {
+        runs.iter()
+            .filter(move |r| r["rtt_ms"] == rtt && r["deadline_ms"] == deadline)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(at(40.0, 200.0).len(), 6);
+    let (short, long) = (at(40.0, 200.0), at(100.0, 200.0));
+    let sum = |runs: &[&serde_json::Value], policy: &str, field: &str| -> f64 {
+        runs.iter()
+            .map(|r| r["policies"][policy][field].as_f64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        sum(&short, "local", "accuracy"),
+        sum(&long, "local", "accuracy")
+    );
+    assert!(
+        sum(&long, "all", "deadline_miss_rate") > sum(&short, "all", "deadline_miss_rate"),
+        "all misses {} at RTT 100 vs {} at RTT 40",
+        sum(&long, "all", "deadline_miss_rate"),
+        sum(&short, "all", "deadline_miss_rate")
+    );
     let sources: std::collections::BTreeSet<&str> =
         runs.iter().map(|r| r["source"].as_str().unwrap()).collect();
     assert_eq!(sources.len(), 3, "{sources:?}");
@@ -484,11 +511,11 @@ fn cbo_eval_summarises_a_grid_of_clips_traces_and_deadlines_and_cross_validates(
         assert!(summary["threshold"]["mean_regret"].as_f64().unwrap() >= 0.0);
         assert_eq!(summary["local"]["below_local_share"].as_f64().unwrap(), 0.0);
     }
-    // One fold per (clip, source) cell, each trained without its clip and its source:
-    // 1 clip × 2 sources × 2 deadlines = 4 settings.
+    // One fold per (clip, source) cell, each trained without its clip and its source (at
+    // every RTT): 1 clip × 2 sources × 2 deadlines × 2 RTTs = 8 settings.
     let folds = v["cv"]["folds"].as_array().unwrap();
     assert_eq!(folds.len(), 6);
-    assert!(folds.iter().all(|f| f["trained_on"].as_u64() == Some(4)));
+    assert!(folds.iter().all(|f| f["trained_on"].as_u64() == Some(8)));
     let bytes = std::fs::read(dir.path().join("grid.regret.png")).unwrap();
     assert_eq!(&bytes[1..4], b"PNG");
 }

@@ -33,7 +33,7 @@ pub const ALL_POLICIES: &str = "local,all,threshold,threshold-raw,fastva,cbo,lin
 /// A policy name with this suffix runs with answer reuse ([`crate::offload::reuse`]).
 pub const REUSE_SUFFIX: &str = crate::offload::policy::REUSE_SUFFIX;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
     /// Labelled clip(s), comma-separated
     #[arg(long, value_delimiter = ',', required = true)]
@@ -47,9 +47,10 @@ pub struct EvalArgs {
     /// Deadline(s) in ms, comma-separated
     #[arg(long, value_delimiter = ',', default_value = "500")]
     pub deadline_ms: Vec<f64>,
-    /// Round-trip time added to the trace's uplink (one-way delay = half)
-    #[arg(long, default_value_t = 40.0)]
-    pub rtt_ms: f64,
+    /// Round-trip time(s) added to the trace's uplink (one-way delay = half), comma-separated:
+    /// like the deadlines, each is a dimension of the grid (and of `--cv`)
+    #[arg(long, value_delimiter = ',', default_value = "40")]
+    pub rtt_ms: Vec<f64>,
     /// Frame rate of the replay
     #[arg(long, default_value_t = 10.0)]
     pub fps: f64,
@@ -125,7 +126,9 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',', default_value = "1000,2500,10000")]
     pub cv_failure_memory_ms: Vec<f64>,
     /// Write plots: accuracy vs deadline per policy and trace (this path), and the cbo policy's
-    /// uplink use and resolution over time against each trace's capacity (PATH-stem.TRACE.png)
+    /// uplink use and resolution over time against each trace's capacity (PATH-stem.TRACE.png),
+    /// both for the first clip at the first RTT; for a grid, every setting's regret
+    /// (PATH-stem.regret.png)
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Also run the real cbofilter (clip paced in real time) and a real cboserver through
@@ -144,6 +147,7 @@ pub struct Run {
     pub source: String,
     pub trace_mean_mbps: f64,
     pub deadline_ms: f64,
+    pub rtt_ms: f64,
     pub policies: BTreeMap<String, SimResult>,
     /// (cbo − local) / (clairvoyant − local), when all three ran.
     pub cbo_share_of_clairvoyant_gain: Option<f64>,
@@ -164,7 +168,8 @@ pub struct EvalReport {
     /// Frames per clip, by clip file name.
     pub frames: BTreeMap<String, usize>,
     pub fps: f64,
-    pub rtt_ms: f64,
+    /// The RTTs of the grid (each run has its own).
+    pub rtt_ms: Vec<f64>,
     pub runs: Vec<Run>,
     /// Per policy over every run ([`crate::offload::summary`]).
     pub summary: BTreeMap<String, PolicySummary>,
@@ -376,9 +381,9 @@ fn planner_with(
     .map_err(|e| format!("{e} (known: {ALL_POLICIES})"))?;
     let bps = args.initial_uplink_mbps * 1e6;
     if spec.kind != PolicyKind::Cbo {
-        return Ok(spec.planner(Some(profile), bps, args.rtt_ms));
+        return Ok(spec.planner(Some(profile), bps, args.rtt()));
     }
-    let mut p = CboPlanner::new(profile.clone(), bps, args.rtt_ms).with_params(params);
+    let mut p = CboPlanner::new(profile.clone(), bps, args.rtt()).with_params(params);
     if let Some(w) = spec.reuse_window_ms {
         p = p.with_reuse(w);
     }
@@ -519,12 +524,20 @@ pub struct AlignedSim {
     pub result: SimResult,
 }
 
+impl EvalArgs {
+    /// The RTT of one setting: `run` narrows `rtt_ms` to a single value per setting before
+    /// anything replays it; the first where it has not.
+    pub fn rtt(&self) -> f64 {
+        self.rtt_ms.first().copied().unwrap_or(40.0)
+    }
+}
+
 /// The replay's link and timing for one deadline.
 pub fn sim_config(args: &EvalArgs, deadline_ms: f64) -> SimConfig {
     SimConfig {
         fps: args.fps,
         deadline_ms,
-        rtt_ms: args.rtt_ms,
+        rtt_ms: args.rtt(),
         queue_bytes: args.queue_bytes,
         overhead_bytes: 200,
         send_window_bytes: args.send_window_bytes,
@@ -624,9 +637,24 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
         })
         .collect::<Result<Vec<_>, String>>()?;
     let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
-    let settings: Vec<(usize, usize, f64)> = (0..clips.len())
-        .flat_map(|c| {
-            (0..traces.len()).flat_map(move |t| args.deadline_ms.iter().map(move |&d| (c, t, d)))
+    if let Some(bad) = args.rtt_ms.iter().find(|r| !(**r >= 0.0 && r.is_finite())) {
+        return Err(format!(
+            "--rtt-ms {bad}: a round-trip time in ms, 0 or more"
+        ));
+    }
+    // One setting per clip, trace, deadline and RTT; each is replayed with `args` narrowed to
+    // its RTT ([`EvalArgs::rtt`]).
+    let settings: Vec<(usize, usize, f64, EvalArgs)> = (0..clips.len())
+        .flat_map(|c| (0..traces.len()).map(move |t| (c, t)))
+        .flat_map(|(c, t)| args.deadline_ms.iter().map(move |&d| (c, t, d)))
+        .flat_map(|(c, t, d)| {
+            args.rtt_ms.iter().map(move |&rtt| {
+                let narrowed = EvalArgs {
+                    rtt_ms: vec![rtt],
+                    ..args.clone()
+                };
+                (c, t, d, narrowed)
+            })
         })
         .collect();
     if let Some(bad) = args
@@ -680,12 +708,13 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
     } else {
         Vec::new()
     };
-    let results = parallel_map(&settings, args.jobs, |&(c, t, d)| {
-        run_setting(args, &profile, &clips[c], &traces[t].1, d, &candidates)
+    let results = parallel_map(&settings, args.jobs, |(c, t, d, args)| {
+        run_setting(args, &profile, &clips[*c], &traces[*t].1, *d, &candidates)
     });
     let mut runs = Vec::new();
     let mut per_candidate = Vec::new();
-    for (&(c, t, deadline), result) in settings.iter().zip(results) {
+    for ((c, t, deadline, setting), result) in settings.iter().zip(results) {
+        let (c, t, deadline) = (*c, *t, *deadline);
         let (policies, candidate_results) = result?;
         per_candidate.push(candidate_results);
         let (path, trace) = &traces[t];
@@ -717,7 +746,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
                     clip.frames.len()
                 );
                 let r = super::eval_e2e::run(
-                    args,
+                    setting,
                     (&clip.video, &clip.labels),
                     &profile_path,
                     name,
@@ -726,10 +755,10 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
                     clip.frames.len(),
                 )?;
                 let aligned = Arc::new(trace.rotated(r.trace_offset_ms));
-                let cfg = sim_config(args, deadline);
+                let cfg = sim_config(setting, deadline);
                 let only = std::slice::from_ref(name);
                 if let Some(sim) =
-                    run_policies(args, only, &profile, clip, &aligned, &cfg)?.remove(name)
+                    run_policies(setting, only, &profile, clip, &aligned, &cfg)?.remove(name)
                 {
                     e2e_simulated.insert(
                         name.clone(),
@@ -748,6 +777,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
             source: trace_source(&file_name(path)),
             trace_mean_mbps: trace.mean_bps() / 1e6,
             deadline_ms: deadline,
+            rtt_ms: setting.rtt(),
             policies,
             cbo_share_of_clairvoyant_gain: share,
             cbo_reuse_share_of_clairvoyant_reuse_gain: reuse_share,
@@ -782,7 +812,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
             .map(|c| (c.name.clone(), c.frames.len()))
             .collect(),
         fps: args.fps,
-        rtt_ms: args.rtt_ms,
+        rtt_ms: args.rtt_ms.clone(),
         runs,
         summary,
         cv,
@@ -874,9 +904,11 @@ fn plots(
     shorts: &[u32],
 ) -> Result<(), String> {
     let frames = &clip.frames;
+    // Per trace, the first clip at the first RTT; the regret plot has every setting.
+    let first_rtt = args.rtt();
     let points: Vec<(String, f64, String, f64)> = runs
         .iter()
-        .filter(|r| r.clip == clip.name)
+        .filter(|r| r.clip == clip.name && r.rtt_ms == first_rtt)
         .flat_map(|r| {
             r.policies
                 .iter()
@@ -915,7 +947,10 @@ fn plots(
     let longest = args.deadline_ms.iter().copied().fold(0.0, f64::max);
     for (path, trace) in traces {
         let Some(run) = runs.iter().find(|r| {
-            r.clip == clip.name && r.trace == file_name(path) && r.deadline_ms == longest
+            r.clip == clip.name
+                && r.trace == file_name(path)
+                && r.deadline_ms == longest
+                && r.rtt_ms == first_rtt
         }) else {
             continue;
         };
@@ -985,7 +1020,11 @@ pub fn print_table(r: &EvalReport) {
         "{} at {} fps, RTT {} ms, {} setting(s)",
         clips.join(", "),
         r.fps,
-        r.rtt_ms,
+        r.rtt_ms
+            .iter()
+            .map(f64::to_string)
+            .collect::<Vec<_>>()
+            .join("/"),
         r.runs.len()
     );
     if r.runs.len() <= 12 {
@@ -1026,11 +1065,12 @@ pub fn print_table(r: &EvalReport) {
 
 fn print_run(run: &Run) {
     println!(
-        "\n{} on {} ({:.2} Mbit/s), deadline {} ms{}",
+        "\n{} on {} ({:.2} Mbit/s), deadline {} ms, RTT {} ms{}",
         run.clip,
         run.trace,
         run.trace_mean_mbps,
         run.deadline_ms,
+        run.rtt_ms,
         run.cbo_share_of_clairvoyant_gain
             .map(|s| format!(": cbo reaches {:.0} % of the clairvoyant gain", s * 100.0))
             .unwrap_or_default()
@@ -1073,13 +1113,16 @@ fn print_run(run: &Run) {
 /// A grid: one line per setting, accuracy per policy.
 fn print_grid(r: &EvalReport) {
     let names: Vec<&String> = r.summary.keys().collect();
-    print!("\n{:<22} {:<38} {:>6}", "clip", "trace", "ms");
+    print!("\n{:<22} {:<38} {:>6} {:>5}", "clip", "trace", "ms", "rtt");
     for n in &names {
         print!(" {:>9}", shorten(n));
     }
     println!();
     for run in &r.runs {
-        print!("{:<22} {:<38} {:>6}", run.clip, run.trace, run.deadline_ms);
+        print!(
+            "{:<22} {:<38} {:>6} {:>5}",
+            run.clip, run.trace, run.deadline_ms, run.rtt_ms
+        );
         for n in &names {
             match run.policies.get(*n) {
                 Some(s) => print!(" {:>9.3}", s.accuracy),

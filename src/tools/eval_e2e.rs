@@ -70,7 +70,7 @@ pub fn run(
         server.local_addr(),
         trace.clone(),
     );
-    netem_config.delay = Duration::from_secs_f64(args.rtt_ms / 2000.0);
+    netem_config.delay = Duration::from_secs_f64(args.rtt() / 2000.0);
     netem_config.queue_bytes = args.queue_bytes;
     let netem = rt.block_on(crate::netem::start(netem_config))?;
 
