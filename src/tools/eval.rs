@@ -526,7 +526,7 @@ pub struct AlignedSim {
 
 impl EvalArgs {
     /// The RTT of one setting: `run` narrows `rtt_ms` to a single value per setting before
-    /// anything replays it; the first where it has not.
+    /// anything replays it (and refuses an empty list); the first where it has not.
     pub fn rtt(&self) -> f64 {
         self.rtt_ms.first().copied().unwrap_or(40.0)
     }
@@ -637,6 +637,9 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
         })
         .collect::<Result<Vec<_>, String>>()?;
     let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
+    if args.rtt_ms.is_empty() || args.deadline_ms.is_empty() {
+        return Err("--rtt-ms and --deadline-ms: at least one value each".into());
+    }
     if let Some(bad) = args.rtt_ms.iter().find(|r| !(**r >= 0.0 && r.is_finite())) {
         return Err(format!(
             "--rtt-ms {bad}: a round-trip time in ms, 0 or more"
