@@ -493,6 +493,30 @@ fn cbo_eval_summarises_a_grid_of_clips_traces_deadlines_and_rtts_and_cross_valid
         assert!(acc("clairvoyant") >= acc("link-oracle") - 1e-9, "{r}");
         assert!(acc("clairvoyant+reuse") >= acc("cbo+reuse") - 1e-9, "{r}");
     }
+    // Per RTT, each summary is over its half of the settings, and (the halves being equal)
+    // their mean accuracies average to the whole grid's.
+    for report in [&v, &v["cv"]] {
+        let by_rtt = report["summary_by_rtt"].as_array().unwrap();
+        let rtts: Vec<f64> = by_rtt
+            .iter()
+            .map(|r| r["rtt_ms"].as_f64().unwrap())
+            .collect();
+        assert_eq!(rtts, [40.0, 100.0]);
+        for policy in ["cbo+reuse", "all", "local"] {
+            let mean = |s: &serde_json::Value| s[policy]["mean_accuracy"].as_f64().unwrap();
+            let halves: Vec<f64> = by_rtt.iter().map(|r| mean(&r["summary"])).collect();
+            assert!(
+                by_rtt
+                    .iter()
+                    .all(|r| r["summary"][policy]["settings"] == 12)
+            );
+            assert!(
+                ((halves[0] + halves[1]) / 2.0 - mean(&report["summary"])).abs() < 1e-9,
+                "{policy}: {halves:?} vs {}",
+                report["summary"]
+            );
+        }
+    }
     for (name, summary) in [("summary", &v["summary"]), ("cv", &v["cv"]["summary"])] {
         for policy in ["cbo", "cbo+reuse", "link-oracle", "threshold", "local"] {
             let s = &summary[policy];

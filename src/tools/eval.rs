@@ -173,9 +173,44 @@ pub struct EvalReport {
     pub runs: Vec<Run>,
     /// Per policy over every run ([`crate::offload::summary`]).
     pub summary: BTreeMap<String, PolicySummary>,
+    /// For a grid of several RTTs, [`Self::summary`] over each RTT's settings.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub summary_by_rtt: Vec<RttSummary>,
     /// `--cv`: the cross-validated constants and results.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cv: Option<CvReport>,
+}
+
+/// The summary over the settings of one RTT.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RttSummary {
+    pub rtt_ms: f64,
+    pub summary: BTreeMap<String, PolicySummary>,
+}
+
+/// Per RTT, in increasing order, the summary of `results` (one per run) over that RTT's runs;
+/// empty unless the runs have several RTTs.
+fn summaries_by_rtt(runs: &[Run], results: &[&BTreeMap<String, SimResult>]) -> Vec<RttSummary> {
+    let mut rtts: Vec<f64> = runs.iter().map(|r| r.rtt_ms).collect();
+    rtts.sort_by(f64::total_cmp);
+    rtts.dedup();
+    if rtts.len() < 2 {
+        return Vec::new();
+    }
+    rtts.into_iter()
+        .map(|rtt_ms| {
+            let of: Vec<&BTreeMap<String, SimResult>> = runs
+                .iter()
+                .zip(results)
+                .filter(|(r, _)| r.rtt_ms == rtt_ms)
+                .map(|(_, p)| *p)
+                .collect();
+            RttSummary {
+                rtt_ms,
+                summary: summarise(&of),
+            }
+        })
+        .collect()
 }
 
 /// `--cv`: the cbo policies' results with constants chosen on other sources and clips only.
@@ -191,6 +226,9 @@ pub struct CvReport {
     /// Like [`EvalReport::summary`], with `cbo`, `cbo+reuse`, `link-oracle` and
     /// `link-oracle+reuse` replaced by their cross-validated results.
     pub summary: BTreeMap<String, PolicySummary>,
+    /// For a grid of several RTTs, [`Self::summary`] over each RTT's settings.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub summary_by_rtt: Vec<RttSummary>,
     /// Per run, the cross-validated results of those policies.
     pub runs: Vec<BTreeMap<String, SimResult>>,
 }
@@ -788,7 +826,9 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
             e2e_simulated,
         });
     }
-    let summary = summarise(&runs.iter().map(|r| &r.policies).collect::<Vec<_>>());
+    let results: Vec<&BTreeMap<String, SimResult>> = runs.iter().map(|r| &r.policies).collect();
+    let summary = summarise(&results);
+    let summary_by_rtt = summaries_by_rtt(&runs, &results);
     let cv = args
         .cv
         .then(|| cross_validate(&runs, &per_candidate, &candidates, &clips));
@@ -818,6 +858,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
         rtt_ms: args.rtt_ms.clone(),
         runs,
         summary,
+        summary_by_rtt,
         cv,
     })
 }
@@ -892,6 +933,7 @@ fn cross_validate(
             })
             .collect(),
         summary: summarise(&merged.iter().collect::<Vec<_>>()),
+        summary_by_rtt: summaries_by_rtt(runs, &merged.iter().collect::<Vec<_>>()),
         runs: cv_runs,
     }
 }
@@ -1037,7 +1079,7 @@ pub fn print_table(r: &EvalReport) {
     } else {
         print_grid(r);
     }
-    print_summary(&r.summary);
+    print_summaries(&r.summary, &r.summary_by_rtt);
     if let Some(cv) = &r.cv {
         println!(
             "\ncross-validated (leave one trace source and one clip out; {} candidates): chosen on all \
@@ -1062,7 +1104,7 @@ pub fn print_table(r: &EvalReport) {
                 f.miss_limit * 100.0
             );
         }
-        print_summary(&cv.summary);
+        print_summaries(&cv.summary, &cv.summary_by_rtt);
     }
 }
 
@@ -1142,10 +1184,18 @@ fn shorten(name: &str) -> String {
         .replace("link-oracle", "oracle")
 }
 
-fn print_summary(summary: &BTreeMap<String, PolicySummary>) {
+/// The summary over every setting, then over each RTT's when there are several.
+fn print_summaries(summary: &BTreeMap<String, PolicySummary>, by_rtt: &[RttSummary]) {
+    print_summary(summary, "");
+    for r in by_rtt {
+        print_summary(&r.summary, &format!(" at RTT {} ms", r.rtt_ms));
+    }
+}
+
+fn print_summary(summary: &BTreeMap<String, PolicySummary>, scope: &str) {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0}%", v * 100.0));
     println!(
-        "\nsummary over {} setting(s) (regret: points below the best of local/all/threshold/threshold-raw/fastva)",
+        "\nsummary over {} setting(s){scope} (regret: points below the best of local/all/threshold/threshold-raw/fastva)",
         summary.values().map(|s| s.settings).max().unwrap_or(0)
     );
     println!(
