@@ -640,6 +640,14 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
     let profile = Profile::load(&profile_path)
         .map_err(|e| e.to_string())?
         .merged_by(args.merge);
+    if args.rtt_ms.is_empty() || args.deadline_ms.is_empty() {
+        return Err("--rtt-ms and --deadline-ms: at least one value each".into());
+    }
+    if let Some(bad) = args.rtt_ms.iter().find(|r| !(**r >= 0.0 && r.is_finite())) {
+        return Err(format!(
+            "--rtt-ms {bad}: a round-trip time in ms, 0 or more"
+        ));
+    }
     if args.video.len() != args.labels.len() {
         return Err(format!(
             "{} clip(s) but {} label file(s): give --labels in the order of --video",
@@ -675,14 +683,6 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
         })
         .collect::<Result<Vec<_>, String>>()?;
     let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
-    if args.rtt_ms.is_empty() || args.deadline_ms.is_empty() {
-        return Err("--rtt-ms and --deadline-ms: at least one value each".into());
-    }
-    if let Some(bad) = args.rtt_ms.iter().find(|r| !(**r >= 0.0 && r.is_finite())) {
-        return Err(format!(
-            "--rtt-ms {bad}: a round-trip time in ms, 0 or more"
-        ));
-    }
     // One setting per clip, trace, deadline and RTT; each is replayed with `args` narrowed to
     // its RTT ([`EvalArgs::rtt`]).
     let settings: Vec<(usize, usize, f64, EvalArgs)> = (0..clips.len())
