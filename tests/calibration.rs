@@ -492,7 +492,48 @@ fn cbo_eval_summarises_a_grid_of_clips_traces_deadlines_and_rtts_and_cross_valid
         // clairvoyant schedule knows everything.
         assert!(acc("clairvoyant") >= acc("link-oracle") - 1e-9, "{r}");
         assert!(acc("clairvoyant+reuse") >= acc("cbo+reuse") - 1e-9, "{r}");
+        // The estimated-link planners report each send's planned arrival probability against
+        // what happened: one send per offloaded frame, and every one that did not arrive in
+        // time a deadline miss. Rules and bounds plan with no such probability.
+        for policy in ["cbo", "cbo+reuse"] {
+            let (s, a) = (&p[policy], &p[policy]["arrival"]);
+            let frames = 40.0;
+            let sends = a["sends"].as_f64().unwrap();
+            assert_eq!(
+                sends,
+                (s["offload_ratio"].as_f64().unwrap() * frames).round()
+            );
+            let late = sends * (1.0 - a["arrived_share"].as_f64().unwrap());
+            let missed = s["deadline_miss_rate"].as_f64().unwrap() * frames;
+            assert!((late - missed).abs() < 1e-6, "{policy}: {a} vs {s}");
+            let binned: f64 = a["bins"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["sends"].as_f64().unwrap())
+                .sum();
+            assert_eq!(binned, sends);
+        }
+        for policy in ["local", "threshold", "fastva", "link-oracle", "clairvoyant"] {
+            assert!(
+                p[policy].get("arrival").is_none(),
+                "{policy}: {}",
+                p[policy]
+            );
+        }
     }
+    // The summary's diagram is every setting's added up.
+    let sends: f64 = runs
+        .iter()
+        .map(|r| {
+            r["policies"]["cbo+reuse"]["arrival"]["sends"]
+                .as_f64()
+                .unwrap()
+        })
+        .sum();
+    let diagram = &v["summary"]["cbo+reuse"]["arrival_reliability"];
+    assert_eq!(diagram["sends"].as_f64().unwrap(), sends);
+    assert!(sends > 0.0, "cbo+reuse sent nothing in 24 settings");
     // Per RTT, each summary is over its half of the settings, and (the halves being equal)
     // their mean accuracies average to the whole grid's.
     for report in [&v, &v["cv"]] {

@@ -17,6 +17,7 @@ pub mod link_estimate;
 pub mod merge;
 pub mod planner;
 pub mod policy;
+pub mod reliability;
 pub mod reuse;
 pub mod rules;
 pub mod sender;

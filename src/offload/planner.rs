@@ -188,6 +188,12 @@ pub trait Planner: Send {
     fn describe(&self) -> String {
         String::new()
     }
+    /// Every transfer sent so far with the probability of arriving in time it was planned with,
+    /// if the planner plans with one and was asked to keep them
+    /// ([`CboPlanner::with_arrival_log`]); `None` otherwise.
+    fn arrival_log(&self) -> Option<&[(u64, f64)]> {
+        None
+    }
 }
 
 /// Feeds an answer to a planner the way the element and the simulator both do: the transport's
@@ -334,12 +340,6 @@ impl CboPlanner {
     pub fn with_arrival_log(mut self) -> Self {
         self.arrival_log = Some(Vec::new());
         self
-    }
-
-    /// The transfers recorded since [`Self::with_arrival_log`] (empty without it, and for the
-    /// link oracle, which knows).
-    pub fn arrival_log(&self) -> &[(u64, f64)] {
-        self.arrival_log.as_deref().unwrap_or_default()
     }
 
     /// Plans with other constants than [`DEFAULT_PARAMS`] (cross-validation).
@@ -617,6 +617,11 @@ impl CboPlanner {
 }
 
 impl Planner for CboPlanner {
+    /// Empty for the link oracle, which knows when a transfer arrives.
+    fn arrival_log(&self) -> Option<&[(u64, f64)]> {
+        self.arrival_log.as_deref()
+    }
+
     fn name(&self) -> &'static str {
         if self.oracle.is_some() {
             "link-oracle"

@@ -21,6 +21,7 @@ use super::clock::VirtualClock;
 use super::hold::{HoldQueue, Outcome};
 use super::merge::{MergeModel, server_label_wins};
 use super::planner::{Action, AnswerIn, FrameIn, Planner, feed_answer};
+use super::reliability::ArrivalReliability;
 use super::reuse::{AnswerReuse, FrameAnswer};
 use super::sender::{Crossing, Sender};
 use crate::profile::Profile;
@@ -101,6 +102,11 @@ pub struct SimResult {
     /// Per frame: sent and answered by its deadline.
     #[serde(skip)]
     pub answered: Vec<bool>,
+    /// The planner's sends binned by the arrival probability they were planned with, and how
+    /// many of each arrived in time; only for a planner that logs them
+    /// ([`Planner::arrival_log`]: `cbo eval` asks the estimated-link `cbo` policies to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arrival: Option<ArrivalReliability>,
 }
 
 impl SimResult {
@@ -431,6 +437,12 @@ pub fn simulate(
     pop_until(&mut hold, f64::INFINITY, &mut missed);
     latencies.sort_by(f64::total_cmp);
     let offloaded: Vec<u32> = sent.iter().flatten().map(|&r| shorts[r]).collect();
+    let arrived = |i: usize| sent[i].is_some() && resolved[i].is_some();
+    let arrival = planner.arrival_log().map(|log| {
+        ArrivalReliability::of(log, |id| {
+            usize::try_from(id).is_ok_and(|i| i < n && arrived(i))
+        })
+    });
     SimResult {
         accuracy: right as f64 / n.max(1) as f64,
         deadline_miss_rate: missed as f64 / n.max(1) as f64,
@@ -446,9 +458,8 @@ pub fn simulate(
         latency_p99_ms: percentile(&latencies, 0.99),
         reuse_ratio: reused as f64 / n.max(1) as f64,
         sent_at: sent.iter().map(|s| s.map_or(0, |r| shorts[r])).collect(),
-        answered: (0..n)
-            .map(|i| sent[i].is_some() && resolved[i].is_some())
-            .collect(),
+        answered: (0..n).map(arrived).collect(),
+        arrival,
     }
 }
 
@@ -595,6 +606,8 @@ pub fn clairvoyant(
         reuse_ratio: 0.0,
         answered: sent_at.iter().map(|&s| s > 0).collect(),
         sent_at,
+        // It knows what arrives: no probabilities to check.
+        arrival: None,
     }
 }
 
@@ -1102,7 +1115,18 @@ mod tests {
             let mut planner =
                 super::super::planner::CboPlanner::new(p.clone(), 1e6, 40.0).with_arrival_log();
             let r = simulate(&mut planner, &f, link, &cfg(), None);
-            let log = planner.arrival_log();
+            let log = planner.arrival_log().expect("asked for");
+            // The replay's own diagram counts the same sends and arrivals.
+            let diagram = r
+                .arrival
+                .as_ref()
+                .expect("a logging planner gets a diagram");
+            assert_eq!(diagram.sends(), log.len());
+            let answered = log
+                .iter()
+                .filter(|&&(id, _)| r.answered[id as usize])
+                .count();
+            assert_eq!(diagram.arrived(), answered);
             assert!(log.len() > 30, "{name}: only {} sends", log.len());
             let (mut pr, mut ar) = (0.0, 0.0);
             // A transfer is made only where `P · gain > price · (1 − P)`; no gain exceeds 1, so

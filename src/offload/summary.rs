@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::reliability::ArrivalReliability;
 use super::sim::SimResult;
 
 /// The simple rules a user could run instead of `cbo`; none of them is tuned per setting.
@@ -45,6 +46,10 @@ pub struct PolicySummary {
     /// not run or never gained [`MIN_BOUND_GAIN`].
     pub clairvoyant_gain_share: Option<f64>,
     pub link_oracle_gain_share: Option<f64>,
+    /// Its sends over every setting, binned by the arrival probability they were planned with
+    /// against the share that arrived in time (the estimated-link `cbo` policies only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arrival_reliability: Option<ArrivalReliability>,
 }
 
 /// The best causal baseline's accuracy in one setting (−∞ when none ran).
@@ -77,9 +82,13 @@ pub fn summarise(settings: &[&BTreeMap<String, SimResult>]) -> BTreeMap<String, 
             (0.0, 0.0, f64::NEG_INFINITY, 0usize, 0usize, 0.0f64);
         let (mut miss, mut offload) = (0.0, 0.0);
         let mut shares: [(f64, usize); 2] = [(0.0, 0), (0.0, 0)];
+        let mut arrival: Option<ArrivalReliability> = None;
         for s in settings {
             let Some(r) = s.get(name) else { continue };
             n += 1;
+            if let Some(a) = &r.arrival {
+                arrival.get_or_insert_with(Default::default).merge(a);
+            }
             acc += r.accuracy;
             miss += r.deadline_miss_rate;
             offload += r.offload_ratio;
@@ -125,6 +134,7 @@ pub fn summarise(settings: &[&BTreeMap<String, SimResult>]) -> BTreeMap<String, 
                 mean_offload_ratio: offload / nf,
                 clairvoyant_gain_share: share(shares[0]),
                 link_oracle_gain_share: share(shares[1]),
+                arrival_reliability: arrival,
             },
         );
     }
@@ -194,6 +204,8 @@ mod tests {
         assert_eq!(t.settings, 2);
         assert!((t.best_share - 0.5).abs() < 1e-12);
         assert!((t.worst_regret - 0.05).abs() < 1e-12);
+        // Only a policy whose replays logged arrival probabilities gets a diagram.
+        assert_eq!(c.arrival_reliability, None);
         // A policy without its bound has no share.
         let only = setting(&[
             ("local", 0.5, 0.0),
@@ -204,5 +216,27 @@ mod tests {
             summarise(&[&only])["cbo+reuse"].clairvoyant_gain_share,
             None
         );
+    }
+
+    #[test]
+    fn the_arrival_diagrams_of_every_setting_add_up() {
+        use crate::offload::reliability::ArrivalReliability;
+        let with = |log: &[(u64, f64)], arrived: &[u64]| {
+            let mut m = setting(&[("local", 0.5, 0.0), ("cbo", 0.6, 0.01)]);
+            m.get_mut("cbo").unwrap().arrival =
+                Some(ArrivalReliability::of(log, |id| arrived.contains(&id)));
+            m
+        };
+        let s1 = with(&[(0, 1.0), (1, 0.85)], &[0]);
+        let s2 = with(&[(4, 1.0), (7, 0.6)], &[4, 7]);
+        let a = summarise(&[&s1, &s2])["cbo"]
+            .arrival_reliability
+            .clone()
+            .expect("merged");
+        assert_eq!((a.sends(), a.arrived()), (4, 3));
+        let top = a.bins.last().unwrap();
+        assert_eq!((top.sends, top.arrived), (2, 2));
+        // |0.85 − 0| + |0.6 − 1| + |2 − 2| over 4 sends.
+        assert!((a.calibration_error() - 1.25 / 4.0).abs() < 1e-12);
     }
 }

@@ -427,6 +427,9 @@ fn planner_with(
     }
     if oracle {
         p = p.with_link_oracle(trace.clone());
+    } else {
+        // For the reliability of its arrival probabilities (`SimResult::arrival`).
+        p = p.with_arrival_log();
     }
     Ok(Some(Box::new(p)))
 }
@@ -1227,5 +1230,28 @@ fn print_summary(summary: &BTreeMap<String, PolicySummary>, scope: &str) {
             pct(s.clairvoyant_gain_share),
             pct(s.link_oracle_gain_share),
         );
+    }
+    for (name, s) in summary {
+        let Some(a) = s.arrival_reliability.as_ref().filter(|a| a.sends() > 0) else {
+            continue;
+        };
+        println!(
+            "  {name}: {} sends planned with P(arrives) {:.3} on average, {:.3} arrived in time (calibration error {:.3}); by P:",
+            a.sends(),
+            a.mean_predicted(),
+            a.arrived_share(),
+            a.calibration_error()
+        );
+        for b in a.bins.iter().filter(|b| b.sends > 0) {
+            println!(
+                "    [{:.2}, {:.2}{} {:>6} sends  predicted {:.3}  arrived {:.3}",
+                b.lo,
+                b.hi,
+                if b.hi >= 1.0 { "]" } else { ")" },
+                b.sends,
+                b.mean_predicted(),
+                b.arrived_share()
+            );
+        }
     }
 }

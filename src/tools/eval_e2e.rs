@@ -232,6 +232,8 @@ pub fn run(
         reuse_ratio: reused as f64 / n,
         sent_at: Vec::new(),
         answered: Vec::new(),
+        // The element does not report the probability it sent each frame with.
+        arrival: None,
     };
     Ok(E2eRun {
         result,
