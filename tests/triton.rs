@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{EosOnDrop, Run, assets, repo, result_feed, run_with, until};
 use gstcbo::Source;
@@ -130,12 +130,31 @@ fn add_model(repository: &Path, name: &str, delay_ms: Option<u32>) {
 }
 
 /// A loopback TCP port nobody listens on.
+/// A TCP port free on 127.0.0.1 *below* the kernel's ephemeral range, for a server started
+/// later on it.
+///
+/// A port the kernel hands out for `bind(0)` is an ephemeral one: until the server binds it, the
+/// kernel may give it to any outgoing connection as its source port, and a client that keeps
+/// connecting to a port in that range with nobody listening (cboserver retrying its absent
+/// backend) eventually connects to itself on it (TCP simultaneous open), so Triton then found its
+/// port "already in use" (seen once in `make test`).
 fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000, ephemeral.max(10_001));
+    let start = u64::from(std::process::id()) * 7919;
+    (0..(hi - lo))
+        .map(|i| lo + (start + (NEXT.fetch_add(1, Ordering::Relaxed) + i) * 104_729) % (hi - lo))
+        .find_map(|port| {
+            let port = u16::try_from(port).ok()?;
+            std::net::TcpListener::bind(("127.0.0.1", port))
+                .ok()
+                .map(|_| port)
+        })
+        .expect("a free port below the ephemeral range")
 }
 
 static INSTANCES: AtomicU64 = AtomicU64::new(0);
@@ -201,18 +220,34 @@ impl Triton {
             });
         }
         drop(tx);
-        let triton = Triton {
+        let mut triton = Triton {
             child: Some(child),
             port,
             shm_prefix,
             log,
         };
-        // Both pipes close when Triton exits: then the wait ends too.
-        let started = rx
-            .iter()
-            .any(|line| line.contains("Started GRPCInferenceService"));
-        assert!(started, "Triton did not start:\n{}", triton.log());
-        triton
+        // Until Triton says it serves, exits, or a safety limit (not a speed check) passes. Its
+        // pipes are no sign of its exit: the Python stubs it started hold them open.
+        let limit = Instant::now() + Duration::from_secs(180);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) if line.contains("Started GRPCInferenceService") => return triton,
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            let exited = triton.child.as_mut().map(|c| c.try_wait());
+            if let Some(Ok(Some(status))) = exited {
+                // Let the readers take in what it wrote last.
+                std::thread::sleep(Duration::from_millis(200));
+                panic!("Triton exited ({status}) before serving:\n{}", triton.log());
+            }
+            assert!(
+                Instant::now() < limit,
+                "Triton did not start in 180 s:\n{}",
+                triton.log()
+            );
+        }
+        panic!("Triton did not start:\n{}", triton.log());
     }
 
     fn address(&self) -> String {
