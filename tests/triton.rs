@@ -129,15 +129,14 @@ fn add_model(repository: &Path, name: &str, delay_ms: Option<u32>) {
     .unwrap();
 }
 
-/// A loopback TCP port nobody listens on.
 /// A TCP port free on 127.0.0.1 *below* the kernel's ephemeral range, for a server started
 /// later on it.
 ///
 /// A port the kernel hands out for `bind(0)` is an ephemeral one: until the server binds it, the
 /// kernel may give it to any outgoing connection as its source port, and a client that keeps
 /// connecting to a port in that range with nobody listening (cboserver retrying its absent
-/// backend) eventually connects to itself on it (TCP simultaneous open), so Triton then found its
-/// port "already in use" (seen once in `make test`).
+/// backend) can connect to itself on it (TCP simultaneous open). Either made Triton find its
+/// port "already in use" once in `make test`.
 fn free_tcp_port() -> u16 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
