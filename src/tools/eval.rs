@@ -315,6 +315,8 @@ fn frames(
     let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
     // Keyed by what the results depend on: the clip's and labels' contents (not where they
     // are: a moved checkout keeps its cache), the models, the calibration and the resolutions.
+    // v5: floats are parsed exactly since (serde_json `float_roundtrip`), the calibration's
+    // too, so results cached before may differ from a fresh run's by an ulp.
     let key = {
         let video_sha = crate::calibration::sha256_file(video).map_err(|e| e.to_string())?;
         let mut h = sha2::Sha256::new();
@@ -327,7 +329,7 @@ fn frames(
         }
         h.update(
             format!(
-                "v4 {shorts:?} q{} n{}",
+                "v5 {shorts:?} q{} n{}",
                 profile.jpeg_quality, args.max_frames
             )
             .as_bytes(),
