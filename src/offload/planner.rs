@@ -123,7 +123,9 @@ fn default_failure_memory() -> f64 {
 
 /// The constants the element and `cbo eval` use: the candidate `cbo eval --cv` chose on the whole
 /// dev grid (4 clips × 14 traces × 3 deadlines, failures as bounds with their own memory, under
-/// the training miss limit cross-validated within the grid, 0.75 %; docs/evaluation.md).
+/// the training miss limit cross-validated within the grid, 0.75 %; docs/evaluation.md). With
+/// the model results parsed exactly the grid's choice is `miss_price` 0.5, level with 0.7 within
+/// what an ulp of input moves; 0.7 stays (docs/policy.md, "The constants").
 pub const DEFAULT_PARAMS: CboParams = CboParams {
     gain_z: 0.25,
     records: 10,
