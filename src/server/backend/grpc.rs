@@ -65,6 +65,34 @@ impl GrpcConfig {
     }
 }
 
+/// Where Linux keeps the range of ports it hands out as the local ends of outgoing connections.
+const EPHEMERAL_PORTS: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// `"32768\t60999\n"` (the format of [`EPHEMERAL_PORTS`]) as `(32768, 60999)`.
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut ports = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+    match (ports.next()??, ports.next()??) {
+        (lo, hi) if lo <= hi => Some((lo, hi)),
+        _ => None,
+    }
+}
+
+/// Whether `address` (`HOST:PORT`) is a port of this host (a loopback address or `localhost`)
+/// inside `range`. Such a port can be taken by any outgoing connection before the backend binds
+/// it, and one of our own retries can even connect to itself on it (TCP simultaneous open),
+/// which happened once to this project's Triton test.
+fn local_port_in_range(address: &str, (lo, hi): (u16, u16)) -> bool {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    local && port.parse::<u16>().is_ok_and(|p| (lo..=hi).contains(&p))
+}
+
 /// Why a connection attempt did not give a usable backend.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConnectError {
@@ -296,6 +324,20 @@ impl GrpcBackend {
                     backend = %config.uri(), error = %text,
                     "backend not ready at start; answering `overloaded` until it is"
                 );
+                if let Some(range) = std::fs::read_to_string(EPHEMERAL_PORTS)
+                    .ok()
+                    .and_then(|t| parse_port_range(&t))
+                    && local_port_in_range(&config.address, range)
+                {
+                    tracing::warn!(
+                        backend = %config.uri(),
+                        "the backend's port is on this host and inside the kernel's ephemeral \
+                         range ({}-{}): until the backend listens, an outgoing connection (ours \
+                         included, retrying) may take that port and the backend then fails to \
+                         start with 'address already in use'; give it a port below {}",
+                        range.0, range.1, range.0
+                    );
+                }
                 link.readiness.set_down(&text);
             }
         }
@@ -396,6 +438,24 @@ impl BatchBackend for GrpcBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_local_backend_port_in_the_ephemeral_range_is_recognised() {
+        let range = parse_port_range("32768\t60999\n").unwrap();
+        assert_eq!(range, (32768, 60999));
+        assert_eq!(parse_port_range("60999 32768"), None);
+        assert_eq!(parse_port_range("32768"), None);
+        assert_eq!(parse_port_range(""), None);
+        assert!(local_port_in_range("127.0.0.1:44843", range));
+        assert!(local_port_in_range("localhost:32768", range));
+        assert!(local_port_in_range("[::1]:60999", range));
+        // Triton's default port, another host, the range's edges.
+        assert!(!local_port_in_range("127.0.0.1:8001", range));
+        assert!(!local_port_in_range("10.0.0.7:44843", range));
+        assert!(!local_port_in_range("triton.svc:44843", range));
+        assert!(!local_port_in_range("127.0.0.1:32767", range));
+        assert!(!local_port_in_range("127.0.0.1:61000", range));
+    }
 
     #[test]
     fn backend_addresses_need_the_grpc_scheme_and_a_port() {
