@@ -84,6 +84,50 @@ pub const MARGIN_MS: f64 = 10.0;
 /// glitch) moves the scale no further than this.
 const SERVER_SCALE_RANGE: (f64, f64) = (0.02, 50.0);
 
+/// Server time assumed per resolution: the profile's, scaled by what answers report (moving
+/// average of reported / profiled; 1 until the first answer). The profile was measured against
+/// one server on one machine; the server a stream talks to may be a GPU that answers in a tenth
+/// of that, or a loaded CPU that takes three times as long, and a planner's deadline budget must
+/// be this one's. With the time of the last answer: with no answer for
+/// [`SAMPLE_AGE_MS`](super::link_estimate::SAMPLE_AGE_MS) it returns to 1, so a scale that made
+/// every transfer look too slow (and so stopped the answers that would lower it) cannot stop
+/// offloading for good; the reported time includes the server's queue, which our own burst may
+/// have filled. Shared by the CBO planner and FastVA.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct ServerTimeScale(Option<(f64, f64)>);
+
+impl ServerTimeScale {
+    /// An answer at `now_ms` reporting `reported_ms` for a resolution the profile gives
+    /// `profiled_ms`. A server that reports no time (0) says nothing about its speed.
+    pub(super) fn on_answer(&mut self, profiled_ms: f64, reported_ms: f64, now_ms: f64) {
+        if profiled_ms <= 0.0 || reported_ms <= 0.0 {
+            return;
+        }
+        let ratio = (reported_ms / profiled_ms).clamp(SERVER_SCALE_RANGE.0, SERVER_SCALE_RANGE.1);
+        let scale = match self.0 {
+            None => ratio,
+            Some((s, _)) => 0.8 * s + 0.2 * ratio,
+        };
+        self.0 = Some((scale, now_ms));
+    }
+
+    /// Forgets the scale once no answer has come for `SAMPLE_AGE_MS`.
+    pub(super) fn expire(&mut self, now_ms: f64) {
+        if self
+            .0
+            .is_some_and(|(_, at)| now_ms - at > super::link_estimate::SAMPLE_AGE_MS)
+        {
+            self.0 = None;
+        }
+    }
+
+    /// Reported / profiled server time: 1 before the first answer and again 10 s after the
+    /// last.
+    pub(super) fn get(&self) -> f64 {
+        self.0.map_or(1.0, |(scale, _)| scale)
+    }
+}
+
 /// The cbo planner's four constants. Each has a meaning, and each is chosen by
 /// leave-one-source-out cross-validation over the trace corpus and the dev clips
 /// (`cbo eval --cv`, docs/evaluation.md), never on the traces they are reported on.
@@ -264,16 +308,8 @@ pub struct CboPlanner {
     /// Per open transfer: the bytes predicted (for the size-ratio estimate) and the resolution
     /// it went at (for the server-time scale).
     predicted: Vec<(u64, f64, usize)>,
-    /// Server time assumed per resolution: the profile's, scaled by what answers report
-    /// (moving average of reported / profiled; 1 until the first answer). The profile was
-    /// measured against one server on one machine; the server a stream talks to may be a GPU
-    /// that answers in a tenth of that, or a loaded CPU that takes three times as long, and the
-    /// planner's deadline budget must be this one's. With the time of the last answer: with no
-    /// answer for [`SAMPLE_AGE_MS`](super::link_estimate::SAMPLE_AGE_MS) it returns to 1, so a
-    /// scale that made every transfer look too slow (and so stopped the answers that would
-    /// lower it) cannot stop offloading for good; the reported time includes the server's queue,
-    /// which our own burst may have filled.
-    server_scale: Option<(f64, f64)>,
+    /// Server time assumed per resolution: the profile's, scaled by what answers report.
+    server_scale: ServerTimeScale,
     /// Answer reuse ([`super::reuse`]), when the element applies it: a waiting frame in the
     /// run of the latest sent frame will get that frame's answer if it stays on the device, so
     /// keeping it is worth the answer's expected accuracy, not just its own confidence.
@@ -328,7 +364,7 @@ impl CboPlanner {
             oracle: None,
             waiting: Vec::new(),
             predicted: Vec::new(),
-            server_scale: None,
+            server_scale: ServerTimeScale::default(),
             reuse_window_ms: None,
             run: (None, 0),
             run_of: std::collections::HashMap::new(),
@@ -422,16 +458,10 @@ impl CboPlanner {
         wire_bytes(self.predicted_bytes(f, r) * self.link.size_ratio)
     }
 
-    /// Reported / profiled server time, as the `server_scale` field averages it: 1 before the
-    /// first answer and again 10 s after the last.
-    fn server_scale(&self) -> f64 {
-        self.server_scale.map_or(1.0, |(scale, _)| scale)
-    }
-
     /// The time a transfer of `f` at `r` needs besides its upload: encode, RTT, server, margin.
     fn fixed_ms(&self, r: usize) -> f64 {
         let o = &self.opts[r];
-        o.encode_ms + self.link.rtt_ms + o.server_ms * self.server_scale() + MARGIN_MS
+        o.encode_ms + self.link.rtt_ms + o.server_ms * self.server_scale.get() + MARGIN_MS
     }
 
     /// Per waiting frame and resolution, for every start state `s` (the link free at
@@ -646,18 +676,9 @@ impl Planner for CboPlanner {
             .iter()
             .position(|p| p.0 == a.id)
             .map(|i| self.predicted.swap_remove(i));
-        // A server that reports no time (0) says nothing about its speed.
-        if let Some(&(_, _, r)) = predicted.as_ref()
-            && self.opts[r].server_ms > 0.0
-            && a.server_ms > 0.0
-        {
-            let ratio = (a.server_ms / self.opts[r].server_ms)
-                .clamp(SERVER_SCALE_RANGE.0, SERVER_SCALE_RANGE.1);
-            let scale = match self.server_scale {
-                None => ratio,
-                Some((s, _)) => 0.8 * s + 0.2 * ratio,
-            };
-            self.server_scale = Some((scale, a.now_ms));
+        if let Some(&(_, _, r)) = predicted.as_ref() {
+            self.server_scale
+                .on_answer(self.opts[r].server_ms, a.server_ms, a.now_ms);
         }
         self.link.on_answer(&a, predicted.map(|p| p.1));
         self.delivery = 0.9 * self.delivery + 0.1;
@@ -677,12 +698,7 @@ impl Planner for CboPlanner {
 
     fn poll(&mut self, now: f64) -> Vec<(u64, Action)> {
         self.link.refresh(now);
-        if self
-            .server_scale
-            .is_some_and(|(_, at)| now - at > super::link_estimate::SAMPLE_AGE_MS)
-        {
-            self.server_scale = None;
-        }
+        self.server_scale.expire(now);
         let mut actions = Vec::new();
         loop {
             // Frames no option can serve any more, or that nothing improves, leave now.
@@ -784,7 +800,7 @@ impl Planner for CboPlanner {
             self.waiting.len(),
             self.link.describe(),
             self.delivery,
-            self.server_scale()
+            self.server_scale.get()
         )
     }
 }

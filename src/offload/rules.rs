@@ -2,7 +2,9 @@
 //! the baselines the CBO planner ([`super::planner`]) must beat, driven the same way.
 
 use super::link_estimate::LinkEstimate;
-use super::planner::{Action, AnswerIn, FrameIn, MARGIN_MS, Option_, Planner, options, wire_bytes};
+use super::planner::{
+    Action, AnswerIn, FrameIn, MARGIN_MS, Option_, Planner, ServerTimeScale, options, wire_bytes,
+};
 use crate::profile::Profile;
 
 /// The simple rules: `local`, `all`, `threshold`, `threshold-raw` (a fixed resolution, decided at
@@ -15,6 +17,12 @@ pub struct RulePlanner {
     fixed: usize,
     opts: Vec<Option_>,
     pub link: LinkEstimate,
+    /// FastVA: the profile's server time scaled by what answers report, as the CBO planner does
+    /// (the FastVA paper budgets the measured processing time, not a fixed one).
+    server_scale: ServerTimeScale,
+    /// FastVA: the resolution of each unanswered request, to compare its answer's reported
+    /// server time with the profile's at that resolution.
+    open: Vec<(u64, usize)>,
     due: Vec<(u64, Action)>,
 }
 
@@ -49,6 +57,8 @@ impl RulePlanner {
             fixed,
             opts,
             link: LinkEstimate::new(initial_bps, rtt_ms),
+            server_scale: ServerTimeScale::default(),
+            open: Vec::new(),
             due: Vec::new(),
         }
     }
@@ -67,6 +77,8 @@ impl RulePlanner {
                 encode_ms: 0.0,
             }],
             link: LinkEstimate::new(1e6, 0.0),
+            server_scale: ServerTimeScale::default(),
+            open: Vec::new(),
             due: Vec::new(),
         }
     }
@@ -93,6 +105,8 @@ impl Planner for RulePlanner {
             Rule::Threshold(_) | Rule::ThresholdRaw(_) => Action::Keep,
             Rule::FastVa => {
                 self.link.refresh(f.arrival_ms);
+                self.server_scale.expire(f.arrival_ms);
+                let scale = self.server_scale.get();
                 let t0 = self.link.link_free_ms.max(f.arrival_ms);
                 (0..self.opts.len())
                     .rev()
@@ -100,7 +114,7 @@ impl Planner for RulePlanner {
                         let o = &self.opts[r];
                         let tx = wire_bytes(o.bytes * self.link.size_ratio)
                             / self.link.bandwidth.max(1e-6);
-                        t0 + tx + self.link.rtt_ms + o.server_ms + o.encode_ms + MARGIN_MS
+                        t0 + tx + self.link.rtt_ms + o.server_ms * scale + o.encode_ms + MARGIN_MS
                             <= f.deadline_ms
                     })
                     .map_or(Action::Keep, send)
@@ -109,15 +123,24 @@ impl Planner for RulePlanner {
         if let Action::Send { resolution } = action {
             let bytes = wire_bytes(self.opts[resolution].bytes * self.link.size_ratio);
             self.link.on_send(f.id, f.arrival_ms, bytes);
+            if self.rule == Rule::FastVa {
+                self.open.push((f.id, resolution));
+            }
         }
         self.due.push((f.id, action));
     }
 
     fn on_answer(&mut self, a: AnswerIn) {
+        if let Some(i) = self.open.iter().position(|o| o.0 == a.id) {
+            let (_, r) = self.open.swap_remove(i);
+            self.server_scale
+                .on_answer(self.opts[r].server_ms, a.server_ms, a.now_ms);
+        }
         self.link.on_answer(&a, None);
     }
 
     fn on_failure(&mut self, id: u64, now_ms: f64) {
+        self.open.retain(|o| o.0 != id);
         self.link.on_failure(id, now_ms);
     }
 
@@ -176,5 +199,36 @@ mod tests {
         assert_eq!(p.poll(0.0), vec![(1, Action::Send { resolution: 0 })]);
         p.on_frame(frame(2, 0.0, 0.99));
         assert_eq!(p.poll(0.0), vec![(2, Action::Keep)]);
+    }
+
+    #[test]
+    fn fastva_budgets_the_server_time_answers_report() {
+        // 8 Mbit/s: a 224-px request is on the link ~15 ms; the profile's server time is 20 ms.
+        let mut p = RulePlanner::new(Rule::FastVa, &profile(), 224, 8e6, 20.0);
+        let answer = |id, now_ms, server_ms| AnswerIn {
+            id,
+            now_ms,
+            bytes: 15_000.0,
+            server_ms,
+        };
+        p.on_frame(frame(0, 0.0, 0.99));
+        assert_eq!(p.poll(0.0), vec![(0, Action::Send { resolution: 1 })]);
+        // A server 25 times slower than profiled: 500 ms of server time leave nothing of a
+        // 500 ms deadline, at any resolution.
+        p.on_answer(answer(0, 560.0, 500.0));
+        p.on_frame(frame(1, 600.0, 0.99));
+        assert_eq!(p.poll(600.0), vec![(1, Action::Keep)]);
+        // 10 s without an answer: back to the profile's time (else nothing would ever be sent
+        // again to learn that the server recovered).
+        p.on_frame(frame(2, 10_700.0, 0.99));
+        assert_eq!(p.poll(10_700.0), vec![(2, Action::Send { resolution: 1 })]);
+        // A server at the profile's time keeps the largest resolution; a failed request
+        // teaches nothing about the server.
+        p.on_answer(answer(2, 10_760.0, 20.0));
+        p.on_frame(frame(3, 10_800.0, 0.99));
+        assert_eq!(p.poll(10_800.0), vec![(3, Action::Send { resolution: 1 })]);
+        p.on_failure(3, 11_300.0);
+        p.on_frame(frame(4, 11_400.0, 0.99));
+        assert_eq!(p.poll(11_400.0), vec![(4, Action::Send { resolution: 1 })]);
     }
 }
