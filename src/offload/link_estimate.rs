@@ -242,6 +242,22 @@ impl LinkEstimate {
             .map(move |(r, c)| if r > cap { (cap, c) } else { (r, c) })
     }
 
+    /// Whether the estimate stands on nothing measured: no delivery record (the initial guess
+    /// stands in), no request in flight whose answer or failure will give one, and no answer
+    /// for [`SAMPLE_AGE_MS`] (an answer too quick to give a record still shows the link works).
+    /// Current as of the last [`Self::refresh`].
+    ///
+    /// A planner that finds nothing worth sending on the guess then probes
+    /// ([`super::planner::CboPlanner`], FastVA): the guess is no measurement, and without a
+    /// send there never is one. Where it said nothing could arrive (a deadline tighter than the
+    /// guess allows, however fast the real link), the planner never sent, so never learned
+    /// otherwise, for the whole stream.
+    pub fn unmeasured(&self, now_ms: f64) -> bool {
+        self.samples.is_empty()
+            && self.sent.is_empty()
+            && now_ms - self.last_completion_ms > SAMPLE_AGE_MS
+    }
+
     /// The probability that `bytes` handed to the uplink now, behind `ahead` bytes still to
     /// cross it, are answered within `budget_ms` (the deadline less now, RTT, server time,
     /// encode and margin), estimated from this connection's delivery record: the share of recent

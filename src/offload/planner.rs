@@ -608,6 +608,76 @@ impl CboPlanner {
         out
     }
 
+    /// Sends waiting frame `k` at resolution `r` now: the answer-reuse source, the arrival log,
+    /// the link estimate and the prediction for the size ratio learn of it.
+    fn commit(&mut self, k: usize, r: usize, now: f64, actions: &mut Vec<(u64, Action)>) {
+        let f = self.waiting.remove(k);
+        if let Some(run) = self.run_of.remove(&f.id) {
+            let accuracy = self.server_value(f.confidence, r);
+            self.source = Some(ReuseSource {
+                id: f.id,
+                run,
+                arrival_ms: f.arrival_ms,
+                accuracy,
+                answered: false,
+            });
+        }
+        let bytes = self.bytes(&f, r);
+        if self.oracle.is_none() && self.arrival_log.is_some() {
+            let ahead = (self.link_free_ms() - now).max(0.0) * self.link.bandwidth;
+            let p =
+                self.link
+                    .arrival_probability(ahead, bytes, f.deadline_ms - now - self.fixed_ms(r));
+            if let Some(log) = &mut self.arrival_log {
+                log.push((f.id, p));
+            }
+        }
+        self.link.on_send(f.id, now, bytes);
+        if let Some(o) = &mut self.oracle {
+            let enqueue = (now + self.opts[r].encode_ms).ceil() as u64;
+            o.queue.send(enqueue, bytes.round() as u64);
+        }
+        self.predicted.push((f.id, self.predicted_bytes(&f, r), r));
+        actions.push((f.id, Action::Send { resolution: r }));
+    }
+
+    /// The probe, when the link estimate stands on its initial guess alone
+    /// ([`LinkEstimate::unmeasured`]) and that guess lets no transfer of any waiting frame at
+    /// any resolution arrive in time: of the frames and resolutions that would gain
+    /// (`gain > 0`) and could arrive on an infinitely fast link (time left after RTT, server,
+    /// encode and margin), the one that needs the least throughput, so the likeliest to arrive
+    /// whatever the link is (the most gain among equals).
+    ///
+    /// Its arrival probability is unknown, not the guess's 0: the guess is no measurement, and
+    /// believed it never changes (nothing sent, no record). A probe costs at most one miss, and
+    /// one is made only while nothing is in flight and no record stands (a failed probe's
+    /// lasts `failure_memory_ms`, doubled per failure of one outage), so at most one per 10 s
+    /// on a path that never answers in time. Only where the guess rules out *every* transfer:
+    /// where it allows a small one, the planner measures the link with that as before, and
+    /// probing the large transfers the guess rules out sent them into slow links (measured:
+    /// docs/evaluation.md).
+    fn probe(&self, now: f64) -> Option<(usize, usize)> {
+        let mut best: Option<(usize, usize, f64, f64)> = None;
+        for (k, f) in self.waiting.iter().enumerate() {
+            for r in 0..self.opts.len() {
+                let budget = f.deadline_ms - now - self.fixed_ms(r);
+                let bytes = self.bytes(f, r);
+                if self.link.arrival_probability(0.0, bytes, budget) > 0.0 {
+                    return None;
+                }
+                let gain = self.gain(f, r);
+                if gain <= 0.0 || budget <= 0.0 {
+                    continue;
+                }
+                let need = bytes / budget;
+                if best.is_none_or(|(_, _, n, g)| need < n || (need == n && gain > g)) {
+                    best = Some((k, r, need, gain));
+                }
+            }
+        }
+        best.map(|(k, r, ..)| (k, r))
+    }
+
     /// Whether some option could still serve `f` at `now` if its upload started at `t0`.
     fn servable_from(&self, f: &FrameIn, now: f64, t0: f64) -> bool {
         (0..self.opts.len()).any(|r| {
@@ -704,6 +774,15 @@ impl Planner for CboPlanner {
             // Frames no option can serve any more, or that nothing improves, leave now.
             let t0 = self.link_free_ms().max(now);
             let plan = self.plan(now, t0);
+            // Nothing can arrive on the initial guess alone: probe (`Self::probe`).
+            if plan.iter().all(Option::is_none)
+                && self.oracle.is_none()
+                && self.link.unmeasured(now)
+                && let Some((k, r)) = self.probe(now)
+            {
+                self.commit(k, r, now, &mut actions);
+                continue;
+            }
             let mut kept_any = false;
             let mut keep = vec![false; self.waiting.len()];
             for (k, f) in self.waiting.iter().enumerate() {
@@ -736,36 +815,7 @@ impl Planner for CboPlanner {
                 && self.link_free_ms() <= now + TIME_STEP_MS
             {
                 let r = plan[k].expect("position found a Some");
-                let f = self.waiting.remove(k);
-                if let Some(run) = self.run_of.remove(&f.id) {
-                    let accuracy = self.server_value(f.confidence, r);
-                    self.source = Some(ReuseSource {
-                        id: f.id,
-                        run,
-                        arrival_ms: f.arrival_ms,
-                        accuracy,
-                        answered: false,
-                    });
-                }
-                let bytes = self.bytes(&f, r);
-                if self.oracle.is_none() && self.arrival_log.is_some() {
-                    let ahead = (self.link_free_ms() - now).max(0.0) * self.link.bandwidth;
-                    let p = self.link.arrival_probability(
-                        ahead,
-                        bytes,
-                        f.deadline_ms - now - self.fixed_ms(r),
-                    );
-                    if let Some(log) = &mut self.arrival_log {
-                        log.push((f.id, p));
-                    }
-                }
-                self.link.on_send(f.id, now, bytes);
-                if let Some(o) = &mut self.oracle {
-                    let enqueue = (now + self.opts[r].encode_ms).ceil() as u64;
-                    o.queue.send(enqueue, bytes.round() as u64);
-                }
-                self.predicted.push((f.id, self.predicted_bytes(&f, r), r));
-                actions.push((f.id, Action::Send { resolution: r }));
+                self.commit(k, r, now, &mut actions);
                 continue;
             }
             break;
@@ -921,12 +971,61 @@ pub(crate) mod tests {
         assert_eq!(a.len(), 1, "{a:?}");
         assert!(matches!(a[0].1, Action::Send { .. }));
         assert!(p.next_wakeup().unwrap() > 50.0);
-        // At 0.04 Mbit/s nothing fits: both kept at once.
+        // Measured at 0.04 Mbit/s nothing fits: both kept at once.
+        let mut p = CboPlanner::new(profile(), 8e6, 20.0);
+        p.link.on_send(9, 0.0, 5000.0);
+        p.link.on_answer(
+            &AnswerIn {
+                id: 9,
+                now_ms: wire_bytes(5000.0) / 5.0 + 40.0,
+                bytes: 5000.0,
+                server_ms: 20.0,
+            },
+            None,
+        );
+        let t = 1000.0;
+        p.on_frame(frame(0, t, 0.2));
+        p.on_frame(frame(1, t, 0.2));
+        let a = p.poll(t);
+        assert_eq!(a, vec![(0, Action::Keep), (1, Action::Keep)]);
+    }
+
+    #[test]
+    fn a_guess_that_lets_nothing_arrive_is_probed_once_at_a_time() {
+        // The initial guess, 0.04 Mbit/s (5 B/ms), carries no answer in time: 5 kB needs
+        // 12 B/ms over the 449 ms left. Unmeasured, it is probed with the option needing the
+        // least throughput (96 px); the other frame stays.
         let mut p = CboPlanner::new(profile(), 0.04e6, 20.0);
         p.on_frame(frame(0, 0.0, 0.2));
         p.on_frame(frame(1, 0.0, 0.2));
-        let a = p.poll(0.0);
-        assert_eq!(a, vec![(0, Action::Keep), (1, Action::Keep)]);
+        assert_eq!(
+            p.poll(0.0),
+            vec![(0, Action::Send { resolution: 0 }), (1, Action::Keep)]
+        );
+        // No second probe while the first is in flight.
+        p.on_frame(frame(2, 100.0, 0.2));
+        assert_eq!(p.poll(100.0), vec![(2, Action::Keep)]);
+        // It fails: its bound stands for `failure_memory_ms` (1 s), and nothing is probed...
+        p.on_failure(0, 500.0);
+        p.on_frame(frame(3, 600.0, 0.2));
+        assert_eq!(p.poll(600.0), vec![(3, Action::Keep)]);
+        // ...until it is forgotten.
+        p.on_frame(frame(4, 1600.0, 0.2));
+        assert_eq!(p.poll(1600.0), vec![(4, Action::Send { resolution: 0 })]);
+        // Answered in 48 ms of upload: 110 B/ms. Now 15 kB fits the plan itself.
+        p.on_answer(AnswerIn {
+            id: 4,
+            now_ms: 1600.0 + 1.0 + wire_bytes(5000.0) / 110.0 + 40.0,
+            bytes: 5000.0,
+            server_ms: 20.0,
+        });
+        let t = 1800.0;
+        p.on_frame(frame(5, t, 0.2));
+        assert_eq!(p.poll(t), vec![(5, Action::Send { resolution: 1 })]);
+        // A frame nothing improves is never a probe.
+        let mut p = CboPlanner::new(profile(), 0.04e6, 20.0);
+        p.on_frame(frame(0, 0.0, 0.95));
+        assert_eq!(p.poll(0.0), vec![(0, Action::Keep)]);
     }
 
     #[test]

@@ -108,16 +108,35 @@ impl Planner for RulePlanner {
                 self.server_scale.expire(f.arrival_ms);
                 let scale = self.server_scale.get();
                 let t0 = self.link.link_free_ms.max(f.arrival_ms);
-                (0..self.opts.len())
+                let bytes = |r: usize| wire_bytes(self.opts[r].bytes * self.link.size_ratio);
+                // Time left for the upload after RTT, server, encode and margin.
+                let budget = |r: usize| {
+                    let o = &self.opts[r];
+                    f.deadline_ms
+                        - t0
+                        - self.link.rtt_ms
+                        - o.server_ms * scale
+                        - o.encode_ms
+                        - MARGIN_MS
+                };
+                let fits = (0..self.opts.len())
                     .rev()
-                    .find(|&r| {
-                        let o = &self.opts[r];
-                        let tx = wire_bytes(o.bytes * self.link.size_ratio)
-                            / self.link.bandwidth.max(1e-6);
-                        t0 + tx + self.link.rtt_ms + o.server_ms * scale + o.encode_ms + MARGIN_MS
-                            <= f.deadline_ms
-                    })
-                    .map_or(Action::Keep, send)
+                    .find(|&r| bytes(r) / self.link.bandwidth.max(1e-6) <= budget(r));
+                // Nothing fits on the initial guess alone: probe, as the cbo planner does
+                // (`LinkEstimate::unmeasured`), with the resolution needing the least
+                // throughput; else the guess, never measured, stops FastVA for good.
+                let probe = || {
+                    (0..self.opts.len())
+                        .filter(|&r| budget(r) > 0.0)
+                        .min_by(|&a, &b| (bytes(a) / budget(a)).total_cmp(&(bytes(b) / budget(b))))
+                };
+                match fits {
+                    Some(r) => send(r),
+                    None if self.link.unmeasured(f.arrival_ms) => {
+                        probe().map_or(Action::Keep, send)
+                    }
+                    None => Action::Keep,
+                }
             }
         };
         if let Action::Send { resolution } = action {
@@ -199,6 +218,23 @@ mod tests {
         assert_eq!(p.poll(0.0), vec![(1, Action::Send { resolution: 0 })]);
         p.on_frame(frame(2, 0.0, 0.99));
         assert_eq!(p.poll(0.0), vec![(2, Action::Keep)]);
+    }
+
+    #[test]
+    fn fastva_probes_when_its_initial_guess_lets_nothing_arrive() {
+        // 0.04 Mbit/s (5 B/ms) carries neither 5 nor 15 kB in time: the guess is probed at the
+        // resolution needing the least throughput, one probe at a time.
+        let mut p = RulePlanner::new(Rule::FastVa, &profile(), 224, 0.04e6, 20.0);
+        p.on_frame(frame(0, 0.0, 0.2));
+        p.on_frame(frame(1, 0.0, 0.2));
+        assert_eq!(
+            p.poll(0.0),
+            vec![(0, Action::Send { resolution: 0 }), (1, Action::Keep)]
+        );
+        // Once measured (the probe failed: its bound stands), the estimate decides.
+        p.on_failure(0, 500.0);
+        p.on_frame(frame(2, 600.0, 0.2));
+        assert_eq!(p.poll(600.0), vec![(2, Action::Keep)]);
     }
 
     #[test]

@@ -840,6 +840,37 @@ mod tests {
     }
 
     #[test]
+    fn a_guess_that_lets_nothing_arrive_is_probed_not_believed() {
+        // The initial guess, 0.04 Mbit/s, says no answer (4 or 12 kB) can arrive in 500 ms; the
+        // link carries 8 Mbit/s. Believed, the guess kept every frame on the device for the
+        // whole stream (no send, so no record to replace it): accuracy 0.5, nothing offloaded.
+        let f = frames(200);
+        let p = profile_of(&f);
+        let fast = Trace::constant(8e6);
+        let cbo = simulate(
+            &mut super::super::planner::CboPlanner::new(p.clone(), 0.04e6, 40.0),
+            &f,
+            &fast,
+            &cfg(),
+            None,
+        );
+        // One probe, then the record shows the link: every unsure frame from the second on.
+        assert!(cbo.accuracy >= 0.99, "{cbo:?}");
+        assert_eq!(cbo.deadline_miss_rate, 0.0);
+        assert!(cbo.sent_at.iter().skip(3).step_by(2).all(|&s| s == 224));
+        // FastVA, on the same estimate, alike.
+        let fastva = simulate(
+            &mut RulePlanner::new(Rule::FastVa, &p, 224, 0.04e6, 40.0),
+            &f,
+            &fast,
+            &cfg(),
+            None,
+        );
+        assert!(fastva.offload_ratio >= 0.99, "{fastva:?}");
+        assert_eq!(fastva.deadline_miss_rate, 0.0);
+    }
+
+    #[test]
     fn reusing_answers_serves_alike_frames_on_a_slow_link() {
         // One 12 kB transfer per 200 ms fits 0.5 Mbit/s; the scenes have ten frames per second.
         let f = scenes(300);
