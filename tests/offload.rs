@@ -592,6 +592,36 @@ fn cbo_policy_offloads_what_the_profile_says_gains() {
     }
 }
 
+/// A deadline of 100 ms leaves less time than the planner's initial guess (1 Mbit/s, RTT 40 ms)
+/// needs for any transfer: believed, it never sent a frame, so never measured the link (0 of 60
+/// frames answered before the probe). It probes instead, learns that the local server answers in
+/// time, and offloads.
+#[test]
+fn a_deadline_the_initial_guess_rules_out_still_offloads() {
+    let server = Server::start(None);
+    let cal = repo().join("models/efficientnet-lite0-int8pt-224.calibration.json");
+    let run = run_pipeline(&live_pipeline(
+        &props(
+            &server.addr,
+            &server.cert,
+            &format!("policy=cbo deadline=100 calibration=\"{}\"", cal.display()),
+        ),
+        60,
+        10,
+    ));
+    assert_complete(&run, 60);
+    let answered = run
+        .results
+        .iter()
+        .filter(|r| matches!(r.decision.as_str(), "offload" | "overruled"))
+        .count();
+    assert!(
+        answered >= 5,
+        "{:?}",
+        run.results.iter().map(|r| &r.decision).collect::<Vec<_>>()
+    );
+}
+
 /// The file recipes in pipelines/ run as documented against this build's plugin.
 #[test]
 fn file_recipes_run() {
