@@ -247,7 +247,7 @@ impl LinkEstimate {
     /// for [`SAMPLE_AGE_MS`] (an answer too quick to give a record still shows the link works).
     /// Current as of the last [`Self::refresh`].
     ///
-    /// A planner that finds nothing worth sending on the guess then probes
+    /// A planner whose guess rules out every transfer then probes
     /// ([`super::planner::CboPlanner`], FastVA): the guess is no measurement, and without a
     /// send there never is one. Where it said nothing could arrive (a deadline tighter than the
     /// guess allows, however fast the real link), the planner never sent, so never learned
