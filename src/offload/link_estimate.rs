@@ -244,8 +244,8 @@ impl LinkEstimate {
 
     /// Whether the estimate stands on nothing measured: no delivery record (the initial guess
     /// stands in), no request in flight whose answer or failure will give one, and no answer
-    /// for [`SAMPLE_AGE_MS`] (an answer too quick to give a record still shows the link works).
-    /// Current as of the last [`Self::refresh`].
+    /// for `SAMPLE_AGE_MS`, 10 s (an answer too quick to give a record still shows the link
+    /// works). Current as of the last [`Self::refresh`].
     ///
     /// A planner whose guess rules out every transfer then probes
     /// ([`super::planner::CboPlanner`], FastVA): the guess is no measurement, and without a
