@@ -594,8 +594,9 @@ fn cbo_policy_offloads_what_the_profile_says_gains() {
 
 /// A deadline of 100 ms leaves less time than the planner's initial guess (1 Mbit/s, RTT 40 ms)
 /// needs for any transfer: believed, it never sent a frame, so never measured the link (0 of 60
-/// frames answered before the probe). It probes instead, learns that the local server answers in
-/// time, and offloads.
+/// frames answered at 579e078). Now the planner starts from the path's RTT the handshake measured
+/// and, where its guess still rules out every transfer, probes (the planner's and the replay's
+/// tests); it learns that the local server answers in time, and offloads.
 #[test]
 fn a_deadline_the_initial_guess_rules_out_still_offloads() {
     let server = Server::start(None);

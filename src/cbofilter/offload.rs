@@ -159,10 +159,21 @@ pub fn client_events(
             ClientEvent::ConnectFailed { .. } => None,
         };
         if let Some(online) = online {
-            let _ = tx.send(Input::At {
-                at_ms: clock.ms(Instant::now()),
-                events: vec![Event::Online(online)],
-            });
+            let at_ms = clock.ms(Instant::now());
+            let mut events = vec![Event::Online(online)];
+            // The planner plans with the path's RTT from the start, as `cbo eval` replays it,
+            // instead of its 40 ms guess until the first answer.
+            if let ClientEvent::Connected {
+                min_rtt_ms: Some(rtt_ms),
+                ..
+            } = &event
+            {
+                events.push(Event::PathRtt {
+                    now_ms: at_ms,
+                    rtt_ms: *rtt_ms,
+                });
+            }
+            let _ = tx.send(Input::At { at_ms, events });
         }
         if let Some(obj) = element.upgrade() {
             obj.imp().on_client_event(event);
@@ -175,11 +186,12 @@ impl CboFilter {
     /// device.
     pub(super) fn on_client_event(&self, event: ClientEvent) {
         match event {
-            ClientEvent::Connected { model } => {
+            ClientEvent::Connected { model, min_rtt_ms } => {
                 gst::info!(
                     OFFLOAD_CAT,
                     imp = self,
-                    "connected to the server (model {model})"
+                    "connected to the server (model {model}, path RTT {} ms)",
+                    min_rtt_ms.map_or("unknown".to_string(), |r| format!("{r:.1}"))
                 );
                 let s = gst::Structure::builder("cbo-connection")
                     .field("connected", true)

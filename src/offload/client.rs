@@ -41,6 +41,10 @@ pub struct ClientConfig {
 pub enum ClientEvent {
     Connected {
         model: String,
+        /// The connection's minimum RTT when it came up (ms; quinn's, seeded by the
+        /// handshake), for the planner, which otherwise learns the path's RTT only with the
+        /// first answer.
+        min_rtt_ms: Option<f64>,
     },
     Disconnected {
         reason: String,

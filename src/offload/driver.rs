@@ -85,6 +85,11 @@ pub enum Event<J> {
     },
     /// The server connection came up or went down.
     Online(bool),
+    /// The transport's RTT of the path without an answer (the connection's handshake).
+    PathRtt {
+        now_ms: f64,
+        rtt_ms: f64,
+    },
     /// Upstream's liveness became known (the window's `live`).
     Live(bool),
     /// The `threshold` property changed.
@@ -152,6 +157,7 @@ impl<J> PolicyDriver<J> {
                 }
             }
             Event::Online(online) => self.online = online,
+            Event::PathRtt { now_ms, rtt_ms } => self.planner.on_rtt(now_ms, rtt_ms),
             Event::Live(live) => self.window.live = live,
             Event::Threshold(t) => self.planner.set_threshold(t),
             Event::Flush => {
@@ -388,6 +394,29 @@ mod tests {
                 assert_eq!(decisions(d.poll(50.0)), [(1, Decision::Offload)]);
             }
         }
+    }
+
+    #[test]
+    fn the_path_rtt_of_the_handshake_reaches_the_planner() {
+        // 200 ms deadlines: with the planner's 40 ms guess an unsure frame goes; told that the
+        // path's RTT is 180 ms, nothing can arrive in time (20 ms left for server and margin).
+        let cbo = || -> Box<dyn Planner> {
+            Box::new(crate::offload::planner::CboPlanner::new(
+                crate::offload::planner::tests::profile(),
+                8e6,
+                40.0,
+            ))
+        };
+        let mut d: PolicyDriver<()> = PolicyDriver::new(cbo(), Window::UNLIMITED, true);
+        d.handle(Event::Frame(frame(0, 0.0, 0.2), ()));
+        assert_eq!(decisions(d.poll(0.0)), [(0, Decision::Offload)]);
+        let mut d: PolicyDriver<()> = PolicyDriver::new(cbo(), Window::UNLIMITED, true);
+        d.handle(Event::PathRtt {
+            now_ms: 0.0,
+            rtt_ms: 180.0,
+        });
+        d.handle(Event::Frame(frame(0, 0.0, 0.2), ()));
+        assert_eq!(decisions(d.poll(0.0)), [(0, Decision::Device)]);
     }
 
     #[test]

@@ -112,6 +112,7 @@ impl Watcher {
                 }
                 events.push(ClientEvent::Connected {
                     model: model.clone(),
+                    min_rtt_ms: None,
                 });
                 if self.connected_before {
                     self.reconnects += 1;
@@ -338,8 +339,20 @@ pub async fn watch_for(
 ) {
     let mut watcher = Watcher::default();
     while !*stop.borrow() {
-        let status = state.borrow_and_update().status.clone();
-        let events = watcher.update(&status);
+        let (status, min_rtt_ms) = {
+            let s = state.borrow_and_update();
+            let rtt = s
+                .connection
+                .as_ref()
+                .map(|c| c.stats().path.min_rtt.as_secs_f64() * 1000.0);
+            (s.status.clone(), rtt)
+        };
+        let mut events = watcher.update(&status);
+        for e in &mut events {
+            if let ClientEvent::Connected { min_rtt_ms: m, .. } = e {
+                *m = min_rtt_ms;
+            }
+        }
         if !events.is_empty() {
             report(&watcher, events);
         }
@@ -362,7 +375,10 @@ mod tests {
     }
 
     fn connected() -> ClientEvent {
-        ClientEvent::Connected { model: "m".into() }
+        ClientEvent::Connected {
+            model: "m".into(),
+            min_rtt_ms: None,
+        }
     }
 
     #[test]
