@@ -331,7 +331,8 @@ async fn manage(
 }
 
 /// Watches `state` for one element until `stop` fires, handing `report` each change's events
-/// (with the watcher, for its counts).
+/// (with the watcher, for its counts). A `Connected` event carries the connection's minimum RTT
+/// so far (the handshake's, for a new one), which [`Watcher::update`] cannot see.
 pub async fn watch_for(
     mut state: watch::Receiver<LinkState>,
     mut stop: watch::Receiver<bool>,
