@@ -157,7 +157,7 @@ impl<J> PolicyDriver<J> {
                 }
             }
             Event::Online(online) => self.online = online,
-            Event::PathRtt { now_ms, rtt_ms } => self.planner.on_rtt(now_ms, rtt_ms),
+            Event::PathRtt { now_ms, rtt_ms } => self.planner.on_path_rtt(now_ms, rtt_ms),
             Event::Live(live) => self.window.live = live,
             Event::Threshold(t) => self.planner.set_threshold(t),
             Event::Flush => {
@@ -417,6 +417,10 @@ mod tests {
         });
         d.handle(Event::Frame(frame(0, 0.0, 0.2), ()));
         assert_eq!(decisions(d.poll(0.0)), [(0, Decision::Device)]);
+        // It is the path's, not a sample that ages out: 20 s later, with no answer since, the
+        // RTT is still 180 ms, not the 40 ms guess.
+        d.handle(Event::Frame(frame(1, 20_000.0, 0.2), ()));
+        assert_eq!(decisions(d.poll(20_000.0)), [(1, Decision::Device)]);
     }
 
     #[test]

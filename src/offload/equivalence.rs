@@ -61,6 +61,10 @@ impl Planner for Recorder {
         self.calls.push(Call::Rtt(now_ms, rtt_ms));
         self.inner.on_rtt(now_ms, rtt_ms);
     }
+    fn on_path_rtt(&mut self, now_ms: f64, rtt_ms: f64) {
+        self.calls.push(Call::Rtt(now_ms, rtt_ms));
+        self.inner.on_path_rtt(now_ms, rtt_ms);
+    }
 }
 
 type Log = Arc<Mutex<Vec<(u64, Decision, Option<u32>)>>>;

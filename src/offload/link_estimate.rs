@@ -156,7 +156,8 @@ pub struct LinkEstimate {
     /// Typical server time, from answers.
     server_ms: f64,
     pub rtt_ms: f64,
-    /// The RTT the estimate starts from, and returns to once every transport sample is stale.
+    /// The RTT the estimate starts from, and returns to once every transport sample is stale:
+    /// the initial guess, then the path's RTT the connection reported ([`Self::on_path_rtt`]).
     initial_rtt_ms: f64,
     /// Actual / predicted JPEG size for this stream.
     pub size_ratio: f64,
@@ -291,8 +292,19 @@ impl LinkEstimate {
         self.expire_rtts(now_ms);
     }
 
+    /// The path's RTT measured when the connection came up (quinn's minimum, seeded by the
+    /// handshake): a sample, and from now on what the RTT returns to once every sample is stale,
+    /// instead of the initial guess. It is the path's floor, without queueing, so it cannot
+    /// hold transfers back the way a stale queue-inflated sample did (`expire_rtts`); `cbo eval`
+    /// starts from the path's RTT the same way.
+    pub fn on_path_rtt(&mut self, now_ms: f64, rtt_ms: f64) {
+        self.initial_rtt_ms = rtt_ms;
+        self.on_rtt(now_ms, rtt_ms);
+    }
+
     /// Drops RTT samples older than [`SAMPLE_AGE_MS`]; with none left the RTT returns to where
-    /// it started. Samples come only with answers: a stale one that said "the deadline cannot
+    /// it started, or to the path's RTT once the connection reported one
+    /// ([`Self::on_path_rtt`]). Samples come only with answers: a stale one that said "the deadline cannot
     /// be met" (a single 540 ms sample against a 500 ms deadline) otherwise stopped every send,
     /// and with it every new sample, for the rest of the stream (seen for real on a 0.7 Mbit/s
     /// trace, `cbo eval --e2e`).

@@ -228,6 +228,12 @@ pub trait Planner: Send {
     fn resolutions(&self) -> &[u32];
     /// A round-trip time the transport measured at `now_ms`.
     fn on_rtt(&mut self, now_ms: f64, rtt_ms: f64);
+    /// The path's RTT without queueing, measured when the connection came up (the handshake):
+    /// a sample, and what the RTT returns to once every sample is stale (instead of the
+    /// initial guess).
+    fn on_path_rtt(&mut self, now_ms: f64, rtt_ms: f64) {
+        self.on_rtt(now_ms, rtt_ms);
+    }
     /// The `threshold` property changed (the threshold rules only).
     fn set_threshold(&mut self, _threshold: f64) {}
     /// The numbers the planner decides with, for the log.
@@ -842,6 +848,10 @@ impl Planner for CboPlanner {
 
     fn on_rtt(&mut self, now_ms: f64, rtt_ms: f64) {
         self.link.on_rtt(now_ms, rtt_ms);
+    }
+
+    fn on_path_rtt(&mut self, now_ms: f64, rtt_ms: f64) {
+        self.link.on_path_rtt(now_ms, rtt_ms);
     }
 
     fn describe(&self) -> String {

@@ -179,6 +179,10 @@ impl Planner for RulePlanner {
         self.link.on_rtt(now_ms, rtt_ms);
     }
 
+    fn on_path_rtt(&mut self, now_ms: f64, rtt_ms: f64) {
+        self.link.on_path_rtt(now_ms, rtt_ms);
+    }
+
     fn set_threshold(&mut self, threshold: f64) {
         if let Rule::Threshold(t) | Rule::ThresholdRaw(t) = &mut self.rule {
             *t = threshold;
