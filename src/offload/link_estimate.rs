@@ -304,10 +304,10 @@ impl LinkEstimate {
 
     /// Drops RTT samples older than [`SAMPLE_AGE_MS`]; with none left the RTT returns to where
     /// it started, or to the path's RTT once the connection reported one
-    /// ([`Self::on_path_rtt`]). Samples come only with answers: a stale one that said "the deadline cannot
-    /// be met" (a single 540 ms sample against a 500 ms deadline) otherwise stopped every send,
-    /// and with it every new sample, for the rest of the stream (seen for real on a 0.7 Mbit/s
-    /// trace, `cbo eval --e2e`).
+    /// ([`Self::on_path_rtt`]). Samples come mostly with answers: a stale one that said "the
+    /// deadline cannot be met" (a single 540 ms sample against a 500 ms deadline) otherwise
+    /// stopped every send, and with it every new sample, for the rest of the stream (seen for
+    /// real on a 0.7 Mbit/s trace, `cbo eval --e2e`).
     fn expire_rtts(&mut self, now_ms: f64) {
         while self
             .rtts
