@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use gstcbo::calibration::{Calibrator, Dataset, Method, Metrics};
@@ -630,4 +631,93 @@ fn cbo_eval_e2e_runs_the_real_element_and_replays_the_trace_from_where_it_starte
     );
     assert!(acc(&real["cbo+reuse"]) > acc(&real["local"]), "{v}");
     assert!(acc(&aligned["cbo+reuse"]) > acc(&sim["local"]), "{v}");
+}
+
+/// `cbo slideshow` makes a clip from photos no dev clip shows, which `cbo eval` takes as it
+/// takes the dev clips: the held-out content check of docs/evaluation.md.
+#[test]
+fn cbo_slideshow_makes_a_labelled_clip_of_photos_no_dev_clip_shows() {
+    let a = common::assets();
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("unseen.mp4");
+    let shown = a.join("video/dev-slideshow.labels.csv");
+    let make = |skip: &str, out: &Path| {
+        common::succeed(
+            Command::new(env!("CARGO_BIN_EXE_cbo"))
+                .arg("slideshow")
+                .arg("--images")
+                .arg(a.join("images/labels.tsv"))
+                .args(["--split", "dev", "--exclude"])
+                .arg(&shown)
+                .args(["--photos", "4", "--seconds", "0.5", "--skip", skip])
+                .arg(out),
+        )
+    };
+    make("0", &clip);
+    let labels = clip.with_extension("labels.csv");
+    let classes = common::clip_labels(&labels);
+    // 4 photos, 5 frames each, each photo's class for its scene, none of them the fitting clip's.
+    assert_eq!(classes.len(), 20);
+    let scenes: Vec<i32> = classes.chunks(5).map(|c| c[0]).collect();
+    assert!(classes.chunks(5).all(|c| c.iter().all(|&x| x == c[0])));
+    let fitting: std::collections::HashSet<i32> = common::clip_labels(&shown).into_iter().collect();
+    assert!(scenes.iter().all(|c| !fitting.contains(c)), "{scenes:?}");
+    let dev: std::collections::HashSet<i32> =
+        gstcbo::tools::dataset::read_image_list(&a.join("images/labels.tsv"), Some("dev"))
+            .unwrap()
+            .into_iter()
+            .map(|(_, c)| c as i32)
+            .collect();
+    assert!(scenes.iter().all(|c| dev.contains(c)));
+    // The same seed again gives the same photos; a later part of the shuffle, others.
+    let again = dir.path().join("again.mp4");
+    make("0", &again);
+    assert_eq!(
+        common::clip_labels(&again.with_extension("labels.csv")),
+        classes
+    );
+    let later = dir.path().join("later.mp4");
+    make("4", &later);
+    let later_classes = common::clip_labels(&later.with_extension("labels.csv"));
+    assert!(later_classes.iter().all(|c| !scenes.contains(c)));
+    // The clip decodes to its 20 frames at 480x360, the same frames each time it is made, and
+    // `cbo eval` replays on it.
+    common::init();
+    let (frames, caps) = gstcbo::tools::decode_frames(&clip, 1000).unwrap();
+    assert_eq!(frames.len(), 20);
+    let (again_frames, _) = gstcbo::tools::decode_frames(&again, 1000).unwrap();
+    let bytes = |b: &gst::Buffer| b.map_readable().unwrap().as_slice().to_vec();
+    assert!(
+        frames
+            .iter()
+            .zip(&again_frames)
+            .all(|(a, b)| bytes(a) == bytes(b))
+    );
+    let s = caps.structure(0).unwrap();
+    assert_eq!(
+        (
+            s.get::<i32>("width").unwrap(),
+            s.get::<i32>("height").unwrap()
+        ),
+        (480, 360)
+    );
+    let out = common::succeed(
+        Command::new(env!("CARGO_BIN_EXE_cbo"))
+            .args(["eval", "--video"])
+            .arg(&clip)
+            .arg("--labels")
+            .arg(&labels)
+            .arg("--trace")
+            .arg(a.join("traces/TMobile-LTE-short.up"))
+            .args(["--deadline-ms", "500", "--json"]),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let all = v["policies"]["all"]["accuracy"].as_f64().unwrap();
+    let local = v["policies"]["local"]["accuracy"].as_f64().unwrap();
+    // Accuracies over the clip's 20 frames.
+    for acc in [all, local] {
+        assert!((0.0..=1.0).contains(&acc));
+        assert!((acc * 20.0 - (acc * 20.0).round()).abs() < 1e-9, "{acc}");
+    }
+    assert_eq!(v["clip"], "unseen.mp4");
 }

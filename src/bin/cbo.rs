@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use gstcbo::tools::{
-    bench, bench_streams, calibrate, classify, eval, loadgen, netem, overlay, profile,
+    bench, bench_streams, calibrate, classify, eval, loadgen, netem, overlay, profile, slideshow,
 };
 
 #[derive(Parser)]
@@ -33,6 +33,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Draw each frame's label, confidence and source on the video and write an MP4
     Overlay(overlay::OverlayArgs),
+    /// Make a labelled slideshow clip from labelled photos (content nothing was fitted on)
+    Slideshow(slideshow::SlideshowArgs),
     /// Load a running cboserver with concurrent clients; compare with a bare ORT batch loop
     Loadgen(loadgen::LoadgenArgs),
     /// Relay UDP between cbofilter and cboserver through a real cellular uplink (Mahimahi trace)
@@ -83,6 +85,13 @@ fn main() -> std::process::ExitCode {
         Command::Overlay(args) => {
             overlay::run(&args).map(|n| eprintln!("wrote {} ({n} frames)", args.output.display()))
         }
+        Command::Slideshow(args) => slideshow::run(&args).map(|n| {
+            eprintln!(
+                "wrote {} and {} ({n} frames)",
+                args.output.display(),
+                slideshow::labels_path(&args.output).display()
+            )
+        }),
         Command::Eval(args) => eval::run(&args).map(|r| {
             if args.json {
                 println!(

@@ -13,6 +13,7 @@ pub mod netem;
 pub mod overlay;
 pub mod plot;
 pub mod profile;
+pub mod slideshow;
 
 use std::path::Path;
 
