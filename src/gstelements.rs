@@ -89,6 +89,22 @@ pub fn describe_error(error: &gst::message::Error) -> String {
     }
 }
 
+/// Blocks until the pipeline's bus posts end-of-stream (`Ok`) or an error (its text, with the
+/// packages to install when it means a missing decoder); warnings go to stderr on the way.
+pub fn wait_for_eos(pipeline: &gst::Pipeline) -> Result<(), String> {
+    use gst::prelude::ElementExt;
+    let bus = pipeline.bus().expect("a pipeline has a bus");
+    for msg in bus.iter_timed(gst::ClockTime::NONE) {
+        match msg.view() {
+            gst::MessageView::Eos(_) => return Ok(()),
+            gst::MessageView::Error(e) => return Err(describe_error(e)),
+            gst::MessageView::Warning(w) => eprintln!("warning: {}", w.error()),
+            _ => {}
+        }
+    }
+    Err("the pipeline's bus closed before end-of-stream".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

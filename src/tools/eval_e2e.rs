@@ -167,18 +167,7 @@ pub fn run(
         .set_state(gst::State::Playing)
         .map_err(|_| "cannot start the e2e pipeline".to_string())?;
     let trace_offset_ms = netem.started_at().elapsed().as_millis() as u64;
-    let bus = pipeline.bus().expect("bus");
-    let mut error = None;
-    for msg in bus.iter_timed(gst::ClockTime::NONE) {
-        match msg.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(err) => {
-                error = Some(crate::gstelements::describe_error(err));
-                break;
-            }
-            _ => {}
-        }
-    }
+    let error = crate::gstelements::wait_for_eos(&pipeline).err();
     let bytes = cbo
         .property::<gst::Structure>("stats")
         .get::<u64>("bytes-sent")

@@ -85,19 +85,7 @@ pub fn run(args: &OverlayArgs) -> Result<u64, String> {
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|_| "cannot start the pipeline".to_string())?;
-    let bus = pipeline.bus().expect("bus");
-    let mut result = Ok(());
-    for msg in bus.iter_timed(gst::ClockTime::NONE) {
-        match msg.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => {
-                result = Err(crate::gstelements::describe_error(e));
-                break;
-            }
-            gst::MessageView::Warning(w) => eprintln!("warning: {}", w.error()),
-            _ => {}
-        }
-    }
+    let result = crate::gstelements::wait_for_eos(&pipeline);
     let _ = pipeline.set_state(gst::State::Null);
     result.map(|_| frames.load(std::sync::atomic::Ordering::SeqCst))
 }

@@ -279,20 +279,10 @@ pub fn run(args: &SlideshowArgs) -> Result<usize, String> {
         Ok(())
     })();
     let _ = src.end_of_stream();
-    let bus = pipeline.bus().expect("a pipeline has a bus");
-    let mut result = pushed;
-    for msg in bus.iter_timed(gst::ClockTime::NONE) {
-        match msg.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => {
-                result = result.and(Err(crate::gstelements::describe_error(e)));
-                break;
-            }
-            _ => {}
-        }
-    }
+    let finished = crate::gstelements::wait_for_eos(&pipeline);
     let _ = pipeline.set_state(gst::State::Null);
-    result?;
+    // The pipeline's own error says more than the refused push it caused.
+    finished.and(pushed)?;
     let labels_file = labels_path(&args.output);
     std::fs::File::create(&labels_file)
         .and_then(|mut f| f.write_all(labels.as_bytes()))
