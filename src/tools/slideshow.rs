@@ -156,11 +156,17 @@ pub struct RgbView<'a> {
     pub height: usize,
 }
 
+/// GStreamer's row stride of a packed RGB image `width` pixels wide (rows padded to 4 bytes).
+pub fn rgb_stride(width: usize) -> usize {
+    (width * 3 + 3) & !3
+}
+
 /// Bilinear resampling of the rectangle `crop` (x0, y0, width, height) of `src` into `out`, a
-/// packed RGB image of `size` (width, height) without row padding.
+/// packed RGB image of `size` (width, height) with GStreamer's row stride ([`rgb_stride`]).
 pub fn render(src: RgbView, crop: (f64, f64, f64, f64), out: &mut [u8], size: (usize, usize)) {
     let (x0, y0, cw, ch) = crop;
     let (ow, oh) = size;
+    let out_stride = rgb_stride(ow);
     let (sw, sh) = (src.width, src.height);
     let pixel = |x: usize, y: usize, c: usize| f64::from(src.data[y * src.stride + x * 3 + c]);
     for oy in 0..oh {
@@ -174,7 +180,7 @@ pub fn render(src: RgbView, crop: (f64, f64, f64, f64), out: &mut [u8], size: (u
             for c in 0..3 {
                 let top = pixel(x_lo, y_lo, c) * (1.0 - fx) + pixel(x_hi, y_lo, c) * fx;
                 let bottom = pixel(x_lo, y_hi, c) * (1.0 - fx) + pixel(x_hi, y_hi, c) * fx;
-                out[(oy * ow + ox) * 3 + c] = (top * (1.0 - fy) + bottom * fy).round() as u8;
+                out[oy * out_stride + ox * 3 + c] = (top * (1.0 - fy) + bottom * fy).round() as u8;
             }
         }
     }
@@ -187,8 +193,15 @@ pub fn labels_path(output: &Path) -> PathBuf {
 
 /// Writes the clip and its labels; returns the number of frames.
 pub fn run(args: &SlideshowArgs) -> Result<usize, String> {
-    if args.photos == 0 || args.fps == 0 || args.width < 16 || args.height < 16 {
-        return Err("--photos and --fps must be positive, --width and --height at least 16".into());
+    if args.photos == 0 || args.fps == 0 {
+        return Err("--photos and --fps must be positive".into());
+    }
+    // H.264 at 4:2:0 needs even sides.
+    if args.width < 16 || args.height < 16 || args.width % 2 == 1 || args.height % 2 == 1 {
+        return Err(format!(
+            "--width {} --height {}: even numbers of pixels, at least 16",
+            args.width, args.height
+        ));
     }
     if !(args.seconds.is_finite() && args.seconds > 0.0) {
         return Err(format!("--seconds {}: must be positive", args.seconds));
@@ -259,7 +272,7 @@ pub fn run(args: &SlideshowArgs) -> Result<usize, String> {
                     photo.height as f64,
                     w as f64 / h as f64,
                 );
-                let mut out = vec![0u8; w * h * 3];
+                let mut out = vec![0u8; rgb_stride(w) * h];
                 render(photo, crop, &mut out, (w, h));
                 let mut buffer = gst::Buffer::from_mut_slice(out);
                 {
@@ -366,8 +379,11 @@ mod tests {
                 src[y * stride + x * 3 + 2] = 77;
             }
         }
-        let (ow, oh) = (16usize, 8usize);
-        let mut out = vec![0u8; ow * oh * 3];
+        // 18 pixels: rows of 54 bytes padded to 56, as GStreamer lays out RGB.
+        let (ow, oh) = (18usize, 8usize);
+        let out_stride = rgb_stride(ow);
+        assert_eq!(out_stride, 56);
+        let mut out = vec![0u8; out_stride * oh];
         let view = RgbView {
             data: &src,
             stride,
@@ -375,14 +391,20 @@ mod tests {
             height: sh,
         };
         render(view, (0.0, 0.0, 8.0, 4.0), &mut out, (ow, oh));
-        assert!(out.chunks(3).all(|p| p[2] == 77));
-        // Red rises along each row, green down each column; the corners keep the source's.
+        let at = |x: usize, y: usize, c: usize| out[y * out_stride + x * 3 + c];
+        assert!((0..oh).all(|y| (0..ow).all(|x| at(x, y, 2) == 77)));
+        // Red rises along each row, green down each column; the corners keep the source's; the
+        // padding is left alone.
         for oy in 0..oh {
-            let row: Vec<u8> = (0..ow).map(|ox| out[(oy * ow + ox) * 3]).collect();
+            let row: Vec<u8> = (0..ow).map(|ox| at(ox, oy, 0)).collect();
             assert!(row.windows(2).all(|w| w[0] <= w[1]), "{row:?}");
             assert_eq!((row[0], row[ow - 1]), (0, 210));
+            assert_eq!(
+                &out[oy * out_stride + ow * 3..(oy + 1) * out_stride],
+                &[0, 0]
+            );
         }
-        assert_eq!((out[1], out[((oh - 1) * ow) * 3 + 1]), (0, 180));
+        assert_eq!((at(0, 0, 1), at(0, oh - 1, 1)), (0, 180));
     }
 
     #[test]
