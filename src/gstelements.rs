@@ -89,6 +89,24 @@ pub fn describe_error(error: &gst::message::Error) -> String {
     }
 }
 
+/// Sets the pipeline playing; when it refuses, the error an element posted on the bus (a file
+/// that cannot be opened, a missing decoder), not just that it refused.
+pub fn play(pipeline: &gst::Pipeline) -> Result<(), String> {
+    use gst::prelude::ElementExt;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map(|_| ())
+        .map_err(|_| {
+            let posted = pipeline.bus().and_then(|bus| {
+                bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])
+            });
+            match posted.as_ref().map(|m| m.view()) {
+                Some(gst::MessageView::Error(e)) => describe_error(e),
+                _ => "cannot start the pipeline".into(),
+            }
+        })
+}
+
 /// Blocks until the pipeline's bus posts end-of-stream (`Ok`) or an error (its text, with the
 /// packages to install when it means a missing decoder); warnings go to stderr on the way.
 pub fn wait_for_eos(pipeline: &gst::Pipeline) -> Result<(), String> {

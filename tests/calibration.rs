@@ -720,4 +720,25 @@ fn cbo_slideshow_makes_a_labelled_clip_of_photos_no_dev_clip_shows() {
         assert!((acc * 20.0 - (acc * 20.0).round()).abs() < 1e-9, "{acc}");
     }
     assert_eq!(v["clip"], "unseen.mp4");
+    // Bad input is a clear error: an output nowhere to be written, an odd width.
+    let nowhere = Command::new(env!("CARGO_BIN_EXE_cbo"))
+        .arg("slideshow")
+        .arg("--images")
+        .arg(a.join("images/labels.tsv"))
+        .args(["--photos", "1", "--seconds", "0.2"])
+        .arg(dir.path().join("missing/unseen.mp4"))
+        .output()
+        .unwrap();
+    assert!(!nowhere.status.success());
+    let err = String::from_utf8_lossy(&nowhere.stderr);
+    assert!(err.contains("for writing"), "{err}");
+    let odd = Command::new(env!("CARGO_BIN_EXE_cbo"))
+        .arg("slideshow")
+        .arg("--images")
+        .arg(a.join("images/labels.tsv"))
+        .args(["--width", "321"])
+        .arg(dir.path().join("odd.mp4"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&odd.stderr).contains("even numbers of pixels"));
 }

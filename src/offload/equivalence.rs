@@ -19,6 +19,7 @@ use crate::trace::Trace;
 enum Call {
     Frame(FrameIn),
     Rtt(f64, f64),
+    PathRtt(f64, f64),
     Answer(AnswerIn),
     Failure(u64, f64),
     Poll(f64, Vec<(u64, Action)>),
@@ -62,7 +63,7 @@ impl Planner for Recorder {
         self.inner.on_rtt(now_ms, rtt_ms);
     }
     fn on_path_rtt(&mut self, now_ms: f64, rtt_ms: f64) {
-        self.calls.push(Call::Rtt(now_ms, rtt_ms));
+        self.calls.push(Call::PathRtt(now_ms, rtt_ms));
         self.inner.on_path_rtt(now_ms, rtt_ms);
     }
 }
@@ -192,6 +193,8 @@ fn the_planner_thread_decides_what_the_simulator_decides() {
             match call {
                 Call::Frame(f) => events.push(Event::Frame(f, ())),
                 Call::Rtt(at, r) => rtt = Some((at, r)),
+                // The handshake's RTT is its own event in the element, not an answer's sample.
+                Call::PathRtt(now_ms, rtt_ms) => events.push(Event::PathRtt { now_ms, rtt_ms }),
                 Call::Answer(a) => {
                     // The RTT sample comes with the answer, as in the element.
                     let rtt = rtt.take().map(|(at, r)| {

@@ -225,9 +225,7 @@ pub fn run(args: &ClassifyArgs) -> Result<ClassifySummary, String> {
         });
 
     let started = Instant::now();
-    pipeline.set_state(gst::State::Playing).map_err(|_| {
-        first_error(&pipeline).unwrap_or_else(|| "cannot start the pipeline".into())
-    })?;
+    crate::gstelements::play(&pipeline)?;
     let bus = pipeline.bus().expect("pipeline bus");
     let mut last_report = Instant::now();
     let mut total: Option<u64> = None;
@@ -309,16 +307,6 @@ pub fn run(args: &ClassifyArgs) -> Result<ClassifySummary, String> {
         execution_provider: provider,
         labels,
     })
-}
-
-fn first_error(pipeline: &gst::Pipeline) -> Option<String> {
-    let bus = pipeline.bus()?;
-    let msg =
-        bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])?;
-    match msg.view() {
-        gst::MessageView::Error(e) => Some(crate::gstelements::describe_error(e)),
-        _ => None,
-    }
 }
 
 /// Clip length in frames from the duration and the negotiated frame rate, when both are known.

@@ -82,9 +82,7 @@ pub fn run(args: &OverlayArgs) -> Result<u64, String> {
             }
             gst::PadProbeReturn::Ok
         });
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|_| "cannot start the pipeline".to_string())?;
+    crate::gstelements::play(&pipeline)?;
     let result = crate::gstelements::wait_for_eos(&pipeline);
     let _ = pipeline.set_state(gst::State::Null);
     result.map(|_| frames.load(std::sync::atomic::Ordering::SeqCst))

@@ -241,9 +241,7 @@ pub fn run(args: &SlideshowArgs) -> Result<usize, String> {
         .expect("appsrc");
     src.set_max_bytes((8 * w * h * 3) as u64);
     src.set_block(true);
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|_| "cannot start the encoding pipeline".to_string())?;
+    crate::gstelements::play(&pipeline)?;
     let mut labels = String::from("frame,pts_s,class_index\n");
     let mut rng = SplitMix64::new(args.seed ^ 0x5eed_5eed);
     let mut decoder = FrameDecoder::new().map_err(|e| e.to_string())?;
