@@ -296,9 +296,13 @@ impl LinkEstimate {
     /// handshake): a sample, and from now on what the RTT returns to once every sample is stale,
     /// instead of the initial guess. It is the path's floor, without queueing, so it cannot
     /// hold transfers back the way a stale queue-inflated sample did (`expire_rtts`); `cbo eval`
-    /// starts from the path's RTT the same way.
+    /// starts from the path's RTT the same way. A connection that comes up is a path of its own
+    /// (a reconnection may go another way, e.g. after a Wi-Fi to cellular handover): the samples
+    /// of the previous connection are dropped, or a shorter old path's minimum would stand for
+    /// up to `SAMPLE_AGE_MS` and let the planner promise deadlines the new path cannot meet.
     pub fn on_path_rtt(&mut self, now_ms: f64, rtt_ms: f64) {
         self.initial_rtt_ms = rtt_ms;
+        self.rtts.clear();
         self.on_rtt(now_ms, rtt_ms);
     }
 
@@ -428,6 +432,27 @@ impl LinkEstimate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_connection_replaces_the_previous_paths_rtt() {
+        let mut link = LinkEstimate::new(1e6, 40.0);
+        link.on_path_rtt(0.0, 20.0);
+        link.on_rtt(500.0, 25.0);
+        assert_eq!(link.rtt_ms, 20.0);
+        // Reconnected over a longer path: its handshake RTT is the RTT at once, not after the
+        // old path's 20 ms sample has aged out.
+        link.on_path_rtt(1_000.0, 90.0);
+        assert_eq!(link.rtt_ms, 90.0);
+        // and it is still a sample like any other: a smaller one later lowers it, and with
+        // every sample stale the RTT returns to the new path's, not the first one's.
+        link.on_rtt(1_500.0, 85.0);
+        assert_eq!(link.rtt_ms, 85.0);
+        link.on_rtt(20_000.0, 300.0);
+        link.on_rtt(40_000.0, 300.0);
+        assert_eq!(link.rtt_ms, 300.0);
+        link.expire_rtts(60_000.0);
+        assert_eq!(link.rtt_ms, 90.0);
+    }
 
     #[test]
     fn rtt_is_the_recent_minimum_not_the_queue_inflated_average() {
