@@ -323,6 +323,8 @@ fn cbo_eval_replays_every_policy_against_a_real_trace() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The server is another machine: its times are the profile's unless `--timing` says so.
+    assert_eq!(v["timing"], "profile", "{v}");
     let p = &v["policies"];
     let acc = |name: &str| p[name]["accuracy"].as_f64().unwrap();
     for name in [
@@ -613,6 +615,9 @@ fn cbo_eval_e2e_runs_the_real_element_and_replays_the_trace_from_where_it_starte
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let acc = |p: &serde_json::Value| p["accuracy"].as_f64().unwrap();
     let (sim, real, aligned) = (&v["policies"], &v["e2e"], &v["e2e_simulated"]);
+    // The real run's server is this machine, so the replay it is compared with takes this
+    // machine's measured times unless `--timing` says otherwise.
+    assert_eq!(v["timing"], "measured", "{v}");
     for name in ["local", "cbo+reuse"] {
         assert!(real[name].is_object(), "{name}: {v}");
         // The clip starts once the element is connected, after the relay's trace clock.

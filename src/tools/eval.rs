@@ -98,9 +98,12 @@ pub struct EvalArgs {
     /// Per-frame encode and server times in the replay: `profile` (the profile's mean per
     /// resolution: the server is another machine, and per-frame times measured while caching on
     /// a loaded development machine describe that machine's load, not the server) or `measured`
-    /// (what this machine took for each frame while the cache was made)
-    #[arg(long, default_value = "profile", value_parser = ["profile", "measured"])]
-    pub timing: String,
+    /// (what this machine took for each frame while the cache was made). Default: `profile`;
+    /// with `--e2e`, `measured`, since the real run's server is then this machine too (a local
+    /// server answers ~3x faster than the profile budgets, and on a slow link the replay on the
+    /// profile's times then sends other frames than the element it is compared with)
+    #[arg(long, value_parser = ["profile", "measured"])]
+    pub timing: Option<String>,
     /// Settings replayed in parallel (0: one per core)
     #[arg(long, default_value_t = 0)]
     pub jobs: usize,
@@ -170,6 +173,8 @@ pub struct EvalReport {
     pub fps: f64,
     /// The RTTs of the grid (each run has its own).
     pub rtt_ms: Vec<f64>,
+    /// Where the replay's encode and server times came from (`--timing`).
+    pub timing: String,
     pub runs: Vec<Run>,
     /// Per policy over every run ([`crate::offload::summary`]).
     pub summary: BTreeMap<String, PolicySummary>,
@@ -568,6 +573,14 @@ pub struct AlignedSim {
 }
 
 impl EvalArgs {
+    /// Where the replay's encode and server times come from (`--timing`): the profile's means,
+    /// or with `--e2e` what this machine measured, unless the user chose.
+    pub fn timing(&self) -> &str {
+        self.timing
+            .as_deref()
+            .unwrap_or(if self.e2e { "measured" } else { "profile" })
+    }
+
     /// The RTT of one setting: `run` narrows `rtt_ms` to a single value per setting before
     /// anything replays it (and refuses an empty list); the first where it has not.
     pub fn rtt(&self) -> f64 {
@@ -679,7 +692,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
                 name: file_name(v),
                 frames: {
                     let mut f = frames(args, v, l, &profile)?;
-                    if args.timing == "profile" {
+                    if args.timing() == "profile" {
                         use_profile_timing(&mut f, &profile);
                     }
                     f
@@ -861,6 +874,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
             .collect(),
         fps: args.fps,
         rtt_ms: args.rtt_ms.clone(),
+        timing: args.timing().to_string(),
         runs,
         summary,
         summary_by_rtt,
@@ -1053,7 +1067,7 @@ fn plots(
 }
 
 /// JSON: for one setting the run itself (`{"policies": {...}, ...}`), for a grid every run;
-/// both with `"summary"` (per policy over the runs).
+/// both with `"summary"` (per policy over the runs) and `"timing"` (`--timing`).
 pub fn to_json(r: &EvalReport) -> serde_json::Value {
     let mut v = if r.runs.len() == 1 {
         serde_json::to_value(&r.runs[0]).expect("serialisable")
@@ -1061,13 +1075,14 @@ pub fn to_json(r: &EvalReport) -> serde_json::Value {
         serde_json::to_value(r).expect("serialisable")
     };
     v["summary"] = serde_json::to_value(&r.summary).expect("serialisable");
+    v["timing"] = serde_json::Value::from(r.timing.as_str());
     v
 }
 
 pub fn print_table(r: &EvalReport) {
     let clips: Vec<String> = r.frames.iter().map(|(c, n)| format!("{c} ({n})")).collect();
     println!(
-        "{} at {} fps, RTT {} ms, {} setting(s)",
+        "{} at {} fps, RTT {} ms, {} setting(s), {} encode and server times",
         clips.join(", "),
         r.fps,
         r.rtt_ms
@@ -1075,7 +1090,8 @@ pub fn print_table(r: &EvalReport) {
             .map(f64::to_string)
             .collect::<Vec<_>>()
             .join("/"),
-        r.runs.len()
+        r.runs.len(),
+        r.timing
     );
     if r.runs.len() <= 12 {
         for run in &r.runs {
