@@ -26,7 +26,7 @@ pub struct ModelArgs {
     /// auto | logits | probabilities
     #[arg(long, default_value = "auto")]
     pub output_kind: OutputKind,
-    /// Classes kept per frame
+    /// Classes kept per frame (1 to 1000)
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
     /// auto | cpu | cuda | tensorrt | openvino | qnn | coreml | nnapi | xnnpack
@@ -39,7 +39,7 @@ pub struct ModelArgs {
     /// Run on CPU when the requested provider is missing
     #[arg(long)]
     pub ep_fallback: bool,
-    /// ONNX Runtime intra-op threads (0 = its default)
+    /// ONNX Runtime intra-op threads (0 = its default; at most 256)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
 }

@@ -123,6 +123,110 @@ pub fn wait_for_eos(pipeline: &gst::Pipeline) -> Result<(), String> {
     Err("the pipeline's bus closed before end-of-stream".into())
 }
 
+/// Sets `obj`'s property `name` from its text form, as `gst-launch-1.0` would, or says why it
+/// cannot: no such property, a read-only one, text that does not parse as the property's type
+/// (for an enum, with the accepted nicks), or a number outside the property's range.
+/// gstreamer-rs's own `set_property_from_str` panics in all these cases, and command-line
+/// values reach here unchecked.
+pub fn set_property_from_str(
+    obj: &impl gst::prelude::IsA<gst::glib::Object>,
+    name: &str,
+    value: &str,
+) -> Result<(), String> {
+    use gst::glib;
+    use gst::prelude::*;
+    let obj = obj.upcast_ref::<glib::Object>();
+    let owner = obj
+        .downcast_ref::<gst::Element>()
+        .and_then(|e| e.factory())
+        .map(|f| f.name().to_string())
+        .unwrap_or_else(|| obj.type_().name().to_string());
+    let pspec = obj
+        .find_property(name)
+        .ok_or_else(|| format!("{owner} has no property \"{name}\""))?;
+    let flags = pspec.flags();
+    if !flags.contains(glib::ParamFlags::WRITABLE)
+        || flags.contains(glib::ParamFlags::CONSTRUCT_ONLY)
+    {
+        return Err(format!("{owner}'s \"{name}\" cannot be set"));
+    }
+    let invalid = |why: String| format!("invalid value '{value}' for {owner}'s \"{name}\": {why}");
+    let parsed = glib::Value::deserialize_with_pspec(value, &pspec).map_err(|_| {
+        invalid(match pspec.downcast_ref::<glib::ParamSpecEnum>() {
+            Some(e) => {
+                let nicks: Vec<&str> = e.enum_class().values().iter().map(|v| v.nick()).collect();
+                format!("one of {}", nicks.join(", "))
+            }
+            None => format!("expected {}", kind_of_value(pspec.value_type())),
+        })
+    })?;
+    numeric_range_check(&pspec, &parsed).map_err(invalid)?;
+    obj.set_property_from_value(name, &parsed);
+    Ok(())
+}
+
+/// What a value of type `t` looks like, in words, for an error message.
+fn kind_of_value(t: gst::glib::Type) -> String {
+    use gst::glib::Type;
+    match t {
+        Type::BOOL => "true or false".into(),
+        Type::I8 | Type::I32 | Type::I_LONG | Type::I64 => "an integer".into(),
+        Type::U8 | Type::U32 | Type::U_LONG | Type::U64 => "a non-negative integer".into(),
+        Type::F32 | Type::F64 => "a number".into(),
+        other => format!("a {}", other.name()),
+    }
+}
+
+/// `Err("must be from MIN to MAX")` when `value` lies outside a numeric `pspec`'s range (GLib
+/// would refuse it, and glib-rs panics on a refused value); `Ok` for every other kind of pspec.
+fn numeric_range_check(
+    pspec: &gst::glib::ParamSpec,
+    value: &gst::glib::Value,
+) -> Result<(), String> {
+    use gst::glib;
+    fn within<T>(v: Option<T>, min: T, max: T) -> Result<(), String>
+    where
+        T: PartialOrd + std::fmt::Display,
+    {
+        match v {
+            // Written so that NaN, which compares false with everything, is refused too.
+            Some(v) if !(min <= v && v <= max) => Err(format!("must be from {min} to {max}")),
+            _ => Ok(()),
+        }
+    }
+    if let Some(p) = pspec.downcast_ref::<glib::ParamSpecDouble>() {
+        within(value.get::<f64>().ok(), p.minimum(), p.maximum())
+    } else if let Some(p) = pspec.downcast_ref::<glib::ParamSpecFloat>() {
+        within(value.get::<f32>().ok(), p.minimum(), p.maximum())
+    } else if let Some(p) = pspec.downcast_ref::<glib::ParamSpecInt>() {
+        within(value.get::<i32>().ok(), p.minimum(), p.maximum())
+    } else if let Some(p) = pspec.downcast_ref::<glib::ParamSpecUInt>() {
+        within(value.get::<u32>().ok(), p.minimum(), p.maximum())
+    } else if let Some(p) = pspec.downcast_ref::<glib::ParamSpecChar>() {
+        within(value.get::<i8>().ok(), p.minimum(), p.maximum())
+    } else if let Some(p) = pspec.downcast_ref::<glib::ParamSpecUChar>() {
+        within(value.get::<u8>().ok(), p.minimum(), p.maximum())
+    } else if let Some(p) = pspec.downcast_ref::<glib::ParamSpecLong>() {
+        within(
+            value.get::<glib::ILong>().ok().map(|v| v.0),
+            p.minimum(),
+            p.maximum(),
+        )
+    } else if let Some(p) = pspec.downcast_ref::<glib::ParamSpecULong>() {
+        within(
+            value.get::<glib::ULong>().ok().map(|v| v.0),
+            p.minimum(),
+            p.maximum(),
+        )
+    } else if let Some(p) = pspec.downcast_ref::<glib::ParamSpecInt64>() {
+        within(value.get::<i64>().ok(), p.minimum(), p.maximum())
+    } else if let Some(p) = pspec.downcast_ref::<glib::ParamSpecUInt64>() {
+        within(value.get::<u64>().ok(), p.minimum(), p.maximum())
+    } else {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +264,41 @@ mod tests {
         );
         let m = missing_element_message("nosuchthing");
         assert!(m.contains("nosuchthing") && m.contains("no plugin"), "{m}");
+    }
+
+    #[test]
+    fn properties_set_from_text_are_checked_instead_of_panicking() {
+        use gst::prelude::*;
+        gst::init().unwrap();
+        let identity = gst::ElementFactory::make("identity").build().unwrap();
+        set_property_from_str(&identity, "drop-probability", "0.25").unwrap();
+        assert_eq!(identity.property::<f32>("drop-probability"), 0.25);
+        let err = set_property_from_str(&identity, "drop-probability", "2").unwrap_err();
+        assert_eq!(
+            err,
+            "invalid value '2' for identity's \"drop-probability\": must be from 0 to 1"
+        );
+        assert_eq!(identity.property::<f32>("drop-probability"), 0.25);
+        let err = set_property_from_str(&identity, "drop-probability", "NaN").unwrap_err();
+        assert!(err.contains("must be from 0 to 1"), "{err}");
+        let err = set_property_from_str(&identity, "sleep-time", "soon").unwrap_err();
+        assert_eq!(
+            err,
+            "invalid value 'soon' for identity's \"sleep-time\": expected a non-negative integer"
+        );
+        let err = set_property_from_str(&identity, "no-such-property", "1").unwrap_err();
+        assert_eq!(err, "identity has no property \"no-such-property\"");
+
+        let sink = gst::ElementFactory::make("fakesink").build().unwrap();
+        set_property_from_str(&sink, "state-error", "ready-to-paused").unwrap();
+        let err = set_property_from_str(&sink, "state-error", "bogus").unwrap_err();
+        assert!(
+            err.starts_with("invalid value 'bogus' for fakesink's \"state-error\": one of none, ")
+                && err.contains("ready-to-paused"),
+            "{err}"
+        );
+        let err = set_property_from_str(&sink, "last-sample", "x").unwrap_err();
+        assert_eq!(err, "fakesink's \"last-sample\" cannot be set");
     }
 
     #[test]

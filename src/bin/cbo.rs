@@ -42,7 +42,7 @@ enum Command {
     /// A userspace UDP relay that delivers uplink packets by a Mahimahi trace (one 1500-byte
     /// opportunity per listed millisecond, IP and UDP headers included), behind a drop-tail queue,
     /// with a one-way delay each way and a fixed-rate downlink. Point the element's
-    /// server-address at --listen. Loopback addresses only.
+    /// `server` at --listen. Loopback addresses only.
     ///
     /// Prints `relaying on ADDR -> SERVER` on stdout once ready; with --verbose, one line per
     /// second of uplink activity on stderr. Trace time 0 is when the relay starts; the trace

@@ -13,7 +13,7 @@
 //!     trace,
 //! );
 //! let relay = netem::start(config).await?;
-//! println!("relaying on {}", relay.local_addr()); // point cbofilter's server-address here
+//! println!("relaying on {}", relay.local_addr()); // point cbofilter's `server` here
 //! # relay.shutdown().await;
 //! # Ok(())
 //! # }

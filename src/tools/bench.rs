@@ -124,9 +124,7 @@ pub fn add_filter_branch(
     let cbo = gst::ElementFactory::make("cbofilter")
         .build()
         .map_err(|e| e.to_string())?;
-    for (name, value) in props {
-        cbo.set_property_from_str(name, value);
-    }
+    super::set_element_properties(&cbo, props.iter().map(|(n, v)| (*n, v.clone())))?;
     let sink = gst::ElementFactory::make("fakesink")
         .property("sync", false)
         .build()

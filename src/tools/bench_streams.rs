@@ -313,9 +313,7 @@ fn rss_per_extra_stream(
             .ok_or("no appsrc")?;
         src.set_caps(Some(caps));
         let cbo = pipeline.by_name("cbo").ok_or("no cbofilter")?;
-        for (name, value) in props {
-            cbo.set_property_from_str(name, value);
-        }
+        super::set_element_properties(&cbo, props.iter().map(|(n, v)| (*n, v.clone())))?;
         pipeline
             .set_state(gst::State::Paused)
             .map_err(|e| format!("cannot start cbofilter: {e}"))?;

@@ -1,6 +1,6 @@
 //! `cbo classify`: run a clip (file or URI) through `cbofilter`, show progress, summarise.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 
 use crate::cli::ModelArgs;
-use crate::meta::CboResult;
+use crate::meta::{CboResult, Decision};
 
 #[derive(Debug, clap::Args)]
 pub struct ClassifyArgs {
@@ -34,36 +34,51 @@ pub struct ClassifyArgs {
     pub expect_class: Vec<i32>,
 }
 
-/// The element's offloading properties.
+/// The element's offloading properties. Each but `--server` takes effect only with `--server`,
+/// so giving one without it is an error rather than silently nothing. Values are checked against
+/// the element's own ranges when the pipeline is built.
 #[derive(Debug, Clone, clap::Args)]
 pub struct OffloadArgs {
-    /// cboserver host:port (the element's `server`); unset = device only
+    /// cboserver host:port (the element's `server`); unset = device only, and the options below
+    /// are refused. Needs --server-cert or --server-fingerprint to trust it
     #[arg(long)]
     pub server: Option<String>,
-    /// PEM certificate to trust for the server
-    #[arg(long)]
+    /// PEM file with the certificate(s) to trust for the server (e.g. the cert.pem
+    /// `cboserver --self-signed DIR` wrote)
+    #[arg(long, requires = "server")]
     pub server_cert: Option<PathBuf>,
-    /// SHA-256 fingerprint to pin instead of --server-cert
-    #[arg(long)]
+    /// SHA-256 fingerprint of the server's certificate to pin (hex, as cboserver prints it),
+    /// instead of --server-cert
+    #[arg(long, requires = "server")]
     pub server_fingerprint: Option<String>,
-    /// File holding the server's bearer token
-    #[arg(long)]
+    /// File holding the server's bearer token (cboserver --token-file)
+    #[arg(long, requires = "server")]
     pub token_file: Option<PathBuf>,
-    /// local | all | threshold
-    #[arg(long, default_value = "threshold")]
+    /// Which frames to offload: local (none) | all | threshold (calibrated confidence below
+    /// --threshold) | threshold-raw (raw softmax confidence below --threshold) | cbo (frames and
+    /// resolutions chosen for expected accuracy under --deadline and the measured uplink, using
+    /// the bundled profile of the default model pair) | fastva (whenever the answer would arrive
+    /// in time, at the largest resolution that would)
+    #[arg(long, default_value = "threshold", requires = "server")]
     pub policy: String,
-    /// policy=threshold: offload below this (calibrated) confidence
-    #[arg(long, default_value_t = 0.5)]
+    /// policy=threshold / threshold-raw: offload frames whose confidence is below this, 0 to 1
+    #[arg(long, default_value_t = 0.5, requires = "server")]
     pub threshold: f64,
-    /// Per-frame deadline, ms
-    #[arg(long, default_value_t = 200)]
+    /// Per-frame deadline in ms (1 to 60000) from entering the element to leaving it: a frame
+    /// whose answer has not come by then leaves with its device label (decision late)
+    #[arg(long, default_value_t = 200, requires = "server")]
     pub deadline: u32,
-    /// Short side of offloaded frames
-    #[arg(long, default_value_t = 224)]
+    /// policy=all / threshold / threshold-raw: short side in pixels (16 to 4096) of offloaded
+    /// frames, aspect ratio kept, never upscaled; cbo and fastva pick among the profile's
+    #[arg(long, default_value_t = 224, requires = "server")]
     pub resolution: u32,
-    #[arg(long, default_value_t = 80)]
+    /// JPEG quality (1 to 100) of offloaded frames
+    #[arg(long, default_value_t = 80, requires = "server")]
     pub jpeg_quality: u32,
-    #[arg(long, default_value_t = 8)]
+    /// policy=all / threshold / threshold-raw: most offloaded frames awaiting an answer at once
+    /// (1 to 1024); a file waits for room, a live source keeps the frame on the device (decision
+    /// busy). cbo and fastva pace their sends by their uplink estimate instead
+    #[arg(long, default_value_t = 8, requires = "server")]
     pub max_in_flight: u32,
 }
 
@@ -107,7 +122,7 @@ struct Tally {
     last: Option<(String, f64)>,
     offloaded: u64,
     from_server: u64,
-    late: u64,
+    decisions: HashMap<Decision, u64>,
     right: u64,
     device_right: u64,
     corrected: u64,
@@ -131,10 +146,16 @@ pub struct ClassifySummary {
     /// (label, frames), most frequent first.
     pub labels: Vec<(String, u64)>,
     pub offloading: bool,
-    /// Frames sent to the server, and answered in time.
+    /// Frames sent to the server, whatever became of the request (answered in time, overruled,
+    /// late, failed).
     pub offloaded: u64,
+    /// Frames whose label came from the server: answered in time (`offload`) or labelled with an
+    /// earlier frame's answer (`reuse`).
     pub from_server: u64,
+    /// Frames whose deadline passed first (sent, or still undecided): `decisions["late"]`.
     pub late: u64,
+    /// Frames by their `decision` (every kind, zeros included; they add up to `frames`).
+    pub decisions: BTreeMap<&'static str, u64>,
     /// With --expect-class: accuracy of the labels leaving the element, of the device alone, and
     /// frames the device got wrong and the server right.
     pub accuracy: Option<f64>,
@@ -165,17 +186,14 @@ pub fn run(args: &ClassifyArgs) -> Result<ClassifySummary, String> {
     );
     let pipeline = crate::gstelements::launch_pipeline(&desc)?;
     let cbo = pipeline.by_name("cbo").expect("named in the description");
-    for (name, value) in args.model.element_properties(&config) {
-        cbo.set_property_from_str(name, &value);
-    }
+    super::set_element_properties(&cbo, args.model.element_properties(&config))?;
     if let Some(cal) = &args.calibration {
         cbo.set_property("calibration", cal.display().to_string());
     }
     let offload_props = args.offload.element_properties()?;
     let offloading = !offload_props.is_empty();
-    for (name, value) in offload_props {
-        cbo.set_property_from_str(name, &value);
-    }
+    super::set_element_properties(&cbo, offload_props)?;
+    super::stop_after(&cbo.static_pad("sink").expect("sink pad"), args.max_frames);
     let entered = Arc::new(Mutex::new(std::collections::VecDeque::<Instant>::new()));
     let e = entered.clone();
     cbo.static_pad("sink")
@@ -204,9 +222,10 @@ pub fn run(args: &ClassifyArgs) -> Result<ClassifySummary, String> {
                     t.latencies_us.push(t0.elapsed().as_micros() as u64);
                 }
                 t.frames += 1;
+                // A frame keeps the resolution it was sent at whatever became of the request.
                 t.offloaded += u64::from(r.resolution > 0);
                 t.from_server += u64::from(r.source == crate::meta::Source::Server);
-                t.late += u64::from(r.decision == "late");
+                *t.decisions.entry(r.decision).or_default() += 1;
                 if !expect.is_empty() {
                     let right = expect.contains(&r.class_id);
                     let device_right = expect.contains(&r.device_class_id);
@@ -243,10 +262,6 @@ pub fn run(args: &ClassifyArgs) -> Result<ClassifySummary, String> {
                 gst::MessageView::Warning(w) => eprintln!("warning: {}", w.error()),
                 _ => {}
             }
-        }
-        let frames = tally.lock().unwrap().frames;
-        if args.max_frames > 0 && frames >= args.max_frames {
-            break Ok(());
         }
         if total.is_none() {
             total = estimated_frames(&pipeline, &cbo);
@@ -290,7 +305,11 @@ pub fn run(args: &ClassifyArgs) -> Result<ClassifySummary, String> {
         offloading,
         offloaded: t.offloaded,
         from_server: t.from_server,
-        late: t.late,
+        late: t.decisions.get(&Decision::Late).copied().unwrap_or(0),
+        decisions: Decision::ALL
+            .iter()
+            .map(|d| (d.as_str(), t.decisions.get(d).copied().unwrap_or(0)))
+            .collect(),
         accuracy: known.then(|| t.right as f64 / n),
         device_accuracy: known.then(|| t.device_right as f64 / n),
         corrected: known.then_some(t.corrected),
@@ -345,6 +364,20 @@ fn result_json(r: &CboResult, pts: Option<gst::ClockTime>) -> String {
     .to_string()
 }
 
+/// What a frame with decision `d` went through, for the summary.
+fn decision_meaning(d: Decision) -> &'static str {
+    match d {
+        Decision::Device => "kept on the device by the policy",
+        Decision::Offload => "sent; the server's answer came in time and labels it",
+        Decision::Reuse => "kept on the device; labelled with an earlier frame's server answer",
+        Decision::Overruled => "answered, but the device's label was the likelier right (merge)",
+        Decision::Late => "no answer by the deadline (sent or still undecided); device label",
+        Decision::Failed => "sent; the request failed; device label",
+        Decision::Busy => "to offload, but max-in-flight requests were out; device label",
+        Decision::Offline => "to offload, but no server connection; device label",
+    }
+}
+
 /// Human-readable summary, as `make demo` prints it.
 pub fn print_summary(s: &ClassifySummary) {
     println!(
@@ -365,13 +398,24 @@ pub fn print_summary(s: &ClassifySummary) {
     let n = s.frames.max(1) as f64;
     if s.offloading {
         println!(
-            "offloaded: {} ({:.1}%)   answered by the server in time: {} ({:.1}%)   late: {}",
+            "sent to the server: {} ({:.1}%)   labelled by the server: {} ({:.1}%)",
             s.offloaded,
             100.0 * s.offloaded as f64 / n,
             s.from_server,
             100.0 * s.from_server as f64 / n,
-            s.late
         );
+        println!("decisions:");
+        for d in Decision::ALL {
+            let count = s.decisions.get(d.as_str()).copied().unwrap_or(0);
+            if count > 0 {
+                println!(
+                    "  {:<10} {count:>6}  {:5.1}%  {}",
+                    d.as_str(),
+                    100.0 * count as f64 / n,
+                    decision_meaning(d)
+                );
+            }
+        }
     }
     if let (Some(acc), Some(dev)) = (s.accuracy, s.device_accuracy) {
         println!(

@@ -25,6 +25,60 @@ pub fn init_gstreamer() -> Result<(), String> {
     crate::plugin_register_static().map_err(|e| format!("cannot register the cbo plugin: {e}"))
 }
 
+/// The command-line option of the tools that sets `cbofilter`'s `property`: `--` and its name, but
+/// for `labels` (`--model-labels`, apart from the evaluation tools' ground-truth `--labels`) and
+/// `token` (read from `--token-file`).
+fn option_for_property(property: &str) -> String {
+    match property {
+        "labels" => "--model-labels".into(),
+        "token" => "--token-file".into(),
+        other => format!("--{other}"),
+    }
+}
+
+/// Sets `cbofilter` properties from the tools' options, each checked against the element's own
+/// type and range (see [`crate::gstelements::set_property_from_str`]); an error names the option.
+pub fn set_element_properties<'a>(
+    cbo: &gst::Element,
+    properties: impl IntoIterator<Item = (&'a str, String)>,
+) -> Result<(), String> {
+    for (name, value) in properties {
+        crate::gstelements::set_property_from_str(cbo, name, &value)
+            .map_err(|e| format!("{}: {e}", option_for_property(name)))?;
+    }
+    Ok(())
+}
+
+/// Lets exactly `max_frames` buffers into `sink_pad` (0 = no limit), then ends the stream there:
+/// end-of-stream into the pad, so the element drains what it holds and everything downstream
+/// finishes as at the end of the clip (an MP4 gets its index), while upstream is refused
+/// (`GST_FLOW_EOS`) and stops. Counting where the frames enter makes the count exact: stopping
+/// from the application once enough results have come out lets the frames already on their way
+/// through, and `identity eos-after=30` let 33 through on GStreamer 1.22.
+pub fn stop_after(sink_pad: &gst::Pad, max_frames: u64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    if max_frames == 0 {
+        return;
+    }
+    // Buffers reach a pad one at a time, on its streaming thread; the atomic is for `Sync`.
+    let arrived = AtomicU64::new(0);
+    sink_pad.add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
+        let n = arrived.fetch_add(1, Ordering::Relaxed) + 1;
+        if n <= max_frames {
+            return gst::PadProbeReturn::Ok;
+        }
+        if n == max_frames + 1 {
+            // Once. Later buffers meet a pad that is EOS and are refused before probes run;
+            // should the pad not have taken the EOS, they are dropped here.
+            pad.send_event(gst::event::Eos::new());
+        }
+        // gstreamer-rs has taken the buffer out of the probe's info and frees it. `Handled` says
+        // so; with `Drop`, GStreamer 1.22 would also unref the info's now empty pointer and log
+        // a critical.
+        gst::PadProbeReturn::Handled
+    });
+}
+
 /// A `filesrc ! decodebin` source description for `path`, with the path quoted for parse_launch.
 pub fn file_source(path: &Path) -> String {
     format!(

@@ -10,7 +10,8 @@ use crate::trace::Trace;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct NetemArgs {
-    /// Address clients send to (loopback; port 0 picks a free one)
+    /// Address clients send to, the one to give cbofilter's `server` (`cbo classify --server`):
+    /// loopback; port 0 picks a free one, printed as `relaying on ADDR`
     #[arg(long, default_value = "127.0.0.1:4434")]
     pub listen: String,
     /// The cboserver address (loopback)

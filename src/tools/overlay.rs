@@ -43,13 +43,8 @@ pub fn run(args: &OverlayArgs) -> Result<u64, String> {
         return Err(format!("video '{}' does not exist", args.input.display()));
     }
     let config = args.model.to_config()?;
-    let limit = if args.max_frames > 0 {
-        format!("identity eos-after={} ! ", args.max_frames)
-    } else {
-        String::new()
-    };
     let desc = format!(
-        "{} ! {limit}cbofilter name=cbo ! textoverlay name=overlay valignment=top halignment=left \
+        "{} ! cbofilter name=cbo ! textoverlay name=overlay valignment=top halignment=left \
          font-desc=\"Sans Bold 18\" shaded-background=true ! videoconvert ! \
          x264enc speed-preset=veryfast ! mp4mux ! filesink location=\"{}\"",
         super::file_source(&args.input),
@@ -57,15 +52,15 @@ pub fn run(args: &OverlayArgs) -> Result<u64, String> {
     );
     let pipeline = crate::gstelements::launch_pipeline(&desc)?;
     let cbo = pipeline.by_name("cbo").expect("named");
-    for (name, value) in args.model.element_properties(&config) {
-        cbo.set_property_from_str(name, &value);
-    }
+    super::set_element_properties(&cbo, args.model.element_properties(&config))?;
     if let Some(cal) = &args.calibration {
         cbo.set_property("calibration", cal.display().to_string());
     }
-    for (name, value) in args.offload.element_properties()? {
-        cbo.set_property_from_str(name, &value);
-    }
+    super::set_element_properties(&cbo, args.offload.element_properties()?)?;
+    super::stop_after(
+        &cbo.static_pad("sink").expect("cbofilter has a sink pad"),
+        args.max_frames,
+    );
     let overlay = pipeline.by_name("overlay").expect("named");
     let frames = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let f = frames.clone();
