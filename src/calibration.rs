@@ -220,6 +220,11 @@ pub enum CalibrationError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot read calibration '{path}': {source}")]
+    ReadCalibration {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("not valid JSON: {0}")]
     NotJson(serde_json::Error),
     #[error("not a cbo calibration file (expected \"format\": \"{FILE_FORMAT}\")")]
@@ -303,8 +308,13 @@ impl Calibrator {
         let non_decreasing = |v: &[f64]| v.windows(2).all(|w| w[0] <= w[1]);
         match self {
             Calibrator::Temperature { temperature } => {
-                if !(temperature.is_finite() && *temperature > 0.0) {
-                    return bad("temperature must be a positive finite number");
+                // Logits are multiplied by 1 / T in single precision: a T whose reciprocal
+                // overflows gives no probability at all.
+                if !(temperature.is_finite()
+                    && *temperature > 0.0
+                    && ((1.0 / temperature) as f32).is_finite())
+                {
+                    return bad("temperature must be a positive finite number (at least 3e-39)");
                 }
             }
             Calibrator::HistogramBinning { upper, values } => {
@@ -871,10 +881,11 @@ impl CalibrationFile {
     }
 
     pub fn load(path: &std::path::Path) -> Result<Self, CalibrationError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CalibrationError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| CalibrationError::ReadCalibration {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Self::parse(&text).map_err(|e| CalibrationError::In {
             path: path.to_path_buf(),
             source: Box::new(e),
@@ -1038,6 +1049,19 @@ mod tests {
             }
             .validate()
             .is_err()
+        );
+        // 1 / T overflows single precision: the element would compute no probability at all.
+        assert!(
+            Calibrator::Temperature {
+                temperature: 1e-300
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Calibrator::Temperature { temperature: 1e-3 }
+                .validate()
+                .is_ok()
         );
         let non_monotone = Calibrator::Isotonic {
             x: vec![0.1, 0.5],

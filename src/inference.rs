@@ -270,6 +270,8 @@ pub enum InferenceError {
     Preprocess(#[from] PreprocessError),
     #[error("inference failed: {0}")]
     Run(String),
+    #[error(transparent)]
+    Scores(#[from] crate::postprocess::ScoreError),
 }
 
 /// Timings of one classified frame, in microseconds.
@@ -899,7 +901,7 @@ impl ClassifierModel {
             )?,
             Engine::Shared(member) => member.infer(input, &mut self.row)?,
         }
-        Ok(self.postprocessor.classify(&self.row))
+        Ok(self.postprocessor.classify(&self.row)?)
     }
 }
 

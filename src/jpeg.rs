@@ -28,8 +28,21 @@ pub enum JpegError {
 
 /// Output size for a frame of `width`x`height` rescaled so its short side is `short_side`, aspect
 /// ratio kept (rounded to even sizes for 4:2:0). Never upscales: a short side at or above the
-/// frame's keeps the frame's size.
+/// frame's keeps the frame's size. Never exceeds [`MAX_DECODED_SIDE`] on either side either (a
+/// frame of extreme aspect ratio then gets a shorter short side): a larger JPEG is one every
+/// server refuses.
 pub fn scaled_size(width: u32, height: u32, short_side: u32) -> (u32, u32) {
+    let (w, h) = scaled_to_short_side(width, height, short_side);
+    let long = w.max(h);
+    let max = MAX_DECODED_SIDE as u32;
+    if long <= max {
+        return (w, h);
+    }
+    let fit = |v: u32| ((v as f64 * max as f64 / long as f64).round() as u32).clamp(1, max);
+    (fit(w), fit(h))
+}
+
+fn scaled_to_short_side(width: u32, height: u32, short_side: u32) -> (u32, u32) {
     let short = width.min(height).max(1);
     if short_side == 0 || short_side >= short {
         return (width, height);
@@ -208,6 +221,11 @@ mod tests {
         assert_eq!(scaled_size(480, 360, 360), (480, 360));
         assert_eq!(scaled_size(480, 360, 1000), (480, 360));
         assert_eq!(scaled_size(480, 360, 0), (480, 360));
+        // Extreme aspect ratios stay within what a server decodes.
+        assert_eq!(scaled_size(1, 7000, 224), (1, 4096));
+        assert_eq!(scaled_size(8000, 100, 224), (4096, 51));
+        assert_eq!(scaled_size(20000, 400, 224), (4096, 82));
+        assert_eq!(scaled_size(4096, 4096, 4096), (4096, 4096));
     }
 
     /// A smooth synthetic I420 frame survives encode → decode at a reduced size with small error.

@@ -285,8 +285,21 @@ impl Postprocessor {
         }
     }
 
-    pub fn classify(&mut self, row: &[f32]) -> Classification {
+    /// Classifies one output row. Scores that cannot be read as the configured kind are an error
+    /// rather than a label: a non-finite score (a broken model, or an execution provider whose
+    /// reduced precision overflowed) would give a NaN confidence that every policy misreads
+    /// (`NaN < threshold` is false, so the frames the device knows least about would never be
+    /// offloaded), and a "probability" above 1 (`output-kind=probabilities` on a model that
+    /// outputs logits) a confidence the calibration was never fitted on.
+    pub fn classify(&mut self, row: &[f32]) -> Result<Classification, ScoreError> {
         debug_assert_eq!(row.len(), self.probs.len());
+        if let Some(i) = row.iter().position(|v| !v.is_finite()) {
+            return Err(ScoreError(format!(
+                "the model output a non-finite score ({} for class index {i}); the model or its \
+                 execution provider is broken for this input",
+                row[i]
+            )));
+        }
         if self.kind == OutputKind::Auto {
             self.kind = if looks_like_probabilities(row) {
                 OutputKind::Probabilities
@@ -296,7 +309,16 @@ impl Postprocessor {
         }
         match self.kind {
             OutputKind::Logits | OutputKind::Auto => softmax(row, &mut self.probs),
-            OutputKind::Probabilities => self.probs.copy_from_slice(row),
+            OutputKind::Probabilities => {
+                // A dequantised probability may round a little past 0 or 1, nothing more.
+                if let Some(&v) = row.iter().find(|&&v| !(-0.01..=1.01).contains(&v)) {
+                    return Err(ScoreError(format!(
+                        "output-kind=probabilities, but the model output a score of {v}, which \
+                         is no probability: set output-kind=logits (or auto)"
+                    )));
+                }
+                self.probs.copy_from_slice(row)
+            }
         }
         let mut top = std::mem::take(&mut self.top);
         top_k(&self.probs, self.top_k, &mut top);
@@ -309,9 +331,14 @@ impl Postprocessor {
             top_scores: top.iter().map(|&i| self.probs[i]).collect(),
         };
         self.top = top;
-        result
+        Ok(result)
     }
 }
+
+/// An output row that is no classification of the configured kind ([`Postprocessor::classify`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ScoreError(pub String);
 
 #[cfg(test)]
 mod tests {
@@ -369,13 +396,13 @@ mod tests {
         let labels = Labels::from_names(vec!["a".into(), "b".into()]);
         let mut pp = Postprocessor::new(labels.clone(), 3, OutputKind::Auto, 2).unwrap();
         assert!(pp.has_background());
-        let r = pp.classify(&[0.1, 0.2, 0.7]);
+        let r = pp.classify(&[0.1, 0.2, 0.7]).unwrap();
         assert_eq!(pp.kind(), OutputKind::Probabilities);
         assert_eq!(r.class_id, 1);
         assert_eq!(r.label, "b");
         assert!((r.confidence - 0.7).abs() < 1e-6);
         assert_eq!(r.top_classes, vec![1, 0]);
-        let r = pp.classify(&[0.8, 0.1, 0.1]);
+        let r = pp.classify(&[0.8, 0.1, 0.1]).unwrap();
         assert_eq!(r.class_id, -1);
         assert_eq!(r.label, BACKGROUND_LABEL);
         assert!(Postprocessor::new(labels, 5, OutputKind::Auto, 2).is_err());
@@ -385,11 +412,40 @@ mod tests {
     fn logits_are_softmaxed() {
         let labels = Labels::numeric(3);
         let mut pp = Postprocessor::new(labels, 3, OutputKind::Auto, 1).unwrap();
-        let r = pp.classify(&[2.0, 0.0, -1.0]);
+        let r = pp.classify(&[2.0, 0.0, -1.0]).unwrap();
         assert_eq!(pp.kind(), OutputKind::Logits);
         assert_eq!(r.class_id, 0);
         let expected = 2f64.exp() / (2f64.exp() + 1.0 + (-1f64).exp());
         assert!((r.confidence - expected).abs() < 1e-5);
         assert_eq!(r.label, "class 0");
+    }
+
+    #[test]
+    fn scores_that_are_no_classification_are_an_error_not_a_label() {
+        let labels = Labels::numeric(3);
+        // A non-finite score, whatever the kind: no NaN confidence reaches a policy.
+        for kind in [
+            OutputKind::Auto,
+            OutputKind::Logits,
+            OutputKind::Probabilities,
+        ] {
+            let mut pp = Postprocessor::new(labels.clone(), 3, kind, 1).unwrap();
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let e = pp.classify(&[0.2, bad, 0.3]).unwrap_err();
+                assert!(e.0.contains("non-finite score"), "{e}");
+            }
+            // and the next, sound row is classified as usual.
+            assert_eq!(pp.classify(&[0.1, 0.2, 0.7]).unwrap().class_id, 2);
+        }
+        // Logits read as probabilities: named, with what to set instead.
+        let mut pp = Postprocessor::new(labels.clone(), 3, OutputKind::Probabilities, 1).unwrap();
+        let e = pp.classify(&[7.27, -1.0, 0.5]).unwrap_err();
+        assert!(
+            e.0.contains("7.27") && e.0.contains("output-kind=logits"),
+            "{e}"
+        );
+        // A dequantised probability a hair outside [0, 1] is still one.
+        let r = pp.classify(&[1.004, -0.002, 0.0]).unwrap();
+        assert_eq!(r.class_id, 0);
     }
 }

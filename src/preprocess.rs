@@ -112,8 +112,14 @@ impl Normalization {
     pub fn parse(mean: &str, std: &str) -> Result<Self, String> {
         let mean = parse_channel_values(mean, "input-mean")?;
         let std = parse_channel_values(std, "input-std")?;
-        if std.contains(&0.0) {
-            return Err("input-std must not be zero".into());
+        // A pixel is divided by it: a non-positive divisor flips or erases the image, and one
+        // so small that 255 / std overflows fills the input with infinities.
+        if std.iter().any(|&v| v <= 0.0 || !(255.0 / v).is_finite()) {
+            return Err(format!(
+                "input-std '{}' must be positive, and not so small that 255 / input-std \
+                 overflows",
+                std.map(|v| v.to_string()).join(",")
+            ));
         }
         Ok(Self { mean, std })
     }
@@ -478,6 +484,10 @@ mod tests {
         assert!(parse_channel_values("", "m").is_err());
         assert!(parse_channel_values("nan", "m").is_err());
         assert!(Normalization::parse("127", "0").is_err());
+        // A negative divisor flips the image; a tiny one overflows 255 / std.
+        assert!(Normalization::parse("127", "-1").is_err());
+        assert!(Normalization::parse("127", "1,1e-40,1").is_err());
+        assert!(Normalization::parse("127", "0.5").is_ok());
     }
 
     /// Renders one synthetic RGB frame, converts it to `format` with GStreamer, and checks that

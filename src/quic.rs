@@ -115,10 +115,21 @@ fn is_crypto(code: quinn::TransportErrorCode) -> bool {
     (0x100..0x200).contains(&u64::from(code))
 }
 
+/// rustls's text for a verifier's own error, without its wrapping: `invalid peer certificate:
+/// Other(OtherError(MESSAGE))` (rustls shows `CertificateError::Other` by `Debug`) becomes
+/// `MESSAGE`; any other reason is kept as it is.
+fn plain_tls_reason(reason: &str) -> String {
+    reason
+        .strip_prefix("invalid peer certificate: Other(OtherError(")
+        .and_then(|r| r.strip_suffix("))"))
+        .unwrap_or(reason)
+        .to_string()
+}
+
 fn connect_error(e: quinn::ConnectionError) -> ConnectError {
     use quinn::ConnectionError as E;
     match e {
-        E::TransportError(t) if is_crypto(t.code) => ConnectError::Tls(t.reason.clone()),
+        E::TransportError(t) if is_crypto(t.code) => ConnectError::Tls(plain_tls_reason(&t.reason)),
         E::ConnectionClosed(c) if is_crypto(c.error_code) => ConnectError::Tls(format!(
             "the server aborted the handshake: {}",
             String::from_utf8_lossy(&c.reason)
@@ -398,5 +409,23 @@ async fn exchange(
         Ok(Response::Error(e)) if e.code == ErrorCode::Timeout => Err(RequestError::Timeout),
         Ok(Response::Error(e)) => Err(RequestError::Server(e)),
         Err(e) => Err(RequestError::Protocol(format!("response: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_fingerprint_mismatch_reads_as_its_message() {
+        let message = "server certificate fingerprint ab.. does not match the pinned cd..";
+        let e =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                std::sync::Arc::new(crate::tls::FingerprintMismatch(message.to_string())),
+            )));
+        assert_eq!(plain_tls_reason(&e.to_string()), message);
+        // Any other reason is left alone.
+        let e = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(plain_tls_reason(&e.to_string()), e.to_string());
     }
 }

@@ -205,6 +205,25 @@ struct PinnedVerifier {
     provider: Arc<CryptoProvider>,
 }
 
+/// Why a pinned certificate was refused. rustls shows a `CertificateError::Other` by its
+/// `Debug`, so this one's `Debug` is the plain message too ([`crate::quic`] then strips
+/// rustls's wrapping), instead of `Custom { kind: Other, error: "..." }`.
+pub(crate) struct FingerprintMismatch(pub(crate) String);
+
+impl std::fmt::Debug for FingerprintMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for FingerprintMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FingerprintMismatch {}
+
 impl ServerCertVerifier for PinnedVerifier {
     fn verify_server_cert(
         &self,
@@ -220,13 +239,13 @@ impl ServerCertVerifier for PinnedVerifier {
         } else {
             // Sent to the server as a bad_certificate alert; the message stays local.
             Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(
-                    std::io::Error::other(format!(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(FingerprintMismatch(
+                    format!(
                         "server certificate fingerprint {} does not match the pinned {}",
                         hex(&got),
                         hex(&self.pin)
-                    )),
-                ))),
+                    ),
+                )))),
             ))
         }
     }

@@ -617,10 +617,26 @@ fn device_only_null_mid_stream_with_frames_in_flight_then_a_clean_restart() {
 
 #[test]
 fn a_model_failing_mid_stream_is_an_element_error_and_a_flow_error_upstream() {
+    fails_on_bright_frames(
+        common::onnx::fails_unless_black_model(32),
+        "inference failed",
+    );
+}
+
+/// NaN scores are no label: the frame is not passed on with a NaN confidence (which no policy
+/// reads right) but stops the stream like a model that fails.
+#[test]
+fn a_model_scoring_nan_mid_stream_is_an_element_error_not_a_nan_confidence() {
+    fails_on_bright_frames(common::onnx::nan_unless_black_model(32), "non-finite score");
+}
+
+/// Ten black frames, which `model` classifies as class 0, then ten white ones, on which it fails
+/// with an element error containing `message`.
+fn fails_on_bright_frames(model_bytes: Vec<u8>, message: &str) {
     init();
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("fails-unless-black.onnx");
-    std::fs::write(&model, common::onnx::fails_unless_black_model(32)).unwrap();
+    std::fs::write(&model, model_bytes).unwrap();
     let (pipeline, src, out) = fed_element(&format!(
         "model=\"{}\" input-mean=0 input-std=1",
         model.display()
@@ -664,7 +680,7 @@ fn a_model_failing_mid_stream_is_an_element_error_and_a_flow_error_upstream() {
     set_state_or_hang(&pipeline, gst::State::Null);
     assert!(errors.len() >= 2, "{errors:?}");
     assert_eq!(errors[0].0, "cbo", "{errors:?}");
-    assert!(errors[0].1.contains("inference failed"), "{errors:?}");
+    assert!(errors[0].1.contains(message), "{errors:?}");
     assert_eq!(errors[1].0, "src", "{errors:?}");
     assert!(errors[1].2.contains("reason error"), "{errors:?}");
     // Exactly the black frames, each classified, in order; no white frame passed unlabelled.

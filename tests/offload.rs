@@ -252,6 +252,18 @@ fn wrong_token_and_untrusted_certificate_fall_back_to_the_device_with_a_warning(
     // A token too long for the protocol's header: a clear warning, not a panic.
     let long = format!("token={} policy=all", "x".repeat(5000));
     device_only_warning(&server.cert, &long, "token");
+    // A server with the default policy (a forgotten `policy=`), and a policy without a server:
+    // each is said, in the property's own words.
+    device_only_warning(&server.cert, "token=right", "policy=local never offloads");
+    let run = run_pipeline(&clip_pipeline("policy=cbo", 20));
+    assert_complete(&run, 20);
+    assert!(
+        run.warnings
+            .iter()
+            .any(|w| w.contains("policy=cbo needs a server")),
+        "warnings: {:?}",
+        run.warnings
+    );
     assert!(started.elapsed() < Duration::from_secs(60), "no hang");
 }
 
@@ -330,6 +342,26 @@ fn server_absent_at_start_then_coming_up_starts_offloading() {
         later.iter().filter(|r| r.source == Source::Server).count() * 2 > later.len(),
         "after connecting most frames are answered: {:?}",
         later.iter().map(|r| &r.decision).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_stream_that_ends_before_the_server_answers_says_so_and_names_the_server() {
+    // Nothing listens there: a stream shorter than the connection attempt used to end with
+    // every frame `offline` and no word why.
+    let (_dir, cert) = cert_dir();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let run = run_pipeline(&clip_pipeline(&props(&addr, &cert, "policy=all"), 10));
+    assert_complete(&run, 10);
+    assert!(run.results.iter().all(|r| r.source == Source::Device));
+    // Whether the attempt failed before the end of the stream (its own warning) or not (the
+    // end-of-stream one), the user learns which server, and that the device labelled it all.
+    assert!(
+        run.warnings
+            .iter()
+            .any(|w| w.contains(&addr) && w.contains("device")),
+        "warnings: {:?}",
+        run.warnings
     );
 }
 

@@ -483,6 +483,35 @@ fn a_valid_header_with_non_jpeg_bytes_is_answered_not_jpeg() {
 }
 
 #[test]
+fn a_jpeg_over_the_side_limit_is_refused_too_large_not_as_no_jpeg() {
+    // A valid JPEG, 8x5000 (over the 4096-pixel side limit): "too large", which it is, rather
+    // than "not a JPEG", which sent users looking for an encoder bug.
+    let pixels = vec![128u8; 8 * 5000 * 3];
+    let image = turbojpeg::Image {
+        pixels: pixels.as_slice(),
+        width: 8,
+        pitch: 8 * 3,
+        height: 5000,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    let tall = turbojpeg::compress(image, 80, turbojpeg::Subsamp::Sub2x2)
+        .unwrap()
+        .to_vec();
+    let fx = fixture();
+    fx.block_on(fx.while_serving(async {
+        let (_endpoint, session) = fx.session().await;
+        match quic::request(&session.connection, &fx.header(43, 0), &tall, 64 * 1024).await {
+            Err(RequestError::Server(e)) => {
+                assert_eq!(e.code, ErrorCode::TooLarge, "{}", e.message);
+                assert!(e.message.contains("8x5000"), "{}", e.message);
+            }
+            other => panic!("expected too-large, got {other:?}"),
+        }
+        fx.good_request(&session.connection, 5, 5).await;
+    }));
+}
+
+#[test]
 fn a_wrong_protocol_version_is_refused_on_hello_and_request() {
     let fx = fixture();
     fx.block_on(fx.while_serving(async {

@@ -153,7 +153,12 @@ impl ObjectImpl for CboFilter {
         {
             o.driver.send(o.now_ms(), vec![Event::Threshold(threshold)]);
         }
-        gst::debug!(CAT, imp = self, "set {} = {:?}", pspec.name(), value);
+        // A secret stays out of the log (which users attach to bug reports).
+        if pspec.name() == "token" {
+            gst::debug!(CAT, imp = self, "set token (not logged)");
+        } else {
+            gst::debug!(CAT, imp = self, "set {} = {:?}", pspec.name(), value);
+        }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {

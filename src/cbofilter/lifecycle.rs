@@ -83,7 +83,22 @@ impl CboFilter {
     /// when the user asked for offloading but it cannot happen).
     fn offload_policy(&self, s: &Settings) -> Option<PolicySpec> {
         let kind = match s.policy {
-            Policy::Local => return None,
+            Policy::Local => {
+                // A server with the default policy is almost always a forgotten `policy=`:
+                // the element would connect and never send a frame.
+                if !s.server.is_empty() {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::LibraryError::Settings,
+                        (
+                            "server={} is set but policy=local never offloads; set policy \
+                             (cbo, threshold, all, ...) to offload",
+                            s.server
+                        )
+                    );
+                }
+                return None;
+            }
             Policy::All => PolicyKind::All,
             Policy::Threshold => PolicyKind::Threshold,
             Policy::Cbo => PolicyKind::Cbo,
@@ -95,8 +110,8 @@ impl CboFilter {
                 self,
                 gst::LibraryError::Settings,
                 (
-                    "policy={:?} needs a server; every frame is classified on the device",
-                    s.policy
+                    "policy={} needs a server; every frame is classified on the device",
+                    s.policy.nick()
                 )
             );
             return None;
@@ -249,6 +264,7 @@ impl CboFilter {
     ) -> Result<Offload, String> {
         let clock = SystemClock::new();
         let (tx, rx) = input_channel();
+        let heard_from_server = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let client = Arc::new(
             OffloadClient::start(
                 ClientConfig {
@@ -259,7 +275,13 @@ impl CboFilter {
                     top_k: settings.top_k.min(u8::MAX as u32) as u8,
                     shared_connection: settings.shared_connection,
                 },
-                client_events(self.obj().downgrade(), tx.clone(), clock),
+                client_events(
+                    self.obj().downgrade(),
+                    tx.clone(),
+                    clock,
+                    settings.server.clone(),
+                    heard_from_server.clone(),
+                ),
             )
             .map_err(|e| e.to_string())?,
         );
@@ -304,6 +326,8 @@ impl CboFilter {
             _ => None,
         };
         Ok(Offload {
+            server: settings.server.clone(),
+            heard_from_server,
             client,
             driver,
             clock,

@@ -5,6 +5,7 @@
 //! The planner itself, the in-flight window and offline frames are the pure
 //! [`crate::offload::driver`]'s, on its own thread; this file adapts it to GStreamer buffers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,6 +34,12 @@ pub struct Job {
 
 /// Offloading, while the element runs with a server (set in start, taken in stop).
 pub struct Offload {
+    /// `server`, as the user set it (for messages).
+    pub server: String,
+    /// Whether the client has reported a connection or a failed attempt (which posts its own
+    /// warning); if neither by the end of the stream, the element says that every frame stayed
+    /// on the device because no connection was made in time.
+    pub heard_from_server: Arc<AtomicBool>,
     pub client: Arc<OffloadClient>,
     pub driver: DriverThread<Job>,
     pub clock: SystemClock,
@@ -151,8 +158,16 @@ pub fn client_events(
     element: glib::WeakRef<super::CboFilter>,
     tx: Sender<Input<Job>>,
     clock: SystemClock,
+    server: String,
+    heard_from_server: Arc<AtomicBool>,
 ) -> Arc<dyn Fn(ClientEvent) + Send + Sync> {
     Arc::new(move |event: ClientEvent| {
+        if matches!(
+            event,
+            ClientEvent::Connected { .. } | ClientEvent::ConnectFailed { .. }
+        ) {
+            heard_from_server.store(true, Ordering::Release);
+        }
         let online = match &event {
             ClientEvent::Connected { .. } => Some(true),
             ClientEvent::Disconnected { .. } => Some(false),
@@ -176,7 +191,7 @@ pub fn client_events(
             let _ = tx.send(Input::At { at_ms, events });
         }
         if let Some(obj) = element.upgrade() {
-            obj.imp().on_client_event(event);
+            obj.imp().on_client_event(event, &server);
         }
     })
 }
@@ -184,7 +199,7 @@ pub fn client_events(
 impl CboFilter {
     /// Connection changes, logged, and warnings for the user when the element falls back to the
     /// device.
-    pub(super) fn on_client_event(&self, event: ClientEvent) {
+    pub(super) fn on_client_event(&self, event: ClientEvent, server: &str) {
         match event {
             ClientEvent::Connected { model, min_rtt_ms } => {
                 gst::info!(
@@ -205,16 +220,37 @@ impl CboFilter {
                 gst::element_imp_warning!(
                     self,
                     gst::ResourceError::Read,
-                    ("Lost the server connection ({reason}); classifying on the device while reconnecting")
+                    ("Lost the connection to the server {server} ({reason}); classifying on the device while reconnecting")
                 );
             }
             ClientEvent::ConnectFailed { reason } => {
                 gst::element_imp_warning!(
                     self,
                     gst::ResourceError::OpenReadWrite,
-                    ("Cannot use the server: {reason}; classifying on the device and retrying")
+                    ("Cannot use the server {server}: {reason}; classifying on the device and retrying")
                 );
             }
+        }
+    }
+}
+
+impl CboFilter {
+    /// At the end of a stream: a stream shorter than the client's connection attempt (2 s)
+    /// otherwise ended with every frame `offline` and no word why.
+    pub(super) fn warn_if_never_connected(&self) {
+        let Some(o) = self.offload() else {
+            return;
+        };
+        if !o.heard_from_server.load(Ordering::Acquire) {
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::OpenReadWrite,
+                (
+                    "The stream ended before a connection to the server {} was made; every \
+                     frame was classified on the device (decision=offline)",
+                    o.server
+                )
+            );
         }
     }
 }

@@ -384,6 +384,9 @@ impl CboFilter {
             Item::Event(event) => {
                 drop(inner);
                 let eos = event.type_() == gst::EventType::Eos;
+                if eos {
+                    self.warn_if_never_connected();
+                }
                 if !self.srcpad.push_event(event) && !eos {
                     gst::debug!(CAT, imp = self, "downstream refused a serialized event");
                 }

@@ -197,7 +197,7 @@ pub fn properties() -> &'static [glib::ParamSpec] {
                 .build(),
             glib::ParamSpecUInt::builder("batch-timeout")
                 .nick("Batch timeout (µs)")
-                .blurb("shared-session=true: the longest the oldest frame waits for the batch to fill before it runs with fewer (the smallest among the sharing elements wins). Bounds the latency sharing adds, with one batch inference; added to the latency query")
+                .blurb("shared-session=true: the longest, in microseconds, the oldest frame waits for the batch to fill before it runs with fewer (the smallest among the sharing elements wins). Bounds the latency sharing adds, with one batch inference; added to the latency query")
                 .maximum(1_000_000)
                 .default_value(DEFAULT_BATCH_TIMEOUT_US)
                 .mutable_ready()
@@ -241,8 +241,9 @@ pub fn properties() -> &'static [glib::ParamSpec] {
                 .build(),
             glib::ParamSpecString::builder("token")
                 .nick("Token")
-                .blurb("Bearer token the server expects (cboserver --token-file); empty = none")
+                .blurb("Bearer token the server expects (cboserver --token-file); empty = none. Write-only, and never logged: a readable token would be printed by pipeline graph dumps (GST_DEBUG_DUMP_DOT_DIR)")
                 .default_value(Some(""))
+                .write_only()
                 .mutable_ready()
                 .build(),
             glib::ParamSpecBoolean::builder("shared-connection")
@@ -378,7 +379,8 @@ impl Settings {
         }
     }
 
-    /// The value of property `pspec`, or `None` for the read-only ones the element computes.
+    /// The value of property `pspec`, or `None` for the read-only ones the element computes
+    /// (and the write-only `token`, which GObject never reads).
     pub fn get(&self, pspec: &glib::ParamSpec) -> Option<glib::Value> {
         let s = self;
         Some(match pspec.name() {
@@ -401,7 +403,6 @@ impl Settings {
             "server" => s.server.to_value(),
             "server-cert" => s.server_cert.to_value(),
             "server-fingerprint" => s.server_fingerprint.to_value(),
-            "token" => s.token.to_value(),
             "shared-connection" => s.shared_connection.to_value(),
             "deadline" => s.deadline_ms.to_value(),
             "resolution" => s.resolution.to_value(),

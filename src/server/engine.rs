@@ -268,7 +268,14 @@ fn decode_worker(
         let tensor = match (&mut decoder, &mut pre) {
             (Ok(decoder), Ok(pre)) => decoder
                 .decode(&job.bytes[job.jpeg_offset..])
-                .map_err(|e| error(job.frame_id, ErrorCode::NotJpeg, e.to_string()))
+                .map_err(|e| {
+                    // A JPEG over the side limit is a valid one, too large to serve.
+                    let code = match e {
+                        crate::jpeg::JpegError::TooLarge { .. } => ErrorCode::TooLarge,
+                        _ => ErrorCode::NotJpeg,
+                    };
+                    error(job.frame_id, code, e.to_string())
+                })
                 .and_then(|decoded| {
                     let frame = decoded
                         .frame()
@@ -468,25 +475,31 @@ impl ModelRunner {
         });
         for (i, r) in live.drain(..).enumerate() {
             let outcome = match (&width, self.post.as_mut()) {
-                (Ok(w), Some(post)) => {
-                    let c = post.classify(&self.rows[i * w..(i + 1) * w]);
-                    let k = r.top_k.min(c.top_classes.len());
-                    let labels = c.top_classes[..k]
-                        .iter()
-                        .map(|&id| label(post, id))
-                        .collect();
-                    let waited = t0.saturating_duration_since(r.received);
-                    Ok(Answer {
+                (Ok(w), Some(post)) => match post.classify(&self.rows[i * w..(i + 1) * w]) {
+                    Err(e) => Err(ErrorReply {
                         frame_id: r.frame_id,
-                        class_ids: c.top_classes[..k].to_vec(),
-                        scores: c.top_scores[..k].to_vec(),
-                        labels,
-                        decode_us: r.decode_us,
-                        queue_us: micros(waited).saturating_sub(r.decode_us),
-                        inference_us,
-                        batch: n as u32,
-                    })
-                }
+                        code: ErrorCode::Internal,
+                        message: e.to_string(),
+                    }),
+                    Ok(c) => {
+                        let k = r.top_k.min(c.top_classes.len());
+                        let labels = c.top_classes[..k]
+                            .iter()
+                            .map(|&id| label(post, id))
+                            .collect();
+                        let waited = t0.saturating_duration_since(r.received);
+                        Ok(Answer {
+                            frame_id: r.frame_id,
+                            class_ids: c.top_classes[..k].to_vec(),
+                            scores: c.top_scores[..k].to_vec(),
+                            labels,
+                            decode_us: r.decode_us,
+                            queue_us: micros(waited).saturating_sub(r.decode_us),
+                            inference_us,
+                            batch: n as u32,
+                        })
+                    }
+                },
                 (Ok(_), None) => Err(error(r.frame_id, ErrorCode::Internal, "no post-processor")),
                 (Err(e), _) => Err(error(r.frame_id, e.code, e.message.clone())),
             };

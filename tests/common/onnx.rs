@@ -127,3 +127,28 @@ pub fn fails_unless_black_model(side: u64) -> Vec<u8> {
     field_bytes(7, &graph, &mut model);
     model
 }
+
+/// An image classifier `[1,3,side,side] -> [1,2]` whose scores are finite on an all-zero image
+/// (`log([2, 1] - max(x))`: class 0) and NaN on anything brighter than 1 (the log of a negative
+/// number): a broken model, or an execution provider whose precision overflowed.
+pub fn nan_unless_black_model(side: u64) -> Vec<u8> {
+    let mut graph = Vec::new();
+    for n in [
+        node(&["x"], &["m"], "ReduceMax", &[attribute_int("keepdims", 0)]),
+        node(&["c", "m"], &["d"], "Sub", &[]),
+        node(&["d"], &["y"], "Log", &[]),
+    ] {
+        field_bytes(1, &n, &mut graph);
+    }
+    field_bytes(2, b"nan_unless_black", &mut graph);
+    field_bytes(5, &initializer("c", &[1, 2], &[2.0, 1.0]), &mut graph);
+    field_bytes(11, &value_info("x", &[1, 3, side, side]), &mut graph);
+    field_bytes(12, &value_info("y", &[1, 2]), &mut graph);
+    let mut opset = Vec::new();
+    field_varint(2, 13, &mut opset);
+    let mut model = Vec::new();
+    field_varint(1, 7, &mut model); // ir_version
+    field_bytes(8, &opset, &mut model);
+    field_bytes(7, &graph, &mut model);
+    model
+}
