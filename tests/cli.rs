@@ -272,3 +272,14 @@ fn classify_summary_counts_each_decision_once_and_they_add_up() {
     );
     assert_eq!(table.iter().map(|(_, n)| n).sum::<u64>(), 60, "{printed}");
 }
+
+/// The calibration tools take photos or a clip: leaving both out names both, not just --images.
+#[test]
+fn calibrate_and_ece_without_input_name_both_kinds_of_input() {
+    for args in [
+        &["calibrate", "--out", "/nonexistent/cal.json"][..],
+        &["ece", "--calibration", "/nonexistent/cal.json"],
+    ] {
+        refused(args, &["--images <IMAGES>|--video <VIDEO>"]);
+    }
+}

@@ -9,11 +9,13 @@ use crate::calibration::Dataset;
 use crate::inference::Classifier;
 use crate::postprocess::OutputKind;
 
-/// Where labelled frames come from.
+/// Where labelled frames come from: photos or a clip, exactly one (a missing one is reported as
+/// "--images or --video", not as a missing --images).
 #[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["images", "video"])))]
 pub struct InputArgs {
     /// Photo list: TSV with columns `file` (relative to the TSV) and `class_index`
-    #[arg(long, conflicts_with = "video", required_unless_present = "video")]
+    #[arg(long)]
     pub images: Option<PathBuf>,
     /// Only the TSV rows whose `split` column has this value (e.g. dev)
     #[arg(long, requires = "images")]
