@@ -215,6 +215,12 @@ pub enum CalibrationError {
     Invalid(&'static str),
     #[error("calibration needs at least 10 labelled samples, got {0}")]
     TooFewSamples(usize),
+    /// Each fold of a cross-validation is fitted on the others, which need 10 samples.
+    #[error(
+        "calibration by {folds}-fold cross-validation needs at least {min} labelled samples \
+         (10 to fit on in each fold), got {n}"
+    )]
+    TooFewForFolds { n: usize, folds: usize, min: usize },
     #[error("cannot read '{path}': {source}")]
     Read {
         path: std::path::PathBuf,
@@ -430,6 +436,23 @@ pub fn cross_validated_metrics(
     data: &Dataset,
     folds: usize,
 ) -> Result<Metrics, CalibrationError> {
+    // Said for the whole set up front, not as a fold's "got 9" when 12 were given.
+    let smallest_training = |n: usize| {
+        (0..folds)
+            .map(|f| (0..n).filter(|i| i * folds / n != f).count())
+            .min()
+            .unwrap_or(0)
+    };
+    if smallest_training(data.len()) < 10 {
+        let min = (10..)
+            .find(|&n| smallest_training(n) >= 10)
+            .expect("some n");
+        return Err(CalibrationError::TooFewForFolds {
+            n: data.len(),
+            folds,
+            min,
+        });
+    }
     let mut preds = Vec::with_capacity(data.len());
     for f in 0..folds {
         // Contiguous folds: consecutive video frames are near-duplicates, and interleaved folds
@@ -1193,5 +1216,21 @@ mod tests {
             Calibrator::fit(Method::Temperature, &d),
             Err(CalibrationError::TooFewSamples(5))
         ));
+        // Choosing the method cross-validates: 12 samples leave 9 to fit on in one of 5 folds,
+        // and the error says so for the whole set (13 needed), not as a fold's "got 9".
+        let d = synthetic(12, 3, 1.0, 1);
+        let e = Calibrator::fit(Method::Auto, &d).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CalibrationError::TooFewForFolds {
+                    n: 12,
+                    folds: 5,
+                    min: 13
+                }
+            ),
+            "{e}"
+        );
+        assert!(Calibrator::fit(Method::Auto, &synthetic(13, 3, 1.0, 1)).is_ok());
     }
 }

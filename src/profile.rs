@@ -142,7 +142,7 @@ pub enum ProfileError {
     ServerEntries { got: usize, expected: usize },
     #[error("not a JSON profile: {0}")]
     NotJson(serde_json::Error),
-    #[error("not a cbo profile (format {0:?}, expected \"{FORMAT}\")")]
+    #[error("not a cbo profile ({}; expected \"format\": \"{FORMAT}\")", format_field(.0))]
     NotAProfile(Option<String>),
     #[error("unsupported profile version {0:?} (this build reads version {VERSION})")]
     Version(Option<u64>),
@@ -166,6 +166,14 @@ pub enum ProfileError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+}
+
+/// What a file's `format` field says, for [`ProfileError::NotAProfile`].
+fn format_field(format: &Option<String>) -> String {
+    match format {
+        Some(f) => format!("its \"format\" is \"{f}\""),
+        None => "it has no \"format\"".into(),
+    }
 }
 
 fn mean(v: impl Iterator<Item = f64>) -> f64 {

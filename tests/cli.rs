@@ -283,3 +283,435 @@ fn calibrate_and_ece_without_input_name_both_kinds_of_input() {
         refused(args, &["--images <IMAGES>|--video <VIDEO>"]);
     }
 }
+
+/// A file GStreamer cannot decode fails the tools that read frames, naming the file, where they
+/// used to wait for a first frame for ever (`timeout` ends a regression instead of the suite).
+#[test]
+fn tools_reading_frames_fail_on_a_file_that_is_no_video_instead_of_hanging() {
+    let a = common::assets();
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.mp4");
+    std::fs::write(&junk, b"not a video").unwrap();
+    let photo = dir.path().join("photo.jpg");
+    std::fs::write(&photo, b"not a photo either").unwrap();
+    let list = dir.path().join("photos.tsv");
+    std::fs::write(&list, "file\tclass_index\nphoto.jpg\t1\n").unwrap();
+    let labels = a.join("video/dev-slideshow-fast.labels.csv");
+    let trace = a.join("traces/Verizon-LTE-short.up");
+    let cal = common::repo().join("models/efficientnet-lite0-int8pt-224.calibration.json");
+    let os = |parts: &[&dyn AsRef<std::ffi::OsStr>]| -> Vec<std::ffi::OsString> {
+        parts.iter().map(|p| p.as_ref().to_os_string()).collect()
+    };
+    let runs = [
+        (
+            os(&[
+                &"eval",
+                &"--video",
+                &junk,
+                &"--labels",
+                &labels,
+                &"--trace",
+                &trace,
+            ]),
+            &junk,
+        ),
+        (
+            os(&[
+                &"calibrate",
+                &"--images",
+                &list,
+                &"--out",
+                &dir.path().join("cal.json"),
+            ]),
+            &photo,
+        ),
+        (
+            os(&[
+                &"ece",
+                &"--calibration",
+                &cal,
+                &"--video",
+                &junk,
+                &"--labels",
+                &labels,
+            ]),
+            &junk,
+        ),
+    ];
+    for (args, bad) in runs {
+        let out = Command::new("timeout")
+            .arg("120")
+            .arg(env!("CARGO_BIN_EXE_cbo"))
+            .args(&args)
+            .output()
+            .expect("timeout runs cbo");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "cbo {args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("decoding '{}' failed", bad.display())),
+            "cbo {args:?}: {stderr}"
+        );
+    }
+}
+
+/// `cbo eval` refuses values it cannot replay, naming the option, before it decodes anything: a
+/// deadline of 1e9 ms once ran it out of memory, `inf` panicked, `nan` and `--fps 0` hung.
+#[test]
+fn cbo_eval_refuses_values_it_cannot_replay() {
+    let a = common::assets();
+    let video = a.join("video/dev-slideshow-fast.mp4");
+    let labels = a.join("video/dev-slideshow-fast.labels.csv");
+    let trace = a.join("traces/Verizon-LTE-short.up");
+    let base = [
+        "eval",
+        "--video",
+        video.to_str().unwrap(),
+        "--labels",
+        labels.to_str().unwrap(),
+        "--trace",
+        trace.to_str().unwrap(),
+        "--max-frames",
+        "20",
+    ];
+    for (bad, expected) in [
+        (
+            &["--deadline-ms=1e9"][..],
+            "--deadline-ms 1000000000: a deadline in ms from 1 to 60000",
+        ),
+        (&["--deadline-ms=inf"], "--deadline-ms inf"),
+        (&["--deadline-ms=200,NaN"], "--deadline-ms NaN"),
+        (&["--deadline-ms=0"], "--deadline-ms 0"),
+        (&["--fps=0"], "--fps 0: frames per second"),
+        (&["--fps=NaN"], "--fps NaN"),
+        (
+            &["--threshold=2"],
+            "--threshold 2: a confidence from 0 to 1",
+        ),
+        (&["--initial-uplink-mbps=0"], "--initial-uplink-mbps 0"),
+        (&["--reuse-window-ms=-1"], "--reuse-window-ms -1"),
+        (
+            &["--send-window-bytes=0"],
+            "--send-window-bytes 0: at least one packet",
+        ),
+        (
+            &["--resolution=100"],
+            "--resolution 100: the replay has model results at the profile's resolutions only (96, 128",
+        ),
+    ] {
+        refused(&[&base[..], bad].concat(), &[expected]);
+    }
+}
+
+/// Labels that are not the clip's (here: the first 10 of its 700) are refused, naming both
+/// files, where they used to be scored against the clip's first 10 frames without a word;
+/// `--max-frames` within the labels still takes a prefix.
+#[test]
+fn labels_that_do_not_cover_the_clip_are_refused() {
+    let a = common::assets();
+    let dir = tempfile::tempdir().unwrap();
+    let video = a.join("video/dev-slideshow-fast.mp4");
+    let all = std::fs::read_to_string(a.join("video/dev-slideshow-fast.labels.csv")).unwrap();
+    let short = dir.path().join("short.csv");
+    std::fs::write(&short, all.lines().take(11).collect::<Vec<_>>().join("\n")).unwrap();
+    let trace = a.join("traces/Verizon-LTE-short.up");
+    let eval = |extra: &[&str]| {
+        [
+            &[
+                "eval",
+                "--video",
+                video.to_str().unwrap(),
+                "--labels",
+                short.to_str().unwrap(),
+                "--trace",
+                trace.to_str().unwrap(),
+                "--policies",
+                "local",
+            ][..],
+            extra,
+        ]
+        .concat()
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+    };
+    let args = eval(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    refused(
+        &args,
+        &[&format!(
+            "'{}' has more frames than '{}' has labels (10)",
+            video.display(),
+            short.display()
+        )],
+    );
+    let args = eval(&["--max-frames", "10", "--json"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cbo(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `cbo profile` measures only sizes the element can send, each once.
+#[test]
+fn cbo_profile_refuses_resolutions_the_element_cannot_send() {
+    let a = common::assets();
+    let video = a.join("video/dev-slideshow-fast.mp4");
+    let labels = a.join("video/dev-slideshow-fast.labels.csv");
+    for (bad, expected) in [
+        ("8", "--resolutions 8: a short side from 16 to 4096 pixels"),
+        (
+            "100000",
+            "--resolutions 100000: a short side from 16 to 4096",
+        ),
+        ("224,160,224", "--resolutions 224 is given twice"),
+    ] {
+        refused(
+            &[
+                "profile",
+                "--video",
+                video.to_str().unwrap(),
+                "--labels",
+                labels.to_str().unwrap(),
+                "--out",
+                "/nonexistent/profile.json",
+                "--resolutions",
+                bad,
+            ],
+            &[expected],
+        );
+    }
+}
+
+/// `cbo loadgen` refuses out-of-range values naming the option and its range, instead of
+/// quietly running with another value (0 clients as 1, 0 s as 0.1 s) or ignoring one (0 px
+/// sending full-size frames). Nothing listens at the server address and the certificate is
+/// never read: the values are checked first.
+#[test]
+fn loadgen_refuses_out_of_range_values_naming_the_option() {
+    let base = [
+        "loadgen",
+        "--server",
+        "127.0.0.1:9",
+        "--server-cert",
+        "/nonexistent/cert.pem",
+    ];
+    for (bad, expected) in [
+        (
+            &["--clients", "0"][..],
+            "'--clients <CLIENTS>': 0 is not in 1..=1024",
+        ),
+        (
+            &["--clients", "1025"],
+            "'--clients <CLIENTS>': 1025 is not in 1..=1024",
+        ),
+        (
+            &["--seconds", "0"],
+            "'--seconds <SECONDS>': must be more than 0 and at most 86400",
+        ),
+        (
+            &["--seconds=-1"],
+            "'--seconds <SECONDS>': must be more than 0 and at most 86400",
+        ),
+        (
+            &["--seconds", "inf"],
+            "'--seconds <SECONDS>': must be more than 0 and at most 86400",
+        ),
+        (
+            &["--seconds", "NaN"],
+            "'--seconds <SECONDS>': must be more than 0 and at most 86400",
+        ),
+        (
+            &["--baseline-seconds", "0"],
+            "'--baseline-seconds <BASELINE_SECONDS>': must be more than 0",
+        ),
+        (
+            &["--frames", "0"],
+            "'--frames <FRAMES>': must be a whole number of at least 1",
+        ),
+        (
+            &["--resolution", "0"],
+            "'--resolution <RESOLUTION>': 0 is not in 16..=4096",
+        ),
+        (
+            &["--resolution", "5000"],
+            "'--resolution <RESOLUTION>': 5000 is not in 16..=4096",
+        ),
+        (
+            &["--jpeg-quality", "0"],
+            "'--jpeg-quality <JPEG_QUALITY>': 0 is not in 1..=100",
+        ),
+        (
+            &["--jpeg-quality", "101"],
+            "'--jpeg-quality <JPEG_QUALITY>': 101 is not in 1..=100",
+        ),
+        (&["--top-k", "0"], "'--top-k <TOP_K>': 0 is not in 1..=255"),
+        (
+            &["--top-k", "1000"],
+            "'--top-k <TOP_K>': 1000 is not in 1..=255",
+        ),
+        (&["--batch", "0"], "'--batch <BATCH>': 0 is not in 1..=256"),
+        (
+            &["--threads", "1000"],
+            "'--threads <THREADS>': 1000 is not in 0..=256",
+        ),
+    ] {
+        refused(&[&base[..], bad].concat(), &[expected]);
+    }
+    // Either way of trusting the server is named when neither is given.
+    refused(
+        &["loadgen", "--server", "127.0.0.1:9"],
+        &["--server-cert <SERVER_CERT>|--server-fingerprint <SERVER_FINGERPRINT>"],
+    );
+
+    // The library entry point checks the same ranges before it decodes or connects.
+    let args = |edit: fn(&mut gstcbo::tools::loadgen::LoadgenArgs)| {
+        let mut a = gstcbo::tools::loadgen::LoadgenArgs {
+            server: "127.0.0.1:9".into(),
+            server_name: "localhost".into(),
+            server_cert: None,
+            server_fingerprint: Some("00".repeat(32)),
+            token_file: None,
+            clients: 1,
+            seconds: 1.0,
+            resolution: 224,
+            clip: None,
+            frames: 1,
+            jpeg_quality: 80,
+            top_k: 5,
+            server_pid: None,
+            model: None,
+            input_mean: "127".into(),
+            input_std: "128".into(),
+            batch: 8,
+            execution_provider: gstcbo::inference::ExecutionProvider::Auto,
+            threads: 0,
+            baseline_seconds: None,
+            no_baseline: true,
+            json: true,
+        };
+        edit(&mut a);
+        a
+    };
+    for (edit, expected) in [
+        (
+            (|a| a.clients = 0) as fn(&mut gstcbo::tools::loadgen::LoadgenArgs),
+            "'--clients': 0 is not in 1..=1024",
+        ),
+        (|a| a.seconds = -1.0, "'--seconds': must be more than 0"),
+        (
+            |a| a.seconds = f64::INFINITY,
+            "'--seconds': must be more than 0",
+        ),
+        (
+            |a| a.frames = 0,
+            "'--frames': must be a whole number of at least 1",
+        ),
+        (
+            |a| a.resolution = 0,
+            "'--resolution': 0 is not in 16..=4096",
+        ),
+        (
+            |a| a.jpeg_quality = 0,
+            "'--jpeg-quality': 0 is not in 1..=100",
+        ),
+        (|a| a.top_k = 0, "'--top-k': 0 is not in 1..=255"),
+        (
+            |a| a.server_fingerprint = None,
+            "give --server-cert FILE or --server-fingerprint HEX",
+        ),
+    ] {
+        let error = gstcbo::tools::loadgen::run(&args(edit)).unwrap_err();
+        assert!(error.contains(expected), "no '{expected}' in {error}");
+    }
+}
+
+/// A --top-k over the server's --max-top-k (20 by default) is answered with 20 classes; loadgen
+/// says so instead of reporting the shorter answers as what it asked for. A --resolution over
+/// the clip's size is reported as the size actually sent.
+#[test]
+fn loadgen_reports_a_top_k_the_server_caps_and_the_resolution_sent() {
+    let server = Server::start(None);
+    let out = common::succeed(Command::new(env!("CARGO_BIN_EXE_cbo")).args([
+        "loadgen",
+        "--server",
+        server.addr.as_str(),
+        "--server-cert",
+        server.cert.to_str().unwrap(),
+        "--top-k",
+        "100",
+        "--resolution",
+        "4096",
+        "--clients",
+        "1",
+        "--seconds",
+        "0.5",
+        "--frames",
+        "4",
+        "--no-baseline",
+        "--json",
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the server answers 20 classes per frame, not --top-k 100"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("frames are 360 px on their short side") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["resolution"], 360, "{report}");
+    assert!(report["answers"].as_u64() > Some(0), "{report}");
+}
+
+/// A server whose --max-request-bytes no frame fits: loadgen stops before its run with the
+/// server's refusal, instead of timing a run of nothing but `too-large` errors.
+#[test]
+fn loadgen_reports_a_request_the_server_refuses_before_the_run() {
+    use std::io::BufRead;
+    /// Stops the server however the test ends.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Stop(
+        Command::new(env!("CARGO_BIN_EXE_cboserver"))
+            .args(["--listen", "127.0.0.1:0", "--max-request-bytes", "1024"])
+            .arg("--self-signed")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = server.0.stdout.take().unwrap();
+    let addr = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("listening on ").map(str::to_string));
+    let addr = addr.expect("cboserver listens");
+    let cert = dir.path().join("cert.pem");
+    let message = refused(
+        &[
+            "loadgen",
+            "--server",
+            &addr,
+            "--server-cert",
+            cert.to_str().unwrap(),
+            "--frames",
+            "2",
+            "--seconds",
+            "30",
+            "--no-baseline",
+        ],
+        &["the server refused the first request (too-large): request larger than 1024 bytes"],
+    );
+    assert_eq!(message.lines().count(), 1, "{message}");
+}

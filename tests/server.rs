@@ -1049,3 +1049,265 @@ fn loadgen_completes_with_answers() {
     );
     assert!(report.ratio.is_some_and(|r| r > 0.0));
 }
+
+/// Runs `cboserver ARGS` with a certificate directory that does not exist yet and a model that
+/// does not exist, and asserts that it failed within seconds with status 1 or 2 (never 101).
+/// Were a value wrongly accepted, the missing model stops the server before any thread that
+/// value sizes is started. Returns the message and whether the certificate was created.
+fn cboserver_fails(args: &[&str]) -> (String, bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = dir.path().join("identity");
+    let started = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cboserver"))
+        .args(["--listen", "127.0.0.1:0", "--self-signed"])
+        .arg(&identity)
+        .args(["--model", "/nonexistent/model.onnx"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let code = status.code();
+    assert!(
+        code == Some(1) || code == Some(2),
+        "cboserver {args:?}: exit {code:?}, {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "cboserver {args:?}: {stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cboserver {args:?} took {:?} to fail",
+        started.elapsed()
+    );
+    (stderr, identity.exists())
+}
+
+/// Asserts that `cboserver ARGS` is refused with every one of `expected` in its message, before
+/// it has created its certificate (so before anything started).
+fn cboserver_refuses(args: &[&str], expected: &[&str]) {
+    let (stderr, created) = cboserver_fails(args);
+    for e in expected {
+        assert!(
+            stderr.contains(e),
+            "cboserver {args:?}: no '{e}' in {stderr}"
+        );
+    }
+    assert!(
+        !created,
+        "cboserver {args:?} created its certificate before refusing"
+    );
+}
+
+#[test]
+fn cboserver_refuses_out_of_range_settings_naming_the_option_before_starting() {
+    for (args, expected) in [
+        // Threads by the hundred thousand exhausted the machine before an error.
+        (
+            &["--threads", "100000"][..],
+            "'--threads <THREADS>': 100000 is not in 0..=256",
+        ),
+        (
+            &["--threads", "257"],
+            "'--threads <THREADS>': 257 is not in 0..=256",
+        ),
+        (
+            &["--decode-threads", "100000"],
+            "'--decode-threads <DECODE_THREADS>': 100000 is not in 0..=256",
+        ),
+        // Values under which the server would listen and serve nothing.
+        (
+            &["--max-batch", "0"],
+            "'--max-batch <MAX_BATCH>': 0 is not in 1..=256",
+        ),
+        (
+            &["--max-streams", "0"],
+            "'--max-streams <MAX_STREAMS>': 0 is not in 1..=1024",
+        ),
+        (
+            &["--max-connections", "0"],
+            "'--max-connections <MAX_CONNECTIONS>': 0 is not in 1..=65536",
+        ),
+        (
+            &["--max-pending", "0"],
+            "'--max-pending <MAX_PENDING>': 0 is not in 1..=65536",
+        ),
+        (
+            &["--max-request-bytes", "0"],
+            "'--max-request-bytes <MAX_REQUEST_BYTES>': 0 is not in 1024..=268435456",
+        ),
+        (
+            &["--request-timeout-ms", "0"],
+            "'--request-timeout-ms <REQUEST_TIMEOUT_MS>': 0 is not in 1..=600000",
+        ),
+        (
+            &["--hello-timeout-ms", "0"],
+            "'--hello-timeout-ms <HELLO_TIMEOUT_MS>': 0 is not in 1..=600000",
+        ),
+        (
+            &["--idle-timeout-ms", "0"],
+            "'--idle-timeout-ms <IDLE_TIMEOUT_MS>': 0 is not in 10000..=3600000",
+        ),
+        (
+            &["--max-top-k", "0"],
+            "'--max-top-k <MAX_TOP_K>': 0 is not in 1..=255",
+        ),
+        (
+            &["--backend-connect-timeout-ms", "0"],
+            "'--backend-connect-timeout-ms <BACKEND_CONNECT_TIMEOUT_MS>': 0 is not in 1..=600000",
+        ),
+        // Absurdly large ones.
+        (
+            &["--batch-timeout-ms", "100000000"],
+            "'--batch-timeout-ms <BATCH_TIMEOUT_MS>': 100000000 is not in 0..=60000",
+        ),
+        (
+            &["--drain-timeout-ms", "600001"],
+            "'--drain-timeout-ms <DRAIN_TIMEOUT_MS>': 600001 is not in 0..=600000",
+        ),
+        (
+            &["--max-top-k", "256"],
+            "'--max-top-k <MAX_TOP_K>': 256 is not in 1..=255",
+        ),
+        // A batch wait as long as a request's time would answer every lone frame `timeout`.
+        (
+            &["--batch-timeout-ms", "5000"],
+            "--batch-timeout-ms 5000 must be below --request-timeout-ms 5000",
+        ),
+        (
+            &["--batch-timeout-ms", "300", "--request-timeout-ms", "200"],
+            "--batch-timeout-ms 300 must be below --request-timeout-ms 200",
+        ),
+        // --input-size: checked whichever the backend, and refused where it would do nothing.
+        (
+            &["--input-size", "0"],
+            "bad --input-size '0': expected N or WxH, each from 1 to 4096",
+        ),
+        (
+            &["--input-size", "224x5000"],
+            "bad --input-size '224x5000': expected N or WxH, each from 1 to 4096",
+        ),
+        (
+            &["--input-size", "224"],
+            "--input-size is for --backend grpc://HOST:PORT",
+        ),
+        (
+            &["--input-layout", "nhwc"],
+            "--input-layout is for --backend grpc://HOST:PORT",
+        ),
+        (
+            &[
+                "--backend",
+                "grpc://127.0.0.1:9",
+                "--backend-model",
+                "m",
+                "--input-size",
+                "0x260",
+            ],
+            "bad --input-size '0x260'",
+        ),
+    ] {
+        cboserver_refuses(args, &[expected]);
+    }
+    // A batch wait at or over the request time is fine when nothing waits for a batch: the
+    // values pass the checks, and the missing model is what stops this server.
+    let (stderr, created) = cboserver_fails(&["--batch-timeout-ms", "5000", "--max-batch", "1"]);
+    assert!(
+        created && stderr.contains("/nonexistent/model.onnx"),
+        "{stderr}"
+    );
+}
+
+/// Each bounded option's `--help` states its range, from the bounds the server checks.
+#[test]
+fn cboserver_help_states_the_range_of_each_bounded_option() {
+    use gstcbo::server::bounds;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cboserver"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let paragraph = |flag: &str| -> String {
+        let start = help
+            .find(&format!("      {flag} <"))
+            .unwrap_or_else(|| panic!("no {flag} in {help}"));
+        let rest = &help[start..];
+        let end = rest[1..].find("\n      -").map_or(rest.len(), |i| i + 1);
+        rest[..end].to_string()
+    };
+    for (flag, range) in [
+        ("--threads", bounds::THREADS),
+        ("--decode-threads", bounds::DECODE_THREADS),
+        ("--max-batch", bounds::MAX_BATCH),
+        ("--batch-timeout-ms", bounds::BATCH_TIMEOUT_MS),
+        ("--max-request-bytes", bounds::MAX_REQUEST_BYTES),
+        ("--max-streams", bounds::MAX_STREAMS),
+        ("--max-connections", bounds::MAX_CONNECTIONS),
+        ("--max-pending", bounds::MAX_PENDING),
+        ("--request-timeout-ms", bounds::TIMEOUT_MS),
+        ("--hello-timeout-ms", bounds::TIMEOUT_MS),
+        ("--backend-connect-timeout-ms", bounds::TIMEOUT_MS),
+        ("--idle-timeout-ms", bounds::IDLE_TIMEOUT_MS),
+        ("--drain-timeout-ms", bounds::DRAIN_TIMEOUT_MS),
+        ("--max-top-k", bounds::MAX_TOP_K),
+        ("--input-size", bounds::INPUT_SIDE),
+    ] {
+        let text = paragraph(flag);
+        // "0 to 256", "1 to 1024", or "at most 256" where 0 has a meaning of its own.
+        let stated = text.contains(&format!("{} to {}", range.start(), range.end()))
+            || (*range.start() == 0 && text.contains(&format!("at most {}", range.end())));
+        assert!(stated, "{flag} does not state {range:?}: {text}");
+    }
+}
+
+/// The library refuses the same settings before it loads anything (the model here does not
+/// exist: an error about it would mean the check came too late).
+#[test]
+fn server_start_refuses_out_of_range_settings_before_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = tls::load_or_create_self_signed(dir.path()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    type Spoil = fn(&mut ServerConfig);
+    let cases: [(&str, Spoil); 5] = [
+        ("--max-pending", |c| c.limits.max_pending = 0),
+        ("--max-streams", |c| c.limits.max_streams_per_connection = 0),
+        ("--decode-threads", |c| c.decode_threads = 100_000),
+        ("--request-timeout-ms", |c| {
+            c.limits.request_timeout = Duration::ZERO
+        }),
+        ("--batch-timeout-ms", |c| {
+            c.batch_timeout = c.limits.request_timeout
+        }),
+    ];
+    for (flag, spoil) in cases {
+        let model = ModelConfig {
+            model: PathBuf::from("/nonexistent/model.onnx"),
+            ..ModelConfig::default()
+        };
+        let identity = (identity.0.clone(), identity.1.clone_key());
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), model, identity);
+        spoil(&mut config);
+        let Err(e) = runtime.block_on(Server::start(config)) else {
+            panic!("{flag}: the server started");
+        };
+        let message = e.to_string();
+        assert!(
+            matches!(e, gstcbo::server::ServerError::Config(_)) && message.contains(flag),
+            "{flag}: {message}"
+        );
+    }
+    // A sub-millisecond timeout is not zero.
+    let model = ModelConfig {
+        model: PathBuf::from("/nonexistent/model.onnx"),
+        ..ModelConfig::default()
+    };
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), model, identity);
+    config.limits.request_timeout = Duration::from_micros(500);
+    config.batch_timeout = Duration::ZERO;
+    assert!(config.check().is_ok(), "{:?}", config.check());
+}

@@ -9,14 +9,13 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
 use gstcbo::inference::{self, ExecutionProvider, ModelConfig};
 use gstcbo::postprocess::OutputKind;
 use gstcbo::preprocess::{InputType, Layout, Normalization, TensorSpec};
 use gstcbo::server::backend::{BackendKind, GrpcConfig};
-use gstcbo::server::{Limits, Server, ServerConfig};
+use gstcbo::server::{Limits, Server, ServerConfig, bounds};
 
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(
     name = "cboserver",
     version,
@@ -46,11 +45,12 @@ struct Cli {
     /// Model version on the gRPC backend (default: the server's choice)
     #[arg(long, default_value = "")]
     backend_model_version: String,
-    /// Time for one connection attempt to the gRPC backend, in ms
-    #[arg(long, default_value_t = 2000)]
+    /// Time for one connection attempt to the gRPC backend, in ms (1 to 600000)
+    #[arg(long, default_value_t = 2000, value_parser = bounds::parser::<u64>(bounds::TIMEOUT_MS))]
     backend_connect_timeout_ms: u64,
-    /// Input size the frames are pre-processed to for a gRPC backend: N or WxH (the bundled
-    /// server model's by default); checked against the backend model's metadata
+    /// Input size the frames are pre-processed to for a gRPC backend: N or WxH, each side 1 to
+    /// 4096 (the bundled server model's by default); checked against the backend model's
+    /// metadata
     #[arg(long, default_value = "260")]
     input_size: String,
     /// Input layout for a gRPC backend: nchw or nhwc; checked against the model's metadata
@@ -79,8 +79,8 @@ struct Cli {
     /// Run on CPU when the requested provider is missing
     #[arg(long)]
     ep_fallback: bool,
-    /// ONNX Runtime intra-op threads (0 = its default)
-    #[arg(long, default_value_t = 0)]
+    /// ONNX Runtime intra-op threads (0 = its default; at most 256)
+    #[arg(long, default_value_t = 0, value_parser = bounds::parser::<usize>(bounds::THREADS))]
     threads: usize,
 
     /// Certificate chain (PEM) to present; needs --key
@@ -98,42 +98,47 @@ struct Cli {
     #[arg(long)]
     token_file: Option<PathBuf>,
 
-    /// Largest inference batch (across all clients)
-    #[arg(long, default_value_t = 8)]
+    /// Largest inference batch, across all clients (1 to 256)
+    #[arg(long, default_value_t = 8, value_parser = bounds::parser::<usize>(bounds::MAX_BATCH))]
     max_batch: usize,
-    /// How long a batch waits to fill after its first frame, in ms
-    #[arg(long, default_value_t = 2)]
+    /// How long a batch waits to fill after its first frame, in ms (0 to 60000, and below
+    /// --request-timeout-ms; 0 runs what has arrived)
+    #[arg(long, default_value_t = 2, value_parser = bounds::parser::<u64>(bounds::BATCH_TIMEOUT_MS))]
     batch_timeout_ms: u64,
-    /// JPEG decode threads (0: one per core, at most 4)
-    #[arg(long, default_value_t = 0)]
+    /// JPEG decode threads, at most 256 (0: one per core, up to 4)
+    #[arg(long, default_value_t = 0, value_parser = bounds::parser::<usize>(bounds::DECODE_THREADS))]
     decode_threads: usize,
 
-    /// Largest request (header + JPEG) accepted, in bytes
-    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    /// Largest request (header + JPEG) accepted, in bytes (1024 to 268435456)
+    #[arg(long, default_value_t = 2 * 1024 * 1024,
+          value_parser = bounds::parser::<usize>(bounds::MAX_REQUEST_BYTES))]
     max_request_bytes: usize,
-    /// Concurrent request streams per connection
-    #[arg(long, default_value_t = 64)]
+    /// Concurrent request streams per connection (1 to 1024)
+    #[arg(long, default_value_t = 64, value_parser = bounds::parser::<u32>(bounds::MAX_STREAMS))]
     max_streams: u32,
-    /// Connections served at once; more are closed with `overloaded`
-    #[arg(long, default_value_t = 64)]
+    /// Connections served at once (1 to 65536); more are closed with `overloaded`
+    #[arg(long, default_value_t = 64, value_parser = bounds::parser::<usize>(bounds::MAX_CONNECTIONS))]
     max_connections: usize,
-    /// Requests in progress across all connections; more are answered `overloaded`
-    #[arg(long, default_value_t = 256)]
+    /// Requests in progress across all connections (1 to 65536); more are answered
+    /// `overloaded`
+    #[arg(long, default_value_t = 256, value_parser = bounds::parser::<usize>(bounds::MAX_PENDING))]
     max_pending: usize,
-    /// Time to answer a request, from its arrival, in ms
-    #[arg(long, default_value_t = 5000)]
+    /// Time to answer a request, from its arrival, in ms (1 to 600000)
+    #[arg(long, default_value_t = 5000, value_parser = bounds::parser::<u64>(bounds::TIMEOUT_MS))]
     request_timeout_ms: u64,
-    /// Time for a new connection's handshake and hello, in ms
-    #[arg(long, default_value_t = 5000)]
+    /// Time for a new connection's handshake and hello, in ms (1 to 600000)
+    #[arg(long, default_value_t = 5000, value_parser = bounds::parser::<u64>(bounds::TIMEOUT_MS))]
     hello_timeout_ms: u64,
-    /// QUIC idle timeout, in ms
-    #[arg(long, default_value_t = 30_000)]
+    /// QUIC idle timeout, in ms (10000 to 3600000: above the clients' 5 s keep-alive)
+    #[arg(long, default_value_t = 30_000,
+          value_parser = bounds::parser::<u64>(bounds::IDLE_TIMEOUT_MS))]
     idle_timeout_ms: u64,
-    /// How long a shutdown waits for requests in progress, in ms
-    #[arg(long, default_value_t = 2000)]
+    /// How long a shutdown waits for requests in progress, in ms (0 to 600000)
+    #[arg(long, default_value_t = 2000,
+          value_parser = bounds::parser::<u64>(bounds::DRAIN_TIMEOUT_MS))]
     drain_timeout_ms: u64,
-    /// Largest top-k a client may ask for
-    #[arg(long, default_value_t = 20)]
+    /// Largest top-k a client may ask for (1 to 255); larger requests get this many classes
+    #[arg(long, default_value_t = 20, value_parser = bounds::parser::<usize>(bounds::MAX_TOP_K))]
     max_top_k: usize,
 
     /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on this address, e.g.
@@ -147,35 +152,47 @@ struct Cli {
     /// Log every request (default: connections and refusals only)
     #[arg(long, short)]
     verbose: bool,
+
+    /// Which of [`GRPC_ONLY`] the command line gave (their defaults cannot tell).
+    #[arg(skip)]
+    grpc_options_given: Vec<&'static str>,
 }
 
-/// `N` or `WxH`.
+/// `N` or `WxH`, each side within [`bounds::INPUT_SIDE`].
 fn parse_size(text: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("bad --input-size '{text}': expected N or WxH, e.g. 260 or 320x240");
+    let (lo, hi) = (bounds::INPUT_SIDE.start(), bounds::INPUT_SIDE.end());
+    let bad = || {
+        format!(
+            "bad --input-size '{text}': expected N or WxH, each from {lo} to {hi}, e.g. 260 or \
+             320x240"
+        )
+    };
     let (w, h) = match text.split_once(['x', 'X']) {
         Some((w, h)) => (w.trim(), h.trim()),
         None => (text.trim(), text.trim()),
     };
     let w: u32 = w.parse().map_err(|_| bad())?;
     let h: u32 = h.parse().map_err(|_| bad())?;
-    if w == 0 || h == 0 {
+    if ![w, h]
+        .iter()
+        .all(|&side| bounds::INPUT_SIDE.contains(&u64::from(side)))
+    {
         return Err(bad());
     }
     Ok((w, h))
 }
 
+/// The options that only a gRPC backend reads; given with `--backend local` they would do
+/// nothing, so they are refused instead of being ignored.
+const GRPC_ONLY: [(&str, &str); 4] = [
+    ("backend_model_version", "--backend-model-version"),
+    ("backend_connect_timeout_ms", "--backend-connect-timeout-ms"),
+    ("input_size", "--input-size"),
+    ("input_layout", "--input-layout"),
+];
+
 fn backend(cli: &Cli) -> Result<BackendKind, String> {
-    if cli.backend == "local" {
-        if cli.backend_model.is_some() {
-            return Err("--backend-model needs --backend grpc://HOST:PORT".into());
-        }
-        return Ok(BackendKind::Local);
-    }
-    let address = GrpcConfig::parse_address(&cli.backend)?;
-    let model = cli
-        .backend_model
-        .clone()
-        .ok_or("--backend grpc://... needs --backend-model NAME")?;
+    // The values are checked whichever the backend, so a bad one is never quietly accepted.
     let (width, height) = parse_size(&cli.input_size)?;
     let layout = match cli.input_layout.to_ascii_lowercase().as_str() {
         "nchw" => Layout::Nchw,
@@ -186,6 +203,22 @@ fn backend(cli: &Cli) -> Result<BackendKind, String> {
             ));
         }
     };
+    if cli.backend == "local" {
+        if cli.backend_model.is_some() {
+            return Err("--backend-model needs --backend grpc://HOST:PORT".into());
+        }
+        if let Some(flag) = cli.grpc_options_given.first() {
+            return Err(format!(
+                "{flag} is for --backend grpc://HOST:PORT: it does nothing with --backend local"
+            ));
+        }
+        return Ok(BackendKind::Local);
+    }
+    let address = GrpcConfig::parse_address(&cli.backend)?;
+    let model = cli
+        .backend_model
+        .clone()
+        .ok_or("--backend grpc://... needs --backend-model NAME")?;
     Ok(BackendKind::Grpc(GrpcConfig {
         address,
         model,
@@ -196,7 +229,7 @@ fn backend(cli: &Cli) -> Result<BackendKind, String> {
             height,
             elem: InputType::F32,
         },
-        connect_timeout: Duration::from_millis(cli.backend_connect_timeout_ms.max(1)),
+        connect_timeout: Duration::from_millis(cli.backend_connect_timeout_ms),
     }))
 }
 
@@ -236,7 +269,36 @@ fn read_token(path: &std::path::Path) -> Result<String, String> {
 }
 
 fn config(cli: &Cli) -> Result<ServerConfig, String> {
-    // Checked before a self-signed identity is created, so a typo leaves no files behind.
+    // Everything is checked before a self-signed identity is created, so a typo leaves no files
+    // behind, and before anything starts. Each value is within its range already (clap); what
+    // is left are the rules between values.
+    let ms = Duration::from_millis;
+    let limits = Limits {
+        max_request_bytes: cli.max_request_bytes,
+        max_streams_per_connection: cli.max_streams,
+        max_connections: cli.max_connections,
+        max_pending: cli.max_pending,
+        request_timeout: ms(cli.request_timeout_ms),
+        hello_timeout: ms(cli.hello_timeout_ms),
+        idle_timeout: ms(cli.idle_timeout_ms),
+        drain_timeout: ms(cli.drain_timeout_ms),
+        max_top_k: cli.max_top_k,
+    };
+    let batch_timeout = ms(cli.batch_timeout_ms);
+    gstcbo::server::check_settings(
+        &limits,
+        cli.max_batch,
+        batch_timeout,
+        cli.decode_threads,
+        cli.threads,
+    )?;
+    let backend = backend(cli)?;
+    let listen = resolve("--listen", &cli.listen)?;
+    let metrics_listen = cli
+        .metrics
+        .as_deref()
+        .map(|m| resolve("--metrics", m))
+        .transpose()?;
     let token = cli.token_file.as_deref().map(read_token).transpose()?;
     let identity = match (&cli.cert, &cli.key, &cli.self_signed) {
         (Some(cert), Some(key), None) => gstcbo::tls::load_pem(cert, key)?,
@@ -255,36 +317,21 @@ fn config(cli: &Cli) -> Result<ServerConfig, String> {
         labels: cli.labels.clone(),
         normalization: Normalization::parse(&cli.input_mean, &cli.input_std)?,
         output_kind: cli.output_kind,
-        top_k: cli.max_top_k.max(1),
+        top_k: cli.max_top_k,
         execution_provider: cli.execution_provider,
         ep_options: Default::default(),
         ep_fallback: cli.ep_fallback,
         threads: cli.threads,
     };
-    let ms = Duration::from_millis;
-    let mut config = ServerConfig::new(resolve("--listen", &cli.listen)?, model, identity);
-    config.backend = backend(cli)?;
-    config.metrics_listen = cli
-        .metrics
-        .as_deref()
-        .map(|m| resolve("--metrics", m))
-        .transpose()?;
+    let mut config = ServerConfig::new(listen, model, identity);
+    config.backend = backend;
+    config.metrics_listen = metrics_listen;
     config.token = token;
-    config.max_batch = cli.max_batch.max(1);
-    config.batch_timeout = ms(cli.batch_timeout_ms);
+    config.max_batch = cli.max_batch;
+    config.batch_timeout = batch_timeout;
     config.decode_threads = cli.decode_threads;
     config.verbose = cli.verbose;
-    config.limits = Limits {
-        max_request_bytes: cli.max_request_bytes,
-        max_streams_per_connection: cli.max_streams.max(1),
-        max_connections: cli.max_connections.max(1),
-        max_pending: cli.max_pending.max(1),
-        request_timeout: ms(cli.request_timeout_ms.max(1)),
-        hello_timeout: ms(cli.hello_timeout_ms.max(1)),
-        idle_timeout: ms(cli.idle_timeout_ms.max(1)),
-        drain_timeout: ms(cli.drain_timeout_ms),
-        max_top_k: cli.max_top_k.max(1),
-    };
+    config.limits = limits;
     Ok(config)
 }
 
@@ -315,7 +362,14 @@ async fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli.grpc_options_given = GRPC_ONLY
+        .iter()
+        .filter(|(id, _)| matches.value_source(id) == Some(ValueSource::CommandLine))
+        .map(|&(_, flag)| flag)
+        .collect();
     if let Err(e) = init_logs(&cli.log_format) {
         eprintln!("cboserver: error: {e}");
         return std::process::ExitCode::FAILURE;

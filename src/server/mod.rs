@@ -81,6 +81,72 @@ impl Default for Limits {
     }
 }
 
+/// Allowed values of the settings, each a `cboserver` flag whose `--help` states its range.
+/// [`Server::start`] refuses a config outside them before anything starts
+/// ([`ServerConfig::check`]): a minimum keeps a value under which nothing could be served (no
+/// stream, no pending request, a zero timeout) from starting a server that only refuses; a
+/// maximum keeps a typo from spawning threads or allocating queues by the hundred thousand
+/// before the first request, or from overflowing a deadline.
+pub mod bounds {
+    use std::ops::RangeInclusive;
+
+    /// `--threads`: ONNX Runtime intra-op threads (0: its default), as `cbo --threads` and the
+    /// element's `threads`.
+    pub const THREADS: RangeInclusive<u64> = 0..=256;
+    /// `--decode-threads` (0: one per core, at most 4): one OS thread each.
+    pub const DECODE_THREADS: RangeInclusive<u64> = 0..=256;
+    /// `--max-batch`, as the element's `max-batch`; the batch tensor is allocated at start.
+    pub const MAX_BATCH: RangeInclusive<u64> = 1..=256;
+    /// `--batch-timeout-ms` (0: run what has arrived), at most the element's longest
+    /// `deadline`: no client waits longer for an answer. It must also be below
+    /// `--request-timeout-ms`, or a frame that arrives alone would wait out its own time.
+    pub const BATCH_TIMEOUT_MS: RangeInclusive<u64> = 0..=60_000;
+    /// `--max-request-bytes`: 1 KiB is about the smallest request (a header and a tiny JPEG);
+    /// 256 MiB is well over the largest JPEG the server decodes (4096 px a side).
+    pub const MAX_REQUEST_BYTES: RangeInclusive<u64> = 1024..=256 * 1024 * 1024;
+    /// `--max-streams`, as the element's `max-in-flight`: no client has more frames in flight.
+    pub const MAX_STREAMS: RangeInclusive<u64> = 1..=1024;
+    /// `--max-connections`.
+    pub const MAX_CONNECTIONS: RangeInclusive<u64> = 1..=65_536;
+    /// `--max-pending`: also the decode queue's capacity, allocated at start.
+    pub const MAX_PENDING: RangeInclusive<u64> = 1..=65_536;
+    /// `--request-timeout-ms`, `--hello-timeout-ms` and `--backend-connect-timeout-ms`: up to
+    /// 10 minutes.
+    pub const TIMEOUT_MS: RangeInclusive<u64> = 1..=600_000;
+    /// `--drain-timeout-ms` (0: close at once).
+    pub const DRAIN_TIMEOUT_MS: RangeInclusive<u64> = 0..=600_000;
+    /// `--idle-timeout-ms`: above the clients' 5 s keep-alive interval (twice it, so one lost
+    /// keep-alive does not close an idle connection), at most an hour.
+    pub const IDLE_TIMEOUT_MS: RangeInclusive<u64> = 10_000..=3_600_000;
+    /// `--max-top-k`: a request's top-k is one byte on the wire.
+    pub const MAX_TOP_K: RangeInclusive<u64> = 1..=255;
+    /// Each side of `--input-size`, as the largest JPEG side the server decodes.
+    pub const INPUT_SIDE: RangeInclusive<u64> = 1..=4096;
+
+    /// clap's parser for an integer option within `range` (its error names the option and the
+    /// range), for the integer type of the field.
+    pub fn parser<T>(range: RangeInclusive<u64>) -> clap::builder::RangedU64ValueParser<T>
+    where
+        T: TryFrom<u64> + Clone + Send + Sync + 'static,
+        <T as TryFrom<u64>>::Error: std::error::Error + Send + Sync + 'static,
+    {
+        clap::builder::RangedU64ValueParser::<T>::new().range(range)
+    }
+
+    /// An error naming `flag` and `range` (clap's wording) when `value` is outside `range`.
+    pub fn check(flag: &str, value: u64, range: &RangeInclusive<u64>) -> Result<(), String> {
+        if range.contains(&value) {
+            Ok(())
+        } else {
+            Err(format!(
+                "invalid value '{value}' for '{flag}': {value} is not in {}..={}",
+                range.start(),
+                range.end()
+            ))
+        }
+    }
+}
+
 /// Everything a server needs.
 #[derive(Debug)]
 pub struct ServerConfig {
@@ -121,6 +187,96 @@ impl ServerConfig {
             verbose: false,
         }
     }
+
+    /// Refuses settings outside [`bounds`], naming the `cboserver` flag of each.
+    pub fn check(&self) -> Result<(), String> {
+        check_settings(
+            &self.limits,
+            self.max_batch,
+            self.batch_timeout,
+            self.decode_threads,
+            self.model.threads,
+        )
+    }
+}
+
+/// [`ServerConfig::check`] on its parts, so `cboserver` can check its flags before it creates a
+/// certificate or reads a token.
+pub fn check_settings(
+    limits: &Limits,
+    max_batch: usize,
+    batch_timeout: Duration,
+    decode_threads: usize,
+    threads: usize,
+) -> Result<(), String> {
+    use bounds::check;
+    let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+    // Rounded up, so that only a zero duration is below a minimum of 1 ms (a library caller may
+    // give a sub-millisecond one).
+    let ms = |d: Duration| {
+        let whole = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        whole.saturating_add(u64::from(!d.subsec_nanos().is_multiple_of(1_000_000)))
+    };
+    check("--threads", n(threads), &bounds::THREADS)?;
+    check(
+        "--decode-threads",
+        n(decode_threads),
+        &bounds::DECODE_THREADS,
+    )?;
+    check("--max-batch", n(max_batch), &bounds::MAX_BATCH)?;
+    check(
+        "--batch-timeout-ms",
+        ms(batch_timeout),
+        &bounds::BATCH_TIMEOUT_MS,
+    )?;
+    check(
+        "--max-request-bytes",
+        n(limits.max_request_bytes),
+        &bounds::MAX_REQUEST_BYTES,
+    )?;
+    check(
+        "--max-streams",
+        limits.max_streams_per_connection.into(),
+        &bounds::MAX_STREAMS,
+    )?;
+    check(
+        "--max-connections",
+        n(limits.max_connections),
+        &bounds::MAX_CONNECTIONS,
+    )?;
+    check("--max-pending", n(limits.max_pending), &bounds::MAX_PENDING)?;
+    check(
+        "--request-timeout-ms",
+        ms(limits.request_timeout),
+        &bounds::TIMEOUT_MS,
+    )?;
+    check(
+        "--hello-timeout-ms",
+        ms(limits.hello_timeout),
+        &bounds::TIMEOUT_MS,
+    )?;
+    check(
+        "--idle-timeout-ms",
+        ms(limits.idle_timeout),
+        &bounds::IDLE_TIMEOUT_MS,
+    )?;
+    check(
+        "--drain-timeout-ms",
+        ms(limits.drain_timeout),
+        &bounds::DRAIN_TIMEOUT_MS,
+    )?;
+    check("--max-top-k", n(limits.max_top_k), &bounds::MAX_TOP_K)?;
+    // With batches of one nothing waits to fill a batch.
+    if max_batch > 1 && batch_timeout >= limits.request_timeout {
+        return Err(format!(
+            "--batch-timeout-ms {} must be below --request-timeout-ms {} (or --max-batch 1): a \
+             frame that arrives alone waits the whole batch timeout, and would always be \
+             answered `timeout`",
+            ms(batch_timeout),
+            ms(limits.request_timeout)
+        ));
+    }
+    Ok(())
 }
 
 /// Counts what is in progress and wakes a waiter when it reaches zero.
@@ -214,6 +370,9 @@ fn varint(code: ErrorCode) -> quinn::VarInt {
 /// Why the server could not start, or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// A setting outside its range ([`ServerConfig::check`]).
+    #[error("{0}")]
+    Config(String),
     #[error("cannot initialise GStreamer: {0}")]
     Gst(String),
     /// Loading the model or starting the engine's threads.
@@ -245,6 +404,9 @@ pub enum ServerError {
 impl Server {
     /// Loads the model, binds the endpoint and starts serving. Call inside a tokio runtime.
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        // Before anything starts: a bad value is an error, not threads or queues by the
+        // hundred thousand, nor a server that can only refuse.
+        config.check().map_err(ServerError::Config)?;
         gst::init().map_err(|e| ServerError::Gst(e.to_string()))?;
         let limits = config.limits.clone();
         let decode_threads = match config.decode_threads {

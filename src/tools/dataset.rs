@@ -191,18 +191,31 @@ pub fn for_each_labelled(
         (None, Some(video), Some(csv)) => {
             let labels = read_clip_labels(csv)?;
             let total = labels.len().min(max);
+            // One frame past the labels (unless --max-samples stops earlier) tells a clip with
+            // more frames than labels; fewer frames show at the end. Either means the labels are
+            // not this clip's, and scoring them against it would be meaningless, silently.
             let mut i = 0;
-            crate::tools::for_each_frame(video, total, |buf, caps| {
-                let class = *labels.get(i).ok_or_else(|| {
-                    format!(
-                        "'{}' has more frames than '{}' labels",
-                        video.display(),
-                        csv.display()
-                    )
+            let decoded =
+                crate::tools::for_each_frame(video, max.min(labels.len() + 1), |buf, caps| {
+                    let class = *labels.get(i).ok_or_else(|| {
+                        format!(
+                            "'{}' has more frames than '{}' has labels ({})",
+                            video.display(),
+                            csv.display(),
+                            labels.len()
+                        )
+                    })?;
+                    i += 1;
+                    visit(buf, caps, class, total)
                 })?;
-                i += 1;
-                visit(buf, caps, class, total)
-            })?;
+            if decoded < total {
+                return Err(format!(
+                    "'{}' has {decoded} frames but '{}' labels {} (give the labels of this clip)",
+                    video.display(),
+                    csv.display(),
+                    labels.len()
+                ));
+            }
         }
         _ => return Err("give --images TSV, or --video CLIP with --labels CSV".into()),
     }

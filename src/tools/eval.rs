@@ -447,6 +447,72 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Refuses option values the replay cannot mean: each is what the element would refuse, or what
+/// the simulation cannot replay (a deadline of 0, or of 1e9 ms, which the planner's time grid
+/// would try to allocate; a frame rate of 0, which never advances the clock).
+fn check_values(args: &EvalArgs, profile: &Profile) -> Result<(), String> {
+    if let Some(bad) = args
+        .deadline_ms
+        .iter()
+        .find(|d| !(1.0..=60_000.0).contains(*d))
+    {
+        return Err(format!(
+            "--deadline-ms {bad}: a deadline in ms from 1 to 60000 (as the element's `deadline`)"
+        ));
+    }
+    if !(args.fps > 0.0 && args.fps <= 1000.0) {
+        return Err(format!(
+            "--fps {}: frames per second, above 0 and at most 1000",
+            args.fps
+        ));
+    }
+    if !(0.0..=1.0).contains(&args.threshold) {
+        return Err(format!(
+            "--threshold {}: a confidence from 0 to 1",
+            args.threshold
+        ));
+    }
+    if !(args.initial_uplink_mbps > 0.0 && args.initial_uplink_mbps.is_finite()) {
+        return Err(format!(
+            "--initial-uplink-mbps {}: a rate above 0",
+            args.initial_uplink_mbps
+        ));
+    }
+    if !(args.reuse_window_ms >= 0.0 && args.reuse_window_ms.is_finite()) {
+        return Err(format!(
+            "--reuse-window-ms {}: 0 or more ms",
+            args.reuse_window_ms
+        ));
+    }
+    // Less than one packet in flight and nothing is ever sent.
+    if args.send_window_bytes < crate::trace::MTU {
+        return Err(format!(
+            "--send-window-bytes {}: at least one packet ({} bytes)",
+            args.send_window_bytes,
+            crate::trace::MTU
+        ));
+    }
+    // The fixed-resolution rules are replayed from the model results at the profile's
+    // resolutions; another size has none (it used to be moved to the nearest one, silently).
+    let fixed = |p: &String| {
+        let base = p.strip_suffix(REUSE_SUFFIX).unwrap_or(p);
+        matches!(base, "all" | "threshold" | "threshold-raw")
+    };
+    let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
+    if args.policies.iter().any(fixed) && !shorts.contains(&args.resolution) {
+        return Err(format!(
+            "--resolution {}: the replay has model results at the profile's resolutions only ({})",
+            args.resolution,
+            shorts
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// Replaces every frame's encode and server time by the profile's mean at that resolution.
 fn use_profile_timing(frames: &mut [SimFrame], profile: &Profile) {
     for f in frames {
@@ -666,6 +732,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
             "--rtt-ms {bad}: a round-trip time in ms, 0 or more"
         ));
     }
+    check_values(args, &profile)?;
     if args.video.len() != args.labels.len() {
         return Err(format!(
             "{} clip(s) but {} label file(s): give --labels in the order of --video",

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,12 +21,52 @@ use std::time::{Duration, Instant};
 use crate::inference::{self, ExecutionProvider, ModelSession};
 use crate::jpeg::{EncodedFrame, FrameDecoder, FrameEncoder};
 use crate::preprocess::{Normalization, Preprocessor};
-use crate::protocol::RequestHeader;
+use crate::protocol::{ErrorCode, RequestHeader};
 use crate::quic::{self, RequestError};
 use crate::server::batch::{BatchDim, BatchTensor, run_batch};
+use crate::server::bounds as server_bounds;
 use crate::tls::Trust;
 
+// Ranges of the options, checked by clap on the command line and by `LoadgenArgs::check` for
+// callers of `run`: a value outside them is an error naming the option, never quietly replaced
+// by another (0 clients running as 1) or ignored (a 0 px resolution sending full-size frames).
+const CLIENTS: RangeInclusive<u64> = 1..=1024;
+/// A day: longer is a typo (and a run of `inf` seconds would overflow the clock).
+const MAX_SECONDS: f64 = 86_400.0;
+/// The element's `resolution` and `jpeg-quality`.
+const RESOLUTION: RangeInclusive<u64> = 16..=4096;
+const JPEG_QUALITY: RangeInclusive<u64> = 1..=100;
+/// A request's top-k is one byte (the element caps its own 1..1000 the same way).
+const TOP_K: RangeInclusive<u64> = 1..=255;
+/// The server's `--max-batch` and `--threads`.
+const BATCH: RangeInclusive<u64> = server_bounds::MAX_BATCH;
+const THREADS: RangeInclusive<u64> = server_bounds::THREADS;
+
+/// A number of frames: at least 1, no upper bound (the clip is one).
+fn parse_frames(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("must be a whole number of at least 1".into()),
+    }
+}
+
+/// A length of run in seconds: finite, more than 0, at most [`MAX_SECONDS`].
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if seconds > 0.0 && seconds <= MAX_SECONDS {
+        Ok(seconds)
+    } else {
+        Err(format!("must be more than 0 and at most {MAX_SECONDS}"))
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("trust").required(true).args(["server_cert", "server_fingerprint"])
+))]
 pub struct LoadgenArgs {
     /// Server address (host:port)
     #[arg(long)]
@@ -33,8 +74,9 @@ pub struct LoadgenArgs {
     /// TLS name of the server (checked with --server-cert)
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
-    /// Trust the certificates in this PEM file (e.g. the server's self-signed cert.pem)
-    #[arg(long, required_unless_present = "server_fingerprint")]
+    /// Trust the certificates in this PEM file (e.g. the server's self-signed cert.pem); or
+    /// give --server-fingerprint
+    #[arg(long)]
     pub server_cert: Option<PathBuf>,
     /// Trust only the server certificate with this SHA-256 (hex; `:` allowed)
     #[arg(long, conflicts_with = "server_cert")]
@@ -42,26 +84,29 @@ pub struct LoadgenArgs {
     /// File holding the bearer token
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// Concurrent clients, one connection each
-    #[arg(long, default_value_t = 8)]
+    /// Concurrent clients, one connection each (1 to 1024)
+    #[arg(long, default_value_t = 8, value_parser = server_bounds::parser::<usize>(CLIENTS))]
     pub clients: usize,
-    /// Length of the timed run, in seconds
-    #[arg(long, default_value_t = 10.0)]
+    /// Length of the timed run, in seconds (more than 0, at most 86400)
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
     pub seconds: f64,
-    /// Short side of the offloaded JPEGs, in pixels
-    #[arg(long, default_value_t = 224)]
+    /// Short side of the offloaded JPEGs, in pixels (16 to 4096, as the element's
+    /// `resolution`; frames are never upscaled)
+    #[arg(long, default_value_t = 224, value_parser = server_bounds::parser::<u32>(RESOLUTION))]
     pub resolution: u32,
     /// Clip whose frames are sent (default: the bundled bottle clip)
     #[arg(long)]
     pub clip: Option<PathBuf>,
-    /// Frames of the clip encoded and sent round-robin
-    #[arg(long, default_value_t = 120)]
+    /// Frames of the clip encoded and sent round-robin (at least 1; fewer when the clip is
+    /// shorter)
+    #[arg(long, default_value_t = 120, value_parser = parse_frames)]
     pub frames: usize,
-    /// JPEG quality (the element's `jpeg-quality`)
-    #[arg(long, default_value_t = 80)]
+    /// JPEG quality (1 to 100, as the element's `jpeg-quality`)
+    #[arg(long, default_value_t = 80, value_parser = server_bounds::parser::<u32>(JPEG_QUALITY))]
     pub jpeg_quality: u32,
-    /// Classes asked for per frame
-    #[arg(long, default_value_t = 5)]
+    /// Classes asked for per frame (1 to 255: one byte on the wire); the server answers at most
+    /// its --max-top-k (20 by default), and loadgen warns when it answers fewer
+    #[arg(long, default_value_t = 5, value_parser = server_bounds::parser::<u8>(TOP_K))]
     pub top_k: u8,
     /// Server process id, to sample its resident memory (VmRSS) during the run
     #[arg(long)]
@@ -75,17 +120,17 @@ pub struct LoadgenArgs {
     /// Baseline pre-processing std
     #[arg(long, default_value = "128")]
     pub input_std: String,
-    /// Baseline batch size: the server's --max-batch
-    #[arg(long, default_value_t = 8)]
+    /// Baseline batch size: the server's --max-batch (1 to 256)
+    #[arg(long, default_value_t = 8, value_parser = server_bounds::parser::<usize>(BATCH))]
     pub batch: usize,
     /// Baseline execution provider, as the server's
     #[arg(long, default_value = "auto")]
     pub execution_provider: ExecutionProvider,
-    /// Baseline ONNX Runtime intra-op threads, as the server's (0 = its default)
-    #[arg(long, default_value_t = 0)]
+    /// Baseline ONNX Runtime intra-op threads, as the server's (0 = its default; at most 256)
+    #[arg(long, default_value_t = 0, value_parser = server_bounds::parser::<usize>(THREADS))]
     pub threads: usize,
-    /// Length of the baseline run, in seconds (default: --seconds)
-    #[arg(long)]
+    /// Length of the baseline run, in seconds (default: --seconds; more than 0, at most 86400)
+    #[arg(long, value_parser = parse_seconds)]
     pub baseline_seconds: Option<f64>,
     /// Skip the baseline
     #[arg(long)]
@@ -93,6 +138,46 @@ pub struct LoadgenArgs {
     /// Print one JSON object instead of a table
     #[arg(long)]
     pub json: bool,
+}
+
+impl LoadgenArgs {
+    /// The ranges clap checks on the command line, for callers that build the arguments
+    /// themselves; an error names the option.
+    pub fn check(&self) -> Result<(), String> {
+        use server_bounds::check;
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        check("--clients", n(self.clients), &CLIENTS)?;
+        for (flag, seconds) in [
+            ("--seconds", Some(self.seconds)),
+            ("--baseline-seconds", self.baseline_seconds),
+        ] {
+            if let Some(s) = seconds {
+                parse_seconds(&s.to_string())
+                    .map_err(|e| format!("invalid value '{s}' for '{flag}': {e}"))?;
+            }
+        }
+        check("--resolution", self.resolution.into(), &RESOLUTION)?;
+        parse_frames(&self.frames.to_string())
+            .map_err(|e| format!("invalid value '{}' for '--frames': {e}", self.frames))?;
+        check("--jpeg-quality", self.jpeg_quality.into(), &JPEG_QUALITY)?;
+        check("--top-k", self.top_k.into(), &TOP_K)?;
+        check("--batch", n(self.batch), &BATCH)?;
+        check("--threads", n(self.threads), &THREADS)?;
+        self.trust().map(|_| ())
+    }
+
+    fn trust(&self) -> Result<Trust, String> {
+        match (&self.server_cert, &self.server_fingerprint) {
+            (Some(pem), None) => Ok(Trust::Pem(pem.clone())),
+            (None, Some(fp)) => Ok(Trust::Fingerprint(fp.clone())),
+            (None, None) => Err(
+                "give --server-cert FILE or --server-fingerprint HEX: which server to trust".into(),
+            ),
+            (Some(_), Some(_)) => {
+                Err("give --server-cert or --server-fingerprint, not both".into())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -117,6 +202,8 @@ pub struct LoadgenReport {
     pub server_model: String,
     pub clients: usize,
     pub seconds: f64,
+    /// Short side of the JPEGs sent: `--resolution`, or less when the clip is smaller (frames
+    /// are never upscaled).
     pub resolution: u32,
     pub jpeg_bytes_mean: f64,
     pub answers: u64,
@@ -232,6 +319,21 @@ struct Target {
     token: String,
 }
 
+/// Largest answer read.
+const MAX_RESPONSE: usize = 64 * 1024;
+
+fn request_header(frame_id: u64, f: &EncodedFrame, top_k: u8) -> RequestHeader {
+    RequestHeader {
+        frame_id,
+        width: f.width,
+        height: f.height,
+        short_side: f.width.min(f.height),
+        deadline_ms: 0,
+        jpeg_len: f.bytes.len() as u32,
+        top_k,
+    }
+}
+
 /// One client: connect, one request at a time (round-robin over the frames, from its own
 /// offset) until `end`; requests completing after `start` are recorded.
 async fn client(
@@ -254,7 +356,6 @@ async fn client(
     )
     .await
     .map_err(|e| format!("client {index}: {e}"))?;
-    let max_response = 64 * 1024;
     let mut rec = ClientRecord::default();
     let mut n = 0u64;
     let mut i = index * frames.len() / 8;
@@ -265,18 +366,10 @@ async fn client(
         }
         let f = &frames[i % frames.len()];
         i += 1;
-        let header = RequestHeader {
-            frame_id: ((index as u64) << 40) | n,
-            width: f.width,
-            height: f.height,
-            short_side: f.width.min(f.height),
-            deadline_ms: 0,
-            jpeg_len: f.bytes.len() as u32,
-            top_k,
-        };
+        let header = request_header(((index as u64) << 40) | n, f, top_k);
         n += 1;
         let t = Instant::now();
-        let result = quic::request(&session.connection, &header, &f.bytes, max_response).await;
+        let result = quic::request(&session.connection, &header, &f.bytes, MAX_RESPONSE).await;
         let done = Instant::now();
         if done < start {
             continue; // warm-up
@@ -324,7 +417,7 @@ fn baseline(args: &LoadgenArgs, frames: &[EncodedFrame], seconds: f64) -> Result
     let mut pre = Preprocessor::new(model.spec, norm).map_err(|e| e.to_string())?;
     let mut decoder = FrameDecoder::new().map_err(|e| e.to_string())?;
     let batch = match BatchDim::of(&model.session) {
-        BatchDim::Dynamic => args.batch.max(1),
+        BatchDim::Dynamic => args.batch,
         BatchDim::One => 1,
     };
     let mut tensor = BatchTensor::new(model.spec, batch);
@@ -355,36 +448,46 @@ fn baseline(args: &LoadgenArgs, frames: &[EncodedFrame], seconds: f64) -> Result
 }
 
 pub fn run(args: &LoadgenArgs) -> Result<LoadgenReport, String> {
+    // The quick checks first, before the clip is decoded.
+    args.check()?;
+    let target = Arc::new(Target {
+        addr: resolve(&args.server)?,
+        name: args.server_name.clone(),
+        config: crate::tls::client_config(&args.trust()?)?,
+        token: read_token(args.token_file.as_deref())?,
+    });
     let clip = args
         .clip
         .clone()
         .unwrap_or_else(super::bench::default_video);
     let frames = Arc::new(encode_clip(
         &clip,
-        args.frames.max(1),
+        args.frames,
         args.resolution,
         args.jpeg_quality,
     )?);
-    let trust = match (&args.server_cert, &args.server_fingerprint) {
-        (Some(pem), _) => Trust::Pem(pem.clone()),
-        (None, Some(fp)) => Trust::Fingerprint(fp.clone()),
-        (None, None) => return Err("give --server-cert or --server-fingerprint".into()),
-    };
-    let target = Arc::new(Target {
-        addr: resolve(&args.server)?,
-        name: args.server_name.clone(),
-        config: crate::tls::client_config(&trust)?,
-        token: read_token(args.token_file.as_deref())?,
-    });
+    let resolution = frames
+        .iter()
+        .map(|f| f.width.min(f.height))
+        .max()
+        .unwrap_or(0);
+    if resolution < args.resolution {
+        eprintln!(
+            "cbo loadgen: note: the clip's frames are {resolution} px on their short side, and \
+             are sent at that size (never upscaled to --resolution {})",
+            args.resolution
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let clients = args.clients.max(1);
-    let seconds = args.seconds.max(0.1);
+    let clients = args.clients;
+    let seconds = args.seconds;
 
-    // The server's model, from a hello (also proves the settings before the clock starts).
-    let server_model = runtime.block_on(async {
+    // The server's model, from a hello, and one request: both prove the settings before the
+    // clock starts.
+    let (server_model, probe) = runtime.block_on(async {
         let endpoint = quic::client_endpoint()?;
         let s = quic::connect(
             &endpoint,
@@ -397,10 +500,43 @@ pub fn run(args: &LoadgenArgs) -> Result<LoadgenReport, String> {
         )
         .await
         .map_err(|e| e.to_string())?;
+        let f = &frames[0];
+        let header = request_header(u64::MAX, f, args.top_k);
+        let probe = quic::request(&s.connection, &header, &f.bytes, MAX_RESPONSE).await;
         s.connection.close(0u32.into(), b"done");
         endpoint.wait_idle().await;
-        Ok::<_, String>(s.hello.model)
+        Ok::<_, String>((s.hello.model, probe))
     })?;
+    match probe {
+        // The server answers at most its --max-top-k classes and does not announce it: say so
+        // rather than report a run of shorter answers as if they were what was asked.
+        Ok(a) if a.class_ids.len() < usize::from(args.top_k) => eprintln!(
+            "cbo loadgen: warning: the server answers {} classes per frame, not --top-k {}: \
+             its --max-top-k (or its model's class count) is lower",
+            a.class_ids.len(),
+            args.top_k
+        ),
+        Ok(_) => {}
+        // Every request would be refused the same way: a run of nothing but errors.
+        Err(RequestError::Server(e))
+            if matches!(
+                e.code,
+                ErrorCode::BadRequest
+                    | ErrorCode::UnsupportedVersion
+                    | ErrorCode::TooLarge
+                    | ErrorCode::NotJpeg
+                    | ErrorCode::Unauthorized
+            ) =>
+        {
+            return Err(format!(
+                "the server refused the first request ({}): {}",
+                quic::code_name(e.code),
+                e.message
+            ));
+        }
+        // Overloaded, timed out, ...: the run counts these among its errors.
+        Err(e) => eprintln!("cbo loadgen: warning: the first request failed: {e}"),
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = args.server_pid.map(|pid| sample_rss(pid, stop.clone()));
@@ -460,7 +596,7 @@ pub fn run(args: &LoadgenArgs) -> Result<LoadgenReport, String> {
         Some(baseline(
             args,
             &frames,
-            args.baseline_seconds.unwrap_or(seconds).max(0.1),
+            args.baseline_seconds.unwrap_or(seconds),
         )?)
     };
     Ok(LoadgenReport {
@@ -468,7 +604,7 @@ pub fn run(args: &LoadgenArgs) -> Result<LoadgenReport, String> {
         server_model,
         clients,
         seconds,
-        resolution: args.resolution,
+        resolution,
         jpeg_bytes_mean: frames.iter().map(|f| f.bytes.len()).sum::<usize>() as f64
             / frames.len() as f64,
         answers,

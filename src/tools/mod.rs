@@ -122,13 +122,25 @@ pub fn for_each_frame(
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|e| format!("cannot start decoding '{}': {e}", path.display()))?;
+    let bus = pipeline.bus().expect("pipeline has a bus");
+    let failed = |bus: &gst::Bus| {
+        bus.pop_filtered(&[gst::MessageType::Error])
+            .and_then(|m| match m.view() {
+                gst::MessageView::Error(e) => Some(crate::gstelements::describe_error(e)),
+                _ => None,
+            })
+            .map(|e| format!("decoding '{}' failed: {e}", path.display()))
+    };
     let mut n = 0;
     let result = loop {
         if n >= max {
             break Ok(());
         }
-        match sink.pull_sample() {
-            Ok(sample) => {
+        // Not a blocking pull: a file that fails before any frame reaches the sink (not a
+        // video, or cut short) posts an error but never gets the sink an EOS, and a blocking
+        // pull waited for ever. Between tries the bus says whether decoding failed.
+        match sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
+            Some(sample) => {
                 let (Some(buf), Some(caps)) = (sample.buffer_owned(), sample.caps()) else {
                     continue;
                 };
@@ -137,21 +149,13 @@ pub fn for_each_frame(
                 }
                 n += 1;
             }
-            Err(_) => {
-                // EOS or error: the bus says which.
-                let bus = pipeline.bus().expect("pipeline has a bus");
-                let err =
-                    bus.pop_filtered(&[gst::MessageType::Error])
-                        .and_then(|m| match m.view() {
-                            gst::MessageView::Error(e) => {
-                                Some(crate::gstelements::describe_error(e))
-                            }
-                            _ => None,
-                        });
-                break match err {
-                    Some(e) => Err(format!("decoding '{}' failed: {e}", path.display())),
-                    None => Ok(()),
-                };
+            None => {
+                if let Some(e) = failed(&bus) {
+                    break Err(e);
+                }
+                if sink.is_eos() {
+                    break failed(&bus).map_or(Ok(()), Err);
+                }
             }
         }
     };

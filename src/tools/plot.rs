@@ -62,6 +62,14 @@ fn err<E: std::fmt::Display>(e: E) -> String {
     format!("plot: {e}")
 }
 
+/// The image file can be written: plotters reports a missing directory only when it saves, as
+/// `ImageError(IoError(Os { .. }))`, after the whole figure was drawn.
+fn writable(path: &Path) -> Result<(), String> {
+    std::fs::File::create(path)
+        .map(drop)
+        .map_err(|e| format!("cannot write the plot '{}': {e}", path.display()))
+}
+
 /// Writes a two-panel reliability diagram (raw | calibrated): per 15 equal-width confidence bins,
 /// the accuracy (bars) against the diagonal of perfect calibration, the bin's count above each
 /// bar, and the ECE in the panel title.
@@ -73,6 +81,7 @@ pub fn reliability_diagram(
 ) -> Result<(), String> {
     ensure_font()?;
     const N_BINS: usize = 15;
+    writable(path)?;
     let root = BitMapBackend::new(path, (1200, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let root = root.titled(title, ("sans-serif", 22)).map_err(err)?;
@@ -177,6 +186,7 @@ pub fn accuracy_vs_deadline(
     let (amin, amax) = runs
         .iter()
         .fold((1.0f64, 0.0f64), |(a, b), r| (a.min(r.3), b.max(r.3)));
+    writable(path)?;
     let root =
         BitMapBackend::new(path, (420 * traces.len().max(1) as u32, 460)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -242,6 +252,7 @@ pub fn offload_over_time(
     mean_resolution: &[f64],
 ) -> Result<(), String> {
     ensure_font()?;
+    writable(path)?;
     let root = BitMapBackend::new(path, (1200, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let n = capacity_kbps.len().max(1) as f64;
@@ -318,6 +329,7 @@ pub fn regret_per_setting(path: &Path, series: &[(String, Vec<f64>)]) -> Result<
         .iter()
         .flat_map(|s| s.1.iter())
         .fold((0.0f64, 0.0f64), |(a, b), &v| (a.min(v), b.max(v)));
+    writable(path)?;
     let root = BitMapBackend::new(path, (900, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)

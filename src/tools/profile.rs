@@ -53,7 +53,7 @@ pub struct ProfileArgs {
     pub server_output_kind: OutputKind,
     #[command(flatten)]
     pub input: InputArgs,
-    /// Short sides to profile, in pixels
+    /// Short sides to profile, in pixels (16 to 4096, each once)
     #[arg(
         long,
         value_delimiter = ',',
@@ -125,8 +125,19 @@ pub fn run(args: &ProfileArgs) -> Result<Profile, String> {
 /// (what `cbo profile` aggregates and `cbo eval` replays).
 pub fn measure(args: &ProfileArgs) -> Result<(ProfileInputs, Vec<FrameObservation>), String> {
     super::init_gstreamer()?;
-    if args.resolutions.is_empty() || args.resolutions.contains(&0) {
-        return Err("--resolutions needs one or more positive short sides".into());
+    if args.resolutions.is_empty() {
+        return Err("--resolutions needs one or more short sides".into());
+    }
+    // The element's `resolution` range: a profile row the element can never send is no use,
+    // and a repeated one would be measured (and weighed by the planner) twice.
+    if let Some(bad) = args.resolutions.iter().find(|r| !(16..=4096).contains(*r)) {
+        return Err(format!(
+            "--resolutions {bad}: a short side from 16 to 4096 pixels (as the element's `resolution`)"
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(dup) = args.resolutions.iter().find(|r| !seen.insert(**r)) {
+        return Err(format!("--resolutions {dup} is given twice"));
     }
     if !(1..=100).contains(&args.jpeg_quality) {
         return Err("--jpeg-quality must be 1..100".into());
