@@ -54,13 +54,7 @@ pub fn identity_model(shape: &[u64]) -> Vec<u8> {
     field_bytes(2, b"identity", &mut graph);
     field_bytes(11, &value_info("x", shape), &mut graph);
     field_bytes(12, &value_info("y", shape), &mut graph);
-    let mut opset = Vec::new();
-    field_varint(2, 13, &mut opset);
-    let mut model = Vec::new();
-    field_varint(1, 7, &mut model); // ir_version
-    field_bytes(8, &opset, &mut model);
-    field_bytes(7, &graph, &mut model);
-    model
+    model_of(&graph)
 }
 
 fn attribute_int(name: &str, v: u64) -> Vec<u8> {
@@ -119,13 +113,7 @@ pub fn fails_unless_black_model(side: u64) -> Vec<u8> {
     );
     field_bytes(11, &value_info("x", &[1, 3, side, side]), &mut graph);
     field_bytes(12, &value_info("y", &[1, 2]), &mut graph);
-    let mut opset = Vec::new();
-    field_varint(2, 13, &mut opset);
-    let mut model = Vec::new();
-    field_varint(1, 7, &mut model); // ir_version
-    field_bytes(8, &opset, &mut model);
-    field_bytes(7, &graph, &mut model);
-    model
+    model_of(&graph)
 }
 
 /// An image classifier `[1,3,side,side] -> [1,2]` whose scores are finite on an all-zero image
@@ -144,11 +132,16 @@ pub fn nan_unless_black_model(side: u64) -> Vec<u8> {
     field_bytes(5, &initializer("c", &[1, 2], &[2.0, 1.0]), &mut graph);
     field_bytes(11, &value_info("x", &[1, 3, side, side]), &mut graph);
     field_bytes(12, &value_info("y", &[1, 2]), &mut graph);
+    model_of(&graph)
+}
+
+/// ModelProto (IR version 7, opset 13) around a GraphProto.
+fn model_of(graph: &[u8]) -> Vec<u8> {
     let mut opset = Vec::new();
     field_varint(2, 13, &mut opset);
     let mut model = Vec::new();
     field_varint(1, 7, &mut model); // ir_version
     field_bytes(8, &opset, &mut model);
-    field_bytes(7, &graph, &mut model);
+    field_bytes(7, graph, &mut model);
     model
 }
