@@ -1212,17 +1212,25 @@ fn print_run(run: &Run) {
         "  {:<18} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}",
         "policy", "accuracy", "miss", "offload", "res", "bytes", "p50 ms", "p99 ms"
     );
+    // A bound that plans no real transfers (`clairvoyant`) has no latencies: `-`, not `NaN`.
+    let ms = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.0}")
+        } else {
+            "-".into()
+        }
+    };
     let row = |name: &str, s: &SimResult| {
         format!(
-            "  {:<18} {:>8.3} {:>8.3} {:>8.3} {:>8.0} {:>10} {:>8.0} {:>8.0}",
+            "  {:<18} {:>8.3} {:>8.3} {:>8.3} {:>8.0} {:>10} {:>8} {:>8}",
             name,
             s.accuracy,
             s.deadline_miss_rate,
             s.offload_ratio,
             s.mean_resolution,
             s.bytes,
-            s.latency_p50_ms,
-            s.latency_p99_ms
+            ms(s.latency_p50_ms),
+            ms(s.latency_p99_ms)
         )
     };
     for (name, s) in &run.policies {
