@@ -34,7 +34,8 @@ fn check_output(who: &str, out: &std::process::Output, expected: &HashMap<u64, S
     );
     let text = String::from_utf8(out.stdout.clone()).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines.len() >= FRAMES, "{who}: {} lines", lines.len());
+    // MAX_FRAMES is exact: one line per frame, no more.
+    assert_eq!(lines.len(), FRAMES, "{who}: {} lines", lines.len());
     let (mut same, mut compared) = (0, 0);
     for line in lines {
         let f: Vec<&str> = line.split('\t').collect();

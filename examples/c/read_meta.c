@@ -32,6 +32,23 @@ on_buffer (GstPad * pad, GstPadProbeInfo * info, gpointer user_data)
   return GST_PAD_PROBE_OK;
 }
 
+/* MAX_FRAMES: frames are counted where they enter cbofilter, and after the last one the stream
+ * ends there (EOS into its sink pad, so what it holds drains and the pipeline ends as at the end
+ * of the file). `identity eos-after=N` would let a few more through. */
+static GstPadProbeReturn
+limit_frames (GstPad * pad, GstPadProbeInfo * info, gpointer user_data)
+{
+  static guint64 entered = 0;
+  guint64 max_frames = GPOINTER_TO_SIZE (user_data);
+
+  entered++;
+  if (entered <= max_frames)
+    return GST_PAD_PROBE_OK;
+  if (entered == max_frames + 1)
+    gst_pad_send_event (pad, gst_event_new_eos ());
+  return GST_PAD_PROBE_DROP;
+}
+
 int
 main (int argc, char **argv)
 {
@@ -48,13 +65,8 @@ main (int argc, char **argv)
     g_printerr ("usage: %s VIDEO [MAX_FRAMES]\n", argv[0]);
     return 2;
   }
-  if (argc > 2)
-    desc = g_strdup_printf ("filesrc location=\"%s\" ! decodebin ! "
-        "identity eos-after=%d ! cbofilter name=cbo ! fakesink sync=false",
-        argv[1], atoi (argv[2]));
-  else
-    desc = g_strdup_printf ("filesrc location=\"%s\" ! decodebin ! "
-        "cbofilter name=cbo ! fakesink sync=false", argv[1]);
+  desc = g_strdup_printf ("filesrc location=\"%s\" ! decodebin ! "
+      "cbofilter name=cbo ! fakesink sync=false", argv[1]);
   pipeline = gst_parse_launch (desc, &error);
   g_free (desc);
   if (pipeline == NULL) {
@@ -63,6 +75,12 @@ main (int argc, char **argv)
     return 1;
   }
   cbo = gst_bin_get_by_name (GST_BIN (pipeline), "cbo");
+  if (argc > 2 && atoi (argv[2]) > 0) {
+    pad = gst_element_get_static_pad (cbo, "sink");
+    gst_pad_add_probe (pad, GST_PAD_PROBE_TYPE_BUFFER, limit_frames,
+        GSIZE_TO_POINTER ((gsize) atoi (argv[2])), NULL);
+    gst_object_unref (pad);
+  }
   pad = gst_element_get_static_pad (cbo, "src");
   gst_pad_add_probe (pad, GST_PAD_PROBE_TYPE_BUFFER, on_buffer, NULL, NULL);
   gst_object_unref (pad);

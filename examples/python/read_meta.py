@@ -26,10 +26,27 @@ def main() -> int:
     source = sys.argv[1]
     max_frames = int(sys.argv[2]) if len(sys.argv) > 2 else 0
     uri = source if "://" in source else Gst.filename_to_uri(os.path.abspath(source))
-    limit = f"identity eos-after={max_frames} ! " if max_frames > 0 else ""
     pipeline = Gst.parse_launch(
-        f'uridecodebin uri="{uri}" ! {limit}cbofilter name=cbo ! fakesink sync=false'
+        f'uridecodebin uri="{uri}" ! cbofilter name=cbo ! fakesink sync=false'
     )
+    # MAX_FRAMES: count the frames where they enter cbofilter, and after the last one end the
+    # stream there (EOS into its sink pad, so what it holds drains and the pipeline ends as at
+    # the end of the file). `identity eos-after=N` would let a few more through.
+    entered = 0
+
+    def limit(pad, _info):
+        nonlocal entered
+        entered += 1
+        if entered <= max_frames:
+            return Gst.PadProbeReturn.OK
+        if entered == max_frames + 1:
+            pad.send_event(Gst.Event.new_eos())
+        return Gst.PadProbeReturn.DROP
+
+    if max_frames > 0:
+        pipeline.get_by_name("cbo").get_static_pad("sink").add_probe(
+            Gst.PadProbeType.BUFFER, limit
+        )
 
     def on_buffer(_pad, info):
         buf = info.get_buffer()
