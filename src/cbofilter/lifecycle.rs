@@ -111,7 +111,7 @@ impl CboFilter {
                 gst::LibraryError::Settings,
                 (
                     "policy={} needs a server; every frame is classified on the device",
-                    s.policy.nick()
+                    kind.name()
                 )
             );
             return None;

@@ -158,15 +158,6 @@ pub enum Policy {
     FastVa = 5,
 }
 
-impl Policy {
-    /// The value as users write it (`policy=cbo`), for messages.
-    pub fn nick(self) -> String {
-        glib::EnumClass::with_type(Self::static_type())
-            .and_then(|c| c.value(self as i32).map(|v| v.nick().to_string()))
-            .unwrap_or_else(|| format!("{self:?}"))
-    }
-}
-
 /// `merge` property: which label an answered frame leaves with when the server's top-1 differs
 /// from the device's ([`crate::offload::merge`]).
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum, Default)]

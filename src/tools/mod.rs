@@ -119,9 +119,8 @@ pub fn for_each_frame(
         .expect("sink is in the description")
         .downcast::<gst_app::AppSink>()
         .expect("appsink");
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|e| format!("cannot start decoding '{}': {e}", path.display()))?;
+    crate::gstelements::play(&pipeline)
+        .map_err(|e| format!("decoding '{}' failed: {e}", path.display()))?;
     let bus = pipeline.bus().expect("pipeline has a bus");
     let failed = |bus: &gst::Bus| {
         bus.pop_filtered(&[gst::MessageType::Error])
