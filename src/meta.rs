@@ -54,7 +54,9 @@ pub enum Decision {
     Late,
     /// The request failed, or the answer carried no class (`failed`).
     Failed,
-    /// Kept on the device, labelled with an earlier frame's server answer (`reuse`).
+    /// Labelled with an earlier frame's server answer (`reuse`): kept on the device, or sent
+    /// and not answered in time (late or failed), where a recent frame the device labelled the
+    /// same was answered (`reuse-window`).
     Reuse,
     /// Sent and answered, but the answer named another class and the profile's merge model
     /// found the device's label the likelier right: it left with its device label

@@ -234,13 +234,26 @@ fn classify_summary_counts_each_decision_once_and_they_add_up() {
         count(&|f| f["resolution"].as_i64() > Some(0)) as u64
     );
     assert_eq!(summary["late"], decisions["late"], "{summary}");
-    // A frame that was sent ended in one of the decisions that follow a send.
+    // A frame that was sent ended in one of the decisions that follow a send: its own answer
+    // (kept or overruled), none in time (late, failed), or, none in time, a recent frame's
+    // answer (reuse; seen on a slow machine where the server refused frames as past deadline).
     for f in frames.iter().filter(|f| f["resolution"].as_i64() > Some(0)) {
         let d = f["decision"].as_str().unwrap();
         assert!(
-            ["offload", "overruled", "late", "failed"].contains(&d),
+            ["offload", "overruled", "late", "failed", "reuse"].contains(&d),
             "{f}"
         );
+        if d == "reuse" {
+            assert_eq!(f["source"], "server", "{f}");
+            assert_eq!(f["server_latency_us"], 0, "its own answer never came: {f}");
+        }
+    }
+    // A frame never sent never carries a server latency.
+    for f in frames
+        .iter()
+        .filter(|f| f["resolution"].as_i64() == Some(0))
+    {
+        assert_eq!(f["server_latency_us"], 0, "{f}");
     }
 
     // The printed summary lists the same kinds, one line each, adding up to the frames.

@@ -147,7 +147,7 @@ pub struct ClassifySummary {
     pub labels: Vec<(String, u64)>,
     pub offloading: bool,
     /// Frames sent to the server, whatever became of the request (answered in time, overruled,
-    /// late, failed).
+    /// late, failed; late or failed and then labelled with a recent answer: `reuse`).
     pub offloaded: u64,
     /// Frames whose label came from the server: answered in time (`offload`) or labelled with an
     /// earlier frame's answer (`reuse`).
