@@ -212,6 +212,48 @@ fn labels_that_do_not_match_the_output_width_are_refused() {
     assert!(err.message().contains("/nonexistent/labels.txt"), "{err}");
 }
 
+/// A mistyped server address, fingerprint or certificate path stops the element at start, naming
+/// the property, instead of a stream labelled on the device behind a warning. Nothing listens at
+/// 127.0.0.1:9: the settings are checked before any connection.
+#[test]
+fn offload_settings_that_cannot_work_are_refused_at_start() {
+    let good_pin = "ab".repeat(32);
+    for (props, expected) in [
+        (
+            "server=127.0.0.1:9 server-fingerprint=zz".to_string(),
+            &["server-fingerprint: ", "'zz' is not a SHA-256 fingerprint"][..],
+        ),
+        (
+            "server=127.0.0.1:9 server-cert=/nonexistent/cert.pem".to_string(),
+            &["server-cert: ", "/nonexistent/cert.pem"],
+        ),
+        (
+            format!("server=localhost server-fingerprint={good_pin}"),
+            &["server='localhost' is not host:port"],
+        ),
+    ] {
+        let run = run_pipeline(&format!(
+            "videotestsrc num-buffers=2 ! cbofilter name=cbo policy=threshold {props} ! fakesink"
+        ));
+        let (err, _) = run
+            .error
+            .unwrap_or_else(|| panic!("{props} accepted: {:?}", run.warnings));
+        assert!(err.matches(gst::LibraryError::Settings), "{err}");
+        for e in expected {
+            assert!(err.message().contains(e), "{props}: {err}");
+        }
+        assert!(run.results.is_empty(), "{props}");
+    }
+    // A well-formed pin of a server that is not there is a warning, not an error: the stream
+    // goes on, labelled on the device, as a server that is down would.
+    let run = run_pipeline(&format!(
+        "videotestsrc num-buffers=2 ! cbofilter name=cbo policy=threshold server=127.0.0.1:9 \
+         server-fingerprint={good_pin} ! fakesink"
+    ));
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(run.results.len(), 2);
+}
+
 #[test]
 fn unparsable_normalisation_is_refused() {
     for (prop, value) in [

@@ -205,6 +205,21 @@ impl CboFilter {
             );
             policy = None;
         }
+        if let (Some(_), Some(trust)) = (policy, &trust) {
+            // A mistyped server, fingerprint or certificate path is the user's to fix, not a
+            // connection to retry: an error now, as for a missing model, instead of a stream
+            // labelled on the device behind a warning.
+            crate::offload::client::check_settings(&settings.server, trust).map_err(|e| {
+                let what = match (&e, trust) {
+                    (crate::offload::client::ClientError::Address { .. }, _) => "server=",
+                    (_, Trust::Pem(_)) => "server-cert: ",
+                    (_, Trust::Fingerprint(_)) => "server-fingerprint: ",
+                };
+                let e = e.to_string();
+                let e = e.strip_prefix("server ").unwrap_or(&e);
+                gst::error_msg!(gst::LibraryError::Settings, ("{what}{e}"))
+            })?;
+        }
         if let (Some(p), Some(_)) = (&profile, policy) {
             self.check_profile(p, &config.model, &settings);
         }

@@ -191,6 +191,16 @@ fn server_name(server: &str) -> Result<String, ClientError> {
     Ok(host.to_string())
 }
 
+/// Checks what can be wrong with the offload settings before any connection: `server` must be
+/// host:port, and `trust` must give a usable TLS configuration (a readable PEM file with
+/// certificates, or a well-formed fingerprint). These are configuration mistakes, unlike a
+/// server that cannot be reached.
+pub fn check_settings(server: &str, trust: &Trust) -> Result<(), ClientError> {
+    server_name(server)?;
+    tls::client_config(trust).map_err(ClientError::Setup)?;
+    Ok(())
+}
+
 impl OffloadClient {
     /// Starts connecting in the background (or joins the shared connection);
     /// `events` is called from the runtime's threads.
