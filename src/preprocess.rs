@@ -44,6 +44,17 @@ pub enum InputType {
     I8,
 }
 
+impl InputType {
+    /// Bytes of one element.
+    pub fn bytes(self) -> usize {
+        match self {
+            InputType::F32 => 4,
+            InputType::F16 => 2,
+            InputType::U8 | InputType::I8 => 1,
+        }
+    }
+}
+
 /// What the model wants as input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TensorSpec {

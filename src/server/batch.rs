@@ -40,6 +40,35 @@ pub struct BatchTensor {
     n: usize,
 }
 
+/// Most bytes a server's batch tensor may take: it is allocated at start, so a product of
+/// `--max-batch` and input size that no machine holds (256 × 3 × 4096² f32 is 51.5 GB) must fail
+/// there, with the numbers, not later in the allocator.
+pub const MAX_BATCH_TENSOR_BYTES: u64 = 4 << 30;
+
+/// Refuses a batch of `capacity` images of `spec` whose tensor would exceed
+/// [`MAX_BATCH_TENSOR_BYTES`].
+pub fn check_batch_size(spec: &TensorSpec, capacity: usize) -> Result<(), String> {
+    let bytes = spec.len() as u64 * spec.elem.bytes() as u64 * capacity as u64;
+    if bytes <= MAX_BATCH_TENSOR_BYTES {
+        return Ok(());
+    }
+    let most = MAX_BATCH_TENSOR_BYTES / (spec.len() as u64 * spec.elem.bytes() as u64);
+    Err(format!(
+        "a batch of {capacity} images of {}x{} ({:?}) takes {:.1} GB, more than the {} GiB allowed: \
+         set --max-batch to at most {most}{}",
+        spec.width,
+        spec.height,
+        spec.elem,
+        bytes as f64 / 1e9,
+        MAX_BATCH_TENSOR_BYTES >> 30,
+        if most == 0 {
+            " (none fits: a smaller --input-size)"
+        } else {
+            ""
+        },
+    ))
+}
+
 impl BatchTensor {
     pub fn new(spec: TensorSpec, capacity: usize) -> Self {
         let per = spec.len() * capacity;
@@ -169,5 +198,27 @@ mod tests {
         b.clear();
         assert!(b.is_empty());
         assert_eq!(b.shape(), [0, 3, 2, 2]);
+    }
+
+    #[test]
+    fn batches_larger_than_the_limit_are_refused_with_the_largest_that_fits() {
+        let spec = |side, elem| TensorSpec {
+            layout: Layout::Nchw,
+            width: side,
+            height: side,
+            elem,
+        };
+        // The server's default model at the largest --max-batch: 208 MB.
+        assert!(check_batch_size(&spec(260, InputType::F32), 256).is_ok());
+        // 256 x 3 x 4096 x 4096 x 4 bytes = 51.5 GB.
+        let e = check_batch_size(&spec(4096, InputType::F32), 256).unwrap_err();
+        assert!(e.contains("51.5 GB"), "{e}");
+        // 4 GiB / (3 x 4096 x 4096 x 4) = 21.3: 21 fit, 22 do not.
+        assert!(e.contains("--max-batch to at most 21"), "{e}");
+        assert!(check_batch_size(&spec(4096, InputType::F32), 21).is_ok());
+        assert!(check_batch_size(&spec(4096, InputType::F32), 22).is_err());
+        // One byte per element: four times as many.
+        assert!(check_batch_size(&spec(4096, InputType::U8), 85).is_ok());
+        assert!(check_batch_size(&spec(4096, InputType::U8), 86).is_err());
     }
 }

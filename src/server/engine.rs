@@ -368,6 +368,8 @@ impl ModelRunner {
                 Some("the model fixes its batch dimension at 1: batching is off".to_string()),
             ),
         };
+        super::batch::check_batch_size(&info.spec, max_batch)
+            .map_err(|e| format!("model '{}': {e}", info.name))?;
         let info = ModelInfo {
             name: info.name,
             provider: info.provider,
