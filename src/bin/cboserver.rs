@@ -24,7 +24,8 @@ use gstcbo::server::{Limits, Server, ServerConfig, bounds};
                   (ALPN cbo/1, one bidirectional stream per frame, bearer-token authentication) \
                   with a large ONNX model, batching requests across all clients.\n\n\
                   Prints `listening on ADDR` on stdout once ready. SIGINT/SIGTERM stop accepting, \
-                  answer the requests in progress (up to --drain-timeout-ms) and exit 0.\n\n\
+                  answer the requests in progress (up to --drain-timeout-ms) and exit 0 (at once, before \
+                  `listening on`, while the model loads).\n\n\
                   With --backend grpc://HOST:PORT the model runs in an inference server speaking \
                   the Open Inference Protocol (Triton, KServe, MLServer); cboserver decodes, \
                   pre-processes and batches, and checks the model's metadata at start. Logs go \
@@ -335,7 +336,15 @@ fn config(cli: &Cli) -> Result<ServerConfig, String> {
     Ok(config)
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+/// How [`run`] ended.
+enum Ended {
+    /// Served, then shut down on a signal.
+    Served,
+    /// A signal came while the model was still loading.
+    BeforeReady,
+}
+
+async fn run(cli: Cli) -> Result<Ended, String> {
     use tokio::signal::unix::{SignalKind, signal};
     // Installed before the (slow) model load, so an early SIGTERM is a clean stop too.
     let mut sigterm =
@@ -344,7 +353,19 @@ async fn run(cli: Cli) -> Result<(), String> {
         signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
     let config = config(&cli)?;
     let fingerprint = gstcbo::tls::fingerprint(&config.identity.0[0]);
-    let server = Server::start(config).await.map_err(|e| e.to_string())?;
+    // A stop asked for while the model loads (seconds, more for a big model or a backend still
+    // coming up) ends the start instead of waiting for it.
+    let server = tokio::select! {
+        server = Server::start(config) => server.map_err(|e| e.to_string())?,
+        _ = sigterm.recv() => {
+            tracing::info!("SIGTERM before the server was ready: stopping");
+            return Ok(Ended::BeforeReady);
+        }
+        _ = sigint.recv() => {
+            tracing::info!("SIGINT before the server was ready: stopping");
+            return Ok(Ended::BeforeReady);
+        }
+    };
     let mut out = std::io::stdout().lock();
     // Tests and scripts wait for the last line; print both before anything can connect.
     let _ = writeln!(out, "certificate sha256 fingerprint {fingerprint}");
@@ -358,7 +379,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
     }
-    server.shutdown().await.map_err(|e| e.to_string())
+    server.shutdown().await.map_err(|e| e.to_string())?;
+    Ok(Ended::Served)
 }
 
 fn main() -> std::process::ExitCode {
@@ -386,7 +408,18 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(Ended::Served) => std::process::ExitCode::SUCCESS,
+        Ok(Ended::BeforeReady) => {
+            // The model load goes on on another thread. `exit` would run ONNX Runtime's static
+            // destructors under it (it then prints initialisation errors); nothing is left to
+            // save (no connection was accepted, the identity files are written and closed), so
+            // end the process without them.
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            // SAFETY: `_exit` only ends the process; no Rust state is observed afterwards.
+            unsafe { libc::_exit(0) }
+        }
         Err(e) => {
             eprintln!("cboserver: error: {e}");
             std::process::ExitCode::FAILURE
