@@ -43,9 +43,13 @@ impl std::str::FromStr for OutputKind {
     }
 }
 
-/// A row is taken for a probability distribution when every entry is non-negative and the sum is
-/// within this of 1. Quantised softmax outputs (uint8 steps of 1/256) sum to 1 only roughly.
-const PROBABILITY_SUM_TOLERANCE: f32 = 0.02;
+/// A row is taken for a probability distribution when every entry is in [0, 1] and the sum is
+/// in this range. Quantised softmax outputs (uint8 steps of 1/256) lose the mass of the many
+/// classes that round to 0, so they sum to less than 1, never much more: the Edge-TPU MobileNet
+/// V2's rows sum to about 0.76, V1 0.25's to about 0.90 (a tolerance of ±0.02 read them as
+/// logits and softmaxed them again, to confidences of ~0.001). Logits of a classifier over
+/// hundreds of classes are not all within [0, 1] with a sum of at most about 1.
+const PROBABILITY_SUM: std::ops::RangeInclusive<f32> = 0.5..=1.02;
 
 /// True when `row` looks like a probability distribution rather than logits.
 pub fn looks_like_probabilities(row: &[f32]) -> bool {
@@ -53,7 +57,7 @@ pub fn looks_like_probabilities(row: &[f32]) -> bool {
         return false;
     }
     let sum: f32 = row.iter().sum();
-    (sum - 1.0).abs() <= PROBABILITY_SUM_TOLERANCE
+    PROBABILITY_SUM.contains(&sum)
 }
 
 /// Numerically stable softmax of `logits` into `out` (same length).
@@ -374,6 +378,13 @@ mod tests {
         assert!(looks_like_probabilities(&[0.25, 0.25, 0.5]));
         assert!(!looks_like_probabilities(&[2.0, -1.0, 0.5]));
         assert!(!looks_like_probabilities(&[0.1, 0.1, 0.1]));
+        // Quantised softmax: the classes rounded to 0 took a quarter of the mass.
+        let mut quantised = vec![0.0f32; 1001];
+        quantised[898] = 80.0 / 256.0;
+        quantised[440] = 49.0 / 256.0;
+        quantised[1..=64].fill(1.0 / 256.0);
+        assert!(looks_like_probabilities(&quantised));
+        assert!(!looks_like_probabilities(&[0.5, 0.6, 0.2]));
         assert!(!looks_like_probabilities(&[]));
     }
 

@@ -103,6 +103,27 @@ fn edge_tpu_mobilenet_with_probabilities_and_background_class() {
     assert!(acc >= 0.6, "top-1 {acc:.3} < 0.6");
     // Class ids are label indices (output index - 1), so they index the 1000 ImageNet names.
     assert!(run.results.iter().all(|r| (-1..1000).contains(&r.class_id)));
+    // The scores are the model's own probabilities, read as such even when the first frame's
+    // quantised row sums to ~0.76 (the bottle clip's; output-kind=auto decides on the first
+    // frame): softmaxed again, as logits, every confidence would be ~1/1001.
+    for (clip, name) in [(clip, "dev-slideshow"), (bottle_clip(), "bottle")] {
+        let run = run_pipeline(&format!(
+            "{} ! identity eos-after=10 ! cbofilter name=cbo model=\"{}\" labels=\"{}\" \
+             input-mean=128 input-std=128 ! fakesink",
+            decode(&clip),
+            model.display(),
+            label_file.display()
+        ));
+        assert!(run.error.is_none(), "{:?}", run.error);
+        let mean =
+            run.results.iter().map(|r| r.raw_confidence).sum::<f64>() / run.results.len() as f64;
+        eprintln!("mobilenet-v2 mean top score, first frames of {name}: {mean:.3}");
+        assert!(mean > 0.1, "{name}: {mean}");
+        for r in &run.results {
+            let sum: f64 = r.top_scores.iter().sum();
+            assert!(sum <= 1.01 && r.top_scores[0] == r.raw_confidence, "{r:?}");
+        }
+    }
 }
 
 /// Every advertised raw format negotiates without videoconvert, passes through bit-exact, and

@@ -193,7 +193,7 @@ impl From<MergeProp> for crate::offload::merge::Merge {
 pub enum OutputKindProp {
     #[default]
     #[enum_value(
-        name = "Auto: non-negative rows summing to 1 are probabilities, else logits",
+        name = "Auto, decided on the first frame: a row of scores in [0, 1] summing to 0.5-1.02 is probabilities (quantised softmax outputs sum to less than 1), else logits",
         nick = "auto"
     )]
     Auto = 0,

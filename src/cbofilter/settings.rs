@@ -134,7 +134,7 @@ pub fn properties() -> &'static [glib::ParamSpec] {
                 .build(),
             glib::ParamSpecEnum::builder_with_default("output-kind", OutputKindProp::Auto)
                 .nick("Output kind")
-                .blurb("How to read the model's output row")
+                .blurb("How to read the model's output row; set it when auto guesses wrong (it decides once, on the first frame)")
                 .mutable_ready()
                 .build(),
             glib::ParamSpecUInt::builder("top-k")
