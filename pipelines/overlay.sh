@@ -3,7 +3,8 @@
 # write an MP4. textoverlay is driven frame by frame from the CboMeta (`cbo overlay`), which
 # gst-launch alone cannot do. Needs `make build`.
 #   pipelines/overlay.sh [VIDEO] [OUT.mp4]
-# With SERVER=host:port CERT=cert.pem [TOKEN=...] low-confidence frames go to a cboserver.
+# With SERVER=host:port CERT=cert.pem [TOKEN_FILE=file] low-confidence frames go to a cboserver
+# (TOKEN=... also works: it is handed over through a pipe, never written to a file).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 video=${1:-$here/examples/media/bottle-detection.mp4}
@@ -13,9 +14,12 @@ args=(--calibration "$here/models/efficientnet-lite0-int8pt-224.calibration.json
 if [ -n "${SERVER:-}" ]; then
     args+=(--server "$SERVER" --server-cert "${CERT:?set CERT with SERVER}" --policy threshold
            --deadline 500 --max-in-flight 4)
-    if [ -n "${TOKEN:-}" ]; then
-        printf '%s' "$TOKEN" > "${TMPDIR:-/tmp}/cbo-overlay-token.$$"
-        args+=(--token-file "${TMPDIR:-/tmp}/cbo-overlay-token.$$")
+    if [ -n "${TOKEN_FILE:-}" ]; then
+        args+=(--token-file "$TOKEN_FILE")
+    elif [ -n "${TOKEN:-}" ]; then
+        # A process substitution: readable by cbo alone, gone when it exits.
+        exec 3< <(printf '%s' "$TOKEN")
+        args+=(--token-file /dev/fd/3)
     fi
 fi
 [ -n "${FRAMES:-}" ] && args+=(--max-frames "$FRAMES")

@@ -698,12 +698,14 @@ fn file_recipes_run() {
     );
 }
 
-/// pipelines/overlay.sh writes an MP4 whose frames carry the caption drawn from the meta.
+/// pipelines/overlay.sh writes an MP4 whose frames carry the caption drawn from the meta; a
+/// `TOKEN` reaches the server without being written to a file.
 #[test]
 fn overlay_recipe_writes_an_mp4() {
     let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
     let out = dir.path().join("overlay.mp4");
-    let server = Server::start(None);
+    let server = Server::start(Some("s3cret"));
     let cert = server.cert.display().to_string();
     let status = Command::new("bash")
         .arg(repo().join("pipelines/overlay.sh"))
@@ -713,6 +715,8 @@ fn overlay_recipe_writes_an_mp4() {
         .env("FRAMES", "20")
         .env("SERVER", &server.addr)
         .env("CERT", &cert)
+        .env("TOKEN", "s3cret")
+        .env("TMPDIR", tmp.path())
         .output()
         .unwrap();
     assert!(
@@ -721,6 +725,22 @@ fn overlay_recipe_writes_an_mp4() {
         String::from_utf8_lossy(&status.stderr)
     );
     assert!(String::from_utf8_lossy(&status.stderr).contains("frames)"));
+    // The token was accepted (the server answered frames) and left no file behind.
+    assert!(
+        server.metric("cboserver_requests_total{outcome=\"ok\"}") >= 1.0,
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    // (GStreamer's encoder leaves a file of its own there; none holds the token.)
+    for entry in std::fs::read_dir(tmp.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("s3cret"),
+            "{} holds the token",
+            path.display()
+        );
+    }
     // The MP4 decodes back to at least the 20 frames written.
     common::init();
     let (frames, _) = gstcbo::tools::decode_frames(&out, 1000).unwrap();
