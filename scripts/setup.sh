@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what cbo needs on a fresh Debian 12 / Ubuntu 24.04 machine, and nothing that is there
 # already: GStreamer (dev packages and the plugins that provide every element listed in
-# scripts/gst-elements.tsv, each of which is then checked to exist), a Rust toolchain if missing,
+# scripts/gst-elements.tsv, each of which is then checked to exist), a Rust toolchain if missing
+# or older than Cargo.toml's rust-version,
 # and the ONNX Runtime shared library from the official `onnxruntime` PyPI wheel into
 # .cache/onnxruntime/lib/. Idempotent and quick when everything is in place. Run as root or with
 # sudo available. `scripts/setup.sh --openvino` (or `make setup-openvino`) also installs the ONNX
@@ -76,14 +77,30 @@ if [ ${#absent[@]} -gt 0 ]; then
     exit 1
 fi
 
-# Rust: the pinned toolchain needs rust-version 1.92 or newer.
-if ! command -v cargo >/dev/null 2>&1; then
-    if [ -x "$HOME/.cargo/bin/cargo" ]; then
-        export PATH="$HOME/.cargo/bin:$PATH"
+# Rust: Cargo.toml's rust-version or newer. A cargo being there is not enough: Debian 12's own
+# (apt's rustc) is 1.63. The Makefile puts ~/.cargo/bin first on PATH, so a rustup toolchain
+# installed here is the one the build uses.
+rust_needed=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' "$here/Cargo.toml")
+rustc_version() { rustc --version 2>/dev/null | awk '{print $2}'; }
+rust_ok() {
+    command -v cargo >/dev/null 2>&1 && command -v rustc >/dev/null 2>&1 &&
+        printf '%s\n%s\n' "$rust_needed" "$(rustc_version)" | sort -V -C
+}
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+if ! rust_ok; then
+    found=$(rustc_version)
+    if command -v rustup >/dev/null 2>&1; then
+        say "Rust ${found:-missing}: installing the stable toolchain with rustup (need $rust_needed)"
+        rustup toolchain install stable --profile minimal
+        rustup default stable
     else
-        say "installing the Rust toolchain with rustup"
+        say "Rust ${found:-missing}: installing a toolchain with rustup into ~/.cargo (need $rust_needed)"
         curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
         export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    if ! rust_ok; then
+        say "rustc $(rustc_version) at $(command -v rustc) is older than $rust_needed (Cargo.toml)"
+        exit 1
     fi
 fi
 
