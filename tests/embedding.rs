@@ -88,6 +88,21 @@ fn c_example_reads_the_meta() {
     cmd.arg(bottle_clip()).arg(FRAMES.to_string());
     child_env(&mut cmd, plugins.path(), &dir.path().join("registry.bin"));
     check_output("C", &cmd.output().unwrap(), &expected);
+
+    // Without the plugin: one line naming the missing element, no GStreamer criticals from a
+    // half-built pipeline.
+    let empty = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(&exe);
+    cmd.arg(bottle_clip());
+    child_env(&mut cmd, empty.path(), &dir.path().join("registry-empty.bin"));
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot build the pipeline") && stderr.contains("cbofilter"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("CRITICAL"), "{stderr}");
 }
 
 #[test]

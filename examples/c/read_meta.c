@@ -1,7 +1,8 @@
 /* Print every frame's cbofilter result from C: one line per frame,
  * frame<TAB>label<TAB>confidence<TAB>source.
  *
- *   cc read_meta.c -o read_meta $(pkg-config --cflags --libs gstreamer-1.0)
+ * From the repository root, after `make build`:
+ *   cc examples/c/read_meta.c -o read_meta $(pkg-config --cflags --libs gstreamer-1.0)
  *   GST_PLUGIN_PATH=$PWD/target/release ./read_meta VIDEO [MAX_FRAMES]
  *
  * The result is a GstCustomMeta named "CboMeta" (GStreamer >= 1.20): get it with
@@ -69,9 +70,14 @@ main (int argc, char **argv)
       "cbofilter name=cbo ! fakesink sync=false", argv[1]);
   pipeline = gst_parse_launch (desc, &error);
   g_free (desc);
-  if (pipeline == NULL) {
-    g_printerr ("cannot build the pipeline: %s\n", error->message);
+  /* A missing element (no cbofilter on GST_PLUGIN_PATH) is a "recoverable" error: a pipeline
+   * comes back without it, and would fail later with a misleading not-linked error. */
+  if (pipeline == NULL || error != NULL) {
+    g_printerr ("cannot build the pipeline: %s\n",
+        error ? error->message : "unknown error");
     g_clear_error (&error);
+    if (pipeline)
+      gst_object_unref (pipeline);
     return 1;
   }
   cbo = gst_bin_get_by_name (GST_BIN (pipeline), "cbo");

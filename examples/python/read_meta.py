@@ -1,10 +1,11 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Print every frame's cbofilter result with PyGObject: one line per frame,
 `frame<TAB>label<TAB>confidence<TAB>source`.
 
     examples/python/read_meta.py FILE-OR-URI [MAX_FRAMES]
 
-Needs python3-gi and gir1.2-gstreamer-1.0 (Debian), and the plugin on GST_PLUGIN_PATH
+Needs python3-gi and gir1.2-gstreamer-1.0 (Debian; hence Debian's /usr/bin/python3 above, since a
+python3 of a venv or pyenv earlier on PATH usually lacks PyGObject), and the plugin on GST_PLUGIN_PATH
 (`export GST_PLUGIN_PATH=$PWD/target/release` after `make build`). Runs the default device model.
 The result is a GstCustomMeta named "CboMeta" whose GstStructure holds the fields listed in
 docs/element.md (label, confidence, raw-confidence, source, decision, resolution, ...).
