@@ -5,7 +5,9 @@
 //! (`gstcbo::CboResult::from_buffer`) and prints one JSON line per frame. When the source fails
 //! (a camera going away: an error, or no frame for 5 s, since `rtspsrc` sometimes only warns
 //! and waits), it tears the pipeline down and builds it again with exponential backoff (0.5 s
-//! doubling to 10 s), as a long-running application would.
+//! doubling to 10 s, back to 0.5 s after a run that delivered frames), as a long-running
+//! application would. What a restart cannot fix ends it instead: an error from `cbofilter`, a
+//! local file that fails, a stream no installed plugin decodes.
 //!
 //!     cargo run --release --example embed -- FILE-OR-URI [MAX_FRAMES]
 //!
@@ -98,9 +100,15 @@ fn run_once(uri: &str, max_frames: u64, printed: &Arc<AtomicU64>) -> Result<bool
                     e.src().map(|s| s.path_string()),
                     e.error()
                 );
-                // Missing model or plugin problems do not heal; a source that fails might.
-                let from_cbo = e.src().is_some_and(|s| s.name() == "cbo");
-                outcome = if from_cbo {
+                // A missing model, a file that is not a video or a missing decoder do not
+                // heal; a network source that fails might.
+                let err = e.error();
+                let permanent = e.src().is_some_and(|s| s.name() == "cbo")
+                    || uri.starts_with("file://")
+                    || err.matches(gst::StreamError::TypeNotFound)
+                    || err.matches(gst::StreamError::CodecNotFound)
+                    || err.matches(gst::CoreError::MissingPlugin);
+                outcome = if permanent {
                     Err(e.error().to_string())
                 } else {
                     Ok(false)
@@ -139,9 +147,14 @@ fn main() -> std::process::ExitCode {
     let printed = Arc::new(AtomicU64::new(0));
     let mut backoff = Duration::from_millis(500);
     loop {
+        let before = printed.load(Ordering::SeqCst);
         match run_once(&uri, max_frames, &printed) {
             Ok(true) => return std::process::ExitCode::SUCCESS,
             Ok(false) => {
+                if printed.load(Ordering::SeqCst) > before {
+                    // The source worked for a while: a new outage starts from the short wait.
+                    backoff = Duration::from_millis(500);
+                }
                 eprintln!("embed: restarting in {:.1} s", backoff.as_secs_f64());
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -94,7 +94,11 @@ fn c_example_reads_the_meta() {
     let empty = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(&exe);
     cmd.arg(bottle_clip());
-    child_env(&mut cmd, empty.path(), &dir.path().join("registry-empty.bin"));
+    child_env(
+        &mut cmd,
+        empty.path(),
+        &dir.path().join("registry-empty.bin"),
+    );
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -175,6 +179,20 @@ fn rust_example_prints_json_lines_and_reports_bad_input() {
         .unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-video.mp4"));
+    // A local file that is no video fails once: a restart would not help (it retried every
+    // 10 s for ever).
+    let junk = dir.path().join("junk.mp4");
+    std::fs::write(&junk, b"not a video at all").unwrap();
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(embed_example())
+        .arg(&junk)
+        .env("GST_REGISTRY", dir.path().join("registry.bin"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("restarting"), "{stderr}");
 }
 
 /// The meta travels with the buffer through the elements applications put after cbofilter.
