@@ -212,6 +212,16 @@ fn a_flushing_seek_while_frames_are_held_continues_from_the_new_position() {
         buffers(&out_before).len(),
         buffers(&in_before).len()
     );
+    // `stats` counts them: every frame that entered before the flush and never left.
+    let stats = pipeline
+        .by_name("cbo")
+        .unwrap()
+        .property::<gst::Structure>("stats");
+    assert_eq!(
+        stats.get::<u64>("flushed").unwrap(),
+        (buffers(&in_before).len() - buffers(&out_before).len()) as u64,
+        "{stats}"
+    );
     let after = assert_after_seek(&in_after, &out_after);
     // Offloading went on: the server's answers label the frames after the seek.
     let answered = after

@@ -394,7 +394,22 @@ fn latency_query_adds_the_deadline_when_offloading() {
         min >= gst::ClockTime::from_mseconds(300),
         "latency {min} should include the 300 ms deadline"
     );
+    // A deadline set while playing applies from the next start: frames are still held up to
+    // 300 ms, so the latency stays (it fell to the new value, and a sync=true sink then
+    // dropped the frames held longer).
+    let cbo = pipeline.by_name("cbo").unwrap();
+    cbo.set_property("deadline", 10u32);
+    let mut q = gst::query::Latency::new();
+    assert!(src.query(&mut q));
+    assert!(
+        q.result().1 >= gst::ClockTime::from_mseconds(300),
+        "latency {} after deadline=10 while playing",
+        q.result().1
+    );
     pipeline.set_state(gst::State::Null).unwrap();
+    // Stopped, the element reports no session any more.
+    assert_eq!(cbo.property::<u64>("session-id"), 0);
+    assert_eq!(cbo.property::<u32>("shared-streams"), 0);
 
     // Device only: no added latency.
     let desc = live_pipeline("", 1000, 30);

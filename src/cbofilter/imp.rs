@@ -56,8 +56,12 @@ pub struct CboFilter {
     /// task, and when offloading the planner thread and the client.
     pub(super) hold: Arc<Hold>,
     pub(super) active_provider: Mutex<String>,
-    /// The session's id and, when shared, its group (0 and `None` until started).
+    /// The session's id and, when shared, its group (0 and `None` until started and after stop).
     pub(super) session: Mutex<(u64, Option<crate::shared_inference::Group>)>,
+    /// From start to stop: the latency this element adds, from the settings it started with
+    /// (`deadline` while offloading, `batch-timeout` with a shared session), which a value set
+    /// while playing does not change.
+    pub(super) started_latency: Mutex<Option<gst::ClockTime>>,
 }
 
 #[glib::object_subclass]
@@ -125,6 +129,7 @@ impl ObjectSubclass for CboFilter {
             offload: Mutex::new(None),
             active_provider: Mutex::new(String::new()),
             session: Mutex::new((0, None)),
+            started_latency: Mutex::new(None),
         }
     }
 }
@@ -152,6 +157,18 @@ impl ObjectImpl for CboFilter {
             && let Some(o) = self.offload()
         {
             o.driver.send(o.now_ms(), vec![Event::Threshold(threshold)]);
+        }
+        // Most settings are copied at start: a value set while running is kept for the next
+        // start, which a user changing `deadline` or `policy` mid-stream should be told.
+        if !pspec.flags().contains(gst::PARAM_FLAG_MUTABLE_PLAYING)
+            && self.started_latency.lock().unwrap().is_some()
+        {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "{} set while running: it takes effect at the next start (READY to PAUSED)",
+                pspec.name()
+            );
         }
         // A secret stays out of the log (which users attach to bug reports).
         if pspec.name() == "token" {
@@ -437,24 +454,12 @@ impl CboFilter {
                 return false;
             }
             let (live, min, max) = upstream.result();
-            let (deadline_ms, batch_us) = {
-                let s = self.settings.lock().unwrap();
-                (
-                    s.deadline_ms,
-                    s.shared_session.then_some(s.batch_timeout_us),
-                )
-            };
-            let mut extra = if self.offloading() {
-                gst::ClockTime::from_mseconds(deadline_ms as u64)
-            } else {
-                gst::ClockTime::ZERO
-            };
-            // A shared session may hold a frame for the batch to fill. Handing the frame from
-            // the streaming thread to the inference thread adds none: the frame waits there
-            // only while the one before it is classified, as it waited upstream before.
-            if let Some(us) = batch_us {
-                extra += gst::ClockTime::from_useconds(us as u64);
-            }
+            // What the element runs with; before it starts, what it would start with.
+            let started = *self.started_latency.lock().unwrap();
+            let extra = started.unwrap_or_else(|| {
+                let settings = self.settings.lock().unwrap().clone();
+                added_latency(&settings, self.offloading())
+            });
             gst::debug!(
                 CAT,
                 imp = self,
@@ -490,6 +495,7 @@ impl CboFilter {
             .field("offline", counts.offline)
             .field("reused", counts.reused)
             .field("overruled", counts.overruled)
+            .field("flushed", counts.flushed)
             .field("bytes-sent", c.bytes_sent)
             .field("rtt-ms", c.rtt_us as f64 / 1000.0)
             .field("min-rtt-ms", c.min_rtt_us as f64 / 1000.0)
@@ -512,4 +518,19 @@ impl CboFilter {
     fn offloading(&self) -> bool {
         self.offload.lock().unwrap().is_some()
     }
+}
+
+/// The latency an element with `settings` adds: an offloading element holds a frame up to
+/// `deadline`; a shared session may hold it for the batch to fill (`batch-timeout`). Handing
+/// the frame from the streaming thread to the inference thread adds none: the frame waits there
+/// only while the one before it is classified, as it waited upstream before.
+pub(super) fn added_latency(settings: &Settings, offloading: bool) -> gst::ClockTime {
+    let mut extra = gst::ClockTime::ZERO;
+    if offloading {
+        extra += gst::ClockTime::from_mseconds(settings.deadline_ms as u64);
+    }
+    if settings.shared_session {
+        extra += gst::ClockTime::from_useconds(settings.batch_timeout_us as u64);
+    }
+    extra
 }

@@ -242,6 +242,8 @@ impl CboFilter {
             }
             _ => None,
         };
+        *self.started_latency.lock().unwrap() =
+            Some(super::imp::added_latency(&settings, offload.is_some()));
         *self.offload.lock().unwrap() = offload.clone();
         self.hold.reset();
         let (preprocessor, model) = classifier.split();
@@ -406,7 +408,8 @@ impl CboFilter {
             gst::info!(CAT, imp = self, "stopped after {} frames", state.frame);
         }
         // The state (and with it the classifier's membership of a shared session) is gone.
-        self.session.lock().unwrap().1 = None;
+        *self.session.lock().unwrap() = (0, None);
+        *self.started_latency.lock().unwrap() = None;
         self.hold.flush();
     }
 }

@@ -261,6 +261,11 @@ impl From<OutputKindProp> for crate::postprocess::OutputKind {
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // The categories exist from the plugin's load, so `--gst-debug-help` lists them (lazily
+    // created, they appeared only once an element had logged).
+    LazyLock::force(&CAT);
+    LazyLock::force(&OFFLOAD_CAT);
+    LazyLock::force(&PLANNER_CAT);
     // Lets gst-inspect and the documentation tooling list the enum values.
     Policy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     OutputKindProp::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());

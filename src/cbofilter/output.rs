@@ -61,6 +61,8 @@ pub struct FrameCounts {
     pub reused: u64,
     /// Answered frames that left with their device label (`merge=confidence`).
     pub overruled: u64,
+    /// Frames dropped inside the element by a flush (a flushing seek) or a stop, never pushed.
+    pub flushed: u64,
 }
 
 #[derive(Default)]
@@ -126,6 +128,9 @@ impl Hold {
         let mut inner = self.lock();
         loop {
             if inner.flushing {
+                // The frame entered the element and is dropped by the flush, as those in it.
+                inner.counts.frames += 1;
+                inner.counts.flushed += 1;
                 return Err(gst::FlowError::Flushing);
             }
             if let Some(e) = inner.flow {
@@ -146,10 +151,12 @@ impl Hold {
         job: ToClassify,
     ) -> Result<(), gst::FlowError> {
         let mut inner = self.lock();
+        inner.counts.frames += 1;
         if inner.flushing {
+            // It entered the element (pre-processed while the flush began) and goes no further.
+            inner.counts.flushed += 1;
             return Err(gst::FlowError::Flushing);
         }
-        inner.counts.frames += 1;
         let result = CboResult {
             frame: job.id,
             ..CboResult::default()
@@ -304,6 +311,12 @@ impl Hold {
         inner.flow = None;
         let dropped = inner.queue.drain();
         let jobs: Vec<ToClassify> = inner.to_classify.drain(..).collect();
+        // Every frame in the element is in the queue, those still to classify too.
+        let frames = dropped
+            .iter()
+            .filter(|item| matches!(item, Item::Frame { .. }))
+            .count();
+        inner.counts.flushed += frames as u64;
         inner.spare.extend(jobs.into_iter().map(|j| j.tensor));
         self.notify_all();
         dropped
@@ -401,7 +414,12 @@ impl CboFilter {
                     hold.lock().counts.reused += 1;
                 }
                 let post = self.settings.lock().unwrap().post_messages;
-                self.push_result(buffer, result, post)
+                let flow = self.push_result(buffer, result, post);
+                if flow == Err(gst::FlowError::Flushing) {
+                    // Popped just as a flush began: dropped like the frames the flush finds.
+                    hold.lock().counts.flushed += 1;
+                }
+                flow
             }
         };
         let mut inner = hold.lock();
