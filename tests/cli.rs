@@ -684,32 +684,8 @@ fn loadgen_reports_a_top_k_the_server_caps_and_the_resolution_sent() {
 /// server's refusal, instead of timing a run of nothing but `too-large` errors.
 #[test]
 fn loadgen_reports_a_request_the_server_refuses_before_the_run() {
-    use std::io::BufRead;
-    /// Stops the server however the test ends.
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Stop(
-        Command::new(env!("CARGO_BIN_EXE_cboserver"))
-            .args(["--listen", "127.0.0.1:0", "--max-request-bytes", "1024"])
-            .arg("--self-signed")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = server.0.stdout.take().unwrap();
-    let addr = std::io::BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("listening on ").map(str::to_string));
-    let addr = addr.expect("cboserver listens");
+    let (_server, addr) = cboserver(&dir, &["--max-request-bytes", "1024"]);
     let cert = dir.path().join("cert.pem");
     let message = refused(
         &[
@@ -727,4 +703,65 @@ fn loadgen_reports_a_request_the_server_refuses_before_the_run() {
         &["the server refused the first request (too-large): request larger than 1024 bytes"],
     );
     assert_eq!(message.lines().count(), 1, "{message}");
+}
+
+/// A run in which not one request was answered is a failure, not a report of zeros: here the
+/// server's gRPC backend is unreachable, so it answers every request `overloaded`.
+#[test]
+fn loadgen_fails_a_run_without_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = cboserver(
+        &dir,
+        &["--backend", "grpc://127.0.0.1:9", "--backend-model", "m"],
+    );
+    let cert = dir.path().join("cert.pem");
+    let message = refused(
+        &[
+            "loadgen",
+            "--server",
+            &addr,
+            "--server-cert",
+            cert.to_str().unwrap(),
+            "--frames",
+            "2",
+            "--seconds",
+            "1",
+            "--no-baseline",
+        ],
+        &["no answer in 1 s from", "overloaded"],
+    );
+    // The first request's warning names a frame as the run's requests do.
+    assert!(!message.contains("18446744073709551615"), "{message}");
+}
+
+/// Stops a server however the test ends.
+struct StopServer(std::process::Child);
+impl Drop for StopServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cboserver ARGS` on a free port with its certificate in `dir`; returns it and its
+/// address once it listens.
+fn cboserver(dir: &tempfile::TempDir, args: &[&str]) -> (StopServer, String) {
+    use std::io::BufRead;
+    let mut server = StopServer(
+        Command::new(env!("CARGO_BIN_EXE_cboserver"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .arg("--self-signed")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = server.0.stdout.take().unwrap();
+    let addr = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("listening on ").map(str::to_string));
+    (server, addr.expect("cboserver listens"))
 }

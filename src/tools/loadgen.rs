@@ -501,7 +501,7 @@ pub fn run(args: &LoadgenArgs) -> Result<LoadgenReport, String> {
         .await
         .map_err(|e| e.to_string())?;
         let f = &frames[0];
-        let header = request_header(u64::MAX, f, args.top_k);
+        let header = request_header(0, f, args.top_k);
         let probe = quic::request(&s.connection, &header, &f.bytes, MAX_RESPONSE).await;
         s.connection.close(0u32.into(), b"done");
         endpoint.wait_idle().await;
@@ -586,6 +586,19 @@ pub fn run(args: &LoadgenArgs) -> Result<LoadgenReport, String> {
         for (k, v) in &r.errors {
             *errors.entry(k.clone()).or_insert(0) += v;
         }
+    }
+    if answers == 0 {
+        // A report of zeros would read as a measurement; a run without one answer is a failure.
+        let counted: Vec<String> = errors.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        return Err(format!(
+            "no answer in {seconds} s from {} client(s): {}",
+            clients,
+            if counted.is_empty() {
+                "no request completed".to_string()
+            } else {
+                format!("every request failed ({})", counted.join(", "))
+            }
+        ));
     }
     let batches: Vec<u32> = records.iter().flat_map(|r| r.batches.clone()).collect();
     let mean = |sum: u64| sum as f64 / answers.max(1) as f64;
