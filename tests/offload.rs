@@ -426,6 +426,46 @@ fn latency_query_adds_the_deadline_when_offloading() {
     pipeline.set_state(gst::State::Null).unwrap();
 }
 
+/// The allocation query asks upstream's pool for the buffers the element may hold: the
+/// deadline's worth of frames while offloading, so that a camera's fixed pool does not run dry.
+#[test]
+fn allocation_query_asks_for_the_frames_the_element_holds() {
+    common::init();
+    let (_dir, cert) = cert_dir();
+    for (extra, expected) in [
+        // 300 ms at 30 fps: 9 frames waiting, and the 3 of the device queue.
+        (
+            props(
+                &format!("127.0.0.1:{}", free_port()),
+                &cert,
+                "policy=all deadline=300",
+            ),
+            12,
+        ),
+        (String::new(), 3),
+    ] {
+        let pipeline = gst::parse::launch(&format!(
+            "videotestsrc is-live=true ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 ! \
+             cbofilter name=cbo {extra} ! fakesink"
+        ))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let _ = pipeline.state(gst::ClockTime::from_seconds(30));
+        let sink = pipeline.by_name("cbo").unwrap().static_pad("sink").unwrap();
+        let caps = sink.current_caps().expect("negotiated");
+        let mut q = gst::query::Allocation::new(Some(&caps), true);
+        assert!(sink.query(&mut q));
+        let pools: Vec<_> = q.allocation_pools().collect();
+        assert_eq!(pools.len(), 1, "{pools:?}");
+        let (_, size, min, _) = &pools[0];
+        assert_eq!(*min, expected, "{extra}");
+        assert_eq!(*size, 320 * 240 * 3 / 2);
+        pipeline.set_state(gst::State::Null).unwrap();
+    }
+}
+
 #[test]
 fn live_source_with_a_full_window_keeps_frames_on_the_device_as_busy() {
     let server = Server::start(None);

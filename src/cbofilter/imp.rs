@@ -444,7 +444,54 @@ impl CboFilter {
             // wait until the output task has pushed everything queued.
             self.hold.wait_drained();
         }
-        gst::Pad::query_default(pad, Some(&*self.obj()), query)
+        let answered = gst::Pad::query_default(pad, Some(&*self.obj()), query);
+        if let gst::QueryViewMut::Allocation(q) = query.view_mut() {
+            // Also when downstream had no answer (fakesink): the held buffers are this
+            // element's need whatever downstream's.
+            self.ask_for_held_buffers(q);
+            return true;
+        }
+        answered
+    }
+
+    /// Adds the buffers this element may hold to what downstream asked of upstream's pool
+    /// (each proposed pool's minimum, and its maximum where bounded; a pool-less entry when
+    /// downstream proposed none), as any element that keeps buffers must: a camera or a
+    /// hardware decoder with a fixed pool otherwise stalls while frames wait for answers.
+    fn ask_for_held_buffers(&self, q: &mut gst::query::Allocation) {
+        let (caps, _) = q.get_owned();
+        let Some(info) = caps.and_then(|c| gst_video::VideoInfo::from_caps(&c).ok()) else {
+            return;
+        };
+        let settings = self.settings.lock().unwrap().clone();
+        let fps = info.fps();
+        let fps =
+            (fps.numer() > 0 && fps.denom() > 0).then(|| fps.numer() as f64 / fps.denom() as f64);
+        let held = crate::offload::hold::frames_held_at_most(
+            self.offloading(),
+            settings.deadline_ms,
+            fps,
+            settings.max_in_flight as usize,
+            MAX_HELD_ITEMS,
+        ) as u32;
+        let pools: Vec<_> = q.allocation_pools().collect();
+        if pools.is_empty() {
+            q.add_allocation_pool(None::<&gst::BufferPool>, info.size() as u32, held, 0);
+        }
+        for (i, (pool, size, min, max)) in pools.into_iter().enumerate() {
+            let max = if max == 0 {
+                0
+            } else {
+                max.saturating_add(held)
+            };
+            q.set_nth_allocation_pool(i as u32, pool.as_ref(), size, min.saturating_add(held), max);
+        }
+        gst::debug!(
+            CAT,
+            imp = self,
+            "allocation: asking upstream for {held} more buffers ({:?} fps)",
+            fps
+        );
     }
 
     fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {

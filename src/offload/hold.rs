@@ -305,6 +305,30 @@ pub struct Occupancy {
 /// ready) and one pre-processed behind it; with the one being pushed, three frames at most.
 pub const DEVICE_FRAMES: usize = 2;
 
+/// Most frames the element holds at once (as buffers upstream allocated): device only the
+/// [`DEVICE_FRAMES`] queued and the one being pushed; offloading, every frame that entered in the
+/// last `deadline_ms` (at `fps`; without a known rate, the in-flight `window`) besides those,
+/// and never more than `max_items`. An upstream buffer pool needs that many buffers beyond its
+/// own, or a live source with a bounded pool (a camera's, a hardware decoder's) runs dry while
+/// frames wait for answers.
+pub fn frames_held_at_most(
+    offloading: bool,
+    deadline_ms: u32,
+    fps: Option<f64>,
+    window: usize,
+    max_items: usize,
+) -> usize {
+    let device = DEVICE_FRAMES + 1;
+    if !offloading {
+        return device;
+    }
+    let waiting = match fps.filter(|f| f.is_finite() && *f > 0.0) {
+        Some(fps) => (deadline_ms as f64 / 1000.0 * fps).ceil() as usize,
+        None => window,
+    };
+    (device + waiting).min(max_items)
+}
+
 /// When the streaming thread may take the next frame in (pre-process it and hand it over). Never
 /// while a frame it handed over has not reached the model yet, so at most one frame is in the
 /// model and one pre-processed behind it; and beyond that, per mode:
@@ -341,6 +365,19 @@ mod tests {
     use crate::offload::clock::VirtualClock;
     use std::collections::VecDeque;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn frames_held_are_the_deadlines_worth_of_frames_beyond_the_device_queue() {
+        assert_eq!(frames_held_at_most(false, 200, Some(30.0), 8, 512), 3);
+        // 200 ms at 30 fps: 6 frames waiting, and the 3 of the device queue.
+        assert_eq!(frames_held_at_most(true, 200, Some(30.0), 8, 512), 9);
+        assert_eq!(frames_held_at_most(true, 210, Some(30.0), 8, 512), 10);
+        // Unknown rate (variable, 0/1): the in-flight window.
+        assert_eq!(frames_held_at_most(true, 200, None, 8, 512), 11);
+        assert_eq!(frames_held_at_most(true, 200, Some(0.0), 8, 512), 11);
+        // Never more than the queue takes.
+        assert_eq!(frames_held_at_most(true, 60_000, Some(1000.0), 8, 512), 512);
+    }
 
     #[test]
     fn frames_leave_in_order_when_answered_or_due() {
