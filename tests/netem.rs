@@ -487,7 +487,7 @@ fn real_quic_through_real_cellular_traces() {
                     base_ms[i]
                 );
                 if name.starts_with("ATT") {
-                    att.push((jpeg, took));
+                    att.push((jpeg, took, floor));
                 }
             }
             let stats = relay.stats();
@@ -505,12 +505,16 @@ fn real_quic_through_real_cellular_traces() {
             .chain(&after)
             .map(|(_, s, e)| ms(*s, *e))
             .fold(f64::INFINITY, f64::min);
-        let big: Vec<_> = att.iter().filter(|(jpeg, _)| *jpeg >= 13_000).collect();
+        // A big JPEG's transfer and the server's work add up: the link's floor for that request
+        // (from where in the trace it started, which moves with the machine's speed: 99 ms for
+        // 14 kB once, not a fixed 100) plus the quickest request without the link.
+        let big: Vec<_> = att.iter().filter(|(jpeg, _, _)| *jpeg >= 13_000).collect();
         assert!(!big.is_empty(), "no JPEG big enough: {att:?}");
-        for (jpeg, took) in big {
+        for (jpeg, took, floor) in big {
             assert!(
-                *took >= loopback + 100.0,
-                "{jpeg} B over a 0.83 Mbit/s link took only {took:.0} ms (loopback {loopback:.0})"
+                *took >= loopback + floor - 5.0,
+                "{jpeg} B over a 0.83 Mbit/s link took only {took:.0} ms (link floor {floor}, \
+                 loopback {loopback:.0})"
             );
         }
         fx.server.shutdown().await.unwrap();
