@@ -686,20 +686,10 @@ fn loadgen_reports_a_top_k_the_server_caps_and_the_resolution_sent() {
 fn loadgen_reports_a_request_the_server_refuses_before_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, addr) = cboserver(&dir, &["--max-request-bytes", "1024"]);
-    let cert = dir.path().join("cert.pem");
-    let message = refused(
-        &[
-            "loadgen",
-            "--server",
-            &addr,
-            "--server-cert",
-            cert.to_str().unwrap(),
-            "--frames",
-            "2",
-            "--seconds",
-            "30",
-            "--no-baseline",
-        ],
+    let message = loadgen_refused(
+        &dir,
+        &addr,
+        "30",
         &["the server refused the first request (too-large): request larger than 1024 bytes"],
     );
     assert_eq!(message.lines().count(), 1, "{message}");
@@ -714,24 +704,35 @@ fn loadgen_fails_a_run_without_answers() {
         &dir,
         &["--backend", "grpc://127.0.0.1:9", "--backend-model", "m"],
     );
+    let message = loadgen_refused(&dir, &addr, "1", &["no answer in 1 s from", "overloaded"]);
+    // The first request's warning names a frame as the run's requests do.
+    assert!(!message.contains("18446744073709551615"), "{message}");
+}
+
+/// `cbo loadgen` against the server at `addr` (its certificate in `dir`) for `seconds`, two
+/// frames, no baseline: refused with each of `expected`; returns its stderr.
+fn loadgen_refused(
+    dir: &tempfile::TempDir,
+    addr: &str,
+    seconds: &str,
+    expected: &[&str],
+) -> String {
     let cert = dir.path().join("cert.pem");
-    let message = refused(
+    refused(
         &[
             "loadgen",
             "--server",
-            &addr,
+            addr,
             "--server-cert",
             cert.to_str().unwrap(),
             "--frames",
             "2",
             "--seconds",
-            "1",
+            seconds,
             "--no-baseline",
         ],
-        &["no answer in 1 s from", "overloaded"],
-    );
-    // The first request's warning names a frame as the run's requests do.
-    assert!(!message.contains("18446744073709551615"), "{message}");
+        expected,
+    )
 }
 
 /// Stops a server however the test ends.
