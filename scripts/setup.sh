@@ -81,7 +81,8 @@ fi
 # (apt's rustc) is 1.63. The Makefile puts ~/.cargo/bin first on PATH, so a rustup toolchain
 # installed here is the one the build uses.
 rust_needed=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' "$here/Cargo.toml")
-rustc_version() { rustc --version 2>/dev/null | awk '{print $2}'; }
+# Empty, not a failure, without a usable rustc (set -e and pipefail would end the script here).
+rustc_version() { { rustc --version 2>/dev/null || true; } | awk '{print $2}'; }
 rust_ok() {
     command -v cargo >/dev/null 2>&1 && command -v rustc >/dev/null 2>&1 &&
         printf '%s\n%s\n' "$rust_needed" "$(rustc_version)" | sort -V -C
@@ -99,7 +100,8 @@ if ! rust_ok; then
         export PATH="$HOME/.cargo/bin:$PATH"
     fi
     if ! rust_ok; then
-        say "rustc $(rustc_version) at $(command -v rustc) is older than $rust_needed (Cargo.toml)"
+        say "still no rustc $rust_needed or newer (Cargo.toml's rust-version) after installing:" \
+            "found ${found:-none}, now $(rustc_version) at $(command -v rustc || echo nowhere)"
         exit 1
     fi
 fi
