@@ -20,6 +20,7 @@ if [ -n "${SERVER:-}" ]; then
         # A process substitution: readable by cbo alone, gone when it exits.
         exec 3< <(printf '%s' "$TOKEN")
         args+=(--token-file /dev/fd/3)
+        unset TOKEN
     fi
 fi
 [ -n "${FRAMES:-}" ] && args+=(--max-frames "$FRAMES")
