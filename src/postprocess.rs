@@ -44,12 +44,15 @@ impl std::str::FromStr for OutputKind {
 }
 
 /// A row is taken for a probability distribution when every entry is in [0, 1] and the sum is
-/// in this range. Quantised softmax outputs (uint8 steps of 1/256) lose the mass of the many
-/// classes that round to 0, so they sum to less than 1, never much more: the Edge-TPU MobileNet
-/// V2's rows sum to about 0.76, V1 0.25's to about 0.90 (a tolerance of ±0.02 read them as
-/// logits and softmaxed them again, to confidences of ~0.001). Logits of a classifier over
-/// hundreds of classes are not all within [0, 1] with a sum of at most about 1.
-const PROBABILITY_SUM: std::ops::RangeInclusive<f32> = 0.5..=1.02;
+/// within what quantisation explains: at most [`PROBABILITY_SUM_ABOVE`] over 1, and under 1 by at
+/// most what `n` classes lose when each rounds down by less than one uint8 step (1/256), and
+/// never below [`PROBABILITY_SUM_FLOOR`]. Quantised softmax outputs lose the mass of the many
+/// classes that round to 0: the Edge-TPU MobileNet V2's 1001-wide rows sum to about 0.76, V1
+/// 0.25's to about 0.90 (a fixed ±0.02 read them as logits and softmaxed them again, to
+/// confidences of ~0.001). A narrow row keeps the tight bound (10 classes: 0.96), so that a small
+/// logits model whose first scores happen to lie in [0, 1] is not taken for probabilities.
+const PROBABILITY_SUM_ABOVE: f32 = 0.02;
+const PROBABILITY_SUM_FLOOR: f32 = 0.5;
 
 /// True when `row` looks like a probability distribution rather than logits.
 pub fn looks_like_probabilities(row: &[f32]) -> bool {
@@ -57,7 +60,9 @@ pub fn looks_like_probabilities(row: &[f32]) -> bool {
         return false;
     }
     let sum: f32 = row.iter().sum();
-    PROBABILITY_SUM.contains(&sum)
+    let lost = (row.len() as f32 / 256.0).max(PROBABILITY_SUM_ABOVE);
+    let lowest = (1.0 - lost).max(PROBABILITY_SUM_FLOOR);
+    (lowest..=1.0 + PROBABILITY_SUM_ABOVE).contains(&sum)
 }
 
 /// Numerically stable softmax of `logits` into `out` (same length).
@@ -385,6 +390,10 @@ mod tests {
         quantised[1..=64].fill(1.0 / 256.0);
         assert!(looks_like_probabilities(&quantised));
         assert!(!looks_like_probabilities(&[0.5, 0.6, 0.2]));
+        // A narrow row keeps the tight bound: these could be a small model's logits.
+        assert!(!looks_like_probabilities(&[0.3, 0.4]));
+        assert!(!looks_like_probabilities(&[0.09; 10]));
+        assert!(looks_like_probabilities(&[0.097; 10]));
         assert!(!looks_like_probabilities(&[]));
     }
 

@@ -193,7 +193,7 @@ impl From<MergeProp> for crate::offload::merge::Merge {
 pub enum OutputKindProp {
     #[default]
     #[enum_value(
-        name = "Auto, decided on the first frame: a row of scores in [0, 1] summing to 0.5-1.02 is probabilities (quantised softmax outputs sum to less than 1), else logits",
+        name = "Auto, decided on the first frame: a row of scores in [0, 1] summing to 1 (up to 0.02 more, or less by what rounding each class down by 1/256 loses, at most to 0.5: quantised softmax outputs) is probabilities, else logits",
         nick = "auto"
     )]
     Auto = 0,
