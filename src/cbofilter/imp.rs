@@ -58,11 +58,22 @@ pub struct CboFilter {
     pub(super) active_provider: Mutex<String>,
     /// The session's id and, when shared, its group (0 and `None` until started and after stop).
     pub(super) session: Mutex<(u64, Option<crate::shared_inference::Group>)>,
-    /// From start to stop: the latency this element adds, from the settings it started with
-    /// (`deadline` while offloading, `batch-timeout` with a shared session), which a value set
-    /// while playing does not change.
-    pub(super) started_latency: Mutex<Option<gst::ClockTime>>,
+    /// From start to stop: the settings it started with (the latency and the allocation
+    /// queries answer from these, which a value set while running does not change).
+    pub(super) started: Mutex<Option<Started>>,
 }
+
+/// What an element started with.
+#[derive(Debug, Clone)]
+pub(super) struct Started {
+    pub settings: Settings,
+    pub offloading: bool,
+}
+
+/// Most buffers the element asks upstream's pool for beyond downstream's needs: it may hold
+/// [`MAX_HELD_ITEMS`], but a pool allocates its minimum up front, and a V4L2 device holds at most
+/// 32 buffers (`VIDEO_MAX_FRAME`); 32 frames are a second of 30 fps video.
+const MAX_BUFFERS_ASKED: usize = 32;
 
 #[glib::object_subclass]
 impl ObjectSubclass for CboFilter {
@@ -129,7 +140,7 @@ impl ObjectSubclass for CboFilter {
             offload: Mutex::new(None),
             active_provider: Mutex::new(String::new()),
             session: Mutex::new((0, None)),
-            started_latency: Mutex::new(None),
+            started: Mutex::new(None),
         }
     }
 }
@@ -147,10 +158,15 @@ impl ObjectImpl for CboFilter {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        let threshold = {
+        let (threshold, changed) = {
             let mut s = self.settings.lock().unwrap();
+            let before = s.get(pspec);
             s.set(value, pspec);
-            s.threshold
+            let changed = match (before, s.get(pspec)) {
+                (Some(a), Some(b)) => a.compare(&b) != Some(std::cmp::Ordering::Equal),
+                _ => true,
+            };
+            (s.threshold, changed)
         };
         // The one property the planner thread reads while playing.
         if pspec.name() == "threshold"
@@ -160,8 +176,9 @@ impl ObjectImpl for CboFilter {
         }
         // Most settings are copied at start: a value set while running is kept for the next
         // start, which a user changing `deadline` or `policy` mid-stream should be told.
-        if !pspec.flags().contains(gst::PARAM_FLAG_MUTABLE_PLAYING)
-            && self.started_latency.lock().unwrap().is_some()
+        if changed
+            && !pspec.flags().contains(gst::PARAM_FLAG_MUTABLE_PLAYING)
+            && self.started.lock().unwrap().is_some()
         {
             gst::warning!(
                 CAT,
@@ -463,28 +480,23 @@ impl CboFilter {
         let Some(info) = caps.and_then(|c| gst_video::VideoInfo::from_caps(&c).ok()) else {
             return;
         };
-        let settings = self.settings.lock().unwrap().clone();
+        let started = self.started_or_current();
         let fps = info.fps();
         let fps =
             (fps.numer() > 0 && fps.denom() > 0).then(|| fps.numer() as f64 / fps.denom() as f64);
         let held = crate::offload::hold::frames_held_at_most(
-            self.offloading(),
-            settings.deadline_ms,
+            started.offloading,
+            started.settings.deadline_ms,
             fps,
-            settings.max_in_flight as usize,
-            MAX_HELD_ITEMS,
+            MAX_BUFFERS_ASKED.min(MAX_HELD_ITEMS),
         ) as u32;
         let pools: Vec<_> = q.allocation_pools().collect();
         if pools.is_empty() {
             q.add_allocation_pool(None::<&gst::BufferPool>, info.size() as u32, held, 0);
         }
         for (i, (pool, size, min, max)) in pools.into_iter().enumerate() {
-            let max = if max == 0 {
-                0
-            } else {
-                max.saturating_add(held)
-            };
-            q.set_nth_allocation_pool(i as u32, pool.as_ref(), size, min.saturating_add(held), max);
+            let (min, max) = crate::offload::hold::pool_with_held(min, max, held);
+            q.set_nth_allocation_pool(i as u32, pool.as_ref(), size, min, max);
         }
         gst::debug!(
             CAT,
@@ -501,12 +513,8 @@ impl CboFilter {
                 return false;
             }
             let (live, min, max) = upstream.result();
-            // What the element runs with; before it starts, what it would start with.
-            let started = *self.started_latency.lock().unwrap();
-            let extra = started.unwrap_or_else(|| {
-                let settings = self.settings.lock().unwrap().clone();
-                added_latency(&settings, self.offloading())
-            });
+            let started = self.started_or_current();
+            let extra = added_latency(&started.settings, started.offloading);
             gst::debug!(
                 CAT,
                 imp = self,
@@ -562,8 +570,14 @@ impl CboFilter {
         self.offload.lock().unwrap().clone()
     }
 
-    fn offloading(&self) -> bool {
-        self.offload.lock().unwrap().is_some()
+    /// The settings the element runs with; before it starts (or after it stopped) the current
+    /// ones, device only.
+    fn started_or_current(&self) -> Started {
+        let started = self.started.lock().unwrap().clone();
+        started.unwrap_or_else(|| Started {
+            settings: self.settings.lock().unwrap().clone(),
+            offloading: false,
+        })
     }
 }
 

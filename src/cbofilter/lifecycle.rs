@@ -165,6 +165,21 @@ impl CboFilter {
             (None, Some(fp)) => Some(Trust::Fingerprint(fp.clone())),
             (None, None) => None,
         };
+        if let (Some(_), Some(trust)) = (policy, &trust) {
+            // A mistyped server, fingerprint or certificate path is the user's to fix, not a
+            // connection to retry: an error now (before the model loads), as for a missing
+            // model, instead of a stream labelled on the device behind a warning.
+            crate::offload::client::check_settings(&settings.server, trust).map_err(|e| {
+                let what = match (&e, trust) {
+                    (crate::offload::client::ClientError::Address { .. }, _) => "server=",
+                    (_, Trust::Pem(_)) => "server-cert: ",
+                    (_, Trust::Fingerprint(_)) => "server-fingerprint: ",
+                };
+                let e = e.to_string();
+                let e = e.strip_prefix("server ").unwrap_or(&e);
+                gst::error_msg!(gst::LibraryError::Settings, ("{what}{e}"))
+            })?;
+        }
         gst::info!(CAT, imp = self, "loading model {}", config.model.display());
         let sharing = settings.shared_session.then(|| Sharing {
             instance_id: settings.model_instance_id.clone(),
@@ -205,21 +220,6 @@ impl CboFilter {
             );
             policy = None;
         }
-        if let (Some(_), Some(trust)) = (policy, &trust) {
-            // A mistyped server, fingerprint or certificate path is the user's to fix, not a
-            // connection to retry: an error now, as for a missing model, instead of a stream
-            // labelled on the device behind a warning.
-            crate::offload::client::check_settings(&settings.server, trust).map_err(|e| {
-                let what = match (&e, trust) {
-                    (crate::offload::client::ClientError::Address { .. }, _) => "server=",
-                    (_, Trust::Pem(_)) => "server-cert: ",
-                    (_, Trust::Fingerprint(_)) => "server-fingerprint: ",
-                };
-                let e = e.to_string();
-                let e = e.strip_prefix("server ").unwrap_or(&e);
-                gst::error_msg!(gst::LibraryError::Settings, ("{what}{e}"))
-            })?;
-        }
         if let (Some(p), Some(_)) = (&profile, policy) {
             self.check_profile(p, &config.model, &settings);
         }
@@ -242,8 +242,10 @@ impl CboFilter {
             }
             _ => None,
         };
-        *self.started_latency.lock().unwrap() =
-            Some(super::imp::added_latency(&settings, offload.is_some()));
+        *self.started.lock().unwrap() = Some(super::imp::Started {
+            settings: settings.clone(),
+            offloading: offload.is_some(),
+        });
         *self.offload.lock().unwrap() = offload.clone();
         self.hold.reset();
         let (preprocessor, model) = classifier.split();
@@ -409,7 +411,7 @@ impl CboFilter {
         }
         // The state (and with it the classifier's membership of a shared session) is gone.
         *self.session.lock().unwrap() = (0, None);
-        *self.started_latency.lock().unwrap() = None;
+        *self.started.lock().unwrap() = None;
         self.hold.flush();
     }
 }

@@ -54,7 +54,7 @@
 //!    condition variables are the only waits with a lock: the streaming thread waits for room,
 //!    the output task for the head, serialized queries for the queue to drain, and on a second
 //!    one, the inference thread for a frame)
-//! 4. `settings`, `active_provider`, `session`, `started_latency` and `inference` (leaves:
+//! 4. `settings`, `active_provider`, `session`, `started` and `inference` (leaves:
 //!    copied out or taken, nothing taken under them)
 //!
 //! The streaming thread holds no lock while it waits for room, and `state` only while it

@@ -305,28 +305,37 @@ pub struct Occupancy {
 /// ready) and one pre-processed behind it; with the one being pushed, three frames at most.
 pub const DEVICE_FRAMES: usize = 2;
 
-/// Most frames the element holds at once (as buffers upstream allocated): device only the
-/// [`DEVICE_FRAMES`] queued and the one being pushed; offloading, every frame that entered in the
-/// last `deadline_ms` (at `fps`; without a known rate, the in-flight `window`) besides those,
-/// and never more than `max_items`. An upstream buffer pool needs that many buffers beyond its
-/// own, or a live source with a bounded pool (a camera's, a hardware decoder's) runs dry while
-/// frames wait for answers.
+/// Most frames the element holds at once (as buffers upstream allocated), at most `max_items`:
+/// device only the [`DEVICE_FRAMES`] queued and the one being pushed; offloading, every frame
+/// that entered in the last `deadline_ms` (at `fps`) besides those, or `max_items` when the rate
+/// is unknown (variable). An upstream buffer pool needs that many buffers beyond its own, or a
+/// live source with a bounded pool (a camera's, a hardware decoder's) runs dry while frames wait
+/// for answers.
 pub fn frames_held_at_most(
     offloading: bool,
     deadline_ms: u32,
     fps: Option<f64>,
-    window: usize,
     max_items: usize,
 ) -> usize {
     let device = DEVICE_FRAMES + 1;
     if !offloading {
-        return device;
+        return device.min(max_items);
     }
-    let waiting = match fps.filter(|f| f.is_finite() && *f > 0.0) {
-        Some(fps) => (deadline_ms as f64 / 1000.0 * fps).ceil() as usize,
-        None => window,
+    match fps.filter(|f| f.is_finite() && *f > 0.0) {
+        Some(fps) => (device + (deadline_ms as f64 / 1000.0 * fps).ceil() as usize).min(max_items),
+        None => max_items,
+    }
+}
+
+/// A buffer pool's (min, max) with `held` more buffers: both grow, so min stays within a bounded
+/// max; an unbounded max (0) stays unbounded.
+pub fn pool_with_held(min: u32, max: u32, held: u32) -> (u32, u32) {
+    let max = if max == 0 {
+        0
+    } else {
+        max.saturating_add(held)
     };
-    (device + waiting).min(max_items)
+    (min.saturating_add(held), max)
 }
 
 /// When the streaming thread may take the next frame in (pre-process it and hand it over). Never
@@ -368,15 +377,18 @@ mod tests {
 
     #[test]
     fn frames_held_are_the_deadlines_worth_of_frames_beyond_the_device_queue() {
-        assert_eq!(frames_held_at_most(false, 200, Some(30.0), 8, 512), 3);
+        assert_eq!(frames_held_at_most(false, 200, Some(30.0), 32), 3);
         // 200 ms at 30 fps: 6 frames waiting, and the 3 of the device queue.
-        assert_eq!(frames_held_at_most(true, 200, Some(30.0), 8, 512), 9);
-        assert_eq!(frames_held_at_most(true, 210, Some(30.0), 8, 512), 10);
-        // Unknown rate (variable, 0/1): the in-flight window.
-        assert_eq!(frames_held_at_most(true, 200, None, 8, 512), 11);
-        assert_eq!(frames_held_at_most(true, 200, Some(0.0), 8, 512), 11);
-        // Never more than the queue takes.
-        assert_eq!(frames_held_at_most(true, 60_000, Some(1000.0), 8, 512), 512);
+        assert_eq!(frames_held_at_most(true, 200, Some(30.0), 32), 9);
+        assert_eq!(frames_held_at_most(true, 210, Some(30.0), 32), 10);
+        // Unknown rate (variable, 0/1): as many as asked for at most.
+        assert_eq!(frames_held_at_most(true, 200, None, 32), 32);
+        assert_eq!(frames_held_at_most(true, 200, Some(0.0), 32), 32);
+        // Never more than that.
+        assert_eq!(frames_held_at_most(true, 60_000, Some(1000.0), 32), 32);
+        // Pools: both bounds grow; unbounded stays unbounded.
+        assert_eq!(pool_with_held(2, 0, 9), (11, 0));
+        assert_eq!(pool_with_held(2, 4, 9), (11, 13));
     }
 
     #[test]

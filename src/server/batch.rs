@@ -62,7 +62,7 @@ pub fn check_batch_size(spec: &TensorSpec, capacity: usize) -> Result<(), String
         bytes as f64 / 1e9,
         MAX_BATCH_TENSOR_BYTES >> 30,
         if most == 0 {
-            " (none fits: a smaller --input-size)"
+            " (none fits: a model, or --input-size, with a smaller input)"
         } else {
             ""
         },
