@@ -88,14 +88,23 @@ pub fn run(
     // the frame after it (frame 599 of `dev-slideshow.mp4` carried frame 600's picture), which
     // put the real `local` one frame below its simulation on every trace.
     let eos_after = frames + 2;
+    // `local` never offloads: without a server, as a user would run it (with one the element
+    // warns that it connects and never sends).
+    let server_props = if policy == "local" {
+        String::new()
+    } else {
+        format!(
+            "server={} server-cert=\"{}\"",
+            netem.local_addr(),
+            certs.path().join("cert.pem").display()
+        )
+    };
     let desc = format!(
         "filesrc location=\"{}\" ! decodebin ! identity name=pace sync=true eos-after={eos_after} ! \
-         cbofilter name=cbo server={} \
-         server-cert=\"{}\" policy={policy} reuse-window={reuse} merge={} deadline={} threshold={} \
+         cbofilter name=cbo {server_props} \
+         policy={policy} reuse-window={reuse} merge={} deadline={} threshold={} \
          resolution={} max-in-flight=1000 profile=\"{}\" {} ! fakesink sync=false",
         video.display(),
-        netem.local_addr(),
-        certs.path().join("cert.pem").display(),
         args.merge.as_str(),
         deadline_ms.round() as u64,
         args.threshold,
