@@ -684,11 +684,9 @@ fn loadgen_reports_a_top_k_the_server_caps_and_the_resolution_sent() {
 /// server's refusal, instead of timing a run of nothing but `too-large` errors.
 #[test]
 fn loadgen_reports_a_request_the_server_refuses_before_the_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_server, addr) = cboserver(&dir, &["--max-request-bytes", "1024"]);
+    let server = Server::start_with(&["--max-request-bytes", "1024"]);
     let message = loadgen_refused(
-        &dir,
-        &addr,
+        &server,
         "30",
         &["the server refused the first request (too-large): request larger than 1024 bytes"],
     );
@@ -699,32 +697,22 @@ fn loadgen_reports_a_request_the_server_refuses_before_the_run() {
 /// server's gRPC backend is unreachable, so it answers every request `overloaded`.
 #[test]
 fn loadgen_fails_a_run_without_answers() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_server, addr) = cboserver(
-        &dir,
-        &["--backend", "grpc://127.0.0.1:9", "--backend-model", "m"],
-    );
-    let message = loadgen_refused(&dir, &addr, "1", &["no answer in 1 s from", "overloaded"]);
+    let server = Server::start_with(&["--backend", "grpc://127.0.0.1:9", "--backend-model", "m"]);
+    let message = loadgen_refused(&server, "1", &["no answer in 1 s from", "overloaded"]);
     // The first request's warning names a frame as the run's requests do.
     assert!(!message.contains("18446744073709551615"), "{message}");
 }
 
-/// `cbo loadgen` against the server at `addr` (its certificate in `dir`) for `seconds`, two
-/// frames, no baseline: refused with each of `expected`; returns its stderr.
-fn loadgen_refused(
-    dir: &tempfile::TempDir,
-    addr: &str,
-    seconds: &str,
-    expected: &[&str],
-) -> String {
-    let cert = dir.path().join("cert.pem");
+/// `cbo loadgen` against `server` for `seconds`, two frames, no baseline: refused with each of
+/// `expected`; returns its stderr.
+fn loadgen_refused(server: &Server, seconds: &str, expected: &[&str]) -> String {
     refused(
         &[
             "loadgen",
             "--server",
-            addr,
+            &server.addr,
             "--server-cert",
-            cert.to_str().unwrap(),
+            server.cert.to_str().unwrap(),
             "--frames",
             "2",
             "--seconds",
@@ -733,36 +721,4 @@ fn loadgen_refused(
         ],
         expected,
     )
-}
-
-/// Stops a server however the test ends.
-struct StopServer(std::process::Child);
-impl Drop for StopServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `cboserver ARGS` on a free port with its certificate in `dir`; returns it and its
-/// address once it listens.
-fn cboserver(dir: &tempfile::TempDir, args: &[&str]) -> (StopServer, String) {
-    use std::io::BufRead;
-    let mut server = StopServer(
-        Command::new(env!("CARGO_BIN_EXE_cboserver"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .arg("--self-signed")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = server.0.stdout.take().unwrap();
-    let addr = std::io::BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("listening on ").map(str::to_string));
-    (server, addr.expect("cboserver listens"))
 }

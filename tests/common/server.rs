@@ -41,12 +41,28 @@ impl Server {
         Self::start_in(dir, cert, token, 0)
     }
 
+    /// Like [`Server::start`] with `args` added to the command line (a limit, a backend).
+    pub fn start_with(args: &[&str]) -> Server {
+        let (dir, cert) = cert_dir();
+        Self::spawn(dir, cert, None, 0, args)
+    }
+
     /// Starts on `port` (0 = any) reusing the certificate in `dir`.
     pub fn start_in(
         dir: tempfile::TempDir,
         cert: PathBuf,
         token: Option<&str>,
         port: u16,
+    ) -> Server {
+        Self::spawn(dir, cert, token, port, &[])
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        cert: PathBuf,
+        token: Option<&str>,
+        port: u16,
+        args: &[&str],
     ) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cboserver"));
         cmd.arg("--listen")
@@ -59,6 +75,7 @@ impl Server {
             .arg("4")
             .arg("--metrics")
             .arg("127.0.0.1:0")
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(t) = token {
