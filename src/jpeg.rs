@@ -14,6 +14,14 @@ use crate::preprocess::{InputType, Layout, Normalization, Preprocessor, Tensor, 
 /// Largest JPEG side the decoder accepts: a bound on what a request can make the server allocate.
 pub const MAX_DECODED_SIDE: usize = 4096;
 
+/// Most scans a JPEG may have to be decoded: a bound on the time one request can take. Baseline
+/// JPEGs (what the element sends) have one scan, or one per colour component; progressive ones
+/// from common encoders about 10 (libjpeg's and mozjpeg's default scripts). libjpeg decodes every
+/// scan over the whole image, so a "scan bomb" (a 0.5 MB progressive 4096x4096 JPEG of 13 000
+/// near-empty scans) took 35 s of a decode thread, during which the server answered no one.
+/// At this limit the worst image takes a few hundred ms.
+pub const MAX_SCANS: usize = 64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum JpegError {
     #[error("JPEG encoder: {0}")]
@@ -22,6 +30,8 @@ pub enum JpegError {
     Decode(String),
     #[error("JPEG of {width}x{height} exceeds the {MAX_DECODED_SIDE}-pixel side limit")]
     TooLarge { width: usize, height: usize },
+    #[error("JPEG of more than {MAX_SCANS} scans")]
+    TooManyScans,
     #[error("cannot rescale the frame: {0}")]
     Rescale(String),
 }
@@ -165,9 +175,26 @@ impl FrameDecoder {
         })
     }
 
-    /// Decodes `jpeg`, refusing anything that is not a JPEG or is larger than
-    /// [`MAX_DECODED_SIDE`] before allocating for it. Requires `gst::init()`.
+    /// Decodes `jpeg`, refusing anything that is not a JPEG, is larger than [`MAX_DECODED_SIDE`]
+    /// or has more than [`MAX_SCANS`] scans before allocating for it. Requires `gst::init()`.
     pub fn decode(&mut self, jpeg: &[u8]) -> Result<DecodedFrame, JpegError> {
+        let result = self.decode_with(jpeg);
+        if result.is_err() {
+            // libjpeg-turbo 2.1's TurboJPEG leaves its decompressor in the state an error
+            // interrupted (a header with a 65535-pixel side, or of height 0): every later image
+            // then failed with "two SOI markers", so a few bad requests made a server decode
+            // thread refuse every frame until restarted. A fresh one costs microseconds.
+            if let Ok(fresh) = turbojpeg::Decompressor::new() {
+                self.decompressor = fresh;
+            }
+        }
+        result
+    }
+
+    fn decode_with(&mut self, jpeg: &[u8]) -> Result<DecodedFrame, JpegError> {
+        if scan_count(jpeg, MAX_SCANS) > MAX_SCANS {
+            return Err(JpegError::TooManyScans);
+        }
         let header = self
             .decompressor
             .read_header(jpeg)
@@ -209,6 +236,67 @@ impl FrameDecoder {
     }
 }
 
+/// The number of scans (SOS segments) in `jpeg`, counted up to one more than `limit`: a walk over
+/// the marker segments and the entropy-coded data between them, linear in the size, that reads
+/// nothing else. What is not a well-formed JPEG ends the count where it stops making sense (the
+/// decoder then refuses it).
+pub fn scan_count(jpeg: &[u8], limit: usize) -> usize {
+    let n = jpeg.len();
+    let mut scans = 0;
+    // After SOI (whether there is one is the decoder's to say).
+    let mut i = 2;
+    while i + 1 < n {
+        if jpeg[i] != 0xFF {
+            // Garbage between segments: libjpeg skips it with a warning.
+            i += 1;
+            continue;
+        }
+        let marker = jpeg[i + 1];
+        match marker {
+            // Fill byte before a marker.
+            0xFF => {
+                i += 1;
+                continue;
+            }
+            // EOI.
+            0xD9 => break,
+            // Markers without a length: TEM, RSTn, SOI (and a stuffed 0 out of place).
+            0x00 | 0x01 | 0xD0..=0xD8 => {
+                i += 2;
+                continue;
+            }
+            _ => {}
+        }
+        if i + 3 >= n {
+            break;
+        }
+        // The length counts its own two bytes; the walk always moves on by at least the marker.
+        let length = u16::from_be_bytes([jpeg[i + 2], jpeg[i + 3]]) as usize;
+        i += 2 + length;
+        if marker != 0xDA {
+            continue;
+        }
+        scans += 1;
+        if scans > limit {
+            break;
+        }
+        // The scan's entropy-coded data runs to the next marker that is neither a stuffed 0xFF00
+        // nor a restart marker.
+        while i + 1 < n {
+            if jpeg[i] == 0xFF {
+                match jpeg[i + 1] {
+                    0x00 | 0xD0..=0xD7 => i += 2,
+                    0xFF => i += 1,
+                    _ => break,
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+    scans
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +314,80 @@ mod tests {
         assert_eq!(scaled_size(8000, 100, 224), (4096, 51));
         assert_eq!(scaled_size(20000, 400, 224), (4096, 82));
         assert_eq!(scaled_size(4096, 4096, 4096), (4096, 4096));
+    }
+
+    /// A small real JPEG from the encoder (baseline, one interleaved scan).
+    fn small_jpeg() -> Vec<u8> {
+        gst::init().unwrap();
+        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, 64, 48)
+            .build()
+            .unwrap();
+        let mut buffer = gst::Buffer::with_size(info.size()).unwrap();
+        buffer.get_mut().unwrap().map_writable().unwrap().fill(90);
+        let frame =
+            gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), &info).unwrap();
+        FrameEncoder::new(80)
+            .unwrap()
+            .encode(&frame, 48)
+            .unwrap()
+            .bytes
+    }
+
+    /// A header error must not leave the decoder refusing every later image: with TurboJPEG's
+    /// decompressor reused as it was, every good JPEG after this one failed ("two SOI markers").
+    #[test]
+    fn a_bad_header_does_not_break_the_decoder_for_the_next_image() {
+        let good = small_jpeg();
+        let sof = good.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        let mut huge = good.clone();
+        // SOF: marker, length (2), precision (1), height (2), width (2).
+        huge[sof + 5..sof + 9].copy_from_slice(&[0xFF; 4]);
+        let mut zero_height = good.clone();
+        zero_height[sof + 5..sof + 7].copy_from_slice(&[0, 0]);
+        let mut dec = FrameDecoder::new().unwrap();
+        for bad in [&huge, &zero_height, &huge] {
+            assert!(dec.decode(bad).is_err());
+            let decoded = dec.decode(&good).expect("a good JPEG after a bad one");
+            assert_eq!((decoded.info.width(), decoded.info.height()), (64, 48));
+        }
+    }
+
+    /// Scans are counted through the entropy-coded data (stuffed bytes, restart markers), and a
+    /// JPEG with more than [`MAX_SCANS`] is refused before libjpeg decodes any of them.
+    #[test]
+    fn scans_are_counted_and_a_scan_bomb_is_refused() {
+        let good = small_jpeg();
+        assert_eq!(scan_count(&good, MAX_SCANS), 1);
+        // A synthetic progressive stream: SOI, SOF2, then scans whose data holds a stuffed
+        // 0xFF00 and a restart marker (neither ends the scan), then EOI.
+        let bomb = |scans: usize| {
+            let mut j = vec![0xFF, 0xD8];
+            j.extend_from_slice(&[0xFF, 0xC2, 0, 11, 8, 0, 16, 0, 16, 1, 1, 0x11, 0]);
+            for _ in 0..scans {
+                j.extend_from_slice(&[0xFF, 0xDA, 0, 8, 1, 1, 0, 0, 63, 0]);
+                j.extend_from_slice(&[0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD3, 0x56, 0xFF, 0xFF]);
+            }
+            j.extend_from_slice(&[0xFF, 0xD9]);
+            j
+        };
+        assert_eq!(scan_count(&bomb(10), MAX_SCANS), 10);
+        assert_eq!(scan_count(&bomb(MAX_SCANS), MAX_SCANS), MAX_SCANS);
+        assert_eq!(scan_count(&bomb(10_000), MAX_SCANS), MAX_SCANS + 1);
+        let mut dec = FrameDecoder::new().unwrap();
+        assert!(matches!(
+            dec.decode(&bomb(MAX_SCANS + 1)),
+            Err(JpegError::TooManyScans)
+        ));
+        // Nothing that is no JPEG makes the walk loop or panic.
+        for junk in [
+            &[][..],
+            &[0xFF],
+            &[0xFF, 0xD8, 0xFF],
+            &[0xFF, 0xD8, 0xFF, 0xDA, 0, 0],
+        ] {
+            assert_eq!(scan_count(junk, MAX_SCANS), usize::from(junk.len() == 6));
+        }
+        assert!(dec.decode(&good).is_ok());
     }
 
     /// A smooth synthetic I420 frame survives encode → decode at a reduced size with small error.

@@ -269,9 +269,10 @@ fn decode_worker(
             (Ok(decoder), Ok(pre)) => decoder
                 .decode(&job.bytes[job.jpeg_offset..])
                 .map_err(|e| {
-                    // A JPEG over the side limit is a valid one, too large to serve.
+                    // A JPEG over the side or scan limit is a valid one, too large to serve.
                     let code = match e {
-                        crate::jpeg::JpegError::TooLarge { .. } => ErrorCode::TooLarge,
+                        crate::jpeg::JpegError::TooLarge { .. }
+                        | crate::jpeg::JpegError::TooManyScans => ErrorCode::TooLarge,
                         _ => ErrorCode::NotJpeg,
                     };
                     error(job.frame_id, code, e.to_string())
