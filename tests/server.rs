@@ -742,6 +742,102 @@ fn concurrent_requests_from_several_connections_are_batched() {
     });
 }
 
+/// A QUIC connection from `local` (another loopback address stands for another host), after the
+/// handshake only.
+async fn connect_from(
+    local: &str,
+    fx: &Fixture,
+) -> (
+    quinn::Endpoint,
+    Result<quinn::Connection, quinn::ConnectionError>,
+) {
+    let endpoint = quinn::Endpoint::client(format!("{local}:0").parse().unwrap()).unwrap();
+    let connection = endpoint
+        .connect_with(
+            tls::client_config(&fx.trust()).unwrap(),
+            fx.addr,
+            "localhost",
+        )
+        .unwrap()
+        .await;
+    (endpoint, connection)
+}
+
+/// Whether `f` is still pending when first polled (credit a QUIC peer has not given is known
+/// at once: nothing to wait for).
+async fn pending_on_first_poll<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+    let mut f = Some(f);
+    std::future::poll_fn(|cx| {
+        let pending = f.take().unwrap().poll(cx).is_pending();
+        std::task::Poll::Ready(pending)
+    })
+    .await
+}
+
+/// Before its hello a connection may open one stream (the hello's), and one address may hold
+/// at most a quarter of the places for connections awaiting their hello; others keep connecting.
+/// (Before: 64 streams of 2 MB each were buffered per silent connection, and 64 silent
+/// connections from one host had every new client refused.)
+#[test]
+fn connections_awaiting_their_hello_get_one_stream_and_a_quarter_of_the_places_per_address() {
+    let limits = Limits {
+        // A quarter: one connection awaiting its hello per address.
+        max_connections: 4,
+        hello_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let model = model_config(
+        common::assets().join("models/mobilenet-v2-1.0-int8-224.onnx"),
+        128.0,
+    );
+    let fx = start_fixture(model, Some(TOKEN), limits, 1, Duration::ZERO);
+    fx.block_on(async {
+        let (_a_endpoint, silent) = connect_from("127.0.0.2", &fx).await;
+        let silent = silent.expect("the first connection from an address is served");
+        let (mut send, mut recv) = silent.open_bi().await.unwrap();
+        let mut second = std::pin::pin!(silent.open_bi());
+        assert!(
+            pending_on_first_poll(second.as_mut()).await,
+            "a second stream before the hello"
+        );
+
+        // The same address again while the first awaits its hello: refused.
+        let (_b_endpoint, refused) = connect_from("127.0.0.2", &fx).await;
+        match refused {
+            Err(quinn::ConnectionError::ConnectionClosed(c))
+                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {}
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Another address connects and is served.
+        let (_c_endpoint, other) = fx.session().await;
+        fx.good_request(&other.connection, 1, 0).await;
+
+        // The hello on the one stream is welcomed; then the client has its streams, and its
+        // address its place back.
+        send.write_all(&hello_bytes(TOKEN)).await.unwrap();
+        send.finish().unwrap();
+        let reply =
+            protocol::decode_hello_reply(&recv.read_to_end(64 * 1024).await.unwrap()).unwrap();
+        assert!(reply.ok, "{reply:?}");
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            // Held open: each needs credit of its own.
+            let s = tokio::time::timeout(Duration::from_secs(10), silent.open_bi())
+                .await
+                .expect("stream credit after the hello")
+                .unwrap();
+            streams.push(s);
+        }
+        let (_d_endpoint, again) = connect_from("127.0.0.2", &fx).await;
+        let again = again.expect("the address has its place back");
+        assert!(
+            hello(&again, &hello_bytes(TOKEN)).await.ok,
+            "second connection from the address"
+        );
+        fx.good_request(&silent, 2, 1).await;
+    });
+}
+
 /// A second server: a model with a fixed batch of 1 (probabilities, 1001 classes), no token,
 /// two connections and two requests in progress at most.
 #[test]

@@ -78,11 +78,25 @@ fn encode_response(mut response: Response) -> Vec<u8> {
 /// Serves one incoming connection until it closes or the server stops.
 pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let remote = incoming.remote_address();
+    // Stateless address validation (a QUIC Retry: one round trip more, once per connection): the
+    // server keeps nothing for a first packet until its sender has shown it receives at its
+    // address, so spoofed first packets cannot take places in the handshake budget.
+    if !incoming.remote_address_validated() {
+        // Guaranteed allowed for an unvalidated address; should it fail, dropping the
+        // `Incoming` refuses it.
+        let _ = incoming.retry();
+        return;
+    }
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-    // Counted from the first packet, so handshakes in progress count against the limit too.
-    let _guard = shared.connections.enter();
     let _counted = shared.metrics.connection();
-    let over_limit = shared.connections.get() > shared.limits.max_connections;
+    let unauthenticated = match shared.admission.try_enter(remote.ip()) {
+        Ok(guard) => guard,
+        Err(refusal) => {
+            shared.log_limited(format_args!("#{id} {remote}: refused: {refusal}"));
+            incoming.refuse();
+            return;
+        }
+    };
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
@@ -106,19 +120,9 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
-    if over_limit {
-        // Close after the handshake (not a bare refusal) so the client learns why.
-        let reason = format!(
-            "too many connections (limit {})",
-            shared.limits.max_connections
-        );
-        shared.log(format_args!("#{id} {remote}: refused: {reason}"));
-        connection.close(varint(ErrorCode::Overloaded), reason.as_bytes());
-        return;
-    }
     let left = hello_timeout.saturating_sub(started.elapsed());
-    let client = match tokio::time::timeout(left, hello(&connection, &shared)).await {
-        Ok(Ok(client)) => client,
+    let (client, _connected) = match tokio::time::timeout(left, hello(&connection, &shared)).await {
+        Ok(Ok(accepted)) => accepted,
         Ok(Err((code, reason))) => {
             shared.log(format_args!(
                 "#{id} {remote}: refused: {}: {reason}",
@@ -134,9 +138,14 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
+    drop(unauthenticated);
     shared.metrics.connection_accepted();
-    shared.log(format_args!("#{id} {remote}: client '{client}' connected"));
-    let who = Arc::new(format!("#{id} {remote}"));
+    // The name is the client's to choose: quoted and escaped, so it cannot forge log lines.
+    shared.log(format_args!("#{id} {remote}: client {client:?} connected"));
+    let peer = Arc::new(Peer {
+        who: format!("#{id} {remote}"),
+        refusal_log: LogBudget::default(),
+    });
     let mut stopping = shared.stopping.clone();
     let reason = loop {
         tokio::select! {
@@ -148,30 +157,96 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
             }
             stream = connection.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    tokio::spawn(request(send, recv, shared.clone(), who.clone()));
+                    tokio::spawn(request(send, recv, shared.clone(), peer.clone()));
                 }
                 Err(e) => break e.to_string(),
             },
         }
     };
     if shared.verbose {
-        shared.log(format_args!("{who}: connection ended: {reason}"));
+        shared.log(format_args!("{}: connection ended: {reason}", peer.who));
     }
 }
 
-/// Reads the hello on the first stream and answers it. Returns the client's name, or why it was
-/// refused (the caller closes the connection with that code and reason).
+/// A connection's name in the log, and its budget of refusal lines.
+struct Peer {
+    who: String,
+    refusal_log: LogBudget,
+}
+
+/// At most [`LogBudget::LINES_PER_SECOND`] lines a second, then one line saying how many were
+/// left out: a client can have every request refused (`overloaded` streams reopened at once
+/// made 821 000 log lines, 100 MB, in 10 s) and must not be able to fill the server's disk.
+#[derive(Default)]
+pub(super) struct LogBudget {
+    /// (start of the current second, lines logged in it, lines left out in it).
+    window: std::sync::Mutex<Option<(Instant, u32, u64)>>,
+}
+
+/// What [`LogBudget::admit`] says of one line.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum LogTurn {
+    /// Log it; before it, say that this many earlier lines were left out.
+    Log { left_out: u64 },
+    /// Leave it out.
+    Skip,
+}
+
+impl LogBudget {
+    pub(super) const LINES_PER_SECOND: u32 = 20;
+
+    pub(super) fn admit(&self, now: Instant) -> LogTurn {
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        match window.as_mut() {
+            Some((start, lines, left_out))
+                if now.saturating_duration_since(*start) < Duration::from_secs(1) =>
+            {
+                if *lines < Self::LINES_PER_SECOND {
+                    *lines += 1;
+                    LogTurn::Log { left_out: 0 }
+                } else {
+                    *left_out += 1;
+                    LogTurn::Skip
+                }
+            }
+            previous => {
+                let left_out = previous.map_or(0, |(_, _, n)| *n);
+                *window = Some((now, 1, 0));
+                LogTurn::Log { left_out }
+            }
+        }
+    }
+}
+
+/// Reads the hello on the first stream and answers it. Returns the client's name and its place
+/// among the connections, or why it was refused (the caller closes the connection with that code
+/// and reason).
 async fn hello(
     connection: &quinn::Connection,
     shared: &Shared,
-) -> Result<String, (ErrorCode, String)> {
+) -> Result<(String, super::GaugeGuard), (ErrorCode, String)> {
     let (mut send, mut recv) = connection
         .accept_bi()
         .await
         .map_err(|e| (ErrorCode::BadRequest, format!("no hello: {e}")))?;
     let result = match recv.read_to_end(MAX_HELLO_BYTES).await {
         Ok(bytes) => match protocol::decode_hello(&bytes) {
-            Ok(hello) => check_token(shared, &hello.token).map(|()| hello.client),
+            Ok(hello) => check_token(shared, &hello.token).and_then(|()| {
+                // Counted once authenticated: a connection that never says hello takes a place
+                // in the handshake budget (`admission`), not among the clients served.
+                let place = shared.connections.enter();
+                if shared.connections.get() > shared.limits.max_connections {
+                    Err((
+                        ErrorCode::Overloaded,
+                        format!(
+                            "too many connections (limit {})",
+                            shared.limits.max_connections
+                        ),
+                    ))
+                } else {
+                    Ok((hello.client, place))
+                }
+            }),
             Err(e) => Err((e.code(), bounded(format!("bad hello: {e}")))),
         },
         Err(quinn::ReadToEndError::TooLong) => Err((
@@ -181,13 +256,22 @@ async fn hello(
         Err(e) => Err((ErrorCode::BadRequest, format!("hello not received: {e}"))),
     };
     let reply = match &result {
-        Ok(_) => HelloReply {
-            ok: true,
-            code: ErrorCode::Ok,
-            message: "welcome".into(),
-            model: shared.engine.info.name.clone(),
-            max_request_bytes: shared.limits.max_request_bytes as u64,
-        },
+        Ok(_) => {
+            // Until now the client could open the hello's stream only (its data bounded by one
+            // stream's window): unauthenticated, 64 streams of 2 MB each were buffered until the
+            // hello timeout, and 16 such connections held 1 GB. Raised before the reply, so the
+            // credit reaches the client no later than the welcome.
+            connection.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(
+                shared.limits.max_streams_per_connection.max(1),
+            ));
+            HelloReply {
+                ok: true,
+                code: ErrorCode::Ok,
+                message: "welcome".into(),
+                model: shared.engine.info.name.clone(),
+                max_request_bytes: shared.limits.max_request_bytes as u64,
+            }
+        }
         Err((code, message)) => HelloReply {
             ok: false,
             code: *code,
@@ -197,17 +281,31 @@ async fn hello(
         },
     };
     let _ = recv.stop(varint(ErrorCode::Ok));
-    if send
-        .write_all(&protocol::encode_hello_reply(&reply).unwrap_or_default())
-        .await
-        .is_ok()
-        && send.finish().is_ok()
+    if write_bounded(
+        &mut send,
+        &protocol::encode_hello_reply(&reply).unwrap_or_default(),
+    )
+    .await
         && result.is_err()
     {
         // Let the refusal reach the client before the connection close overtakes it.
         let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
     }
     result
+}
+
+/// Writes `bytes` and finishes the stream, giving up (and resetting it) if the client does not
+/// take them within [`ACK_WAIT`]: a client that never reads (a one-byte receive window) would
+/// otherwise hold the task until the connection died. True if all was written.
+async fn write_bounded(send: &mut quinn::SendStream, bytes: &[u8]) -> bool {
+    match tokio::time::timeout(ACK_WAIT, send.write_all(bytes)).await {
+        Ok(Ok(())) => send.finish().is_ok(),
+        Ok(Err(_)) => false,
+        Err(_) => {
+            let _ = send.reset(varint(ErrorCode::Timeout));
+            false
+        }
+    }
 }
 
 /// Resolves once the server is stopping (without holding the watch's lock across awaits).
@@ -242,8 +340,9 @@ async fn request(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     shared: Arc<Shared>,
-    who: Arc<String>,
+    peer: Arc<Peer>,
 ) {
+    let who = &peer.who;
     let _in_progress = shared.requests.enter();
     let _counted = shared.metrics.request_in_flight();
     let arrived = Instant::now();
@@ -326,13 +425,18 @@ async fn request(
             if e.code == ErrorCode::Overloaded && !shared.readiness.is_ready() {
                 // Every frame while the backend is down: its state changes are logged instead.
                 tracing::debug!("{line}");
-            } else {
+            } else if let LogTurn::Log { left_out } = peer.refusal_log.admit(Instant::now()) {
+                if left_out > 0 {
+                    shared.log(format_args!(
+                        "{who}: {left_out} more refusal(s) in the last second not logged"
+                    ));
+                }
                 shared.log(line);
             }
             Response::Error(e)
         }
     };
-    if send.write_all(&encode_response(response)).await.is_ok() && send.finish().is_ok() {
+    if write_bounded(&mut send, &encode_response(response)).await {
         // Keep counting as in progress until the client has the answer, so a shutdown drain
         // does not close the connection under it.
         let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
@@ -409,6 +513,28 @@ async fn read_and_classify(
 mod tests {
     use super::*;
     use crate::protocol::Answer;
+
+    #[test]
+    fn refusal_lines_are_limited_per_second_and_the_left_out_counted() {
+        let budget = LogBudget::default();
+        let t0 = Instant::now();
+        for i in 0..LogBudget::LINES_PER_SECOND {
+            let at = t0 + Duration::from_millis(u64::from(i));
+            assert_eq!(budget.admit(at), LogTurn::Log { left_out: 0 });
+        }
+        for _ in 0..1000 {
+            assert_eq!(budget.admit(t0 + Duration::from_millis(500)), LogTurn::Skip);
+        }
+        // The next second's first line says how many the last one left out.
+        assert_eq!(
+            budget.admit(t0 + Duration::from_millis(1000)),
+            LogTurn::Log { left_out: 1000 }
+        );
+        assert_eq!(
+            budget.admit(t0 + Duration::from_millis(1001)),
+            LogTurn::Log { left_out: 0 }
+        );
+    }
 
     #[test]
     fn messages_are_cut_on_character_boundaries() {

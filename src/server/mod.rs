@@ -19,6 +19,7 @@
 //! Every misbehaving request is answered (or its stream/connection closed) with an
 //! [`ErrorCode`] and logged, and never affects other clients.
 
+mod admission;
 pub mod backend;
 pub mod batch;
 mod connection;
@@ -323,7 +324,12 @@ struct Shared {
     limits: Limits,
     verbose: bool,
     pending: Arc<Semaphore>,
+    /// Authenticated connections (after their hello), against `--max-connections`.
     connections: Arc<Gauge>,
+    /// Connections in their handshake or awaiting their hello.
+    admission: Arc<admission::Admission>,
+    /// Lines about connections refused before their hello (one per attempt otherwise).
+    admission_log: connection::LogBudget,
     /// Request streams in progress (for the shutdown drain).
     requests: Arc<Gauge>,
     /// Flips to true when the server stops accepting.
@@ -340,6 +346,21 @@ impl Shared {
 
     fn warn(&self, msg: std::fmt::Arguments) {
         tracing::warn!("{msg}");
+    }
+
+    /// Logs like [`Shared::log`] within [`connection::LogBudget`]'s rate: for what a client can
+    /// make happen as often as it likes.
+    fn log_limited(&self, msg: std::fmt::Arguments) {
+        if let connection::LogTurn::Log { left_out } =
+            self.admission_log.admit(std::time::Instant::now())
+        {
+            if left_out > 0 {
+                self.log(format_args!(
+                    "{left_out} more refused connection(s) in the last second not logged"
+                ));
+            }
+            self.log(msg);
+        }
     }
 }
 
@@ -445,9 +466,9 @@ impl Server {
         let mut server_config = crate::tls::server_config(certs, key).map_err(ServerError::Tls)?;
         let mut transport = quinn::TransportConfig::default();
         transport
-            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(
-                limits.max_streams_per_connection.max(1),
-            ))
+            // The hello's stream only, until the hello is accepted (`connection::hello` then
+            // raises it to `max_streams_per_connection`).
+            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(1))
             .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(limits.idle_timeout)
@@ -474,9 +495,11 @@ impl Server {
             readiness,
             token: config.token,
             pending: Arc::new(Semaphore::new(limits.max_pending.max(1))),
+            admission: admission::Admission::new(limits.max_connections),
             limits,
             verbose: config.verbose,
             connections: Gauge::new(),
+            admission_log: connection::LogBudget::default(),
             requests: Gauge::new(),
             stopping,
             next_connection: AtomicU64::new(1),
