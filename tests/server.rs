@@ -838,13 +838,58 @@ fn connections_awaiting_their_hello_get_one_stream_and_a_quarter_of_the_places_p
     });
 }
 
+/// A client that opens streams and sends slowly holds at most its share of the pending places
+/// (`--max-pending` / clients); another client is still answered. (Before, 5 such connections held
+/// all 256 places and every other client got `overloaded`.)
+#[test]
+fn a_client_holds_at_most_its_share_of_the_pending_places() {
+    let limits = Limits {
+        max_pending: 4,
+        ..Limits::default()
+    };
+    let model = model_config(
+        common::assets().join("models/mobilenet-v2-1.0-int8-224.onnx"),
+        128.0,
+    );
+    let fx = start_fixture(model, None, limits, 1, Duration::ZERO);
+    fx.block_on(async {
+        let (_a, slow) = fx.session().await;
+        let (_b, good) = fx.session().await;
+        // Two clients: two places each. Four streams that never finish their request.
+        let request = protocol::encode_request(&fx.header(1, 0), &fx.frames[0].bytes).unwrap();
+        let mut open = Vec::new();
+        let mut reads = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (mut send, mut recv) = slow.connection.open_bi().await.unwrap();
+            send.write_all(&request[..50]).await.unwrap();
+            open.push(send);
+            reads.spawn(async move { recv.read_to_end(64 * 1024).await });
+        }
+        // Two are refused at once, whichever the server saw last.
+        for _ in 0..2 {
+            let bytes = reads.join_next().await.unwrap().unwrap().unwrap();
+            match protocol::decode_response(&bytes).unwrap() {
+                Response::Error(e) => {
+                    assert_eq!(e.code, ErrorCode::Overloaded, "{e:?}");
+                    assert!(e.message.contains("its share"), "{}", e.message);
+                }
+                Response::Answer(a) => panic!("a stalled request was answered: {a:?}"),
+            }
+        }
+        fx.good_request(&good.connection, 2, 1).await;
+        reads.abort_all();
+    });
+}
+
 /// A second server: a model with a fixed batch of 1 (probabilities, 1001 classes), no token,
-/// two connections and two requests in progress at most.
+/// two connections and three requests in progress at most.
 #[test]
 fn connection_and_pending_limits_with_a_fixed_batch_model() {
     let limits = Limits {
         max_connections: 2,
-        max_pending: 2,
+        // Two clients: each may hold two (its share), so the pool fills without either at its
+        // share.
+        max_pending: 3,
         // Long enough that the two stalled requests still hold their places while the third
         // is sent on a loaded machine.
         request_timeout: Duration::from_millis(5000),
@@ -898,17 +943,18 @@ fn connection_and_pending_limits_with_a_fixed_batch_model() {
         }
         fx.good_request(&good.connection, 50, 0).await;
 
-        // Pending limit: two stalled requests occupy the server; a third is refused at once.
+        // Pending limit: three stalled requests (two of one client, one of the other) occupy
+        // the server; a fourth is refused at once.
         let request = protocol::encode_request(&fx.header(60, 0), &fx.frames[0].bytes).unwrap();
         let mut stalled = Vec::new();
-        for _ in 0..2 {
-            let (mut send, recv) = second.connection.open_bi().await.unwrap();
+        for connection in [&second.connection, &second.connection, &good.connection] {
+            let (mut send, recv) = connection.open_bi().await.unwrap();
             send.write_all(&request[..50]).await.unwrap();
             stalled.push((send, recv));
         }
-        // Let the server see both streams (and finish with earlier ones) before the third.
+        // Let the server see the three streams (and finish with earlier ones) before the fourth.
         let until = Instant::now() + Duration::from_secs(5);
-        while fx.server.stats().requests_in_progress != 2 {
+        while fx.server.stats().requests_in_progress != 3 {
             assert!(Instant::now() < until, "{:?}", fx.server.stats());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -920,7 +966,10 @@ fn connection_and_pending_limits_with_a_fixed_batch_model() {
         )
         .await
         {
-            Err(RequestError::Server(e)) => assert_eq!(e.code, ErrorCode::Overloaded),
+            Err(RequestError::Server(e)) => {
+                assert_eq!(e.code, ErrorCode::Overloaded);
+                assert!(e.message.contains("server busy"), "{}", e.message);
+            }
             other => panic!("expected overloaded, got {other:?}"),
         }
         // The stalled requests time out; then the server serves again.
