@@ -262,6 +262,200 @@ fn eos_waits_for_the_held_frames_then_goes_on() {
     assert!(answered >= n / 2, "{answered} of {n} answered");
 }
 
+/// `src ! cbofilter name=cbo PROPS ! identity eos-after=5 ! fakesink`: identity returns EOS to
+/// the element from the 5th frame on, as a sink that has all it wants does. The stream ends as it
+/// does with `queue` in the element's place: upstream is told EOS, its EOS event reaches the sink
+/// (it used to stay queued behind the stopped output: a hang), and every frame that entered the
+/// element left it or is counted `flushed` (those it held when downstream refused: never pushed).
+fn downstream_eos_ends_the_stream(src: &str, element_props: &str) {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "{src} ! cbofilter name=cbo {element_props} ! identity eos-after=5 ! fakesink sync=false"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let cbo = pipeline.by_name("cbo").unwrap();
+    let (into, out): (Recorded, Recorded) = (Arc::default(), Arc::default());
+    record(&cbo.static_pad("sink").unwrap(), Arc::clone(&into));
+    record(&cbo.static_pad("src").unwrap(), Arc::clone(&out));
+    let stats = Arc::new(Mutex::new(None));
+    let at_eos = Arc::clone(&stats);
+    common::stats_at_eos(&cbo, "src", move |st| *at_eos.lock().unwrap() = Some(st));
+    // Ends within run's bound (120 s) or fails.
+    run(&pipeline, |_| {});
+    let (into, out) = (into.lock().unwrap().clone(), out.lock().unwrap().clone());
+    assert_eq!(out.last(), Some(&Seen::Eos), "EOS reached downstream");
+    let (n_in, out) = (buffers(&into).len(), buffers(&out));
+    // identity refused the 5th; upstream stopped once the element passed that on.
+    assert!(
+        out.len() >= 5 && out.len() <= n_in,
+        "{} of {n_in}",
+        out.len()
+    );
+    assert!(
+        n_in < 60,
+        "upstream went on after downstream's EOS: {n_in} frames"
+    );
+    for (k, (_, r)) in out.iter().enumerate() {
+        assert_eq!(r.expect("every frame has its meta").frame, k as u64);
+    }
+    let stats = stats.lock().unwrap().take().expect("stats read at EOS");
+    let count = |f: &str| stats.get::<u64>(f).unwrap();
+    assert_eq!(
+        count("frames"),
+        out.len() as u64 + count("flushed"),
+        "{stats}"
+    );
+    assert!(count("frames") <= n_in as u64, "{stats}");
+}
+
+#[test]
+fn device_only_downstream_eos_ends_the_stream() {
+    downstream_eos_ends_the_stream(
+        "videotestsrc num-buffers=100 ! video/x-raw,width=64,height=48",
+        "",
+    );
+}
+
+#[test]
+fn downstream_eos_while_frames_wait_for_the_server_ends_the_stream() {
+    let server = Server::start(None);
+    // Every frame is sent and waits for its answer (up to 5 s): downstream refuses while frames
+    // are held, which are dropped at once rather than held up to their deadline before EOS.
+    downstream_eos_ends_the_stream(
+        &format!(
+            "filesrc location=\"{}\" ! decodebin ! videoconvert",
+            bottle_clip().display()
+        ),
+        &props(&server.addr, &server.cert, "policy=all deadline=5000"),
+    );
+}
+
+/// What the test sink of [`device_only_a_new_segment_after_downstream_eos_resumes`] got.
+#[derive(Debug, Clone, PartialEq)]
+enum Got {
+    /// A frame it took (its PTS in ms), or refused with EOS.
+    Taken(u64),
+    Refused(u64),
+    Segment,
+    Eos,
+}
+
+/// Downstream returns EOS, then upstream starts a new segment without a flush (as a
+/// concatenating or looping source does): the element returns EOS upstream, drops the frames it
+/// held, and takes frames again from the new segment on, none from before it; upstream's EOS
+/// after downstream refused again reaches downstream. Driven pad by pad from this thread, each
+/// step waiting on the last one's result.
+#[test]
+fn device_only_a_new_segment_after_downstream_eos_resumes() {
+    init();
+    let cbo = gst::ElementFactory::make("cbofilter").build().unwrap();
+    let (tx, got) = mpsc::channel::<Got>();
+    let tx = Arc::new(Mutex::new(tx));
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (tx2, taken2) = (Arc::clone(&tx), Arc::clone(&taken));
+    // Takes two frames per segment, then returns EOS until the next segment.
+    let sink = gst::Pad::builder(gst::PadDirection::Sink)
+        .chain_function(move |_, _, buffer| {
+            let pts = buffer.pts().unwrap().mseconds();
+            assert!(CboResult::from_buffer(&buffer).is_some(), "no meta");
+            if taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                tx.lock().unwrap().send(Got::Taken(pts)).unwrap();
+                Ok(gst::FlowSuccess::Ok)
+            } else {
+                tx.lock().unwrap().send(Got::Refused(pts)).unwrap();
+                Err(gst::FlowError::Eos)
+            }
+        })
+        .event_function(move |_, _, event| {
+            match event.type_() {
+                gst::EventType::Segment => {
+                    taken2.store(0, std::sync::atomic::Ordering::SeqCst);
+                    tx2.lock().unwrap().send(Got::Segment).unwrap();
+                }
+                gst::EventType::Eos => tx2.lock().unwrap().send(Got::Eos).unwrap(),
+                _ => {}
+            }
+            true
+        })
+        .build();
+    let src = gst::Pad::builder(gst::PadDirection::Src).build();
+    src.link(&cbo.static_pad("sink").unwrap()).unwrap();
+    cbo.static_pad("src").unwrap().link(&sink).unwrap();
+    sink.set_active(true).unwrap();
+    src.set_active(true).unwrap();
+    cbo.set_state(gst::State::Playing).unwrap();
+    let caps = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, 64, 48)
+        .build()
+        .unwrap();
+    let segment = || gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new());
+    assert!(src.push_event(gst::event::StreamStart::new("downstream-eos")));
+    assert!(src.push_event(gst::event::Caps::new(&caps.to_caps().unwrap())));
+    assert!(src.push_event(segment()));
+    let mut pts = 0;
+    // Pushes frames until the element returns EOS (within the few frames it holds).
+    let push_until_eos = |pts: &mut u64| {
+        for _ in 0..20 {
+            let mut buffer = gst::Buffer::from_mut_slice(vec![128u8; caps.size()]);
+            buffer
+                .get_mut()
+                .unwrap()
+                .set_pts(gst::ClockTime::from_mseconds(*pts));
+            *pts += 33;
+            match src.push(buffer) {
+                Ok(_) => {}
+                Err(gst::FlowError::Eos) => return,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        panic!("the element never returned downstream's EOS");
+    };
+    push_until_eos(&mut pts);
+    let resumed_at = pts;
+    assert!(src.push_event(segment()));
+    push_until_eos(&mut pts);
+    assert!(src.push_event(gst::event::Eos::new()));
+    let mut seen = Vec::new();
+    loop {
+        let g = got
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("EOS never reached downstream: {seen:?}"));
+        seen.push(g.clone());
+        if g == Got::Eos {
+            break;
+        }
+    }
+    // Segment, two frames taken, one refused; the same in the new segment, with frames pushed
+    // after it only; EOS.
+    let pattern: Vec<_> = seen
+        .iter()
+        .map(|g| match g {
+            Got::Taken(_) => "taken",
+            Got::Refused(_) => "refused",
+            Got::Segment => "segment",
+            Got::Eos => "eos",
+        })
+        .collect();
+    assert_eq!(
+        pattern,
+        [
+            "segment", "taken", "taken", "refused", "segment", "taken", "taken", "refused", "eos"
+        ],
+        "{seen:?}"
+    );
+    let first_frame_pts = |from: usize| match seen[from] {
+        Got::Taken(p) => p,
+        _ => unreachable!(),
+    };
+    assert_eq!(first_frame_pts(1), 0);
+    assert!(first_frame_pts(5) >= resumed_at, "{seen:?}");
+    let stats = cbo.property::<gst::Structure>("stats");
+    let count = |f: &str| stats.get::<u64>(f).unwrap();
+    assert_eq!(count("frames"), 6 + count("flushed"), "{stats}");
+    cbo.set_state(gst::State::Null).unwrap();
+}
+
 /// `seen` is: the `small` caps, six frames with `decision`, the `large` caps, six more, EOS.
 fn assert_caps_then_six_frames_each(
     seen: &[Seen],

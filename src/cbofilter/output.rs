@@ -61,7 +61,8 @@ pub struct FrameCounts {
     pub reused: u64,
     /// Answered frames that left with their device label (`merge=confidence`).
     pub overruled: u64,
-    /// Frames dropped inside the element by a flush (a flushing seek) or a stop, never pushed.
+    /// Frames dropped inside the element by a flush (a flushing seek), a stop, or downstream
+    /// returning EOS (which takes no more), never pushed.
     pub flushed: u64,
 }
 
@@ -76,7 +77,8 @@ pub struct HoldInner {
     /// The inference thread is to exit (stop).
     stopping: bool,
     /// Last flow return of a downstream push that failed, or `Error` after a failed
-    /// classification: returned by the next chain call.
+    /// classification: returned by the next chain call. `Eos` (downstream takes no more
+    /// frames) until a new stream or segment starts ([`Hold::push_event`]) or a flush.
     flow: Option<gst::FlowError>,
     /// The task is pushing an item it popped (so the queue looks empty but is not done).
     pushing: bool,
@@ -156,6 +158,11 @@ impl Hold {
             // It entered the element (pre-processed while the flush began) and goes no further.
             inner.counts.flushed += 1;
             return Err(gst::FlowError::Flushing);
+        }
+        if inner.flow == Some(gst::FlowError::Eos) {
+            // Admitted just before downstream returned EOS: dropped like the frames held then.
+            inner.counts.flushed += 1;
+            return Err(gst::FlowError::Eos);
         }
         let result = CboResult {
             frame: job.id,
@@ -285,15 +292,46 @@ impl Hold {
         }
     }
 
-    /// Streaming thread: queues a serialized event behind the frames before it.
+    /// Streaming thread: queues a serialized event behind the frames before it. After
+    /// downstream returned EOS the output goes on with the events (EOS must still reach it), and
+    /// STREAM_START or SEGMENT lets frames in again: downstream takes a new stream or segment,
+    /// as `queue` does.
     pub fn push_event(&self, event: gst::Event) -> bool {
         let mut inner = self.lock();
         if inner.flushing {
             return false;
         }
+        if inner.flow == Some(gst::FlowError::Eos)
+            && matches!(
+                event.type_(),
+                gst::EventType::StreamStart | gst::EventType::Segment
+            )
+        {
+            gst::debug!(
+                CAT,
+                "{:?} after downstream's EOS: taking frames again",
+                event.type_()
+            );
+            inner.flow = None;
+        }
         inner.queue.push_ready(Item::Event(event));
         self.cond.notify_all();
         true
+    }
+
+    /// Output task: downstream returned EOS, so it takes no more frames of this segment. As
+    /// `queue` does, the frames in the element are dropped (counted as `flushed`: they never
+    /// leave; those still in the model or waiting for an answer too, so that EOS is not held
+    /// behind them), the streaming thread's next chain call returns EOS upstream, and the
+    /// events queued go on. Returns how many frames were dropped.
+    fn downstream_eos(&self, inner: &mut HoldInner) -> usize {
+        let frames = inner.queue.remove_frames().len();
+        let jobs: Vec<ToClassify> = inner.to_classify.drain(..).collect();
+        inner.spare.extend(jobs.into_iter().map(|j| j.tensor));
+        inner.counts.flushed += frames as u64;
+        inner.flow = Some(gst::FlowError::Eos);
+        self.notify_all();
+        frames
     }
 
     /// FLUSH_START / deactivation: wakes every waiter, which gives up (the inference thread
@@ -422,9 +460,31 @@ impl CboFilter {
                 flow
             }
         };
+        // Taken before the queue's lock, as everywhere else.
+        let offload = if flow == Err(gst::FlowError::Eos) {
+            self.offload()
+        } else {
+            None
+        };
         let mut inner = hold.lock();
         inner.pushing = false;
         hold.cond.notify_all();
+        if flow == Err(gst::FlowError::Eos) {
+            // The task goes on: EOS from upstream, or a new segment, must still go downstream.
+            let dropped = hold.downstream_eos(&mut inner);
+            // The planner forgets the undecided frames (under the queue's lock, as the frames
+            // are told to it: it learns of them and of this in order).
+            if let Some(o) = offload {
+                o.driver
+                    .send(o.now_ms(), vec![crate::offload::driver::Event::Flush]);
+            }
+            gst::debug!(
+                CAT,
+                imp = self,
+                "downstream returned EOS; {dropped} frame(s) in the element dropped"
+            );
+            return;
+        }
         if let Err(e) = flow {
             gst::debug!(CAT, imp = self, "downstream returned {e:?}; pausing output");
             inner.flow = Some(e);

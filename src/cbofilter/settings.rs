@@ -317,7 +317,7 @@ pub fn properties() -> &'static [glib::ParamSpec] {
                 .build(),
             glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                 .nick("Statistics")
-                .blurb("cbo-stats structure: frames, kept, offloaded, answered, late, failed, busy, offline, reused, overruled (answered frames that kept their device label, `merge`), flushed (frames dropped inside the element by a flushing seek or a stop), bytes-sent, rtt-ms (quinn's smoothed RTT), min-rtt-ms (its minimum: the path without queueing), cwnd-bytes (its congestion window), uplink-kbps, encode-ms, reconnects, connected, connection-users (elements sharing its QUIC connection, this one included); shared-batches and shared-batched-frames (batches the shared session has run for its whole group, and the frames in them; 0 when not shared); also posted as an element message every second while offloading")
+                .blurb("cbo-stats structure: frames, kept, offloaded, answered, late, failed, busy, offline, reused, overruled (answered frames that kept their device label, `merge`), flushed (frames dropped inside the element by a flushing seek, a stop, or downstream returning EOS), bytes-sent, rtt-ms (quinn's smoothed RTT), min-rtt-ms (its minimum: the path without queueing), cwnd-bytes (its congestion window), uplink-kbps, encode-ms, reconnects, connected, connection-users (elements sharing its QUIC connection, this one included); shared-batches and shared-batched-frames (batches the shared session has run for its whole group, and the frames in them; 0 when not shared); also posted as an element message every second while offloading")
                 .read_only()
                 .build(),
         ]

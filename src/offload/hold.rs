@@ -185,6 +185,16 @@ impl<P, A, C: Clock> HoldQueue<P, A, C> {
         gone.into_iter().map(|e| e.payload).collect()
     }
 
+    /// Removes every frame, whatever its state, returning their payloads in order; events stay
+    /// (downstream returned EOS: it takes no more frames of this segment, but EOS or a new
+    /// segment behind them must still reach it). Results and answers still to come for them
+    /// find them gone, as after a flush.
+    pub fn remove_frames(&mut self) -> Vec<P> {
+        let (gone, kept): (Vec<_>, Vec<_>) = self.entries.drain(..).partition(|e| e.frame);
+        self.entries = kept.into();
+        gone.into_iter().map(|e| e.payload).collect()
+    }
+
     fn waiting_slot(&mut self, id: u64) -> Option<&mut Slot<A, C::Instant>> {
         self.entries
             .iter_mut()
@@ -554,6 +564,27 @@ mod tests {
         q.push_classifying("f2", 2);
         assert_eq!(q.drain(), vec!["f2"]);
         assert!(!q.classified(2, None, |_| {}));
+    }
+
+    #[test]
+    fn removing_the_frames_keeps_the_events_in_order() {
+        let t0 = Instant::now();
+        let mut q: HoldQueue<&str, u32> = HoldQueue::default();
+        q.push_classifying("f0", 0);
+        q.push_ready("caps");
+        q.push_waiting("f1", 1, t0 + Duration::from_secs(5));
+        q.push_classifying("f2", 2);
+        assert!(q.classified(2, None, |_| {}));
+        q.push_ready("eos");
+        q.push_classifying("f3", 3);
+        // Ready, waiting and classifying frames all go, in order; the events stay.
+        assert_eq!(q.remove_frames(), vec!["f0", "f1", "f2", "f3"]);
+        assert_eq!(q.occupancy(0).frames, 0);
+        assert!(!q.classified(0, None, |_| {}), "its result finds it gone");
+        assert!(!q.answer(1, 7), "so does its answer");
+        assert_eq!(q.pop(t0), Some(("caps", Outcome::Ready)));
+        assert_eq!(q.pop(t0), Some(("eos", Outcome::Ready)));
+        assert!(q.is_empty());
     }
 
     #[test]
