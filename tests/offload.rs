@@ -677,6 +677,70 @@ fn cbo_policy_offloads_what_the_profile_says_gains() {
     }
 }
 
+/// Reverse playback (rate -1): frames leave with falling PTS. With `reuse-window=1` (ms) no
+/// frame may reuse an answer, the frames being 33 ms apart either way; a signed age (PTS minus
+/// the answered frame's, negative backwards) passed the window however far back it went (131
+/// frames of 12 s reused answers up to 1.6 s away).
+#[test]
+fn reverse_playback_keeps_the_reuse_window() {
+    common::init();
+    let server = Server::start(None);
+    let cal = repo().join("models/efficientnet-lite0-int8pt-224.calibration.json");
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! decodebin ! cbofilter name=cbo {} ! fakesink sync=false",
+        bottle_clip().display(),
+        props(
+            &server.addr,
+            &server.cert,
+            &format!(
+                "policy=cbo reuse-window=1 deadline=1000 calibration=\"{}\"",
+                cal.display()
+            ),
+        )
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let r = Arc::clone(&results);
+    common::on_each_output(&pipeline.by_name("cbo").unwrap(), move |_, result| {
+        r.lock()
+            .unwrap()
+            .push(result.expect("every frame has its meta"));
+    });
+    pipeline.set_state(gst::State::Paused).unwrap();
+    let prerolled = |p: &gst::Pipeline| {
+        let (ret, ..) = p.state(gst::ClockTime::from_seconds(60));
+        assert!(ret.is_ok(), "no preroll within 60 s: {ret:?}");
+    };
+    prerolled(&pipeline);
+    // Backwards over the clip's first 3 s.
+    pipeline
+        .seek(
+            -1.0,
+            gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+            gst::SeekType::Set,
+            gst::ClockTime::ZERO,
+            gst::SeekType::Set,
+            gst::ClockTime::from_seconds(3),
+        )
+        .unwrap();
+    prerolled(&pipeline);
+    common::play_until_eos(&pipeline);
+    pipeline.set_state(gst::State::Null).unwrap();
+    let results = results.lock().unwrap().clone();
+    let answered = results.iter().filter(|r| r.decision == "offload").count();
+    let reused = results.iter().filter(|r| r.decision == "reuse").count();
+    eprintln!(
+        "reverse playback: {} frames, {answered} answered",
+        results.len()
+    );
+    assert!(results.len() >= 60, "{} frames", results.len());
+    // Answers there were, so reuse would have had something to reuse.
+    assert!(answered > 0, "{results:?}");
+    assert_eq!(reused, 0, "reused answers beyond the 1 ms window");
+}
+
 /// A deadline of 100 ms leaves less time than the planner's initial guess (1 Mbit/s, RTT 40 ms)
 /// needs for any transfer: believed, it never sent a frame, so never measured the link (0 of 60
 /// frames answered at 579e078). Now the planner starts from the path's RTT the handshake measured

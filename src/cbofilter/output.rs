@@ -403,6 +403,16 @@ pub struct OutputReuse {
     pub profile: Profile,
     /// Arrival time of frames without a timestamp.
     pub epoch: Instant,
+    /// Whether the last frame's time was its PTS (else the wall clock since `epoch`).
+    pub timed_by_pts: Option<bool>,
+}
+
+impl OutputReuse {
+    /// A new segment: its times need not follow the last one's (a non-flushing seek, a loop, a
+    /// new stream), so the run ends.
+    fn new_segment(&mut self) {
+        self.reuse.reset();
+    }
 }
 
 impl CboFilter {
@@ -434,6 +444,11 @@ impl CboFilter {
         let flow = match item {
             Item::Event(event) => {
                 drop(inner);
+                if event.type_() == gst::EventType::Segment
+                    && let Some(r) = reuse.as_mut()
+                {
+                    r.new_segment();
+                }
                 let eos = event.type_() == gst::EventType::Eos;
                 if eos {
                     self.warn_if_never_connected();
@@ -519,6 +534,7 @@ impl CboFilter {
                 reuse: AnswerReuse::new(*window_ms).with_merge(profile.merge),
                 profile: profile.clone(),
                 epoch: Instant::now(),
+                timed_by_pts: None,
             })
         });
         let weak = self.obj().downgrade();
@@ -653,6 +669,15 @@ fn apply_reuse(
         // Its answer lost to the device's label: it labels no frame after it either.
         r.reuse.reset();
     }
+    // Times are compared within one time base only: a gap in the stream (DISCONT) or a switch
+    // between PTS and the wall clock (a source that timestamps some frames only) ends the run.
+    let timed_by_pts = buffer.pts().is_some();
+    if buffer.flags().contains(gst::BufferFlags::DISCONT)
+        || r.timed_by_pts.is_some_and(|t| t != timed_by_pts)
+    {
+        r.reuse.reset();
+    }
+    r.timed_by_pts = Some(timed_by_pts);
     // Stream time, so that a file decoded faster than real time keeps the window's meaning.
     let arrival_ms = match buffer.pts() {
         Some(pts) => pts.nseconds() as f64 / 1e6,

@@ -4,7 +4,9 @@
 //! for a frame the server answered, the scene most likely still shows what the server saw, so
 //! the server's label is a better guess than the device's for those frames too. A run ends when
 //! the device's top-1 changes (the scene or the object changed) or the answered frame is older
-//! than the window. The server's label replaces the device's only where it is more likely right:
+//! than the window, either way in stream time (reverse playback feeds frames with falling times:
+//! a frame that far from the answered one shows another moment of the scene, whichever way the
+//! stream runs). The server's label replaces the device's only where it is more likely right:
 //! its expected accuracy (the profile's accuracy of the answered label, merged when the stream
 //! merges, for the answered frame's confidence and resolution) must exceed the device's
 //! calibrated confidence for this frame, and, with a merge rule ([`super::merge`]), the rule that
@@ -55,7 +57,7 @@ pub struct Leaving<T> {
 pub struct Reused<T> {
     pub label: T,
     pub expected_accuracy: f64,
-    /// How far back the answered frame arrived.
+    /// How far from this frame the answered frame arrived, in either direction.
     pub age_ms: f64,
 }
 
@@ -79,7 +81,8 @@ pub struct AnswerReuse<T> {
 }
 
 impl<T: Clone> AnswerReuse<T> {
-    /// `window_ms`: how long after the answered frame's arrival its answer may still be reused.
+    /// `window_ms`: how far from the answered frame's arrival (after it, or before it when times
+    /// run backwards) its answer may still be reused.
     pub fn new(window_ms: f64) -> Self {
         Self {
             window_ms,
@@ -119,7 +122,9 @@ impl<T: Clone> AnswerReuse<T> {
             return None;
         }
         let s = self.source.as_ref()?;
-        let age_ms = f.arrival_ms - s.arrival_ms;
+        // Absolute: in reverse playback every frame arrives "before" the answered one, and a
+        // signed age would pass the window however far back it went.
+        let age_ms = (f.arrival_ms - s.arrival_ms).abs();
         (s.device_class == f.device_class
             && age_ms <= self.window_ms
             && s.answer.expected_accuracy > f.device_confidence
@@ -223,6 +228,21 @@ mod tests {
         assert_eq!(r.next(frame(500.0, 1, 0.5, None)).unwrap().label, 3);
         r.reset();
         assert_eq!(r.next(frame(600.0, 1, 0.5, None)), None);
+    }
+
+    #[test]
+    fn the_window_holds_when_times_run_backwards() {
+        // Reverse playback: each frame is 100 ms earlier than the one before.
+        let mut r = AnswerReuse::new(250.0);
+        assert_eq!(r.next(frame(1000.0, 1, 0.2, Some((2, 0.7)))), None);
+        let got = r.next(frame(900.0, 1, 0.5, None)).unwrap();
+        assert_eq!((got.label, got.age_ms), (2, 100.0));
+        assert_eq!(r.next(frame(800.0, 1, 0.5, None)).unwrap().age_ms, 200.0);
+        assert_eq!(r.next(frame(700.0, 1, 0.5, None)), None, "past the window");
+        assert_eq!(r.next(frame(100.0, 1, 0.5, None)), None, "far past it");
+        // A newer answer (earlier in stream time) starts a new run, as forwards.
+        r.next(frame(600.0, 1, 0.2, Some((3, 0.75))));
+        assert_eq!(r.next(frame(500.0, 1, 0.5, None)).unwrap().label, 3);
     }
 
     #[test]
