@@ -361,6 +361,26 @@ fn a_stream_that_ends_before_the_server_answers_says_so_and_names_the_server() {
     );
 }
 
+/// A stream with no frame at all says nothing of frames labelled on the device.
+#[test]
+fn a_stream_without_frames_ends_without_the_never_connected_warning() {
+    let (_dir, cert) = cert_dir();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let run = run_pipeline(&format!(
+        "videotestsrc num-buffers=0 ! cbofilter name=cbo {} ! fakesink",
+        props(&addr, &cert, "policy=all")
+    ));
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert!(run.results.is_empty());
+    assert!(
+        !run.warnings
+            .iter()
+            .any(|w| w.contains("stream ended before")),
+        "warnings: {:?}",
+        run.warnings
+    );
+}
+
 #[test]
 fn latency_query_adds_the_deadline_when_offloading() {
     common::init();

@@ -236,12 +236,13 @@ impl CboFilter {
 
 impl CboFilter {
     /// At the end of a stream: a stream shorter than the client's connection attempt (2 s)
-    /// otherwise ended with every frame `offline` and no word why.
+    /// otherwise ended with every frame `offline` and no word why. Not after a stream without
+    /// frames: none was classified anywhere.
     pub(super) fn warn_if_never_connected(&self) {
         let Some(o) = self.offload() else {
             return;
         };
-        if !o.heard_from_server.load(Ordering::Acquire) {
+        if !o.heard_from_server.load(Ordering::Acquire) && self.hold.counts().frames > 0 {
             gst::element_imp_warning!(
                 self,
                 gst::ResourceError::OpenReadWrite,
