@@ -774,14 +774,14 @@ async fn pending_on_first_poll<F: std::future::Future>(f: std::pin::Pin<&mut F>)
     .await
 }
 
-/// Before its hello a connection may open one stream (the hello's), and one address may hold
-/// at most a quarter of the places for connections awaiting their hello; others keep connecting.
-/// (Before: 64 streams of 2 MB each were buffered per silent connection, and 64 silent
-/// connections from one host had every new client refused.)
+/// Before its hello a connection may open one stream (the hello's), and one address may hold at
+/// most half of the places for connections awaiting their hello (a quarter once half are taken);
+/// others keep connecting. (Before: 64 streams of 2 MB each were buffered per silent connection,
+/// and 64 silent connections from one host had every new client refused.)
 #[test]
-fn connections_awaiting_their_hello_get_one_stream_and_a_quarter_of_the_places_per_address() {
+fn connections_awaiting_their_hello_get_one_stream_and_one_address_half_the_places() {
     let limits = Limits {
-        // A quarter: one connection awaiting its hello per address.
+        // Two places awaiting the hello for one address alone, then one per address.
         max_connections: 4,
         hello_timeout: Duration::from_secs(60),
         ..Limits::default()
@@ -800,9 +800,10 @@ fn connections_awaiting_their_hello_get_one_stream_and_a_quarter_of_the_places_p
             pending_on_first_poll(second.as_mut()).await,
             "a second stream before the hello"
         );
-
-        // The same address again while the first awaits its hello: refused.
-        let (_b_endpoint, refused) = connect_from("127.0.0.2", &fx).await;
+        let (_b_endpoint, also_silent) = connect_from("127.0.0.2", &fx).await;
+        let _also_silent = also_silent.expect("half the places for one address");
+        // The same address again while both await their hello: refused.
+        let (_r_endpoint, refused) = connect_from("127.0.0.2", &fx).await;
         match refused {
             Err(quinn::ConnectionError::ConnectionClosed(c))
                 if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {}
