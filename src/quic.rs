@@ -25,8 +25,12 @@ pub struct Session {
 /// Why [`connect`] failed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConnectError {
-    /// No usable connection (address, network, server gone, server full or shutting down).
+    /// No usable connection (address, network, server gone or shutting down).
     Unreachable(String),
+    /// The server refused the connection for now: it serves `--max-connections` clients
+    /// already, or too many connections await their hello (from this address or in all). A later
+    /// attempt may succeed.
+    Busy(String),
     /// The TLS handshake failed: most often the server's certificate is not the trusted one.
     Tls(String),
     /// The server refused the token.
@@ -41,6 +45,9 @@ impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConnectError::Unreachable(m) => write!(f, "cannot reach the server: {m}"),
+            ConnectError::Busy(m) => {
+                write!(f, "the server is busy: {m} (a later attempt may succeed)")
+            }
             ConnectError::Tls(m) => write!(f, "untrusted server certificate: {m}"),
             ConnectError::Unauthorized(m) => write!(f, "server refused the token: {m}"),
             ConnectError::Protocol(m) => write!(f, "server protocol error: {m}"),
@@ -141,8 +148,12 @@ fn connect_error(e: quinn::ConnectionError) -> ConnectError {
             (Some(ErrorCode::BadRequest | ErrorCode::UnsupportedVersion), m) => {
                 ConnectError::Protocol(format!("server closed the connection: {m}"))
             }
+            (Some(ErrorCode::Overloaded), m) => ConnectError::Busy(m),
             (_, m) => ConnectError::Unreachable(format!("server closed the connection: {m}")),
         },
+        E::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {
+            ConnectError::Busy("it refused the connection attempt".into())
+        }
         E::TimedOut => ConnectError::Timeout,
         E::VersionMismatch | E::TransportError(_) | E::ConnectionClosed(_) => {
             ConnectError::Protocol(e.to_string())
@@ -256,6 +267,7 @@ async fn exchange_hello(
         ErrorCode::BadRequest | ErrorCode::UnsupportedVersion => {
             ConnectError::Protocol(format!("{}: {}", code_name(reply.code), reply.message))
         }
+        ErrorCode::Overloaded => ConnectError::Busy(reply.message),
         code => ConnectError::Unreachable(format!("{}: {}", code_name(code), reply.message)),
     })
 }

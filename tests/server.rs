@@ -809,6 +809,21 @@ fn connections_awaiting_their_hello_get_one_stream_and_one_address_half_the_plac
                 if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {}
             other => panic!("expected a refusal, got {other:?}"),
         }
+        // What a client of the protocol is told: busy, try later.
+        let endpoint = quinn::Endpoint::client("127.0.0.2:0".parse().unwrap()).unwrap();
+        let told = quic::connect(
+            &endpoint,
+            fx.addr,
+            "localhost",
+            tls::client_config(&fx.trust()).unwrap(),
+            TOKEN,
+            "third from the address",
+            Duration::from_secs(10),
+        )
+        .await
+        .err()
+        .expect("refused");
+        assert!(matches!(told, ConnectError::Busy(_)), "{told:?}");
         // Another address connects and is served.
         let (_c_endpoint, other) = fx.session().await;
         fx.good_request(&other.connection, 1, 0).await;
@@ -937,7 +952,7 @@ fn connection_and_pending_limits_with_a_fixed_batch_model() {
         .err()
         .expect("a third connection must be refused");
         match &err {
-            ConnectError::Unreachable(m) => {
+            ConnectError::Busy(m) => {
                 assert!(m.contains("too many connections"), "{m}")
             }
             other => panic!("expected a refusal, got {other:?}"),
@@ -1149,6 +1164,73 @@ fn sigterm_drains_requests_in_progress_and_exits_zero() {
         wait_exit(&mut again, Duration::from_secs(10)).code(),
         Some(0)
     );
+}
+
+/// `cbo loadgen` connects its clients at once; a server that refuses them for a moment (too many
+/// connections awaiting their hello from this address: `Busy`) is tried again, and the run
+/// completes with every client.
+#[test]
+fn loadgen_clients_refused_for_a_moment_connect_again() {
+    let limits = Limits {
+        // Four connections awaiting their hello from one address take half the places; the
+        // next from it is refused while they last.
+        max_connections: 8,
+        hello_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let model = model_config(
+        common::assets().join("models/mobilenet-v2-1.0-int8-224.onnx"),
+        128.0,
+    );
+    let fx = start_fixture(model, Some(TOKEN), limits, 1, Duration::ZERO);
+    let silent: Vec<_> = fx.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(fx.raw_connection().await);
+        }
+        held
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let args = gstcbo::tools::loadgen::LoadgenArgs {
+        server: fx.addr.to_string(),
+        server_name: "localhost".into(),
+        server_cert: None,
+        server_fingerprint: Some(fx.fingerprint.clone()),
+        token_file: Some(token_file),
+        clients: 3,
+        seconds: 0.5,
+        resolution: 224,
+        clip: None,
+        frames: 4,
+        jpeg_quality: 80,
+        top_k: 5,
+        server_pid: None,
+        model: None,
+        input_mean: "127".into(),
+        input_std: "128".into(),
+        batch: 1,
+        execution_provider: gstcbo::inference::ExecutionProvider::Auto,
+        threads: 0,
+        baseline_seconds: None,
+        no_baseline: true,
+        json: true,
+    };
+    let run = std::thread::spawn(move || gstcbo::tools::loadgen::run(&args));
+    // Once the server has refused loadgen, the silent connections go.
+    let until = Instant::now() + Duration::from_secs(30);
+    while fx.server.stats().connections_refused == 0 {
+        assert!(Instant::now() < until, "{:?}", fx.server.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (_endpoint, connection) in &silent {
+        connection.close(0u32.into(), b"done");
+    }
+    let report = run.join().unwrap().unwrap();
+    assert!(report.answers > 0, "{report:?}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    drop(silent);
 }
 
 #[test]

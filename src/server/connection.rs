@@ -92,6 +92,7 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let unauthenticated = match shared.admission.try_enter(remote.ip()) {
         Ok(guard) => guard,
         Err(refusal) => {
+            shared.metrics.connection_refused();
             shared.log_limited(format_args!("#{id} {remote}: refused: {refusal}"));
             incoming.refuse();
             return;

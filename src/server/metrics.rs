@@ -36,6 +36,7 @@ pub struct Metrics {
     batch_size: Histogram,
     connections: Gauge,
     clients_accepted: Counter,
+    connections_refused: Counter,
     in_flight: Gauge,
     backend_seconds: Histogram,
     backend_errors: Family<Kind, Counter>,
@@ -93,6 +94,12 @@ impl Metrics {
             "Client connections whose hello was accepted (authenticated), since the start",
             clients_accepted.clone(),
         );
+        let connections_refused = Counter::default();
+        registry.register(
+            "cboserver_connections_refused",
+            "Connection attempts refused before their hello (too many awaiting their hello, from one address or in all), since the start",
+            connections_refused.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "cboserver_requests_in_flight",
@@ -130,6 +137,7 @@ impl Metrics {
             batch_size,
             connections,
             clients_accepted,
+            connections_refused,
             in_flight,
             backend_seconds,
             backend_errors,
@@ -156,6 +164,16 @@ impl Metrics {
     /// A connection's hello was accepted.
     pub fn connection_accepted(&self) {
         self.clients_accepted.inc();
+    }
+
+    /// A connection attempt was refused before its hello.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// Connection attempts refused before their hello, since the start.
+    pub fn connections_refused(&self) -> u64 {
+        self.connections_refused.get()
     }
 
     /// Counts a request stream in progress until the guard drops.

@@ -372,6 +372,8 @@ pub struct Stats {
     pub answered: u64,
     /// Requests answered with an error.
     pub refused: u64,
+    /// Connection attempts refused before their hello (`cboserver_connections_refused`).
+    pub connections_refused: u64,
 }
 
 /// A running server.
@@ -582,6 +584,7 @@ impl Server {
             requests_in_progress: self.shared.requests.get(),
             answered: self.shared.answered.load(Ordering::Relaxed),
             refused: self.shared.refused.load(Ordering::Relaxed),
+            connections_refused: self.shared.metrics.connections_refused(),
         }
     }
 

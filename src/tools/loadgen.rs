@@ -336,6 +336,37 @@ fn request_header(frame_id: u64, f: &EncodedFrame, top_k: u8) -> RequestHeader {
 
 /// One client: connect, one request at a time (round-robin over the frames, from its own
 /// offset) until `end`; requests completing after `start` are recorded.
+/// Connects and says hello. All clients connect at once, and a server refuses part of a burst
+/// from one address for a moment (`Busy`: too many connections awaiting their hello); like the
+/// element, a client then tries again, for up to 10 s.
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    target: &Target,
+    name: &str,
+) -> Result<quic::Session, quic::ConnectError> {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match quic::connect(
+            endpoint,
+            target.addr,
+            &target.name,
+            target.config.clone(),
+            &target.token,
+            name,
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            Err(quic::ConnectError::Busy(_)) if Instant::now() + pause < give_up => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn client(
     index: usize,
     target: Arc<Target>,
@@ -345,17 +376,9 @@ async fn client(
     end: Instant,
 ) -> Result<ClientRecord, String> {
     let endpoint = quic::client_endpoint()?;
-    let session = quic::connect(
-        &endpoint,
-        target.addr,
-        &target.name,
-        target.config.clone(),
-        &target.token,
-        &format!("cbo-loadgen/{index}"),
-        Duration::from_secs(10),
-    )
-    .await
-    .map_err(|e| format!("client {index}: {e}"))?;
+    let session = connect(&endpoint, &target, &format!("cbo-loadgen/{index}"))
+        .await
+        .map_err(|e| format!("client {index}: {e}"))?;
     let mut rec = ClientRecord::default();
     let mut n = 0u64;
     let mut i = index * frames.len() / 8;
@@ -489,17 +512,9 @@ pub fn run(args: &LoadgenArgs) -> Result<LoadgenReport, String> {
     // clock starts.
     let (server_model, probe) = runtime.block_on(async {
         let endpoint = quic::client_endpoint()?;
-        let s = quic::connect(
-            &endpoint,
-            target.addr,
-            &target.name,
-            target.config.clone(),
-            &target.token,
-            "cbo-loadgen",
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let s = connect(&endpoint, &target, "cbo-loadgen")
+            .await
+            .map_err(|e| e.to_string())?;
         let f = &frames[0];
         let header = request_header(0, f, args.top_k);
         let probe = quic::request(&s.connection, &header, &f.bytes, MAX_RESPONSE).await;
