@@ -260,8 +260,12 @@ pub fn scan_count(jpeg: &[u8], limit: usize) -> usize {
             }
             // EOI.
             0xD9 => break,
-            // Markers without a length: TEM, RSTn, SOI (and a stuffed 0 out of place).
-            0x00 | 0x01 | 0xD0..=0xD8 => {
+            // Markers without a length: TEM, RSTn, SOI (and a stuffed 0 out of place), and the
+            // reserved 0x02-0xBF. Between scans libjpeg refuses those; within one that has a
+            // restart interval it skips such a marker and searches on byte by byte for the next
+            // (`jpeg_resync_to_restart`), so must the walk: reading two "length" bytes after
+            // one let a crafted JPEG hide 45 000 scans behind lengths of 0xFFDA (counted 1).
+            0x00..=0xBF | 0xD0..=0xD8 => {
                 i += 2;
                 continue;
             }
@@ -373,6 +377,21 @@ mod tests {
         assert_eq!(scan_count(&bomb(10), MAX_SCANS), 10);
         assert_eq!(scan_count(&bomb(MAX_SCANS), MAX_SCANS), MAX_SCANS);
         assert_eq!(scan_count(&bomb(10_000), MAX_SCANS), MAX_SCANS + 1);
+        // A reserved marker inside a scan (with a restart interval, libjpeg skips it and
+        // searches on for the next marker) whose would-be "length" is the next SOS marker.
+        let hidden = |scans: usize| {
+            let mut j = vec![0xFF, 0xD8];
+            j.extend_from_slice(&[0xFF, 0xDD, 0, 4, 0, 1]); // DRI: a restart every MCU
+            j.extend_from_slice(&[0xFF, 0xC2, 0, 11, 8, 16, 0, 16, 0, 1, 1, 0x11, 0]);
+            for _ in 0..scans {
+                j.extend_from_slice(&[0xFF, 0xDA, 0, 8, 1, 1, 0, 0, 63, 0]);
+                j.extend_from_slice(&[0x12, 0xFF, 0x02]);
+            }
+            j.extend_from_slice(&[0xFF, 0xD9]);
+            j
+        };
+        assert_eq!(scan_count(&hidden(1000), MAX_SCANS), MAX_SCANS + 1);
+        assert_eq!(scan_count(&hidden(5), MAX_SCANS), 5);
         let mut dec = FrameDecoder::new().unwrap();
         assert!(matches!(
             dec.decode(&bomb(MAX_SCANS + 1)),
