@@ -855,7 +855,7 @@ fn connections_awaiting_their_hello_get_one_stream_and_one_address_half_the_plac
 }
 
 /// A client that opens streams and sends slowly holds at most its share of the pending places
-/// (`--max-pending` / clients); another client is still answered. (Before, 5 such connections held
+/// while another client wants its own (`--max-pending` / active clients); the other is answered. (Before, 5 such connections held
 /// all 256 places and every other client got `overloaded`.)
 #[test]
 fn a_client_holds_at_most_its_share_of_the_pending_places() {
@@ -871,7 +871,9 @@ fn a_client_holds_at_most_its_share_of_the_pending_places() {
     fx.block_on(async {
         let (_a, slow) = fx.session().await;
         let (_b, good) = fx.session().await;
-        // Two clients: two places each. Four streams that never finish their request.
+        // The good client has asked for places (an idle client reserves none); so of the two
+        // clients each has a share of two. Four streams that never finish their request.
+        fx.good_request(&good.connection, 1, 0).await;
         let request = protocol::encode_request(&fx.header(1, 0), &fx.frames[0].bytes).unwrap();
         let mut open = Vec::new();
         let mut reads = tokio::task::JoinSet::new();

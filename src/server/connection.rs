@@ -1,7 +1,7 @@
 //! One client connection: handshake, hello (authentication), then a task per request stream.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -144,9 +144,9 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
     // The name is the client's to choose: quoted and escaped, so it cannot forge log lines.
     shared.log(format_args!("#{id} {remote}: client {client:?} connected"));
     let peer = Arc::new(Peer {
+        id,
         who: format!("#{id} {remote}"),
         refusal_log: LogBudget::default(),
-        in_progress: AtomicUsize::new(0),
     });
     let mut stopping = shared.stopping.clone();
     let reason = loop {
@@ -165,42 +165,18 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
             },
         }
     };
+    shared.places.forget(peer.id);
     if shared.verbose {
         shared.log(format_args!("{}: connection ended: {reason}", peer.who));
     }
 }
 
-/// A connection's name in the log, its budget of refusal lines and its requests in progress.
+/// A connection: its number (its key in [`super::places::Places`]), its name in the log and its
+/// budget of refusal lines.
 struct Peer {
+    id: u64,
     who: String,
     refusal_log: LogBudget,
-    in_progress: AtomicUsize,
-}
-
-/// An equal share of the `max_pending` places among `clients` authenticated connections. A
-/// connection holding its share or more takes another place only while more than a share stays
-/// free ([`over_share`]). Without it, 5 connections that opened 64 streams each and sent 4 bytes
-/// on them held all 256 places until their requests timed out, and every other client was
-/// answered `overloaded` meanwhile. Keeping a share free rather than capping every connection at
-/// its share leaves one busy client the whole pool but a share while the others are idle (16
-/// cameras on one shared connection may have more requests in flight than an equal share).
-fn pending_share(max_pending: usize, clients: usize) -> usize {
-    max_pending.div_ceil(clients.max(1)).max(1)
-}
-
-/// Whether a connection that holds `held` places must be refused another, with `free` places
-/// left and a share of `share`.
-fn over_share(held: usize, share: usize, free: usize) -> bool {
-    held >= share && free <= share
-}
-
-/// One request counted in its connection's [`Peer::in_progress`] while it lives.
-struct PeerRequest(Arc<Peer>);
-
-impl Drop for PeerRequest {
-    fn drop(&mut self) {
-        self.0.in_progress.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// At most [`LogBudget::LINES_PER_SECOND`] lines a second, then one line saying how many were
@@ -378,30 +354,13 @@ async fn request(
     let limits = &shared.limits;
     // Known once the header is decoded; refusals before that carry frame id 0.
     let mut frame_id = None;
-    let share = pending_share(limits.max_pending, shared.connections.get());
-    let held = peer.in_progress.fetch_add(1, Ordering::Relaxed);
-    let _counted_for_peer = PeerRequest(peer.clone());
-    let free = shared.pending.available_permits();
-    let permit = if over_share(held, share, free) {
-        Err(format!(
-            "this connection has {held} requests in progress, its share of the server's {} \
-             among {} clients, and {free} are free",
-            limits.max_pending,
-            shared.connections.get()
-        ))
-    } else {
-        shared
-            .pending
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| format!("server busy: {} requests in progress", limits.max_pending))
-    };
-    let outcome = match permit {
+    let outcome = match shared.places.take(peer.id, arrived) {
         Err(why) => {
             let _ = recv.stop(varint(ErrorCode::Overloaded));
-            Some(Err(refusal(0, ErrorCode::Overloaded, why)))
+            Some(Err(refusal(0, ErrorCode::Overloaded, why.to_string())))
         }
-        Ok(_permit) => {
+        // Held until the answer is ready (not while it is written and acknowledged).
+        Ok(_place) => {
             match tokio::time::timeout(
                 limits.request_timeout,
                 read_and_classify(&mut recv, &shared, arrived, &mut frame_id),
@@ -556,19 +515,6 @@ async fn read_and_classify(
 mod tests {
     use super::*;
     use crate::protocol::Answer;
-
-    #[test]
-    fn each_client_may_hold_an_equal_share_of_the_pending_places() {
-        assert_eq!(pending_share(256, 1), 256);
-        assert_eq!(pending_share(256, 4), 64);
-        assert_eq!(pending_share(256, 6), 43);
-        assert_eq!(pending_share(4, 0), 4);
-        assert_eq!(pending_share(2, 64), 1);
-        // A client over its share is refused only while no more than a share is free.
-        assert!(!over_share(100, 43, 44));
-        assert!(over_share(43, 43, 43));
-        assert!(!over_share(42, 43, 1));
-    }
 
     #[test]
     fn refusal_lines_are_limited_per_second_and_the_left_out_counted() {

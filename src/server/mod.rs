@@ -26,13 +26,14 @@ mod connection;
 pub mod engine;
 pub mod metrics;
 pub mod ops;
+mod places;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::inference::ModelConfig;
 use crate::protocol::ErrorCode;
@@ -323,7 +324,8 @@ struct Shared {
     token: Option<String>,
     limits: Limits,
     verbose: bool,
-    pending: Arc<Semaphore>,
+    /// The `--max-pending` places, shared among the connections.
+    places: Arc<places::Places>,
     /// Authenticated connections (after their hello), against `--max-connections`.
     connections: Arc<Gauge>,
     /// Connections in their handshake or awaiting their hello.
@@ -496,7 +498,7 @@ impl Server {
             metrics,
             readiness,
             token: config.token,
-            pending: Arc::new(Semaphore::new(limits.max_pending.max(1))),
+            places: places::Places::new(limits.max_pending, limits.request_timeout),
             admission: admission::Admission::new(limits.max_connections),
             limits,
             verbose: config.verbose,
