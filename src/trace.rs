@@ -12,6 +12,12 @@ use std::path::Path;
 /// Bytes one delivery opportunity carries.
 pub const MTU: u64 = 1500;
 
+/// Latest timestamp a trace may have, ms (2^40, ~35 years): real traces last minutes to hours,
+/// and the relay's and the simulator's time arithmetic (a period's start plus a delay, a second's
+/// index) stays far from overflowing below it. A trace of two lines, `1` and `18446744073709551615`,
+/// made `cbo netem` allocate per-second statistics until it ran out of memory, and `cbo eval` loop.
+pub const MAX_TIME_MS: u64 = 1 << 40;
+
 /// Why a trace could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
@@ -24,6 +30,10 @@ pub enum TraceError {
     NotANumber { line: usize, text: String },
     #[error("line {line}: timestamp {t} goes backwards")]
     Backwards { line: usize, t: u64 },
+    #[error(
+        "line {line}: timestamp {t} ms is later than the {MAX_TIME_MS} ms (~35 years) a trace may last"
+    )]
+    TooLate { line: usize, t: u64 },
     #[error("the trace has no delivery opportunities")]
     Empty,
     #[error("the trace's last timestamp must be positive (it is the period)")]
@@ -57,6 +67,9 @@ impl Trace {
             })?;
             if times_ms.last().is_some_and(|&last| t < last) {
                 return Err(TraceError::Backwards { line: i + 1, t });
+            }
+            if t > MAX_TIME_MS {
+                return Err(TraceError::TooLate { line: i + 1, t });
             }
             times_ms.push(t);
         }
@@ -284,6 +297,11 @@ mod tests {
         let e = Trace::parse("1\nx\n").unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");
         assert!(matches!(Trace::parse("0\n"), Err(TraceError::ZeroPeriod)));
+        assert!(matches!(
+            Trace::parse("1\n18446744073709551615\n"),
+            Err(TraceError::TooLate { line: 2, .. })
+        ));
+        assert!(Trace::parse(&format!("1\n{MAX_TIME_MS}\n")).is_ok());
     }
 
     #[test]
