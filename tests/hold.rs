@@ -456,6 +456,100 @@ fn device_only_a_new_segment_after_downstream_eos_resumes() {
     cbo.set_state(gst::State::Null).unwrap();
 }
 
+/// Downstream returns EOS for a frame while a SEGMENT (a non-flushing seek, a loop) is already
+/// queued behind more frames: as `queue` does, the element drops the frames before the segment
+/// only, pushes the segment and the frames after it, and does not return EOS upstream for the
+/// new segment. Driven pad by pad: the sink holds the first frame until the frames and the
+/// segment behind it are queued, then refuses it.
+#[test]
+fn device_only_a_segment_queued_behind_frames_survives_downstream_eos() {
+    init();
+    let cbo = gst::ElementFactory::make("cbofilter").build().unwrap();
+    let (tx, got) = mpsc::channel::<Got>();
+    let tx = Arc::new(Mutex::new(tx));
+    let (release, gate) = mpsc::channel::<()>();
+    let gate = Mutex::new(gate);
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let tx2 = Arc::clone(&tx);
+    // The first frame: reported (as refused) on arrival, held until the test releases it, then
+    // refused. Every other: taken.
+    let sink = gst::Pad::builder(gst::PadDirection::Sink)
+        .chain_function(move |_, _, buffer| {
+            let pts = buffer.pts().unwrap().mseconds();
+            assert!(CboResult::from_buffer(&buffer).is_some(), "no meta");
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                tx.lock().unwrap().send(Got::Refused(pts)).unwrap();
+                gate.lock().unwrap().recv().unwrap();
+                Err(gst::FlowError::Eos)
+            } else {
+                tx.lock().unwrap().send(Got::Taken(pts)).unwrap();
+                Ok(gst::FlowSuccess::Ok)
+            }
+        })
+        .event_function(move |_, _, event| {
+            match event.type_() {
+                gst::EventType::Segment => tx2.lock().unwrap().send(Got::Segment).unwrap(),
+                gst::EventType::Eos => tx2.lock().unwrap().send(Got::Eos).unwrap(),
+                _ => {}
+            }
+            true
+        })
+        .build();
+    let src = gst::Pad::builder(gst::PadDirection::Src).build();
+    src.link(&cbo.static_pad("sink").unwrap()).unwrap();
+    cbo.static_pad("src").unwrap().link(&sink).unwrap();
+    sink.set_active(true).unwrap();
+    src.set_active(true).unwrap();
+    cbo.set_state(gst::State::Playing).unwrap();
+    let caps = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, 64, 48)
+        .build()
+        .unwrap();
+    let segment = || gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new());
+    let next = |what: &str| {
+        got.recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("downstream never got {what}"))
+    };
+    // Each push returns once the frame is queued in the element (device only, at most two
+    // frames queued, which this test never exceeds).
+    let push = |pts: u64| {
+        let mut buffer = gst::Buffer::from_mut_slice(vec![128u8; caps.size()]);
+        buffer
+            .get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(pts));
+        src.push(buffer)
+    };
+    assert!(src.push_event(gst::event::StreamStart::new("segment-queued")));
+    assert!(src.push_event(gst::event::Caps::new(&caps.to_caps().unwrap())));
+    assert!(src.push_event(segment()));
+    assert_eq!(next("the first segment"), Got::Segment);
+    assert_eq!(push(0), Ok(gst::FlowSuccess::Ok));
+    // The sink holds frame 0: frame 33 and a new segment with frame 66 queue behind it.
+    assert_eq!(next("frame 0"), Got::Refused(0));
+    assert_eq!(push(33), Ok(gst::FlowSuccess::Ok));
+    assert!(src.push_event(segment()));
+    assert_eq!(push(66), Ok(gst::FlowSuccess::Ok));
+    release.send(()).unwrap();
+    // Frame 33 is dropped; the segment goes on, and the element does not return EOS upstream
+    // for the new segment's frames.
+    assert_eq!(next("the second segment"), Got::Segment);
+    for pts in [99, 132] {
+        assert_eq!(push(pts), Ok(gst::FlowSuccess::Ok), "frame {pts}");
+    }
+    // Frame 66, queued behind the segment, leaves first.
+    for pts in [66, 99, 132] {
+        assert_eq!(next("a frame of the new segment"), Got::Taken(pts));
+    }
+    assert!(src.push_event(gst::event::Eos::new()));
+    assert_eq!(next("EOS"), Got::Eos);
+    let stats = cbo.property::<gst::Structure>("stats");
+    let count = |f: &str| stats.get::<u64>(f).unwrap();
+    // Five frames in: four pushed (one refused), one dropped.
+    assert_eq!(count("frames"), 5, "{stats}");
+    assert_eq!(count("flushed"), 1, "{stats}");
+    cbo.set_state(gst::State::Null).unwrap();
+}
+
 /// `seen` is: the `small` caps, six frames with `decision`, the `large` caps, six more, EOS.
 fn assert_caps_then_six_frames_each(
     seen: &[Seen],

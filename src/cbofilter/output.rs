@@ -320,18 +320,40 @@ impl Hold {
     }
 
     /// Output task: downstream returned EOS, so it takes no more frames of this segment. As
-    /// `queue` does, the frames in the element are dropped (counted as `flushed`: they never
-    /// leave; those still in the model or waiting for an answer too, so that EOS is not held
-    /// behind them), the streaming thread's next chain call returns EOS upstream, and the
-    /// events queued go on. Returns how many frames were dropped.
-    fn downstream_eos(&self, inner: &mut HoldInner) -> usize {
-        let frames = inner.queue.remove_frames().len();
-        let jobs: Vec<ToClassify> = inner.to_classify.drain(..).collect();
+    /// `queue` does, the frames in the element up to the first EOS, SEGMENT or STREAM_START
+    /// queued are dropped (counted as `flushed`: they never leave; those still in the model or
+    /// waiting for an answer too, so that what follows is not held behind them) and the events
+    /// queued go on. Only when no such event is queued does the streaming thread's next chain
+    /// call return EOS upstream: otherwise downstream takes the new segment (or stream) queued,
+    /// whose frames, already in the element, follow it. Returns the ids of the frames dropped.
+    fn downstream_eos(&self, inner: &mut HoldInner) -> Vec<u64> {
+        let (gone, boundary) = inner.queue.remove_frames_before(|item| {
+            matches!(item, Item::Event(e) if matches!(
+                e.type_(),
+                gst::EventType::Eos | gst::EventType::Segment | gst::EventType::StreamStart
+            ))
+        });
+        let ids: Vec<u64> = gone
+            .iter()
+            .filter_map(|item| match item {
+                Item::Frame { result, .. } => Some(result.frame),
+                Item::Event(_) => None,
+            })
+            .collect();
+        // Those of the dropped frames the model has not taken; the frames behind the boundary
+        // stay to be classified.
+        let (jobs, kept): (Vec<ToClassify>, Vec<ToClassify>) = inner
+            .to_classify
+            .drain(..)
+            .partition(|j| ids.contains(&j.id));
+        inner.to_classify = kept.into();
         inner.spare.extend(jobs.into_iter().map(|j| j.tensor));
-        inner.counts.flushed += frames as u64;
-        inner.flow = Some(gst::FlowError::Eos);
+        inner.counts.flushed += ids.len() as u64;
+        if !boundary {
+            inner.flow = Some(gst::FlowError::Eos);
+        }
         self.notify_all();
-        frames
+        ids
     }
 
     /// FLUSH_START / deactivation: wakes every waiter, which gives up (the inference thread
@@ -375,10 +397,13 @@ impl Hold {
     }
 
     /// Serialized queries: waits until everything queued before has been pushed (or the output
-    /// stopped on an error).
+    /// stopped on an error). Not after downstream's EOS: the output goes on with the events
+    /// queued, which a query must not overtake.
     pub fn wait_drained(&self) {
         let mut inner = self.lock();
-        while (!inner.queue.is_empty() || inner.pushing) && !inner.flushing && inner.flow.is_none()
+        while (!inner.queue.is_empty() || inner.pushing)
+            && !inner.flushing
+            && inner.flow.is_none_or(|f| f == gst::FlowError::Eos)
         {
             inner = self.cond.wait(inner).unwrap();
         }
@@ -487,17 +512,31 @@ impl CboFilter {
         if flow == Err(gst::FlowError::Eos) {
             // The task goes on: EOS from upstream, or a new segment, must still go downstream.
             let dropped = hold.downstream_eos(&mut inner);
-            // The planner forgets the undecided frames (under the queue's lock, as the frames
-            // are told to it: it learns of them and of this in order).
-            if let Some(o) = offload {
-                o.driver
-                    .send(o.now_ms(), vec![crate::offload::driver::Event::Flush]);
-            }
             gst::debug!(
                 CAT,
                 imp = self,
-                "downstream returned EOS; {dropped} frame(s) in the element dropped"
+                "downstream returned EOS; {} frame(s) in the element dropped",
+                dropped.len()
             );
+            // The planner forgets the dropped frames, and those only (under the queue's lock, as
+            // the frames are told to it: it learns of them and of this in order). Not a flush,
+            // which forgets every undecided frame: those of a new segment queued behind the
+            // dropped ones would then never be decided, and would leave only at their deadline,
+            // `late`. Telling it nothing would be safe (a frame it then decided to send finds
+            // itself gone: not sent, a failure for the planner), but a send waiting for room in
+            // the window would hold its buffer until then.
+            if let Some(o) = offload
+                && !dropped.is_empty()
+            {
+                let now_ms = o.now_ms();
+                o.driver.send(
+                    now_ms,
+                    vec![crate::offload::driver::Event::Forget {
+                        ids: dropped,
+                        now_ms,
+                    }],
+                );
+            }
             return;
         }
         if let Err(e) = flow {

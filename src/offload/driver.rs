@@ -96,6 +96,13 @@ pub enum Event<J> {
     Threshold(f64),
     /// The element flushed: frames not decided yet are gone.
     Flush,
+    /// The element dropped these frames (downstream returned EOS) while others, behind a new
+    /// segment, stay: none of these is sent or kept, and the frames besides them are decided as
+    /// before (a [`Event::Flush`] would leave those undecided, to go `late` at their deadline).
+    Forget {
+        ids: Vec<u64>,
+        now_ms: f64,
+    },
 }
 
 /// The pure driver (see the module docs).
@@ -163,6 +170,21 @@ impl<J> PolicyDriver<J> {
             Event::Flush => {
                 self.jobs.clear();
                 self.deferred.clear();
+            }
+            Event::Forget { ids, now_ms } => {
+                for id in &ids {
+                    self.jobs.remove(id);
+                }
+                // A send the planner chose that waited for room does not happen: a failure for
+                // the planner, as any send that does not happen.
+                let planner = &mut self.planner;
+                self.deferred.retain(|(id, ..)| {
+                    let forgotten = ids.contains(id);
+                    if forgotten {
+                        planner.on_failure(*id, now_ms);
+                    }
+                    !forgotten
+                });
             }
         }
         None
@@ -441,6 +463,35 @@ mod tests {
         d.handle(Event::Threshold(0.05));
         d.handle(Event::Frame(frame(2, 20.0, 0.1), ()));
         assert_eq!(decisions(d.poll(20.0)), [(2, Decision::Device)]);
+    }
+
+    #[test]
+    fn forgotten_frames_are_neither_sent_nor_kept_the_others_still_are() {
+        let window = Window {
+            max_in_flight: 1,
+            live: false,
+        };
+        let mut d: PolicyDriver<()> = PolicyDriver::new(threshold(), window, true);
+        d.handle(Event::Frame(frame(0, 0.0, 0.1), ()));
+        d.handle(Event::Frame(frame(1, 0.0, 0.1), ()));
+        // 0 goes; 1 waits for room in the window.
+        assert_eq!(decisions(d.poll(0.0)), [(0, Decision::Offload)]);
+        d.handle(Event::Frame(frame(2, 10.0, 0.1), ()));
+        d.handle(Event::Frame(frame(3, 10.0, 0.9), ()));
+        d.handle(Event::Frame(frame(4, 10.0, 0.1), ()));
+        // 1 (deferred) and 2 (undecided) are dropped; 3 and 4 stay.
+        d.handle(Event::Forget {
+            ids: vec![1, 2],
+            now_ms: 10.0,
+        });
+        assert_eq!(decisions(d.poll(10.0)), [(3, Decision::Device)]);
+        d.handle(Event::Answer(answer(0, 50.0), Some(30.0)));
+        assert_eq!(
+            decisions(d.poll(50.0)),
+            [(4, Decision::Offload)],
+            "the room goes to 4, not to a forgotten frame"
+        );
+        assert_eq!(d.in_flight(), 1);
     }
 
     /// Records what the thread decided.

@@ -185,14 +185,28 @@ impl<P, A, C: Clock> HoldQueue<P, A, C> {
         gone.into_iter().map(|e| e.payload).collect()
     }
 
-    /// Removes every frame, whatever its state, returning their payloads in order; events stay
-    /// (downstream returned EOS: it takes no more frames of this segment, but EOS or a new
-    /// segment behind them must still reach it). Results and answers still to come for them
-    /// find them gone, as after a flush.
-    pub fn remove_frames(&mut self) -> Vec<P> {
-        let (gone, kept): (Vec<_>, Vec<_>) = self.entries.drain(..).partition(|e| e.frame);
-        self.entries = kept.into();
-        gone.into_iter().map(|e| e.payload).collect()
+    /// Removes the frames ahead of the first event that `boundary` accepts (every frame when no
+    /// such event is queued), whatever their state, returning their payloads in order and
+    /// whether such an event is queued. Events stay, and so do the frames behind the boundary.
+    /// Downstream returned EOS: it takes no more frames of this segment, but EOS or a new segment
+    /// behind them must still reach it, followed by the new segment's frames, as `queue` does.
+    /// Results and answers still to come for the removed frames find them gone, as after a flush.
+    pub fn remove_frames_before(&mut self, boundary: impl Fn(&P) -> bool) -> (Vec<P>, bool) {
+        let end = self
+            .entries
+            .iter()
+            .position(|e| !e.frame && boundary(&e.payload));
+        let mut gone = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.entries.len());
+        for (i, e) in self.entries.drain(..).enumerate() {
+            if e.frame && end.is_none_or(|end| i < end) {
+                gone.push(e.payload);
+            } else {
+                kept.push_back(e);
+            }
+        }
+        self.entries = kept;
+        (gone, end.is_some())
     }
 
     fn waiting_slot(&mut self, id: u64) -> Option<&mut Slot<A, C::Instant>> {
@@ -575,16 +589,62 @@ mod tests {
         q.push_waiting("f1", 1, t0 + Duration::from_secs(5));
         q.push_classifying("f2", 2);
         assert!(q.classified(2, None, |_| {}));
-        q.push_ready("eos");
+        q.push_ready("tag");
         q.push_classifying("f3", 3);
-        // Ready, waiting and classifying frames all go, in order; the events stay.
-        assert_eq!(q.remove_frames(), vec!["f0", "f1", "f2", "f3"]);
+        // No boundary queued: ready, waiting and classifying frames all go, in order; the events
+        // stay.
+        let (gone, boundary) = q.remove_frames_before(|p| *p == "segment");
+        assert_eq!(gone, vec!["f0", "f1", "f2", "f3"]);
+        assert!(!boundary);
         assert_eq!(q.occupancy(0).frames, 0);
         assert!(!q.classified(0, None, |_| {}), "its result finds it gone");
         assert!(!q.answer(1, 7), "so does its answer");
         assert_eq!(q.pop(t0), Some(("caps", Outcome::Ready)));
-        assert_eq!(q.pop(t0), Some(("eos", Outcome::Ready)));
+        assert_eq!(q.pop(t0), Some(("tag", Outcome::Ready)));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn frames_are_removed_up_to_the_first_boundary_only() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(5);
+        let mut q: HoldQueue<&str, u32> = HoldQueue::default();
+        q.push_waiting("f0", 0, later);
+        q.push_ready("tag");
+        q.push_classifying("f1", 1);
+        q.push_ready("segment");
+        q.push_waiting("f2", 2, later);
+        q.push_classifying("f3", 3);
+        q.push_ready("segment");
+        q.push_classifying("f4", 4);
+        let boundary = |p: &&str| *p == "segment";
+        let (gone, found) = q.remove_frames_before(boundary);
+        assert_eq!(gone, vec!["f0", "f1"]);
+        assert!(found);
+        assert!(!q.answer(0, 1), "a removed frame takes no answer");
+        assert!(!q.classified(1, None, |_| {}), "nor its result");
+        // The frames of the new segment keep their state: still waiting, still classifying.
+        assert_eq!(q.occupancy(0).frames, 3);
+        assert_eq!(q.waiting(), 1);
+        assert_eq!(q.classifying(), 2);
+        assert_eq!(q.pop(t0), Some(("tag", Outcome::Ready)));
+        assert_eq!(q.pop(t0), Some(("segment", Outcome::Ready)));
+        assert_eq!(q.pop(t0), None, "f2 waits for its answer");
+        assert!(q.answer(2, 7));
+        assert_eq!(q.pop(t0), Some(("f2", Outcome::Answered(7))));
+        // Downstream refuses the new segment too before f3 leaves: only f3 goes, up to the next
+        // segment; again with nothing left to stop at: f4 goes.
+        let (gone, found) = q.remove_frames_before(boundary);
+        assert_eq!((gone, found), (vec!["f3"], true));
+        assert_eq!(q.pop(t0), Some(("segment", Outcome::Ready)));
+        let (gone, found) = q.remove_frames_before(boundary);
+        assert_eq!((gone, found), (vec!["f4"], false));
+        assert!(q.is_empty());
+        // A frame equal to the boundary is still a frame: only events stop the removal.
+        q.push_classifying("segment", 5);
+        q.push_ready("eos");
+        let (gone, found) = q.remove_frames_before(boundary);
+        assert_eq!((gone, found), (vec!["segment"], false));
     }
 
     #[test]
