@@ -425,13 +425,87 @@ impl Profile {
             ));
         }
         let unit = |x: f64| (0.0..=1.0).contains(&x);
-        for r in &self.resolutions {
-            if r.short_side == 0
-                || !unit(r.server_accuracy)
-                || r.bytes_mean.is_nan()
-                || r.bytes_mean < 0.0
+        // What `cbo profile` can write, with room to spare: the planner divides by these, adds
+        // them to deadlines and sends the short side on the wire, so a figure out of all reason
+        // (a time of 1e308 ms made `cbo eval`'s link oracle loop; a negative server time made the
+        // element send frames that could not arrive) is a broken file, refused here.
+        let ms = |x: f64| x.is_finite() && (0.0..=60_000.0).contains(&x);
+        let bytes = |x: f64| x.is_finite() && (0.0..=256.0 * 1024.0 * 1024.0).contains(&x);
+        let side = 16..=crate::jpeg::MAX_DECODED_SIDE as u32;
+        if !(1..=100).contains(&self.jpeg_quality) {
+            return bad(format!(
+                "jpeg_quality {} is not in 1..=100",
+                self.jpeg_quality
+            ));
+        }
+        for (i, r) in self.resolutions.iter().enumerate() {
+            if !side.contains(&r.short_side)
+                || !side.contains(&r.width)
+                || !side.contains(&r.height)
             {
-                return bad(format!("resolution {} has invalid figures", r.short_side));
+                return bad(format!(
+                    "resolution {} ({}x{}): a short side and sides from 16 to {} px",
+                    r.short_side,
+                    r.width,
+                    r.height,
+                    crate::jpeg::MAX_DECODED_SIDE
+                ));
+            }
+            if self.resolutions[..i]
+                .iter()
+                .any(|o| o.short_side == r.short_side)
+            {
+                return bad(format!("resolution {} is listed twice", r.short_side));
+            }
+            let times = [
+                r.encode_ms_mean,
+                r.server_decode_ms_mean,
+                r.server_inference_ms_mean,
+                r.server_inference_ms_p90,
+            ];
+            if !unit(r.server_accuracy)
+                || ![r.bytes_mean, r.bytes_p50, r.bytes_p90]
+                    .iter()
+                    .all(|&b| bytes(b))
+                || !times.iter().all(|&t| ms(t))
+            {
+                return bad(format!(
+                    "resolution {} has invalid figures (accuracies in [0, 1], sizes from 0 to \
+                     256 MiB, times from 0 to 60000 ms)",
+                    r.short_side
+                ));
+            }
+        }
+        let width = 1.0 / CONFIDENCE_BINS as f64;
+        for (k, b) in self.bins.iter().enumerate() {
+            // The planner finds a frame's bin by its confidence (k / 10 <= p < (k + 1) / 10): a
+            // file with other edges would be read as if it had these.
+            let (lo, hi) = (k as f64 * width, (k + 1) as f64 * width);
+            if (b.lo - lo).abs() > 1e-9 || (b.hi - hi).abs() > 1e-9 {
+                return bad(format!(
+                    "confidence bin {k} is [{}, {}), expected [{lo}, {hi})",
+                    b.lo, b.hi
+                ));
+            }
+            if b.scenes.is_some_and(|s| s == 0 && b.n > 0 || s > b.n) {
+                return bad(format!(
+                    "confidence bin [{}, {}) has {} frames in {:?} scenes",
+                    b.lo, b.hi, b.n, b.scenes
+                ));
+            }
+        }
+        if let Some(m) = &self.merge {
+            let moderate = |x: f64| x.is_finite() && x.abs() <= 1000.0;
+            if ![
+                m.intercept,
+                m.device_logit,
+                m.server_logit,
+                m.log_resolution,
+            ]
+            .iter()
+            .all(|&w| moderate(w))
+            {
+                return bad("the merge model's weights must be finite, at most 1000".into());
             }
         }
         for b in &self.bins {
@@ -491,6 +565,50 @@ fn disagreements(resolutions: &[(u32, u32, u32)], obs: &[FrameObservation]) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shipped profile is valid; figures no `cbo profile` writes are refused, naming what.
+    #[test]
+    fn a_profile_with_figures_out_of_all_reason_is_refused() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models/efficientnet-lite0-to-lite2.profile.json");
+        let shipped = Profile::load(&path).unwrap();
+        shipped.validate().unwrap();
+        let broken: Vec<(&str, Box<dyn Fn(&mut Profile)>)> = vec![
+            (
+                "invalid figures",
+                Box::new(|p| p.resolutions[0].encode_ms_mean = 1e308),
+            ),
+            (
+                "invalid figures",
+                Box::new(|p| p.resolutions[1].server_inference_ms_mean = -1e6),
+            ),
+            (
+                "invalid figures",
+                Box::new(|p| p.resolutions[2].bytes_p90 = f64::NAN),
+            ),
+            (
+                "from 16 to 4096",
+                Box::new(|p| p.resolutions[0].short_side = 100_000),
+            ),
+            (
+                "listed twice",
+                Box::new(|p| p.resolutions[1].short_side = p.resolutions[0].short_side),
+            ),
+            ("expected [0.1, 0.2)", Box::new(|p| p.bins[1].lo = 0.15)),
+            ("scenes", Box::new(|p| p.bins[9].scenes = Some(0))),
+            (
+                "merge",
+                Box::new(|p| p.merge.as_mut().unwrap().server_logit = 1e300),
+            ),
+            ("jpeg_quality", Box::new(|p| p.jpeg_quality = 0)),
+        ];
+        for (what, breaks) in broken {
+            let mut p = shipped.clone();
+            breaks(&mut p);
+            let e = p.validate().unwrap_err().to_string();
+            assert!(e.contains(what), "{what}: {e}");
+        }
+    }
 
     fn inputs(res: &[u32]) -> ProfileInputs {
         let m = ModelRef {
