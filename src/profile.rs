@@ -573,7 +573,8 @@ mod tests {
             .join("models/efficientnet-lite0-to-lite2.profile.json");
         let shipped = Profile::load(&path).unwrap();
         shipped.validate().unwrap();
-        let broken: Vec<(&str, Box<dyn Fn(&mut Profile)>)> = vec![
+        type Break = Box<dyn Fn(&mut Profile)>;
+        let broken: Vec<(&str, Break)> = vec![
             (
                 "invalid figures",
                 Box::new(|p| p.resolutions[0].encode_ms_mean = 1e308),
