@@ -385,6 +385,16 @@ fn input_spec(session: &Session, path: &Path) -> Result<(String, TensorSpec), In
             describe_shape(&shape)
         )));
     }
+    // The input tensor (a batch of them in a shared session or cboserver) is allocated at load:
+    // a model declaring 20000x20000 made the element abort on a failed 4.8 GB allocation.
+    let most = crate::jpeg::MAX_DECODED_SIDE as i64;
+    if h > most || w > most {
+        return Err(not(format!(
+            "input '{}' has shape {}: an image of at most {most} px a side is supported",
+            input.name(),
+            describe_shape(&shape)
+        )));
+    }
     Ok((
         input.name().to_string(),
         TensorSpec {

@@ -185,6 +185,8 @@ fn models_that_are_not_image_classifiers_are_refused() {
     for (shape, expected) in [
         (&[1u64, 10][..], "rank 2"),
         (&[1, 4, 32, 32][..], "colour channels"),
+        // Would take 4.8 GB at load (the element aborted on the allocation).
+        (&[1, 3, 20000, 20000][..], "at most 4096 px"),
     ] {
         let path = dir.path().join(format!("identity-{}.onnx", shape.len()));
         std::fs::write(&path, common::onnx::identity_model(shape)).unwrap();
