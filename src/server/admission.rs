@@ -52,6 +52,21 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// What counts as one client address: an IPv4 address (also when mapped into IPv6), or an IPv6
+/// /64 prefix, the block one host or site is given: counted per full IPv6 address, one host would
+/// have 2^64 "addresses".
+fn client_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
+
 /// One admitted, not yet authenticated connection; dropping it gives its place back.
 pub(super) struct Unauthenticated {
     admission: Arc<Admission>,
@@ -70,7 +85,15 @@ impl Admission {
         })
     }
 
+    /// Whether half the budget is taken: the connection task then asks new clients to prove
+    /// their address (a QUIC Retry) before counting them.
+    pub(super) fn contended(&self) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        2 * state.total >= self.total_limit
+    }
+
     pub(super) fn try_enter(self: &Arc<Self>, address: IpAddr) -> Result<Unauthenticated, Refusal> {
+        let address = client_key(address);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.total >= self.total_limit {
             return Err(Refusal::Total(state.total));
@@ -141,6 +164,27 @@ mod tests {
         let again = admission.try_enter(ip(1)).unwrap();
         drop((b, c, d, again));
         assert_eq!(admission.total(), 0);
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_prefix() {
+        let admission = Admission::new(4);
+        let host = |last: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]);
+        let _a = admission.try_enter(host(1)).unwrap();
+        let _b = admission.try_enter(host(2)).unwrap();
+        assert!(admission.contended());
+        assert_eq!(
+            admission.try_enter(host(3)).err(),
+            Some(Refusal::Address(2))
+        );
+        // Another /64, and an IPv4 address however written, are other clients.
+        let _c = admission
+            .try_enter(IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]))
+            .unwrap();
+        assert_eq!(
+            client_key("::ffff:192.0.2.7".parse().unwrap()),
+            client_key("192.0.2.7".parse().unwrap())
+        );
     }
 
     #[test]

@@ -78,10 +78,12 @@ fn encode_response(mut response: Response) -> Vec<u8> {
 /// Serves one incoming connection until it closes or the server stops.
 pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let remote = incoming.remote_address();
-    // Stateless address validation (a QUIC Retry: one round trip more, once per connection): the
-    // server keeps nothing for a first packet until its sender has shown it receives at its
-    // address, so spoofed first packets cannot take places in the handshake budget.
-    if !incoming.remote_address_validated() {
+    // Stateless address validation (a QUIC Retry, one round trip more) once half the budget of
+    // connections awaiting their hello is taken: the server then keeps nothing for a first packet
+    // until its sender has shown it receives at its address, so spoofed first packets cannot take
+    // the other half. Not always: the extra round trip counts against a client's connect timeout
+    // (2 s in the element), which a long-RTT path would then miss on every attempt.
+    if !incoming.remote_address_validated() && shared.admission.contended() {
         // Guaranteed allowed for an unvalidated address; should it fail, dropping the
         // `Incoming` refuses it.
         let _ = incoming.retry();
@@ -101,7 +103,7 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
-            shared.log(format_args!("#{id} {remote}: handshake failed: {e}"));
+            shared.log_limited(format_args!("#{id} {remote}: handshake failed: {e}"));
             return;
         }
     };
@@ -110,11 +112,11 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let connection = match tokio::time::timeout(hello_timeout, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            shared.log(format_args!("#{id} {remote}: handshake failed: {e}"));
+            shared.log_limited(format_args!("#{id} {remote}: handshake failed: {e}"));
             return;
         }
         Err(_) => {
-            shared.log(format_args!(
+            shared.log_limited(format_args!(
                 "#{id} {remote}: handshake not done in {} ms",
                 hello_timeout.as_millis()
             ));
@@ -125,7 +127,7 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let (client, _connected) = match tokio::time::timeout(left, hello(&connection, &shared)).await {
         Ok(Ok(accepted)) => accepted,
         Ok(Err((code, reason))) => {
-            shared.log(format_args!(
+            shared.log_limited(format_args!(
                 "#{id} {remote}: refused: {}: {reason}",
                 code_name(code)
             ));
@@ -134,7 +136,7 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
         }
         Err(_) => {
             let reason = format!("no hello within {} ms", hello_timeout.as_millis());
-            shared.log(format_args!("#{id} {remote}: closed: {reason}"));
+            shared.log_limited(format_args!("#{id} {remote}: closed: {reason}"));
             connection.close(varint(ErrorCode::Timeout), reason.as_bytes());
             return;
         }

@@ -330,7 +330,8 @@ struct Shared {
     connections: Arc<Gauge>,
     /// Connections in their handshake or awaiting their hello.
     admission: Arc<admission::Admission>,
-    /// Lines about connections refused before their hello (one per attempt otherwise).
+    /// Lines about connections before their hello (failed handshakes, refusals, timeouts): one
+    /// per attempt otherwise, which a client without the token could repeat at will.
     admission_log: connection::LogBudget,
     /// Request streams in progress (for the shutdown drain).
     requests: Arc<Gauge>,
@@ -358,7 +359,7 @@ impl Shared {
         {
             if left_out > 0 {
                 self.log(format_args!(
-                    "{left_out} more refused connection(s) in the last second not logged"
+                    "{left_out} more line(s) about connections before their hello in the last second not logged"
                 ));
             }
             self.log(msg);
