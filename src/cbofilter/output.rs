@@ -708,12 +708,12 @@ fn apply_reuse(
         // Its answer lost to the device's label: it labels no frame after it either.
         r.reuse.reset();
     }
-    // Times are compared within one time base only: a gap in the stream (DISCONT) or a switch
-    // between PTS and the wall clock (a source that timestamps some frames only) ends the run.
+    // Times are compared within one time base only: a switch between PTS and the wall clock (a
+    // source that timestamps some frames only) ends the run. A DISCONT alone does not: a live
+    // source marks one after every lost packet with time running on, and a gap longer than the
+    // window ends the run by its age anyway (while the planner counts on the run going on).
     let timed_by_pts = buffer.pts().is_some();
-    if buffer.flags().contains(gst::BufferFlags::DISCONT)
-        || r.timed_by_pts.is_some_and(|t| t != timed_by_pts)
-    {
+    if r.timed_by_pts.is_some_and(|t| t != timed_by_pts) {
         r.reuse.reset();
     }
     r.timed_by_pts = Some(timed_by_pts);

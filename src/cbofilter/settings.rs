@@ -286,7 +286,7 @@ pub fn properties() -> &'static [glib::ParamSpec] {
                 .build(),
             glib::ParamSpecUInt::builder("reuse-window")
                 .nick("Reuse window (ms)")
-                .blurb("policy=cbo: a server answer also labels the following frames that stay on the device, while the device's top-1 is unchanged and for at most this many ms of stream time from the answered frame (either way: reverse playback too; a new segment or a discontinuity ends the run), where the profile says the answer is more likely right than the device (decision=reuse); the planner counts on it. 0 disables")
+                .blurb("policy=cbo: a server answer also labels the following frames that stay on the device, while the device's top-1 is unchanged and for at most this many ms of stream time from the answered frame (either way: reverse playback too; a new segment ends the run), where the profile says the answer is more likely right than the device (decision=reuse); the planner counts on it. 0 disables")
                 .maximum(60_000)
                 .default_value(DEFAULT_REUSE_WINDOW_MS)
                 .mutable_ready()
