@@ -106,6 +106,20 @@ impl Table {
             .ok_or_else(|| format!("'{}' line {}: too few columns", self.path.display(), row.0))
     }
 
+    /// A class index: a number the element's `class-id` (an `i32`) can carry. A larger one
+    /// wrapped when compared (class 2^32 + 898 scored as 898).
+    fn class(&self, row: &(usize, Vec<String>), col: usize) -> Result<usize, String> {
+        let n = self.number(row, col)?;
+        if i32::try_from(n).is_err() {
+            return Err(format!(
+                "'{}' line {}: class index {n} is larger than any model's",
+                self.path.display(),
+                row.0
+            ));
+        }
+        Ok(n)
+    }
+
     fn number(&self, row: &(usize, Vec<String>), col: usize) -> Result<usize, String> {
         let v = self.field(row, col)?;
         v.parse().map_err(|_| {
@@ -132,7 +146,7 @@ pub fn read_image_list(tsv: &Path, split: Option<&str>) -> Result<Vec<(PathBuf, 
         {
             continue;
         }
-        out.push((base.join(t.field(row, fi)?), t.number(row, ci)?));
+        out.push((base.join(t.field(row, fi)?), t.class(row, ci)?));
     }
     Ok(out)
 }
@@ -152,7 +166,7 @@ pub fn read_clip_labels(csv: &Path) -> Result<Vec<usize>, String> {
                 out.len()
             ));
         }
-        out.push(t.number(row, ci)?);
+        out.push(t.class(row, ci)?);
     }
     Ok(out)
 }
@@ -298,6 +312,12 @@ mod tests {
             read_clip_labels(&csv)
                 .unwrap_err()
                 .contains("line 3: frame 2 out of order")
+        );
+        std::fs::write(&csv, "frame,class_index\n0,4294968194\n").unwrap();
+        assert!(
+            read_clip_labels(&csv)
+                .unwrap_err()
+                .contains("larger than any model's")
         );
         std::fs::write(&csv, "frame,class_index\n0,seven\n").unwrap();
         assert!(
