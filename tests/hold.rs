@@ -342,6 +342,22 @@ enum Got {
     Eos,
 }
 
+/// A source pad linked into `cbo` and `sink` linked out of it, both active and `cbo` playing:
+/// the test pushes buffers and events by hand. Returns the source pad and the 64x48 I420 frames'
+/// video info.
+fn drive_by_pads(cbo: &gst::Element, sink: &gst::Pad) -> (gst::Pad, gst_video::VideoInfo) {
+    let src = gst::Pad::builder(gst::PadDirection::Src).build();
+    src.link(&cbo.static_pad("sink").unwrap()).unwrap();
+    cbo.static_pad("src").unwrap().link(sink).unwrap();
+    sink.set_active(true).unwrap();
+    src.set_active(true).unwrap();
+    cbo.set_state(gst::State::Playing).unwrap();
+    let caps = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, 64, 48)
+        .build()
+        .unwrap();
+    (src, caps)
+}
+
 /// Downstream returns EOS, then upstream starts a new segment without a flush (as a
 /// concatenating or looping source does): the element returns EOS upstream, drops the frames it
 /// held, and takes frames again from the new segment on, none from before it; upstream's EOS
@@ -380,15 +396,7 @@ fn device_only_a_new_segment_after_downstream_eos_resumes() {
             true
         })
         .build();
-    let src = gst::Pad::builder(gst::PadDirection::Src).build();
-    src.link(&cbo.static_pad("sink").unwrap()).unwrap();
-    cbo.static_pad("src").unwrap().link(&sink).unwrap();
-    sink.set_active(true).unwrap();
-    src.set_active(true).unwrap();
-    cbo.set_state(gst::State::Playing).unwrap();
-    let caps = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, 64, 48)
-        .build()
-        .unwrap();
+    let (src, caps) = drive_by_pads(&cbo, &sink);
     let segment = || gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new());
     assert!(src.push_event(gst::event::StreamStart::new("downstream-eos")));
     assert!(src.push_event(gst::event::Caps::new(&caps.to_caps().unwrap())));
@@ -495,15 +503,7 @@ fn device_only_a_segment_queued_behind_frames_survives_downstream_eos() {
             true
         })
         .build();
-    let src = gst::Pad::builder(gst::PadDirection::Src).build();
-    src.link(&cbo.static_pad("sink").unwrap()).unwrap();
-    cbo.static_pad("src").unwrap().link(&sink).unwrap();
-    sink.set_active(true).unwrap();
-    src.set_active(true).unwrap();
-    cbo.set_state(gst::State::Playing).unwrap();
-    let caps = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, 64, 48)
-        .build()
-        .unwrap();
+    let (src, caps) = drive_by_pads(&cbo, &sink);
     let segment = || gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new());
     let next = |what: &str| {
         got.recv_timeout(Duration::from_secs(60))

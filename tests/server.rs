@@ -742,6 +742,49 @@ fn concurrent_requests_from_several_connections_are_batched() {
     });
 }
 
+/// A server of its own for a test of limits: a small model with a fixed batch of 1 (1001 classes,
+/// probabilities), batching off.
+fn small_server(token: Option<&str>, limits: Limits) -> Fixture {
+    let model = model_config(
+        common::assets().join("models/mobilenet-v2-1.0-int8-224.onnx"),
+        128.0,
+    );
+    start_fixture(model, token, limits, 1, Duration::ZERO)
+}
+
+/// `cbo loadgen` against `fx` with its token in `token_file`, without a baseline.
+fn loadgen_args(
+    fx: &Fixture,
+    token_file: PathBuf,
+    clients: usize,
+    seconds: f64,
+) -> gstcbo::tools::loadgen::LoadgenArgs {
+    gstcbo::tools::loadgen::LoadgenArgs {
+        server: fx.addr.to_string(),
+        server_name: "localhost".into(),
+        server_cert: None,
+        server_fingerprint: Some(fx.fingerprint.clone()),
+        token_file: Some(token_file),
+        clients,
+        seconds,
+        resolution: 224,
+        clip: None,
+        frames: 8,
+        jpeg_quality: 80,
+        top_k: 5,
+        server_pid: None,
+        model: None,
+        input_mean: "127".into(),
+        input_std: "128".into(),
+        batch: 8,
+        execution_provider: gstcbo::inference::ExecutionProvider::Auto,
+        threads: 0,
+        baseline_seconds: None,
+        no_baseline: true,
+        json: true,
+    }
+}
+
 /// A QUIC connection from `local` (another loopback address stands for another host), after the
 /// handshake only.
 async fn connect_from(
@@ -786,11 +829,7 @@ fn connections_awaiting_their_hello_get_one_stream_and_one_address_half_the_plac
         hello_timeout: Duration::from_secs(60),
         ..Limits::default()
     };
-    let model = model_config(
-        common::assets().join("models/mobilenet-v2-1.0-int8-224.onnx"),
-        128.0,
-    );
-    let fx = start_fixture(model, Some(TOKEN), limits, 1, Duration::ZERO);
+    let fx = small_server(Some(TOKEN), limits);
     fx.block_on(async {
         let (_a_endpoint, silent) = connect_from("127.0.0.2", &fx).await;
         let silent = silent.expect("the first connection from an address is served");
@@ -863,11 +902,7 @@ fn a_client_holds_at_most_its_share_of_the_pending_places() {
         max_pending: 4,
         ..Limits::default()
     };
-    let model = model_config(
-        common::assets().join("models/mobilenet-v2-1.0-int8-224.onnx"),
-        128.0,
-    );
-    let fx = start_fixture(model, None, limits, 1, Duration::ZERO);
+    let fx = small_server(None, limits);
     fx.block_on(async {
         let (_a, slow) = fx.session().await;
         let (_b, good) = fx.session().await;
@@ -1180,11 +1215,7 @@ fn loadgen_clients_refused_for_a_moment_connect_again() {
         hello_timeout: Duration::from_secs(60),
         ..Limits::default()
     };
-    let model = model_config(
-        common::assets().join("models/mobilenet-v2-1.0-int8-224.onnx"),
-        128.0,
-    );
-    let fx = start_fixture(model, Some(TOKEN), limits, 1, Duration::ZERO);
+    let fx = small_server(Some(TOKEN), limits);
     let silent: Vec<_> = fx.block_on(async {
         let mut held = Vec::new();
         for _ in 0..4 {
@@ -1195,30 +1226,7 @@ fn loadgen_clients_refused_for_a_moment_connect_again() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
-    let args = gstcbo::tools::loadgen::LoadgenArgs {
-        server: fx.addr.to_string(),
-        server_name: "localhost".into(),
-        server_cert: None,
-        server_fingerprint: Some(fx.fingerprint.clone()),
-        token_file: Some(token_file),
-        clients: 3,
-        seconds: 0.5,
-        resolution: 224,
-        clip: None,
-        frames: 4,
-        jpeg_quality: 80,
-        top_k: 5,
-        server_pid: None,
-        model: None,
-        input_mean: "127".into(),
-        input_std: "128".into(),
-        batch: 1,
-        execution_provider: gstcbo::inference::ExecutionProvider::Auto,
-        threads: 0,
-        baseline_seconds: None,
-        no_baseline: true,
-        json: true,
-    };
+    let args = loadgen_args(&fx, token_file, 3, 0.5);
     let run = std::thread::spawn(move || gstcbo::tools::loadgen::run(&args));
     // Once the server has refused loadgen, the silent connections go.
     let until = Instant::now() + Duration::from_secs(30);
@@ -1242,28 +1250,10 @@ fn loadgen_completes_with_answers() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
     let args = gstcbo::tools::loadgen::LoadgenArgs {
-        server: fx.addr.to_string(),
-        server_name: "localhost".into(),
-        server_cert: None,
-        server_fingerprint: Some(fx.fingerprint.clone()),
-        token_file: Some(token_file),
-        clients: 2,
-        seconds: 1.0,
-        resolution: 224,
-        clip: None,
-        frames: 8,
-        jpeg_quality: 80,
-        top_k: 5,
         server_pid: Some(std::process::id()),
-        model: None,
-        input_mean: "127".into(),
-        input_std: "128".into(),
-        batch: 8,
-        execution_provider: gstcbo::inference::ExecutionProvider::Auto,
-        threads: 0,
         baseline_seconds: Some(0.3),
         no_baseline: false,
-        json: true,
+        ..loadgen_args(fx, token_file, 2, 1.0)
     };
     let report = gstcbo::tools::loadgen::run(&args).unwrap();
     assert!(report.answers > 0, "{report:?}");
