@@ -95,7 +95,7 @@ pub enum Event<J> {
     /// The `threshold` property changed.
     Threshold(f64),
     /// The element flushed: frames not decided yet are gone.
-    Flush,
+    Flush { now_ms: f64 },
     /// The element dropped these frames (downstream returned EOS) while others, behind a new
     /// segment, stay: none of these is sent or kept, and the frames besides them are decided as
     /// before (a [`Event::Flush`] would leave those undecided, to go `late` at their deadline).
@@ -167,9 +167,14 @@ impl<J> PolicyDriver<J> {
             Event::PathRtt { now_ms, rtt_ms } => self.planner.on_path_rtt(now_ms, rtt_ms),
             Event::Live(live) => self.window.live = live,
             Event::Threshold(t) => self.planner.set_threshold(t),
-            Event::Flush => {
+            Event::Flush { now_ms } => {
                 self.jobs.clear();
-                self.deferred.clear();
+                // As for forgotten frames: a send that waited for room does not happen, and the
+                // planner, which counted it as sent, must hear so; otherwise the link estimate
+                // kept it as overdue for ever and stopped offloading for the rest of the stream.
+                for (id, ..) in self.deferred.drain(..) {
+                    self.planner.on_failure(id, now_ms);
+                }
             }
             Event::Forget { ids, now_ms } => {
                 for id in &ids {
@@ -418,17 +423,19 @@ mod tests {
         }
     }
 
+    /// The CBO planner on the test profile, an 8 Mbit/s first guess and a 40 ms RTT.
+    fn cbo() -> Box<dyn Planner> {
+        Box::new(crate::offload::planner::CboPlanner::new(
+            crate::offload::planner::tests::profile(),
+            8e6,
+            40.0,
+        ))
+    }
+
     #[test]
     fn the_path_rtt_of_the_handshake_reaches_the_planner() {
         // 200 ms deadlines: with the planner's 40 ms guess an unsure frame goes; told that the
         // path's RTT is 180 ms, nothing can arrive in time (20 ms left for server and margin).
-        let cbo = || -> Box<dyn Planner> {
-            Box::new(crate::offload::planner::CboPlanner::new(
-                crate::offload::planner::tests::profile(),
-                8e6,
-                40.0,
-            ))
-        };
         let mut d: PolicyDriver<()> = PolicyDriver::new(cbo(), Window::UNLIMITED, true);
         d.handle(Event::Frame(frame(0, 0.0, 0.2), ()));
         assert_eq!(decisions(d.poll(0.0)), [(0, Decision::Offload)]);
@@ -453,7 +460,7 @@ mod tests {
         assert!(d.poll(0.0).is_empty());
         d.handle(Event::Online(true));
         d.handle(Event::Frame(frame(1, 10.0, 0.1), ()));
-        d.handle(Event::Flush);
+        d.handle(Event::Flush { now_ms: 10.0 });
         assert!(
             d.poll(10.0).is_empty(),
             "a flushed frame is neither sent nor kept"
@@ -463,6 +470,34 @@ mod tests {
         d.handle(Event::Threshold(0.05));
         d.handle(Event::Frame(frame(2, 20.0, 0.1), ()));
         assert_eq!(decisions(d.poll(20.0)), [(2, Decision::Device)]);
+    }
+
+    /// A flush while a send waits for room in the window: the planner hears it failed, so its
+    /// link estimate does not keep it as overdue (before: every later frame stayed on the
+    /// device for the rest of the stream).
+    #[test]
+    fn a_flush_fails_the_sends_waiting_for_room() {
+        let window = Window {
+            max_in_flight: 1,
+            live: false,
+        };
+        let mut d: PolicyDriver<()> = PolicyDriver::new(cbo(), window, true);
+        d.handle(Event::Frame(frame(0, 0.0, 0.2), ()));
+        d.handle(Event::Frame(frame(1, 0.0, 0.2), ()));
+        let mut t = 0.0;
+        let mut sent = Vec::new();
+        while d.deferred.is_empty() {
+            assert!(t < 50.0, "1 was never planned");
+            sent.extend(decisions(d.poll(t)));
+            t += 1.0;
+        }
+        assert_eq!(sent, [(0, Decision::Offload)]);
+        d.handle(Event::Flush { now_ms: t });
+        d.handle(Event::Answer(answer(0, 60.0), Some(40.0)));
+        assert!(d.poll(60.0).is_empty(), "1 was flushed");
+        // Long after: a frame goes, as on the link measured.
+        d.handle(Event::Frame(frame(2, 20_000.0, 0.2), ()));
+        assert_eq!(decisions(d.poll(20_000.0)), [(2, Decision::Offload)]);
     }
 
     #[test]
