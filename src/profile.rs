@@ -439,12 +439,16 @@ impl Profile {
             ));
         }
         for (i, r) in self.resolutions.iter().enumerate() {
+            // The short side is the one asked for (16-4096, as `cbo profile --resolutions`
+            // takes it); the frame's sides can be smaller (a frame is never upscaled) or, for an
+            // extreme aspect ratio, its short side shrunk to keep the long one at 4096.
+            let any_side = 1..=crate::jpeg::MAX_DECODED_SIDE as u32;
             if !side.contains(&r.short_side)
-                || !side.contains(&r.width)
-                || !side.contains(&r.height)
+                || !any_side.contains(&r.width)
+                || !any_side.contains(&r.height)
             {
                 return bad(format!(
-                    "resolution {} ({}x{}): a short side and sides from 16 to {} px",
+                    "resolution {} ({}x{}): a short side from 16 and sides up to {} px",
                     r.short_side,
                     r.width,
                     r.height,

@@ -95,7 +95,9 @@ pub enum Event<J> {
     /// The `threshold` property changed.
     Threshold(f64),
     /// The element flushed: frames not decided yet are gone.
-    Flush { now_ms: f64 },
+    Flush {
+        now_ms: f64,
+    },
     /// The element dropped these frames (downstream returned EOS) while others, behind a new
     /// segment, stay: none of these is sent or kept, and the frames besides them are decided as
     /// before (a [`Event::Flush`] would leave those undecided, to go `late` at their deadline).

@@ -5,8 +5,10 @@
 //! Why a budget of its own: such a connection holds server state for up to the hello timeout
 //! (5 s) without proving anything. Counted against `--max-connections` as before, 64 handshakes
 //! that never sent a hello, renewed every 5 s, had every new client refused "too many
-//! connections" (and 13 spoofed first packets a second did it too, which the stateless QUIC Retry
-//! in [`super::connection`] now stops before anything is counted). Authenticated connections
+//! connections" (and 13 spoofed first packets a second did it too). Once half the budget is
+//! taken, a new connection must first prove its address (a stateless QUIC Retry, asked for by
+//! [`Admission::try_enter`]), so spoofed first packets can take at most that half; at about 7 a
+//! second they can keep it taken, and every client then pays the Retry's extra round trip. Authenticated connections
 //! count against `--max-connections` alone; unauthenticated ones against this budget. Once half
 //! of it is taken, an address that holds a quarter of it gets no more: a single host can take at
 //! most half and cannot block the others' connecting, while one that connects many clients at
@@ -41,6 +43,8 @@ pub(super) enum Refusal {
     Address(usize),
     /// This many connections await their hello in all.
     Total(usize),
+    /// Half the budget is taken and the client has not proved its address yet.
+    Unvalidated,
 }
 
 impl std::fmt::Display for Refusal {
@@ -48,6 +52,7 @@ impl std::fmt::Display for Refusal {
         match self {
             Refusal::Address(n) => write!(f, "{n} connections from this address await their hello"),
             Refusal::Total(n) => write!(f, "{n} connections await their hello"),
+            Refusal::Unvalidated => write!(f, "half the places are taken: address validation"),
         }
     }
 }
@@ -85,16 +90,19 @@ impl Admission {
         })
     }
 
-    /// Whether half the budget is taken: the connection task then asks new clients to prove
-    /// their address (a QUIC Retry) before counting them.
-    pub(super) fn contended(&self) -> bool {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        2 * state.total >= self.total_limit
-    }
-
-    pub(super) fn try_enter(self: &Arc<Self>, address: IpAddr) -> Result<Unauthenticated, Refusal> {
+    /// A place for a connection from `address`, or why not. `validated`: whether the client
+    /// has proved its address (a Retry); once half the budget is taken, one that has not is
+    /// asked to ([`Refusal::Unvalidated`]), decided under the same lock as the count.
+    pub(super) fn try_enter(
+        self: &Arc<Self>,
+        address: IpAddr,
+        validated: bool,
+    ) -> Result<Unauthenticated, Refusal> {
         let address = client_key(address);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !validated && 2 * state.total >= self.total_limit {
+            return Err(Refusal::Unvalidated);
+        }
         if state.total >= self.total_limit {
             return Err(Refusal::Total(state.total));
         }
@@ -147,21 +155,30 @@ mod tests {
         let admission = Admission::new(8);
         // Alone, one address connects up to half the budget.
         let first: Vec<_> = (0..4)
-            .map(|_| admission.try_enter(ip(1)).unwrap())
+            .map(|_| admission.try_enter(ip(1), true).unwrap())
             .collect();
-        assert_eq!(admission.try_enter(ip(1)).err(), Some(Refusal::Address(4)));
+        assert_eq!(
+            admission.try_enter(ip(1), true).err(),
+            Some(Refusal::Address(4))
+        );
         // The other half stays for the others, two (a quarter) each.
         let b: Vec<_> = (0..2)
-            .map(|_| admission.try_enter(ip(2)).unwrap())
+            .map(|_| admission.try_enter(ip(2), true).unwrap())
             .collect();
-        assert_eq!(admission.try_enter(ip(2)).err(), Some(Refusal::Address(2)));
-        let c = admission.try_enter(ip(3)).unwrap();
-        let d = admission.try_enter(ip(4)).unwrap();
-        assert_eq!(admission.try_enter(ip(5)).err(), Some(Refusal::Total(8)));
+        assert_eq!(
+            admission.try_enter(ip(2), true).err(),
+            Some(Refusal::Address(2))
+        );
+        let c = admission.try_enter(ip(3), true).unwrap();
+        let d = admission.try_enter(ip(4), true).unwrap();
+        assert_eq!(
+            admission.try_enter(ip(5), true).err(),
+            Some(Refusal::Total(8))
+        );
         // Places come back.
         drop(first);
         assert_eq!(admission.total(), 4);
-        let again = admission.try_enter(ip(1)).unwrap();
+        let again = admission.try_enter(ip(1), true).unwrap();
         drop((b, c, d, again));
         assert_eq!(admission.total(), 0);
     }
@@ -170,16 +187,20 @@ mod tests {
     fn an_ipv6_client_is_its_64_prefix() {
         let admission = Admission::new(4);
         let host = |last: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]);
-        let _a = admission.try_enter(host(1)).unwrap();
-        let _b = admission.try_enter(host(2)).unwrap();
-        assert!(admission.contended());
+        let _a = admission.try_enter(host(1), true).unwrap();
+        let _b = admission.try_enter(host(2), true).unwrap();
+        // Half taken: a client that has not proved its address is asked to.
         assert_eq!(
-            admission.try_enter(host(3)).err(),
+            admission.try_enter(host(9), false).err(),
+            Some(Refusal::Unvalidated)
+        );
+        assert_eq!(
+            admission.try_enter(host(3), true).err(),
             Some(Refusal::Address(2))
         );
         // Another /64, and an IPv4 address however written, are other clients.
         let _c = admission
-            .try_enter(IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]))
+            .try_enter(IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]), true)
             .unwrap();
         assert_eq!(
             client_key("::ffff:192.0.2.7".parse().unwrap()),
@@ -190,9 +211,12 @@ mod tests {
     #[test]
     fn a_small_budget_still_lets_each_address_have_one() {
         let small = Admission::new(2);
-        let _one = small.try_enter(ip(1)).unwrap();
-        assert_eq!(small.try_enter(ip(1)).err(), Some(Refusal::Address(1)));
-        let _two = small.try_enter(ip(2)).unwrap();
-        assert_eq!(small.try_enter(ip(3)).err(), Some(Refusal::Total(2)));
+        let _one = small.try_enter(ip(1), true).unwrap();
+        assert_eq!(
+            small.try_enter(ip(1), true).err(),
+            Some(Refusal::Address(1))
+        );
+        let _two = small.try_enter(ip(2), true).unwrap();
+        assert_eq!(small.try_enter(ip(3), true).err(), Some(Refusal::Total(2)));
     }
 }

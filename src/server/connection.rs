@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::engine::{Job, Outcome};
-use super::{Shared, varint};
+use super::{Shared, admission, varint};
 use crate::protocol::{self, ErrorCode, ErrorReply, HelloReply, Response};
 
 /// Largest hello read (a token and a client name).
@@ -83,16 +83,16 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
     // until its sender has shown it receives at its address, so spoofed first packets cannot take
     // the other half. Not always: the extra round trip counts against a client's connect timeout
     // (2 s in the element), which a long-RTT path would then miss on every attempt.
-    if !incoming.remote_address_validated() && shared.admission.contended() {
-        // Guaranteed allowed for an unvalidated address; should it fail, dropping the
-        // `Incoming` refuses it.
-        let _ = incoming.retry();
-        return;
-    }
+    let validated = incoming.remote_address_validated();
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-    let _counted = shared.metrics.connection();
-    let unauthenticated = match shared.admission.try_enter(remote.ip()) {
+    let unauthenticated = match shared.admission.try_enter(remote.ip(), validated) {
         Ok(guard) => guard,
+        Err(admission::Refusal::Unvalidated) => {
+            // Allowed for an unvalidated address; should it fail, dropping the `Incoming`
+            // refuses it.
+            let _ = incoming.retry();
+            return;
+        }
         Err(refusal) => {
             shared.metrics.connection_refused();
             shared.log_limited(format_args!("#{id} {remote}: refused: {refusal}"));
@@ -100,6 +100,7 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
+    let _counted = shared.metrics.connection();
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
@@ -149,6 +150,7 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
         id,
         who: format!("#{id} {remote}"),
         refusal_log: LogBudget::default(),
+        places: shared.places.clone(),
     });
     let mut stopping = shared.stopping.clone();
     let reason = loop {
@@ -167,7 +169,6 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
             },
         }
     };
-    shared.places.forget(peer.id);
     if shared.verbose {
         shared.log(format_args!("{}: connection ended: {reason}", peer.who));
     }
@@ -179,6 +180,17 @@ struct Peer {
     id: u64,
     who: String,
     refusal_log: LogBudget,
+    places: Arc<super::places::Places>,
+}
+
+impl Drop for Peer {
+    /// Once the connection task and every request task of it are done (each holds the `Peer`
+    /// until its place is given back), the connection leaves the places' books: forgotten
+    /// earlier, a request task spawned just before the connection ended re-entered it after,
+    /// for good.
+    fn drop(&mut self) {
+        self.places.forget(self.id);
+    }
 }
 
 /// At most [`LogBudget::LINES_PER_SECOND`] lines a second, then one line saying how many were

@@ -133,16 +133,18 @@ impl Places {
         }
     }
 
-    /// The connection is gone (its places are given back by their own guards).
+    /// The connection is gone and none of its requests holds a place any more (the caller
+    /// makes sure: see `connection::Peer`).
     pub(super) fn forget(&self, connection: u64) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state
-            .connections
-            .get(&connection)
-            .is_some_and(|c| c.held == 0)
-        {
-            state.connections.remove(&connection);
+        if let Some(c) = state.connections.remove(&connection) {
+            debug_assert_eq!(c.held, 0, "a connection forgotten while it holds places");
         }
+    }
+
+    #[cfg(test)]
+    fn known(&self) -> usize {
+        self.state.lock().unwrap().connections.len()
     }
 
     #[cfg(test)]
@@ -241,5 +243,6 @@ mod tests {
         places.forget(1);
         places.forget(2);
         assert_eq!(places.held(), 0);
+        assert_eq!(places.known(), 0);
     }
 }

@@ -334,8 +334,6 @@ fn request_header(frame_id: u64, f: &EncodedFrame, top_k: u8) -> RequestHeader {
     }
 }
 
-/// One client: connect, one request at a time (round-robin over the frames, from its own
-/// offset) until `end`; requests completing after `start` are recorded.
 /// Connects and says hello. All clients connect at once, and a server refuses part of a burst
 /// from one address for a moment (`Busy`: too many connections awaiting their hello); like the
 /// element, a client then tries again, for up to 10 s.
@@ -367,6 +365,8 @@ async fn connect(
     }
 }
 
+/// One client: connect, one request at a time (round-robin over the frames, from its own
+/// offset) until `end`; requests completing after `start` are recorded.
 async fn client(
     index: usize,
     target: Arc<Target>,
