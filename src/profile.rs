@@ -592,7 +592,7 @@ mod tests {
                 Box::new(|p| p.resolutions[2].bytes_p90 = f64::NAN),
             ),
             (
-                "from 16 to 4096",
+                "up to 4096",
                 Box::new(|p| p.resolutions[0].short_side = 100_000),
             ),
             (
