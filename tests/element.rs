@@ -277,6 +277,35 @@ fn offload_settings_that_cannot_work_are_refused_at_start() {
     assert_eq!(run.results.len(), 2);
 }
 
+/// The profile's bins are of the confidence it was measured with: the element warns when the
+/// calibration set is not the profile's own (before: only when none was set).
+#[test]
+fn a_profile_measured_with_another_calibration_is_warned_about() {
+    let pin = "ab".repeat(32);
+    let dir = tempfile::tempdir().unwrap();
+    let shipped =
+        gstcbo::inference::models_dir().join("efficientnet-lite0-int8pt-224.calibration.json");
+    // The same calibration, another file (one more newline): what the profile recorded is the
+    // file's hash.
+    let other = dir.path().join("other.calibration.json");
+    let mut text = std::fs::read_to_string(&shipped).unwrap();
+    text.push('\n');
+    std::fs::write(&other, text).unwrap();
+    let warned = |calibration: &std::path::Path| {
+        let run = run_pipeline(&format!(
+            "videotestsrc num-buffers=2 ! cbofilter name=cbo policy=cbo server=127.0.0.1:9 \
+             server-fingerprint={pin} calibration=\"{}\" ! fakesink",
+            calibration.display()
+        ));
+        assert!(run.error.is_none(), "{:?}", run.error);
+        run.warnings
+            .iter()
+            .any(|w| w.contains("was measured with calibration"))
+    };
+    assert!(warned(&other));
+    assert!(!warned(&shipped));
+}
+
 #[test]
 fn unparsable_normalisation_is_refused() {
     for (prop, value) in [

@@ -376,20 +376,41 @@ impl CboFilter {
                 )
             );
         }
-        if profile.calibration.is_some() && s.calibration.is_none() {
-            gst::element_imp_warning!(
+        // The profile's bins are of the confidence it was measured with: calibrated by that
+        // file, or raw. A frame binned by another scale is promised another bin's gain.
+        match (&profile.calibration, &s.calibration) {
+            (Some(c), None) => gst::element_imp_warning!(
                 self,
                 gst::LibraryError::Settings,
                 (
                     "profile {} bins frames by calibrated confidence ({}) but no calibration is set",
                     s.profile,
-                    profile
-                        .calibration
-                        .as_ref()
-                        .map(|c| c.file.as_str())
-                        .unwrap_or("")
+                    c.file
                 )
-            );
+            ),
+            (None, Some(set)) => gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Settings,
+                (
+                    "profile {} bins frames by raw confidence, but calibration {set} is set: policy=cbo will misjudge what offloading gains (run `cbo profile` with this calibration)",
+                    s.profile
+                )
+            ),
+            (Some(c), Some(set)) => {
+                let sha = crate::calibration::sha256_file(Path::new(set)).unwrap_or_default();
+                if c.sha256 != sha {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::LibraryError::Settings,
+                        (
+                            "profile {} was measured with calibration {}, not {set}: policy=cbo will misjudge what offloading gains",
+                            s.profile,
+                            c.file
+                        )
+                    );
+                }
+            }
+            (None, None) => {}
         }
     }
 
