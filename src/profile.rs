@@ -448,7 +448,7 @@ impl Profile {
                 || !any_side.contains(&r.height)
             {
                 return bad(format!(
-                    "resolution {} ({}x{}): a short side from 16 and sides up to {} px",
+                    "resolution {} ({}x{}): a short side from 16 and sides up to {} px (the short side too)",
                     r.short_side,
                     r.width,
                     r.height,

@@ -430,8 +430,8 @@ impl CboFilter {
                 self.hold.set_flushing();
                 // Everything held will be dropped: the planner sends none of it any more.
                 if let Some(o) = self.offload() {
-                    o.driver
-                        .send(o.now_ms(), vec![Event::Flush { now_ms: o.now_ms() }]);
+                    let now_ms = o.now_ms();
+                    o.driver.send(now_ms, vec![Event::Flush { now_ms }]);
                 }
                 let _ = self.srcpad.pause_task();
                 ret
@@ -443,8 +443,8 @@ impl CboFilter {
                 // while FLUSH_START came.
                 self.drop_held();
                 if let Some(o) = self.offload() {
-                    o.driver
-                        .send(o.now_ms(), vec![Event::Flush { now_ms: o.now_ms() }]);
+                    let now_ms = o.now_ms();
+                    o.driver.send(now_ms, vec![Event::Flush { now_ms }]);
                 }
                 // Upstream may have changed (a seek on a live source).
                 if let Some(s) = self.state.lock().unwrap().as_mut() {

@@ -172,8 +172,10 @@ impl<J> PolicyDriver<J> {
             Event::Flush { now_ms } => {
                 self.jobs.clear();
                 // As for forgotten frames: a send that waited for room does not happen, and the
-                // planner, which counted it as sent, must hear so; otherwise the link estimate
-                // kept it as overdue for ever and stopped offloading for the rest of the stream.
+                // planner, which counted it as sent, must hear so; otherwise its link estimate
+                // kept it as sent and overdue for ever. (In the element only the fixed rules on a
+                // non-live source defer sends, and they do not plan by the estimate; a planner
+                // that does, under a window, stopped offloading: the unit test.)
                 for (id, ..) in self.deferred.drain(..) {
                     self.planner.on_failure(id, now_ms);
                 }
