@@ -415,6 +415,39 @@ fn cbo_eval_refuses_values_it_cannot_replay() {
     }
 }
 
+/// `cbo eval` replays the model files its profile names, and refuses one that is not the file
+/// the profile was measured with (its hash), before it decodes anything or reads its cache.
+#[test]
+fn cbo_eval_refuses_a_model_file_the_profile_was_not_measured_with() {
+    let a = common::assets();
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = gstcbo::inference::models_dir().join("efficientnet-lite0-to-lite2.profile.json");
+    let mut profile: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(shipped).unwrap()).unwrap();
+    profile["device_model"]["sha256"] = serde_json::Value::from("00".repeat(32));
+    let path = dir.path().join("other.profile.json");
+    std::fs::write(&path, profile.to_string()).unwrap();
+    let video = a.join("video/dev-slideshow-fast.mp4");
+    let labels = a.join("video/dev-slideshow-fast.labels.csv");
+    let trace = a.join("traces/Verizon-LTE-short.up");
+    refused(
+        &[
+            "eval",
+            "--video",
+            video.to_str().unwrap(),
+            "--labels",
+            labels.to_str().unwrap(),
+            "--trace",
+            trace.to_str().unwrap(),
+            "--profile",
+            path.to_str().unwrap(),
+            "--max-frames",
+            "20",
+        ],
+        &["efficientnet-lite0-int8pt-224.onnx is not the file the profile was measured with"],
+    );
+}
+
 /// Labels that are not the clip's (here: the first 10 of its 700) are refused, naming both
 /// files, where they used to be scored against the clip's first 10 frames without a word;
 /// `--max-frames` within the labels still takes a prefix.

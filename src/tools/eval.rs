@@ -318,6 +318,25 @@ fn frames(
     profile: &Profile,
 ) -> Result<Vec<SimFrame>, String> {
     let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
+    let models = crate::inference::models_dir();
+    // The replay runs the files the profile names, and its cache is keyed by the hashes the
+    // profile recorded: a file replaced under the same name would be measured (or its old
+    // results served from the cache) as if it were the one the profile describes.
+    let mut files = vec![&profile.device_model, &profile.server_model];
+    files.extend(profile.calibration.as_ref());
+    for m in files {
+        let path = models.join(&m.file);
+        let sha = crate::calibration::sha256_file(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if sha != m.sha256 {
+            return Err(format!(
+                "{} is not the file the profile was measured with (its sha256 is {sha}, the \
+                 profile's {}): measure a profile for it with `cbo profile`, or restore it",
+                path.display(),
+                m.sha256
+            ));
+        }
+    }
     // Keyed by what the results depend on: the clip's and labels' contents (not where they
     // are: a moved checkout keeps its cache), the models, the calibration and the resolutions.
     // v5: floats are parsed exactly since (serde_json `float_roundtrip`), the calibration's
@@ -352,7 +371,6 @@ fn frames(
         eprintln!("using cached model results {}", f.display());
         return Ok(frames);
     }
-    let models = crate::inference::models_dir();
     let args_p = ProfileArgs {
         device_model: Some(models.join(&profile.device_model.file)),
         device_input_mean: "127".into(),
