@@ -792,6 +792,11 @@ impl Classifier {
         self.model.fallback_warning()
     }
 
+    /// See [`Postprocessor::background_note`].
+    pub fn labels_warning(&self) -> Option<String> {
+        self.model.postprocessor.background_note()
+    }
+
     /// Id of the ONNX Runtime session the model runs on (shared classifiers report the same).
     pub fn session_id(&self) -> u64 {
         self.model.session_id()

@@ -269,6 +269,23 @@ impl Postprocessor {
         self.background_offset == 1
     }
 
+    /// What to warn about when the labels were read as following a background class in a model
+    /// whose width is not that of the models known to have one (TF-slim and Edge-TPU ImageNet
+    /// classifiers: 1000 classes and background): a labels file that lost one name reads exactly
+    /// so, and every label is then off by one (999 names for a 1000-class model named the water
+    /// bottle "washer").
+    pub fn background_note(&self) -> Option<String> {
+        const KNOWN_WIDTH: usize = 1001;
+        (self.has_background() && self.width() != KNOWN_WIDTH).then(|| {
+            format!(
+                "the labels have {} names for {} scores: read as a background class at index 0 \
+                 followed by the names; if the labels file lost a name, every label is off by one",
+                self.labels.len(),
+                self.width()
+            )
+        })
+    }
+
     /// The output kind in force: `Auto` is resolved on the first row and then kept, so one odd
     /// frame cannot flip the interpretation mid-stream.
     pub fn kind(&self) -> OutputKind {
@@ -416,6 +433,11 @@ mod tests {
         let labels = Labels::from_names(vec!["a".into(), "b".into()]);
         let mut pp = Postprocessor::new(labels.clone(), 3, OutputKind::Auto, 2).unwrap();
         assert!(pp.has_background());
+        assert!(
+            pp.background_note()
+                .is_some_and(|n| n.contains("2 names for 3 scores")),
+            "a width other than 1001 is worth a word"
+        );
         let r = pp.classify(&[0.1, 0.2, 0.7]).unwrap();
         assert_eq!(pp.kind(), OutputKind::Probabilities);
         assert_eq!(r.class_id, 1);

@@ -233,6 +233,21 @@ fn labels_that_do_not_match_the_output_width_are_refused() {
     );
     let (err, _) = run.error.expect("an error");
     assert!(err.message().contains("/nonexistent/labels.txt"), "{err}");
+    // One name short of the 1000 scores reads as a background class at index 0 (the convention
+    // of 1001-score models): a 1000-score model with it is worth a warning, since a file that
+    // lost a name looks the same and shifts every label; the full file is not.
+    let warned = |n: usize| {
+        let path = dir.path().join(format!("{n}.txt"));
+        std::fs::write(&path, (0..n).map(|i| format!("c{i}\n")).collect::<String>()).unwrap();
+        let run = run_pipeline(&format!(
+            "videotestsrc num-buffers=1 ! cbofilter name=cbo labels=\"{}\" ! fakesink",
+            path.display()
+        ));
+        assert!(run.error.is_none(), "{:?}", run.error);
+        run.warnings.iter().any(|w| w.contains("off by one"))
+    };
+    assert!(warned(999));
+    assert!(!warned(1000));
 }
 
 /// A mistyped server address, fingerprint or certificate path stops the element at start, naming

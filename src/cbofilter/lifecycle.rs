@@ -192,6 +192,9 @@ impl CboFilter {
         if let Some(w) = classifier.fallback_warning() {
             gst::element_imp_warning!(self, gst::LibraryError::Init, ("{w}"));
         }
+        if let Some(w) = classifier.labels_warning() {
+            gst::element_imp_warning!(self, gst::LibraryError::Settings, ("labels: {w}"));
+        }
         let spec = *classifier.spec();
         gst::info!(
             CAT,

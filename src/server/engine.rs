@@ -529,7 +529,11 @@ fn postprocessor(
     max_top_k: usize,
 ) -> Result<Postprocessor, String> {
     let labels = labels.unwrap_or_else(|| default_labels(width));
-    Postprocessor::new(labels, width, kind, max_top_k).map_err(|e| e.0)
+    let post = Postprocessor::new(labels, width, kind, max_top_k).map_err(|e| e.0)?;
+    if let Some(note) = post.background_note() {
+        tracing::warn!("labels: {note}");
+    }
+    Ok(post)
 }
 
 /// The label of a class id as the post-processor numbers them (-1 = background).
