@@ -469,7 +469,19 @@ impl ModelRunner {
         if width.is_ok() {
             self.metrics.batch(n, took);
         }
+        // The rows must be one per request at this width, whatever the backend said: a short
+        // answer must fail the batch, not index past the rows.
         let width = width.and_then(|w| {
+            if w == 0 || self.rows.len() != n * w {
+                return Err(ErrorReply {
+                    frame_id: 0,
+                    code: ErrorCode::Internal,
+                    message: format!(
+                        "the backend answered {} scores for {n} images of {w}",
+                        self.rows.len()
+                    ),
+                });
+            }
             self.post_for(w).map(|_| w).map_err(|message| ErrorReply {
                 frame_id: 0,
                 code: ErrorCode::Internal,
@@ -542,5 +554,89 @@ fn label(post: &Postprocessor, class_id: i32) -> String {
         crate::postprocess::BACKGROUND_LABEL.to_string()
     } else {
         post.labels().name(class_id as usize).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preprocess::{InputType, Layout};
+    use crate::server::backend::BackendError;
+
+    /// A backend whose answer holds fewer scores than its batch's images times the width it
+    /// reports (a gRPC backend answered 2000 and then 1000 scores per image).
+    struct ShortRows;
+
+    impl BatchBackend for ShortRows {
+        fn infer(
+            &mut self,
+            batch: &BatchTensor,
+            _deadline: Instant,
+            scores: &mut Vec<f32>,
+        ) -> Result<usize, BackendError> {
+            scores.clear();
+            scores.resize(batch.len() * 10 - 5, 0.1);
+            Ok(10)
+        }
+    }
+
+    /// Rows that do not fill the batch fail it, every request answered `internal`; the model
+    /// thread sliced past them and panicked, and the server answered no one after.
+    #[test]
+    fn an_answer_short_of_the_batch_fails_it_without_a_panic() {
+        let spec = TensorSpec {
+            layout: Layout::Nchw,
+            width: 2,
+            height: 2,
+            elem: InputType::F32,
+        };
+        let mut runner = ModelRunner {
+            backend: Box::new(ShortRows),
+            labels: None,
+            output_kind: OutputKind::Auto,
+            max_top_k: 5,
+            post: None,
+            batch: BatchTensor::new(spec, 2),
+            rows: Vec::new(),
+            info: ModelInfo {
+                name: "short".into(),
+                provider: "test".into(),
+                spec,
+                classes: Some(10),
+                max_batch: 2,
+                batching_off: None,
+                fallback_warning: None,
+            },
+            metrics: Metrics::new(2),
+        };
+        let now = Instant::now();
+        let (mut items, mut answers) = (Vec::new(), Vec::new());
+        for frame_id in 0..2 {
+            let (reply, answer) = oneshot::channel();
+            items.push(Ready {
+                tensor: Tensor::zeros(&spec),
+                frame_id,
+                top_k: 1,
+                received: now,
+                deadline: now + Duration::from_secs(10),
+                decode_us: 0,
+                reply,
+            });
+            answers.push(answer);
+        }
+        runner.run(&mut items);
+        for mut answer in answers {
+            match answer.try_recv() {
+                Ok(Err(e)) => {
+                    assert_eq!(e.code, ErrorCode::Internal);
+                    assert!(
+                        e.message.contains("15 scores for 2 images"),
+                        "{}",
+                        e.message
+                    );
+                }
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
     }
 }

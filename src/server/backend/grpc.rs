@@ -423,13 +423,32 @@ impl BatchBackend for GrpcBackend {
             let answer = self.runtime.block_on(async move {
                 tokio::time::timeout(left, client.model_infer(request)).await
             });
-            width = match answer {
+            let got = match answer {
                 Err(_) => return Err(BackendError::Deadline(budget.as_millis() as u64)),
                 Ok(Err(status)) => return Err(self.failed(status, budget)),
                 Ok(Ok(answer)) => {
                     oip::read_scores(answer.get_ref(), &connected.checked.output, n, scores)?
                 }
             };
+            // Every row of the batch must have the width the model's metadata promised (and
+            // the first part's): a backend that answered 2000 and then 1000 scores per image
+            // made the engine slice past its rows and panic, and one whose width changed
+            // (a model reloaded in place) had every label read against the wrong classes.
+            let expected =
+                connected
+                    .checked
+                    .classes
+                    .unwrap_or(if width == 0 { got } else { width });
+            if got != expected || (width != 0 && got != width) {
+                let reason = format!(
+                    "{}: answered {got} scores per image where the model's metadata says {expected}",
+                    config.uri()
+                );
+                // The metadata is read again on reconnecting: the model may have changed.
+                self.link.down(&reason);
+                return Err(BackendError::Answer(oip::AnswerError(reason)));
+            }
+            width = got;
         }
         Ok(width)
     }
