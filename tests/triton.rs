@@ -775,6 +775,25 @@ fn requests_whose_deadline_passes_behind_a_slow_backend_are_dropped_not_forwarde
         1,
         "Triton ran only the first frame"
     );
+    // A frame whose deadline passes during its backend call is answered `timeout`, and the
+    // backend keeps its connection: a slow backend is not a lost one (its call's own timeout,
+    // reported by the gRPC client as cancelled, had the connection torn down and rebuilt and
+    // the frame answered `overloaded`).
+    let client = Client::connect(&server);
+    let code = client
+        .runtime
+        .block_on(send_frame(client.connection.clone(), 4, 1000));
+    assert_eq!(code, Some(ErrorCode::Timeout));
+    assert_eq!(
+        server.metric("cboserver_backend_errors_total{kind=\"deadline\"}"),
+        1.0
+    );
+    assert_eq!(
+        server.metric("cboserver_backend_errors_total{kind=\"unavailable\"}"),
+        0.0
+    );
+    assert_eq!(server.get("/readyz").0, 200, "the backend stays connected");
+    client.close();
 }
 
 #[test]

@@ -153,6 +153,12 @@ impl Link {
             .map_err(|e| unreachable(&e))?
             .connect_timeout(t)
             .tcp_nodelay(true)
+            // A backend that went away without a word (a half-open connection) is found by
+            // HTTP/2 pings, not by calls running out of time: a call past its deadline is a slow
+            // backend, which keeps its connection (`failed`).
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
             .connect()
             .await
             .map_err(|e| unreachable(&describe_transport(&e)))?;
@@ -362,11 +368,18 @@ impl GrpcBackend {
         ))
     }
 
-    /// Maps a failed call: a server that went away drops the link.
-    fn failed(&self, status: tonic::Status, budget: Duration) -> BackendError {
+    /// Maps a failed call: a server that went away drops the link; a call that ran out of time
+    /// is a slow backend, not a lost one (tonic reports its own timeout, the request's
+    /// `grpc-timeout`, as `Cancelled`: mapped as a lost server, a slow backend had its
+    /// connection torn down and rebuilt after every late batch, and the batch's frames
+    /// answered `overloaded` rather than `timeout`).
+    fn failed(&self, status: tonic::Status, budget: Duration, deadline: Instant) -> BackendError {
         use tonic::Code;
         match status.code() {
             Code::DeadlineExceeded => BackendError::Deadline(budget.as_millis() as u64),
+            Code::Cancelled if Instant::now() >= deadline => {
+                BackendError::Deadline(budget.as_millis() as u64)
+            }
             Code::Unavailable | Code::Unknown | Code::Cancelled | Code::NotFound => {
                 let reason = format!("{}: {}", self.link.config.uri(), status.message());
                 self.link.down(&reason);
@@ -425,7 +438,7 @@ impl BatchBackend for GrpcBackend {
             });
             let got = match answer {
                 Err(_) => return Err(BackendError::Deadline(budget.as_millis() as u64)),
-                Ok(Err(status)) => return Err(self.failed(status, budget)),
+                Ok(Err(status)) => return Err(self.failed(status, budget, deadline)),
                 Ok(Ok(answer)) => {
                     oip::read_scores(answer.get_ref(), &connected.checked.output, n, scores)?
                 }
