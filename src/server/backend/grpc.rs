@@ -368,25 +368,49 @@ impl GrpcBackend {
         ))
     }
 
-    /// Maps a failed call: a server that went away drops the link; a call that ran out of time
-    /// is a slow backend, not a lost one (tonic reports its own timeout, the request's
-    /// `grpc-timeout`, as `Cancelled`: mapped as a lost server, a slow backend had its
-    /// connection torn down and rebuilt after every late batch, and the batch's frames
-    /// answered `overloaded` rather than `timeout`).
+    /// Maps a failed call ([`call_failure`]): a server that went away drops the link.
     fn failed(&self, status: tonic::Status, budget: Duration, deadline: Instant) -> BackendError {
-        use tonic::Code;
-        match status.code() {
-            Code::DeadlineExceeded => BackendError::Deadline(budget.as_millis() as u64),
-            Code::Cancelled if Instant::now() >= deadline => {
-                BackendError::Deadline(budget.as_millis() as u64)
+        let message = format!("{}: {}", self.link.config.uri(), status.message());
+        match call_failure(status.code(), Instant::now() >= deadline) {
+            CallFailure::Deadline => BackendError::Deadline(budget.as_millis() as u64),
+            CallFailure::Lost => {
+                self.link.down(&message);
+                BackendError::Unavailable(message)
             }
-            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::NotFound => {
-                let reason = format!("{}: {}", self.link.config.uri(), status.message());
-                self.link.down(&reason);
-                BackendError::Unavailable(reason)
+            CallFailure::Busy => BackendError::Busy(message),
+            CallFailure::Refused => {
+                BackendError::Refused(format!("{:?}: {}", status.code(), status.message()))
             }
-            _ => BackendError::Refused(format!("{:?}: {}", status.code(), status.message())),
         }
+    }
+}
+
+/// What a failed call says of the backend.
+#[derive(Debug, PartialEq, Eq)]
+enum CallFailure {
+    /// It ran out of time: a slow backend, which keeps its connection.
+    Deadline,
+    /// The server went away: reconnect (and read its metadata again).
+    Lost,
+    /// No room now: the frames are answered `overloaded`, the connection kept.
+    Busy,
+    /// It refused this batch.
+    Refused,
+}
+
+/// A call that ran out of time is a slow backend, not a lost one: tonic reports its own timeout
+/// (the request's `grpc-timeout`) as `Cancelled`, and mapped as a lost server a slow backend had
+/// its connection torn down and rebuilt after every late batch, the frames answered `overloaded`
+/// rather than `timeout`. `RESOURCE_EXHAUSTED` (a full queue) is `overloaded` for the client,
+/// which then keeps its label and backs off, where it was `internal`.
+fn call_failure(code: tonic::Code, deadline_passed: bool) -> CallFailure {
+    use tonic::Code;
+    match code {
+        Code::DeadlineExceeded => CallFailure::Deadline,
+        Code::Cancelled if deadline_passed => CallFailure::Deadline,
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::NotFound => CallFailure::Lost,
+        Code::ResourceExhausted => CallFailure::Busy,
+        _ => CallFailure::Refused,
     }
 }
 
@@ -470,6 +494,31 @@ impl BatchBackend for GrpcBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_out_of_time_is_a_slow_backend_and_a_full_queue_a_busy_one() {
+        use tonic::Code;
+        assert_eq!(call_failure(Code::Cancelled, true), CallFailure::Deadline);
+        assert_eq!(
+            call_failure(Code::DeadlineExceeded, false),
+            CallFailure::Deadline
+        );
+        // Cancelled before the deadline: the connection went (a server shutting down).
+        assert_eq!(call_failure(Code::Cancelled, false), CallFailure::Lost);
+        assert_eq!(call_failure(Code::Unavailable, false), CallFailure::Lost);
+        assert_eq!(
+            call_failure(Code::ResourceExhausted, false),
+            CallFailure::Busy
+        );
+        assert_eq!(
+            call_failure(Code::InvalidArgument, false),
+            CallFailure::Refused
+        );
+        assert_eq!(
+            BackendError::Busy("queue full".into()).code(),
+            crate::protocol::ErrorCode::Overloaded
+        );
+    }
 
     #[test]
     fn a_local_backend_port_in_the_ephemeral_range_is_recognised() {

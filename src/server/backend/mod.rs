@@ -37,6 +37,9 @@ pub enum BackendError {
     Deadline(u64),
     #[error("backend refused the batch: {0}")]
     Refused(String),
+    /// The backend is up but has no room now (gRPC `RESOURCE_EXHAUSTED`: Triton's queue full).
+    #[error("backend busy: {0}")]
+    Busy(String),
     #[error(transparent)]
     Answer(#[from] oip::AnswerError),
     #[error("inference failed: {0}")]
@@ -48,7 +51,10 @@ impl BackendError {
     /// `overloaded`: the client keeps its own labels and tries again later.
     pub fn code(&self) -> ErrorCode {
         match self {
-            BackendError::NotReady(_) | BackendError::Unavailable(_) => ErrorCode::Overloaded,
+            // A busy backend too: the client keeps its own label and backs off.
+            BackendError::NotReady(_) | BackendError::Unavailable(_) | BackendError::Busy(_) => {
+                ErrorCode::Overloaded
+            }
             BackendError::Deadline(_) => ErrorCode::Timeout,
             BackendError::Refused(_) | BackendError::Answer(_) | BackendError::Inference(_) => {
                 ErrorCode::Internal
@@ -63,6 +69,7 @@ impl BackendError {
             BackendError::Unavailable(_) => "unavailable",
             BackendError::Deadline(_) => "deadline",
             BackendError::Refused(_) => "refused",
+            BackendError::Busy(_) => "busy",
             BackendError::Answer(_) => "bad_answer",
             BackendError::Inference(_) => "inference",
         }
