@@ -368,7 +368,8 @@ fn tools_reading_frames_fail_on_a_file_that_is_no_video_instead_of_hanging() {
 }
 
 /// `cbo eval` refuses values it cannot replay, naming the option, before it decodes anything: a
-/// deadline of 1e9 ms once ran it out of memory, `inf` panicked, `nan` and `--fps 0` hung.
+/// deadline of 1e9 ms once ran it out of memory, `inf` panicked, `nan` and `--fps 0` hung; and a
+/// profile whose model files are not the ones it names.
 #[test]
 fn cbo_eval_refuses_values_it_cannot_replay() {
     let a = common::assets();
@@ -413,13 +414,8 @@ fn cbo_eval_refuses_values_it_cannot_replay() {
     ] {
         refused(&[&base[..], bad].concat(), &[expected]);
     }
-}
-
-/// `cbo eval` replays the model files its profile names, and refuses one that is not the file
-/// the profile was measured with (its hash), before it decodes anything or reads its cache.
-#[test]
-fn cbo_eval_refuses_a_model_file_the_profile_was_not_measured_with() {
-    let a = common::assets();
+    // A model file that is not the one the profile was measured with (by hash): the replay would
+    // measure it, or serve its cache, as if it were.
     let dir = tempfile::tempdir().unwrap();
     let shipped = gstcbo::inference::models_dir().join("efficientnet-lite0-to-lite2.profile.json");
     let mut profile: serde_json::Value =
@@ -427,23 +423,8 @@ fn cbo_eval_refuses_a_model_file_the_profile_was_not_measured_with() {
     profile["device_model"]["sha256"] = serde_json::Value::from("00".repeat(32));
     let path = dir.path().join("other.profile.json");
     std::fs::write(&path, profile.to_string()).unwrap();
-    let video = a.join("video/dev-slideshow-fast.mp4");
-    let labels = a.join("video/dev-slideshow-fast.labels.csv");
-    let trace = a.join("traces/Verizon-LTE-short.up");
     refused(
-        &[
-            "eval",
-            "--video",
-            video.to_str().unwrap(),
-            "--labels",
-            labels.to_str().unwrap(),
-            "--trace",
-            trace.to_str().unwrap(),
-            "--profile",
-            path.to_str().unwrap(),
-            "--max-frames",
-            "20",
-        ],
+        &[&base[..], &["--profile", path.to_str().unwrap()]].concat(),
         &["efficientnet-lite0-int8pt-224.onnx is not the file the profile was measured with"],
     );
 }
@@ -615,28 +596,8 @@ fn loadgen_refuses_out_of_range_values_naming_the_option() {
     // The library entry point checks the same ranges before it decodes or connects.
     let args = |edit: fn(&mut gstcbo::tools::loadgen::LoadgenArgs)| {
         let mut a = gstcbo::tools::loadgen::LoadgenArgs {
-            server: "127.0.0.1:9".into(),
-            server_name: "localhost".into(),
-            server_cert: None,
-            server_fingerprint: Some("00".repeat(32)),
-            token_file: None,
-            clients: 1,
-            seconds: 1.0,
-            resolution: 224,
-            clip: None,
             frames: 1,
-            jpeg_quality: 80,
-            top_k: 5,
-            server_pid: None,
-            model: None,
-            input_mean: "127".into(),
-            input_std: "128".into(),
-            batch: 8,
-            execution_provider: gstcbo::inference::ExecutionProvider::Auto,
-            threads: 0,
-            baseline_seconds: None,
-            no_baseline: true,
-            json: true,
+            ..common::loadgen_args("127.0.0.1:9", &"00".repeat(32))
         };
         edit(&mut a);
         a

@@ -760,28 +760,10 @@ fn loadgen_args(
     seconds: f64,
 ) -> gstcbo::tools::loadgen::LoadgenArgs {
     gstcbo::tools::loadgen::LoadgenArgs {
-        server: fx.addr.to_string(),
-        server_name: "localhost".into(),
-        server_cert: None,
-        server_fingerprint: Some(fx.fingerprint.clone()),
         token_file: Some(token_file),
         clients,
         seconds,
-        resolution: 224,
-        clip: None,
-        frames: 8,
-        jpeg_quality: 80,
-        top_k: 5,
-        server_pid: None,
-        model: None,
-        input_mean: "127".into(),
-        input_std: "128".into(),
-        batch: 8,
-        execution_provider: gstcbo::inference::ExecutionProvider::Auto,
-        threads: 0,
-        baseline_seconds: None,
-        no_baseline: true,
-        json: true,
+        ..common::loadgen_args(&fx.addr.to_string(), &fx.fingerprint)
     }
 }
 

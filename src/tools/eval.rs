@@ -310,18 +310,11 @@ fn sim_frames(obs: &[FrameObservation]) -> Vec<SimFrame> {
         .collect()
 }
 
-/// Per-frame results for the clip at the profile's resolutions, from the cache when possible.
-fn frames(
-    args: &EvalArgs,
-    video: &Path,
-    labels: &Path,
-    profile: &Profile,
-) -> Result<Vec<SimFrame>, String> {
-    let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
+/// The replay runs the files the profile names, and its cache is keyed by the hashes the profile
+/// recorded: a file replaced under the same name would be measured (or its old results served
+/// from the cache) as if it were the one the profile describes. Checked once per run.
+fn check_model_files(profile: &Profile) -> Result<(), String> {
     let models = crate::inference::models_dir();
-    // The replay runs the files the profile names, and its cache is keyed by the hashes the
-    // profile recorded: a file replaced under the same name would be measured (or its old
-    // results served from the cache) as if it were the one the profile describes.
     let mut files = vec![&profile.device_model, &profile.server_model];
     files.extend(profile.calibration.as_ref());
     for m in files {
@@ -337,6 +330,17 @@ fn frames(
             ));
         }
     }
+    Ok(())
+}
+
+/// Per-frame results for the clip at the profile's resolutions, from the cache when possible.
+fn frames(
+    args: &EvalArgs,
+    video: &Path,
+    labels: &Path,
+    profile: &Profile,
+) -> Result<Vec<SimFrame>, String> {
+    let shorts: Vec<u32> = profile.resolutions.iter().map(|r| r.short_side).collect();
     // Keyed by what the results depend on: the clip's and labels' contents (not where they
     // are: a moved checkout keeps its cache), the models, the calibration and the resolutions.
     // v5: floats are parsed exactly since (serde_json `float_roundtrip`), the calibration's
@@ -371,6 +375,7 @@ fn frames(
         eprintln!("using cached model results {}", f.display());
         return Ok(frames);
     }
+    let models = crate::inference::models_dir();
     let args_p = ProfileArgs {
         device_model: Some(models.join(&profile.device_model.file)),
         device_input_mean: "127".into(),
@@ -766,6 +771,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, String> {
     for p in &args.policies {
         planner(p, args, &profile, &traces[0].1)?;
     }
+    check_model_files(&profile)?;
     let clips = args
         .video
         .iter()

@@ -340,3 +340,32 @@ impl Drop for EosOnDrop {
         self.0.send_event(gst::event::Eos::new());
     }
 }
+
+/// `cbo loadgen` for one second of `clients` clients against `server`, trusting `fingerprint`,
+/// without a baseline: the fields a test changes are set after.
+pub fn loadgen_args(server: &str, fingerprint: &str) -> gstcbo::tools::loadgen::LoadgenArgs {
+    gstcbo::tools::loadgen::LoadgenArgs {
+        server: server.to_string(),
+        server_name: "localhost".into(),
+        server_cert: None,
+        server_fingerprint: Some(fingerprint.to_string()),
+        token_file: None,
+        clients: 1,
+        seconds: 1.0,
+        resolution: 224,
+        clip: None,
+        frames: 8,
+        jpeg_quality: 80,
+        top_k: 5,
+        server_pid: None,
+        model: None,
+        input_mean: "127".into(),
+        input_std: "128".into(),
+        batch: 8,
+        execution_provider: gstcbo::inference::ExecutionProvider::Auto,
+        threads: 0,
+        baseline_seconds: None,
+        no_baseline: true,
+        json: true,
+    }
+}
