@@ -171,32 +171,33 @@ impl<J> PolicyDriver<J> {
             Event::Threshold(t) => self.planner.set_threshold(t),
             Event::Flush { now_ms } => {
                 self.jobs.clear();
-                // As for forgotten frames: a send that waited for room does not happen, and the
-                // planner, which counted it as sent, must hear so; otherwise its link estimate
-                // kept it as sent and overdue for ever. (In the element only the fixed rules on a
-                // non-live source defer sends, and they do not plan by the estimate; a planner
-                // that does, under a window, stopped offloading: the unit test.)
-                for (id, ..) in self.deferred.drain(..) {
-                    self.planner.on_failure(id, now_ms);
-                }
+                self.drop_deferred(now_ms, |_| true);
             }
             Event::Forget { ids, now_ms } => {
                 for id in &ids {
                     self.jobs.remove(id);
                 }
-                // A send the planner chose that waited for room does not happen: a failure for
-                // the planner, as any send that does not happen.
-                let planner = &mut self.planner;
-                self.deferred.retain(|(id, ..)| {
-                    let forgotten = ids.contains(id);
-                    if forgotten {
-                        planner.on_failure(*id, now_ms);
-                    }
-                    !forgotten
-                });
+                self.drop_deferred(now_ms, |id| ids.contains(&id));
             }
         }
         None
+    }
+
+    /// Drops the sends waiting for room in the window whose frames `gone` names. Such a send
+    /// does not happen, and the planner, which counted it as sent, must hear so: a failure, as
+    /// any send that does not happen; otherwise its link estimate kept it as sent and overdue for
+    /// ever. (In the element only the fixed rules on a non-live source defer sends, and they do
+    /// not plan by the estimate; a planner that does, under a window, stopped offloading after a
+    /// flush: the unit test.)
+    fn drop_deferred(&mut self, now_ms: f64, gone: impl Fn(u64) -> bool) {
+        let planner = &mut self.planner;
+        self.deferred.retain(|&(id, ..)| {
+            let dropped = gone(id);
+            if dropped {
+                planner.on_failure(id, now_ms);
+            }
+            !dropped
+        });
     }
 
     /// The decisions due at `now_ms`: deferred sends that now have room, then the planner's.
