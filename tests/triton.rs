@@ -109,6 +109,11 @@ fn model_repository() -> tempfile::TempDir {
 
 /// Adds the test model as `name`; with `delay_ms`, each batch takes that long (a slow backend).
 fn add_model(repository: &Path, name: &str, delay_ms: Option<u32>) {
+    add_model_with(repository, name, delay_ms, None);
+}
+
+/// [`add_model`]; with `fail_while`, every batch fails while that file exists (a broken model).
+fn add_model_with(repository: &Path, name: &str, delay_ms: Option<u32>, fail_while: Option<&Path>) {
     let src = repo().join("tests/triton").join(MODEL);
     let dst = repository.join(name);
     std::fs::create_dir_all(dst.join("1")).unwrap();
@@ -118,6 +123,12 @@ fn add_model(repository: &Path, name: &str, delay_ms: Option<u32>) {
     if let Some(ms) = delay_ms {
         config.push_str(&format!(
             "parameters: {{\n  key: \"delay_ms\"\n  value: {{ string_value: \"{ms}\" }}\n}}\n"
+        ));
+    }
+    if let Some(path) = fail_while {
+        config.push_str(&format!(
+            "parameters: {{\n  key: \"fail_while\"\n  value: {{ string_value: \"{}\" }}\n}}\n",
+            path.display()
         ));
     }
     std::fs::write(dst.join("config.pbtxt"), config).unwrap();
@@ -819,7 +830,7 @@ fn backend_absent_at_start_is_not_ready_then_serves_and_metrics_count_it() {
 
     // The backend appears: cboserver connects by itself and serves.
     let repository = model_repository();
-    let _triton = Triton::start(repository.path(), port);
+    let triton = Triton::start(repository.path(), port);
     server.wait_ready(true, Duration::from_secs(60));
     let sent = 12;
     let answered = send_frames(&server, sent);
@@ -850,6 +861,52 @@ fn backend_absent_at_start_is_not_ready_then_serves_and_metrics_count_it() {
         server.metric_settles("cboserver_requests_in_flight", 0.0, Duration::from_secs(10)),
         0.0
     );
+
+    // The backend goes away while no frame comes: the health check finds it (before, `/readyz`
+    // said ready until a frame failed).
+    drop(triton);
+    server.wait_ready(false, Duration::from_secs(60));
+    assert_eq!(server.metric("cboserver_backend_ready"), 0.0);
+}
+
+/// A model that fails every batch while it still says it is ready: after three failed batches
+/// in a row the backend counts as down (frames `overloaded` at once, without a call), cboserver
+/// tries it again after a growing pause, and serves as soon as the model works again. Before,
+/// every frame went to the backend and came back `internal`, `/readyz` up throughout; a model
+/// whose failures read as a lost connection was reconnected to after every batch.
+#[test]
+fn a_model_failing_every_batch_is_taken_out_of_service_until_it_works() {
+    let repository = tempfile::tempdir().unwrap();
+    let broken = repository.path().join("broken");
+    std::fs::write(&broken, "").unwrap();
+    add_model_with(repository.path(), MODEL, None, Some(&broken));
+    let _triton = Triton::start(repository.path(), free_tcp_port());
+    let server = CboServer::grpc(&_triton.address(), &["--metrics", "127.0.0.1:0"]);
+    server.wait_ready(true, Duration::from_secs(60));
+
+    // One frame at a time: each reaches a batch of its own.
+    let codes = send_frames(&server, 4);
+    assert_eq!(codes[..3], [Some(ErrorCode::Internal); 3], "{codes:?}");
+    // The third failure took the backend down before its frame was answered.
+    assert_eq!(codes[3], Some(ErrorCode::Overloaded), "{codes:?}");
+    assert_eq!(
+        server.metric("cboserver_backend_errors_total{kind=\"refused\"}"),
+        3.0
+    );
+    let (status, body) = server.get("/readyz");
+    if status == 503 {
+        assert!(body.contains("3 batches in a row failed"), "{body}");
+    }
+
+    // Mended: served again once cboserver has reconnected (a safety limit, not a speed check).
+    std::fs::remove_file(&broken).unwrap();
+    assert!(
+        common::settles(Duration::from_secs(60), || send_frames(&server, 1)
+            == [None]),
+        "never served after the model was mended"
+    );
+    assert_eq!(send_frames(&server, 5), vec![None; 5]);
+    assert_eq!(server.get("/readyz").0, 200);
 }
 
 /// A running MLServer (`mlserver start`) serving the test model on 127.0.0.1.

@@ -148,6 +148,9 @@ impl Engine {
                 };
                 let _ = loaded_tx.send(Ok(runner.info.clone()));
                 drop(loaded_tx);
+                // However this thread ends (a panic included), no more batches run: `/readyz`
+                // and the engine must say so instead of answering `internal` to every frame.
+                let _down = DownOnExit(runner_config.readiness.clone());
                 runner.serve(batch_rx, batch_timeout);
             })
             .map_err(|e| format!("cannot start the model thread: {e}"))?;
@@ -234,6 +237,20 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Marks the backend down when the model thread ends.
+struct DownOnExit(Arc<Readiness>);
+
+impl Drop for DownOnExit {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the model thread panicked: no more frames are served");
+            self.0.set_down("the model thread stopped (panicked)");
+        } else {
+            self.0.set_down("stopping");
+        }
     }
 }
 
@@ -562,6 +579,26 @@ mod tests {
     use super::*;
     use crate::preprocess::{InputType, Layout};
     use crate::server::backend::BackendError;
+
+    /// A model thread that panics leaves the backend marked down, so `/readyz` and the engine
+    /// refuse work as `overloaded` instead of every frame failing `internal` behind a ready flag.
+    #[test]
+    fn a_model_thread_that_panics_marks_the_backend_down() {
+        let readiness = Arc::new(Readiness::new("loading"));
+        readiness.set_ready();
+        let r = readiness.clone();
+        let thread = std::thread::spawn(move || {
+            let _down = DownOnExit(r);
+            panic!("a backend bug");
+        });
+        assert!(thread.join().is_err());
+        assert!(!readiness.is_ready());
+        assert!(
+            readiness.reason().contains("panicked"),
+            "{}",
+            readiness.reason()
+        );
+    }
 
     /// A backend whose answer holds fewer scores than its batch's images times the width it
     /// reports (a gRPC backend answered 2000 and then 1000 scores per image).

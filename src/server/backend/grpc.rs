@@ -3,11 +3,17 @@
 //!
 //! A supervisor task keeps the link: it connects, checks `ServerReady`, `ModelReady` and the
 //! model's metadata against the pre-processing ([`oip::check_metadata`]), and marks the backend
-//! ready. When a call fails because the server went away, the link is dropped, the backend is
-//! marked not ready (the engine answers `overloaded` at once) and the supervisor reconnects with
-//! exponential backoff. The backend owns a small tokio runtime: the engine's model thread is a
-//! plain thread and blocks on each call, bounded by the batch's deadline.
+//! ready. When a call fails because the server went away, or [`FAILED_IN_A_ROW`] batches in a row
+//! fail, the link is dropped, the backend is marked not ready (the engine answers `overloaded` at
+//! once) and the supervisor reconnects, after a pause that grows with the failed calls since the
+//! last answer ([`reconnect_pause`]): a model that fails every call would otherwise be reconnected
+//! to after every batch (740 times in 10 s, `/readyz` up throughout). While the link is up the
+//! supervisor asks `ServerReady` and `ModelReady` every [`HEALTH_INTERVAL`], so `/readyz` follows
+//! a backend that went away while no frame came. The backend owns a small tokio runtime: the
+//! engine's model thread is a plain thread and blocks on each call, bounded by the batch's
+//! deadline.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +32,12 @@ type Client = GrpcInferenceServiceClient<Channel>;
 /// First and largest wait between connection attempts.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often the supervisor asks a connected backend whether it and the model are still ready.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// Failed batches in a row (answers that are neither late nor `RESOURCE_EXHAUSTED`) after which
+/// the backend counts as down even though it still answers: a model that fails every batch is
+/// not ready, whatever its `ModelReady` says.
+const FAILED_IN_A_ROW: u32 = 3;
 /// Largest answer accepted (scores are small; this only bounds a misbehaving server).
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
@@ -118,6 +130,9 @@ struct Link {
     readiness: Arc<Readiness>,
     /// Wakes the supervisor when a call lost the connection.
     lost: Notify,
+    /// Calls that failed since the last one answered (late and busy ones not counted): sets the
+    /// pause before the next reconnection.
+    failed_calls: AtomicU32,
 }
 
 impl Link {
@@ -131,6 +146,16 @@ impl Link {
         }
         self.readiness.set_ready();
         tracing::info!(backend = %self.config.uri(), model = %self.config.model, "backend ready");
+    }
+
+    /// A call was answered: the backend works.
+    fn answered(&self) {
+        self.failed_calls.store(0, Ordering::Relaxed);
+    }
+
+    /// A call failed; returns the failures in a row.
+    fn call_failed(&self) -> u32 {
+        self.failed_calls.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Drops the connection after a failed call and wakes the supervisor.
@@ -187,13 +212,7 @@ impl Link {
         )
         .await
         .map_err(within("ModelReady"))?;
-        if !model_ready.is_ok_and(|r| r.get_ref().ready) {
-            return Err(ConnectError::NotReady(format!(
-                "model '{}' is not ready on {}",
-                config.model,
-                config.uri()
-            )));
-        }
+        model_state(&config.model, &config.uri(), model_ready)?;
         let meta = tokio::time::timeout(
             t,
             client.model_metadata(ModelMetadataRequest {
@@ -224,14 +243,55 @@ impl Link {
         Ok(Connected { client, checked })
     }
 
-    /// Reconnects whenever the link is lost, with exponential backoff between attempts.
+    /// Whether the connected backend and its model still say they are ready (the health check
+    /// while the link is up). `Err`: why not.
+    async fn check(&self, mut client: Client) -> Result<(), String> {
+        let config = &self.config;
+        let t = config.connect_timeout;
+        let no_answer = |what: &str| format!("{}: no {what} answer in {t:?}", config.uri());
+        match tokio::time::timeout(t, client.server_ready(ServerReadyRequest {})).await {
+            Err(_) => return Err(no_answer("ServerReady")),
+            Ok(Err(s)) => return Err(format!("{}: {}", config.uri(), s.message())),
+            Ok(Ok(r)) if !r.get_ref().ready => {
+                return Err(format!("{} answers but is not ready", config.uri()));
+            }
+            Ok(Ok(_)) => {}
+        }
+        let request = ModelReadyRequest {
+            name: config.model.clone(),
+            version: config.version.clone(),
+        };
+        let answer = tokio::time::timeout(t, client.model_ready(request))
+            .await
+            .map_err(|_| no_answer("ModelReady"))?;
+        model_state(&config.model, &config.uri(), answer).map_err(|e| e.to_string())
+    }
+
+    /// Reconnects whenever the link is lost, with exponential backoff between attempts; checks
+    /// the backend's health while it is up.
     async fn supervise(self: Arc<Self>) {
         let mut backoff = MIN_BACKOFF;
         let mut last_error = String::new();
         loop {
             if self.readiness.is_ready() {
-                self.lost.notified().await;
+                tokio::select! {
+                    _ = self.lost.notified() => {}
+                    _ = tokio::time::sleep(HEALTH_INTERVAL) => {
+                        if let Some(connected) = self.current()
+                            && let Err(reason) = self.check(connected.client).await
+                            && self.readiness.is_ready()
+                        {
+                            self.down(&reason);
+                        }
+                    }
+                }
                 continue;
+            }
+            // After failed calls, wait before connecting again: the server answered them, so it
+            // will most likely take the connection and fail the next batch the same way.
+            let pause = reconnect_pause(self.failed_calls.load(Ordering::Relaxed));
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
             }
             match self.connect().await {
                 Ok(connected) => {
@@ -314,6 +374,7 @@ impl GrpcBackend {
             current: Mutex::new(None),
             readiness,
             lost: Notify::new(),
+            failed_calls: AtomicU32::new(0),
         });
         let mut classes = None;
         match runtime.block_on(link.connect()) {
@@ -368,19 +429,35 @@ impl GrpcBackend {
         ))
     }
 
-    /// Maps a failed call ([`call_failure`]): a server that went away drops the link.
+    /// Maps a failed call ([`call_failure`]): a server that went away drops the link, and so
+    /// do [`FAILED_IN_A_ROW`] refused batches in a row.
     fn failed(&self, status: tonic::Status, budget: Duration, deadline: Instant) -> BackendError {
         let message = format!("{}: {}", self.link.config.uri(), status.message());
         match call_failure(status.code(), Instant::now() >= deadline) {
             CallFailure::Deadline => BackendError::Deadline(budget.as_millis() as u64),
             CallFailure::Lost => {
+                self.link.call_failed();
                 self.link.down(&message);
                 BackendError::Unavailable(message)
             }
             CallFailure::Busy => BackendError::Busy(message),
             CallFailure::Refused => {
-                BackendError::Refused(format!("{:?}: {}", status.code(), status.message()))
+                let text = format!("{:?}: {}", status.code(), status.message());
+                self.refused(&text);
+                BackendError::Refused(text)
             }
+        }
+    }
+
+    /// Counts a batch the backend answered with an error (or a wrong answer); the
+    /// [`FAILED_IN_A_ROW`]th in a row takes the backend down.
+    fn refused(&self, reason: &str) {
+        let in_a_row = self.link.call_failed();
+        if in_a_row >= FAILED_IN_A_ROW {
+            self.link.down(&format!(
+                "{}: {in_a_row} batches in a row failed, the last: {reason}",
+                self.link.config.uri()
+            ));
         }
     }
 }
@@ -411,6 +488,38 @@ fn call_failure(code: tonic::Code, deadline_passed: bool) -> CallFailure {
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::NotFound => CallFailure::Lost,
         Code::ResourceExhausted => CallFailure::Busy,
         _ => CallFailure::Refused,
+    }
+}
+
+/// The pause before reconnecting after `failed_calls` failed calls in a row: none after the
+/// first (a backend restarted: reconnect at once), then 100 ms doubling up to 2 s. A backend
+/// that fails every call is then tried about every 2 s, not after every batch.
+fn reconnect_pause(failed_calls: u32) -> Duration {
+    match failed_calls {
+        0 | 1 => Duration::ZERO,
+        n => MIN_BACKOFF
+            .saturating_mul(1 << (n - 2).min(16))
+            .min(MAX_BACKOFF),
+    }
+}
+
+/// Reads a `ModelReady` answer: `Err` says why the model cannot be used, with the server's own
+/// words when it refused the question (`NOT_FOUND`: no such model).
+fn model_state(
+    model: &str,
+    uri: &str,
+    answer: Result<tonic::Response<oip::proto::ModelReadyResponse>, tonic::Status>,
+) -> Result<(), ConnectError> {
+    match answer {
+        Ok(r) if r.get_ref().ready => Ok(()),
+        Ok(_) => Err(ConnectError::NotReady(format!(
+            "model '{model}' is not ready on {uri}"
+        ))),
+        Err(s) => Err(ConnectError::NotReady(format!(
+            "model '{model}' is not available on {uri}: {:?}: {}",
+            s.code(),
+            s.message()
+        ))),
     }
 }
 
@@ -464,7 +573,13 @@ impl BatchBackend for GrpcBackend {
                 Err(_) => return Err(BackendError::Deadline(budget.as_millis() as u64)),
                 Ok(Err(status)) => return Err(self.failed(status, budget, deadline)),
                 Ok(Ok(answer)) => {
-                    oip::read_scores(answer.get_ref(), &connected.checked.output, n, scores)?
+                    match oip::read_scores(answer.get_ref(), &connected.checked.output, n, scores) {
+                        Ok(got) => got,
+                        Err(e) => {
+                            self.refused(&e.to_string());
+                            return Err(e.into());
+                        }
+                    }
                 }
             };
             // Every row of the batch must have the width the model's metadata promised (and
@@ -482,11 +597,13 @@ impl BatchBackend for GrpcBackend {
                     config.uri()
                 );
                 // The metadata is read again on reconnecting: the model may have changed.
+                self.link.call_failed();
                 self.link.down(&reason);
                 return Err(BackendError::Answer(oip::AnswerError(reason)));
             }
             width = got;
         }
+        self.link.answered();
         Ok(width)
     }
 }
@@ -518,6 +635,43 @@ mod tests {
             BackendError::Busy("queue full".into()).code(),
             crate::protocol::ErrorCode::Overloaded
         );
+    }
+
+    /// The first failed call reconnects at once (a restarted backend); each further one in a
+    /// row doubles the pause up to 2 s, so a model that fails every batch is not reconnected to
+    /// after every batch.
+    #[test]
+    fn reconnections_after_failed_calls_back_off() {
+        let pauses: Vec<u64> = (0..12)
+            .map(|n| reconnect_pause(n).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            pauses,
+            [0, 0, 100, 200, 400, 800, 1600, 2000, 2000, 2000, 2000, 2000]
+        );
+        assert_eq!(reconnect_pause(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_model_the_backend_lacks_is_reported_in_its_words() {
+        let uri = "grpc://127.0.0.1:8001";
+        let lacking = Err(tonic::Status::not_found(
+            "Request for unknown model: 'x' is not found",
+        ));
+        let text = model_state("x", uri, lacking).unwrap_err().to_string();
+        assert!(
+            text.contains("NotFound") && text.contains("unknown model"),
+            "{text}"
+        );
+        let not_ready = Ok(tonic::Response::new(oip::proto::ModelReadyResponse {
+            ready: false,
+        }));
+        let text = model_state("x", uri, not_ready).unwrap_err().to_string();
+        assert_eq!(text, "model 'x' is not ready on grpc://127.0.0.1:8001");
+        let ready = Ok(tonic::Response::new(oip::proto::ModelReadyResponse {
+            ready: true,
+        }));
+        assert!(model_state("x", uri, ready).is_ok());
     }
 
     #[test]

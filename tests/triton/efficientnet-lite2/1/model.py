@@ -25,11 +25,16 @@ class TritonPythonModel:
         self.output_name = config["output"][0]["name"]
         # A slow backend for the deadline tests: each batch is announced in the log, then held.
         self.delay_s = float(params.get("delay_ms", "0")) / 1000.0
+        # A broken model for the failure tests: every batch fails while this file exists.
+        self.fail_while = params.get("fail_while")
 
     def execute(self, requests):
         # Requests Triton batched together run as one ONNX Runtime call, then are split again.
         inputs = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
         sizes = [x.shape[0] for x in inputs]
+        if self.fail_while and os.path.exists(self.fail_while):
+            error = pb_utils.TritonError("cbo-test: the model fails on purpose")
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
         if self.delay_s > 0:
             pb_utils.Logger.log_info(f"cbo-test: batch of {sum(sizes)} started")
             time.sleep(self.delay_s)
