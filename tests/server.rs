@@ -1359,6 +1359,10 @@ fn cboserver_refuses_out_of_range_settings_naming_the_option_before_starting() {
             &["--backend-connect-timeout-ms", "0"],
             "'--backend-connect-timeout-ms <BACKEND_CONNECT_TIMEOUT_MS>': 0 is not in 1..=600000",
         ),
+        (
+            &["--backend-concurrency", "0"],
+            "'--backend-concurrency <BACKEND_CONCURRENCY>': 0 is not in 1..=64",
+        ),
         // Absurdly large ones.
         (
             &["--batch-timeout-ms", "100000000"],
@@ -1397,6 +1401,10 @@ fn cboserver_refuses_out_of_range_settings_naming_the_option_before_starting() {
         (
             &["--input-layout", "nhwc"],
             "--input-layout is for --backend grpc://HOST:PORT",
+        ),
+        (
+            &["--backend-concurrency", "2"],
+            "--backend-concurrency is for --backend grpc://HOST:PORT",
         ),
         (
             &[
@@ -1451,6 +1459,7 @@ fn cboserver_help_states_the_range_of_each_bounded_option() {
         ("--request-timeout-ms", bounds::TIMEOUT_MS),
         ("--hello-timeout-ms", bounds::TIMEOUT_MS),
         ("--backend-connect-timeout-ms", bounds::TIMEOUT_MS),
+        ("--backend-concurrency", bounds::BACKEND_CONCURRENCY),
         ("--idle-timeout-ms", bounds::IDLE_TIMEOUT_MS),
         ("--drain-timeout-ms", bounds::DRAIN_TIMEOUT_MS),
         ("--max-top-k", bounds::MAX_TOP_K),

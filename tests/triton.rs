@@ -107,29 +107,52 @@ fn model_repository() -> tempfile::TempDir {
     dir
 }
 
-/// Adds the test model as `name`; with `delay_ms`, each batch takes that long (a slow backend).
-fn add_model(repository: &Path, name: &str, delay_ms: Option<u32>) {
-    add_model_with(repository, name, delay_ms, None);
+/// How the test model behaves (tests/triton/.../model.py reads these parameters).
+#[derive(Default)]
+struct Behaviour<'a> {
+    /// Each batch takes this long (a slow backend).
+    delay_ms: Option<u32>,
+    /// Every batch fails while this file exists (a broken model).
+    fail_while: Option<&'a Path>,
+    /// Each batch is announced in the log, then held while this file exists.
+    hold_while: Option<&'a Path>,
+    /// Model instances (Triton's `instance_group.count`; 1 when not given).
+    instances: Option<u32>,
 }
 
-/// [`add_model`]; with `fail_while`, every batch fails while that file exists (a broken model).
-fn add_model_with(repository: &Path, name: &str, delay_ms: Option<u32>, fail_while: Option<&Path>) {
+/// Adds the test model as `name`; with `delay_ms`, each batch takes that long (a slow backend).
+fn add_model(repository: &Path, name: &str, delay_ms: Option<u32>) {
+    add_model_with(
+        repository,
+        name,
+        Behaviour {
+            delay_ms,
+            ..Default::default()
+        },
+    );
+}
+
+fn add_model_with(repository: &Path, name: &str, behaviour: Behaviour) {
     let src = repo().join("tests/triton").join(MODEL);
     let dst = repository.join(name);
     std::fs::create_dir_all(dst.join("1")).unwrap();
     let mut config = std::fs::read_to_string(src.join("config.pbtxt"))
         .unwrap()
         .replace(&format!("name: \"{MODEL}\""), &format!("name: \"{name}\""));
-    if let Some(ms) = delay_ms {
-        config.push_str(&format!(
-            "parameters: {{\n  key: \"delay_ms\"\n  value: {{ string_value: \"{ms}\" }}\n}}\n"
-        ));
+    if let Some(n) = behaviour.instances {
+        config = config.replace("count: 1", &format!("count: {n}"));
     }
-    if let Some(path) = fail_while {
-        config.push_str(&format!(
-            "parameters: {{\n  key: \"fail_while\"\n  value: {{ string_value: \"{}\" }}\n}}\n",
-            path.display()
-        ));
+    let parameter = |key: &str, value: String| {
+        format!("parameters: {{\n  key: \"{key}\"\n  value: {{ string_value: \"{value}\" }}\n}}\n")
+    };
+    if let Some(ms) = behaviour.delay_ms {
+        config.push_str(&parameter("delay_ms", ms.to_string()));
+    }
+    if let Some(path) = behaviour.fail_while {
+        config.push_str(&parameter("fail_while", path.display().to_string()));
+    }
+    if let Some(path) = behaviour.hold_while {
+        config.push_str(&parameter("hold_while", path.display().to_string()));
     }
     std::fs::write(dst.join("config.pbtxt"), config).unwrap();
     std::fs::copy(src.join("1/model.py"), dst.join("1/model.py")).unwrap();
@@ -869,6 +892,75 @@ fn backend_absent_at_start_is_not_ready_then_serves_and_metrics_count_it() {
     assert_eq!(server.metric("cboserver_backend_ready"), 0.0);
 }
 
+/// Images of the batches the test model holds now (its "batch of N held" log lines).
+fn held_images(triton: &Triton) -> usize {
+    triton
+        .log()
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split("cbo-test: batch of ").nth(1)?;
+            let n = rest.trim_end_matches('"').strip_suffix(" held")?;
+            n.trim().parse::<usize>().ok()
+        })
+        .sum()
+}
+
+/// `--backend-concurrency 2`: while the backend holds one batch, cboserver gathers and sends the
+/// next, so two instances of the model work at once. Before, one batch at a time was in the
+/// backend, whatever its instances: the second frame waited in cboserver until the first was
+/// answered.
+#[test]
+fn two_batches_are_in_the_backend_at_once_with_backend_concurrency_2() {
+    let repository = tempfile::tempdir().unwrap();
+    let hold = repository.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    add_model_with(
+        repository.path(),
+        MODEL,
+        Behaviour {
+            hold_while: Some(&hold),
+            instances: Some(2),
+            ..Default::default()
+        },
+    );
+    let triton = Triton::start(repository.path(), free_tcp_port());
+    let server = CboServer::grpc(
+        &triton.address(),
+        &[
+            "--backend-concurrency",
+            "2",
+            "--max-batch",
+            "1",
+            "--request-timeout-ms",
+            "120000",
+        ],
+    );
+    let client = Client::connect(&server);
+    let frames: Vec<_> = (0..2)
+        .map(|i| {
+            let connection = client.connection.clone();
+            client
+                .runtime
+                .spawn(async move { send_frame(connection, i, 0).await })
+        })
+        .collect();
+    // Both frames are in the model at once (a safety limit, not a speed check); with one batch
+    // at a time the second never gets there while the first is held.
+    assert!(
+        common::settles(Duration::from_secs(60), || held_images(&triton) >= 2),
+        "the backend never held both frames at once:\n{}",
+        triton.log()
+    );
+    assert!(frames.iter().all(|f| !f.is_finished()));
+    std::fs::remove_file(&hold).unwrap();
+    let codes: Vec<Option<ErrorCode>> = frames
+        .into_iter()
+        .map(|f| client.runtime.block_on(f).unwrap())
+        .collect();
+    assert_eq!(codes, vec![None, None]);
+    client.close();
+}
+
 /// A model that fails every batch while it still says it is ready: after three failed batches
 /// in a row the backend counts as down (frames `overloaded` at once, without a call), cboserver
 /// tries it again after a growing pause, and serves as soon as the model works again. Before,
@@ -879,7 +971,14 @@ fn a_model_failing_every_batch_is_taken_out_of_service_until_it_works() {
     let repository = tempfile::tempdir().unwrap();
     let broken = repository.path().join("broken");
     std::fs::write(&broken, "").unwrap();
-    add_model_with(repository.path(), MODEL, None, Some(&broken));
+    add_model_with(
+        repository.path(),
+        MODEL,
+        Behaviour {
+            fail_while: Some(&broken),
+            ..Default::default()
+        },
+    );
     let _triton = Triton::start(repository.path(), free_tcp_port());
     let server = CboServer::grpc(&_triton.address(), &["--metrics", "127.0.0.1:0"]);
     server.wait_ready(true, Duration::from_secs(60));

@@ -49,6 +49,12 @@ struct Cli {
     /// Time for one connection attempt to the gRPC backend, in ms (1 to 600000)
     #[arg(long, default_value_t = 2000, value_parser = bounds::parser::<u64>(bounds::TIMEOUT_MS))]
     backend_connect_timeout_ms: u64,
+    /// Batches a gRPC backend runs at once (1 to 64): while one is in the backend the next is
+    /// gathered and sent. Raise it with the backend's model instances (Triton's
+    /// `instance_group.count`); each batch still holds at most --max-batch frames
+    #[arg(long, default_value_t = 1,
+          value_parser = bounds::parser::<usize>(bounds::BACKEND_CONCURRENCY))]
+    backend_concurrency: usize,
     /// Input size the frames are pre-processed to for a gRPC backend: N or WxH, each side 1 to
     /// 4096 (the bundled server model's by default); checked against the backend model's
     /// metadata
@@ -185,8 +191,9 @@ fn parse_size(text: &str) -> Result<(u32, u32), String> {
 
 /// The options that only a gRPC backend reads; given with `--backend local` they would do
 /// nothing, so they are refused instead of being ignored.
-const GRPC_ONLY: [(&str, &str); 4] = [
+const GRPC_ONLY: [(&str, &str); 5] = [
     ("backend_model_version", "--backend-model-version"),
+    ("backend_concurrency", "--backend-concurrency"),
     ("backend_connect_timeout_ms", "--backend-connect-timeout-ms"),
     ("input_size", "--input-size"),
     ("input_layout", "--input-layout"),
@@ -231,6 +238,7 @@ fn backend(cli: &Cli) -> Result<BackendKind, String> {
             elem: InputType::F32,
         },
         connect_timeout: Duration::from_millis(cli.backend_connect_timeout_ms),
+        concurrency: cli.backend_concurrency,
     }))
 }
 

@@ -100,6 +100,9 @@ pub struct ModelInfo {
     /// Why batching is off, when it is.
     pub batching_off: Option<String>,
     pub fallback_warning: Option<String>,
+    /// Batches run at once: one model thread each (`--backend-concurrency`; 1 for a local
+    /// model).
+    pub concurrency: usize,
 }
 
 pub struct Engine {
@@ -133,9 +136,13 @@ impl Engine {
         let max_batch = config.max_batch.max(1);
         // Small on purpose: workers block (back-pressure) instead of decoding far ahead.
         let (batch_tx, batch_rx) = mpsc::sync_channel::<Ready>(2 * max_batch);
-        let (loaded_tx, loaded_rx) = mpsc::channel::<Result<ModelInfo, String>>();
+        // The model threads take turns gathering a batch; each runs its own.
+        let batch_rx = Arc::new(Mutex::new(batch_rx));
+        type Loaded = Result<(ModelInfo, Vec<ModelRunner>), String>;
+        let (loaded_tx, loaded_rx) = mpsc::channel::<Loaded>();
         let batch_timeout = config.batch_timeout;
         let runner_config = config.clone();
+        let rx = batch_rx.clone();
         let model_thread = std::thread::Builder::new()
             .name("cbo-model".into())
             .spawn(move || {
@@ -146,16 +153,20 @@ impl Engine {
                         return;
                     }
                 };
-                let _ = loaded_tx.send(Ok(runner.info.clone()));
+                // Runners for the other model threads, on handles sharing this backend.
+                let others = (1..runner.info.concurrency)
+                    .map_while(|_| runner.another())
+                    .collect();
+                let _ = loaded_tx.send(Ok((runner.info.clone(), others)));
                 drop(loaded_tx);
                 // However this thread ends (a panic included), no more batches run: `/readyz`
                 // and the engine must say so instead of answering `internal` to every frame.
                 let _down = DownOnExit(runner_config.readiness.clone());
-                runner.serve(batch_rx, batch_timeout);
+                runner.serve(&rx, batch_timeout);
             })
             .map_err(|e| format!("cannot start the model thread: {e}"))?;
-        let info = match loaded_rx.recv() {
-            Ok(Ok(info)) => info,
+        let (info, others) = match loaded_rx.recv() {
+            Ok(Ok(loaded)) => loaded,
             Ok(Err(e)) => {
                 let _ = model_thread.join();
                 return Err(e);
@@ -165,10 +176,23 @@ impl Engine {
                 return Err("the model thread stopped while loading".into());
             }
         };
+        let mut threads = vec![model_thread];
+        for (i, mut runner) in others.into_iter().enumerate() {
+            let rx = batch_rx.clone();
+            let readiness = config.readiness.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("cbo-model-{}", i + 1))
+                .spawn(move || {
+                    let _down = DownOnExit(readiness);
+                    runner.serve(&rx, batch_timeout);
+                })
+                .map_err(|e| format!("cannot start a model thread: {e}"))?;
+            threads.push(t);
+        }
+        drop(batch_rx);
 
         let (queue_tx, queue_rx) = mpsc::sync_channel::<Job>(config.queue_capacity.max(1));
         let queue_rx = Arc::new(Mutex::new(queue_rx));
-        let mut threads = vec![model_thread];
         for i in 0..config.decode_threads.max(1) {
             let rx = queue_rx.clone();
             let tx = batch_tx.clone();
@@ -246,10 +270,10 @@ struct DownOnExit(Arc<Readiness>);
 impl Drop for DownOnExit {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            tracing::error!("the model thread panicked: no more frames are served");
-            self.0.set_down("the model thread stopped (panicked)");
+            tracing::error!("a model thread panicked: no more frames are served");
+            self.0.stop("the model thread stopped (panicked)");
         } else {
-            self.0.set_down("stopping");
+            self.0.stop("stopping");
         }
     }
 }
@@ -396,6 +420,7 @@ impl ModelRunner {
             max_batch,
             batching_off,
             fallback_warning: info.fallback_warning,
+            concurrency: info.concurrency.max(1),
         };
         Ok(Self {
             batch: BatchTensor::new(info.spec, max_batch),
@@ -410,19 +435,40 @@ impl ModelRunner {
         })
     }
 
-    /// Collects batches and runs them until every decode worker has stopped.
-    fn serve(&mut self, rx: Receiver<Ready>, batch_timeout: Duration) {
+    /// A runner for another model thread on a second handle of the same backend; `None` where
+    /// the backend runs one batch at a time.
+    fn another(&self) -> Option<ModelRunner> {
+        Some(ModelRunner {
+            backend: self.backend.another()?,
+            labels: self.labels.clone(),
+            output_kind: self.output_kind,
+            max_top_k: self.max_top_k,
+            post: self.post.clone(),
+            batch: BatchTensor::new(self.info.spec, self.info.max_batch),
+            rows: Vec::new(),
+            info: self.info.clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Collects batches and runs them until every decode worker has stopped. With several
+    /// model threads, one at a time gathers a batch (holding `rx`) while the others run theirs.
+    fn serve(&mut self, rx: &Mutex<Receiver<Ready>>, batch_timeout: Duration) {
         let max_batch = self.info.max_batch;
         let mut items: Vec<Ready> = Vec::with_capacity(max_batch);
-        while let Ok(first) = rx.recv() {
-            items.push(first);
-            // Whatever is queued already joins at once; then wait out the batch timeout.
-            let until = Instant::now() + batch_timeout;
-            while items.len() < max_batch {
-                let left = until.saturating_duration_since(Instant::now());
-                match rx.try_recv().or_else(|_| rx.recv_timeout(left)) {
-                    Ok(r) => items.push(r),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        loop {
+            {
+                let Ok(rx) = rx.lock() else { return };
+                let Ok(first) = rx.recv() else { return };
+                items.push(first);
+                // Whatever is queued already joins at once; then wait out the batch timeout.
+                let until = Instant::now() + batch_timeout;
+                while items.len() < max_batch {
+                    let left = until.saturating_duration_since(Instant::now());
+                    match rx.try_recv().or_else(|_| rx.recv_timeout(left)) {
+                        Ok(r) => items.push(r),
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    }
                 }
             }
             self.run(&mut items);
@@ -643,6 +689,7 @@ mod tests {
                 max_batch: 2,
                 batching_off: None,
                 fallback_warning: None,
+                concurrency: 1,
             },
             metrics: Metrics::new(2),
         };

@@ -99,6 +99,8 @@ pub mod bounds {
     pub const DECODE_THREADS: RangeInclusive<u64> = 0..=256;
     /// `--max-batch`, as the element's `max-batch`; the batch tensor is allocated at start.
     pub const MAX_BATCH: RangeInclusive<u64> = 1..=256;
+    /// `--backend-concurrency`.
+    pub const BACKEND_CONCURRENCY: RangeInclusive<u64> = 1..=64;
     /// `--batch-timeout-ms` (0: run what has arrived), at most the element's longest
     /// `deadline`: no client waits longer for an answer. It must also be below
     /// `--request-timeout-ms`, or a frame that arrives alone would wait out its own time.
@@ -531,6 +533,12 @@ impl Server {
                 ),
             }
         ));
+        if info.concurrency > 1 {
+            shared.log(format_args!(
+                "{} batches in the backend at once",
+                info.concurrency
+            ));
+        }
         if let Some(w) = &info.fallback_warning {
             shared.warn(format_args!("{w}"));
         }

@@ -53,6 +53,8 @@ pub struct GrpcConfig {
     pub input: TensorSpec,
     /// Time for one connection attempt and each of its start-up calls.
     pub connect_timeout: Duration,
+    /// Batches in the backend at once (`--backend-concurrency`): one model thread each.
+    pub concurrency: usize,
 }
 
 impl GrpcConfig {
@@ -336,8 +338,9 @@ fn describe_transport(e: &tonic::transport::Error) -> String {
 
 pub struct GrpcBackend {
     link: Arc<Link>,
-    /// Drives the supervisor and each call the model thread blocks on.
-    runtime: tokio::runtime::Runtime,
+    /// Drives the supervisor and each call the model threads block on (shared by the handles
+    /// [`BatchBackend::another`] makes).
+    runtime: Arc<tokio::runtime::Runtime>,
     /// One image's shape without the batch dimension.
     image_shape: Vec<usize>,
 }
@@ -359,7 +362,7 @@ impl GrpcBackend {
             ));
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(config.concurrency.clamp(1, 4))
             .thread_name("cbo-backend")
             .enable_all()
             .build()
@@ -418,11 +421,12 @@ impl GrpcBackend {
             // The engine batches; a model that takes one image at a time gets them one by one.
             batch_dim: BatchDim::Dynamic,
             fallback_warning: None,
+            concurrency: config.concurrency.max(1),
         };
         Ok((
             GrpcBackend {
                 link,
-                runtime,
+                runtime: Arc::new(runtime),
                 image_shape,
             },
             info,
@@ -524,6 +528,15 @@ fn model_state(
 }
 
 impl BatchBackend for GrpcBackend {
+    /// Another handle on the same connection (HTTP/2 carries the calls side by side).
+    fn another(&self) -> Option<Box<dyn BatchBackend>> {
+        Some(Box::new(GrpcBackend {
+            link: self.link.clone(),
+            runtime: self.runtime.clone(),
+            image_shape: self.image_shape.clone(),
+        }))
+    }
+
     fn infer(
         &mut self,
         batch: &BatchTensor,

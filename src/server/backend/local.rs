@@ -28,6 +28,8 @@ impl LocalBackend {
             classes: Some(model.width),
             batch_dim: BatchDim::of(&model.session),
             fallback_warning: model.fallback_warning.clone(),
+            // One session, one batch at a time.
+            concurrency: 1,
         };
         Ok((LocalBackend { model }, info))
     }

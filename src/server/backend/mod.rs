@@ -87,6 +87,12 @@ pub trait BatchBackend: Send {
         deadline: Instant,
         scores: &mut Vec<f32>,
     ) -> Result<usize, BackendError>;
+
+    /// A second handle that runs batches at the same time as this one, for another model
+    /// thread; `None` where batches run one at a time (a local model owns its session).
+    fn another(&self) -> Option<Box<dyn BatchBackend>> {
+        None
+    }
 }
 
 /// What a started backend is, for the hello, the logs and the engine's batching.
@@ -102,6 +108,8 @@ pub struct BackendInfo {
     pub classes: Option<usize>,
     pub batch_dim: BatchDim,
     pub fallback_warning: Option<String>,
+    /// Batches run at once (one model thread each, [`BatchBackend::another`]).
+    pub concurrency: usize,
 }
 
 /// Whether the backend can take work now, and why not. Shared by the backend (which sets it),
@@ -109,6 +117,9 @@ pub struct BackendInfo {
 #[derive(Debug)]
 pub struct Readiness {
     ready: AtomicBool,
+    /// Set for good when no batch can run any more ([`Readiness::stop`]): a reconnecting
+    /// backend must not say ready again then.
+    stopped: AtomicBool,
     reason: Mutex<String>,
 }
 
@@ -116,6 +127,7 @@ impl Readiness {
     pub fn new(reason: &str) -> Self {
         Self {
             ready: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             reason: Mutex::new(reason.to_string()),
         }
     }
@@ -125,7 +137,18 @@ impl Readiness {
     }
 
     pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
+        // Stored, then undone if stopped: whichever of this and `stop` comes first, a stopped
+        // backend ends not ready.
+        self.ready.store(true, Ordering::SeqCst);
+        if self.stopped.load(Ordering::SeqCst) {
+            self.ready.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Marks the backend down for good (the model threads have stopped).
+    pub fn stop(&self, reason: &str) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.set_down(reason);
     }
 
     /// Marks the backend down; returns whether it was up (so a transition is logged once).

@@ -27,6 +27,8 @@ class TritonPythonModel:
         self.delay_s = float(params.get("delay_ms", "0")) / 1000.0
         # A broken model for the failure tests: every batch fails while this file exists.
         self.fail_while = params.get("fail_while")
+        # Batches announced, then held while this file exists (the concurrency test).
+        self.hold_while = params.get("hold_while")
 
     def execute(self, requests):
         # Requests Triton batched together run as one ONNX Runtime call, then are split again.
@@ -38,6 +40,10 @@ class TritonPythonModel:
         if self.delay_s > 0:
             pb_utils.Logger.log_info(f"cbo-test: batch of {sum(sizes)} started")
             time.sleep(self.delay_s)
+        if self.hold_while:
+            pb_utils.Logger.log_info(f"cbo-test: batch of {sum(sizes)} held")
+            while os.path.exists(self.hold_while):
+                time.sleep(0.01)
         batch = np.concatenate(inputs, axis=0).astype(np.float32, copy=False)
         scores = self.session.run([self.output_name], {self.input_name: batch})[0]
         responses = []
