@@ -235,10 +235,11 @@ pub enum CalibrationError {
     NotJson(serde_json::Error),
     #[error("not a cbo calibration file (expected \"format\": \"{FILE_FORMAT}\")")]
     NotACalibration,
+    /// The `version` field as written (`2`, `"1"`).
     #[error(
         "calibration file version {0} is not supported (this cbo reads version {FILE_VERSION})"
     )]
-    Version(u64),
+    Version(String),
     #[error("calibration file has no version")]
     NoVersion,
     #[error("corrupt calibration file: {0}")]
@@ -893,11 +894,14 @@ impl CalibrationFile {
         if header.get("format").and_then(|v| v.as_str()) != Some(FILE_FORMAT) {
             return Err(CalibrationError::NotACalibration);
         }
-        match header.get("version").and_then(|v| v.as_u64()) {
-            Some(v) if v == FILE_VERSION as u64 => {}
-            Some(v) => return Err(CalibrationError::Version(v)),
+        match header.get("version") {
+            Some(v) if version_number(v) == Some(u64::from(FILE_VERSION)) => {}
+            Some(v) => return Err(CalibrationError::Version(v.to_string())),
             None => return Err(CalibrationError::NoVersion),
         }
+        let mut header = header;
+        // `1.0` as the integer the struct holds.
+        header["version"] = FILE_VERSION.into();
         let file: Self = serde_json::from_value(header).map_err(CalibrationError::Corrupt)?;
         file.calibrator.validate()?;
         Ok(file)
@@ -936,6 +940,16 @@ impl CalibrationFile {
             source,
         })
     }
+}
+
+/// A file format's `version` field as a number: `1` and `1.0` alike (JSON does not tell them
+/// apart for a reader, and a hand-edited file may hold either); `None` for anything else.
+pub(crate) fn version_number(v: &serde_json::Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(f))
+            .map(|f| f as u64)
+    })
 }
 
 #[cfg(test)]
@@ -1194,6 +1208,14 @@ mod tests {
                 .to_string()
         };
         assert!(variant(&|v| v["version"] = 2.into()).contains("version 2"));
+        // A version written `1.0` is version 1; a string is named as written (it read "has no
+        // version").
+        let mut v1 = good.clone();
+        v1["version"] = 1.0.into();
+        assert!(CalibrationFile::parse(&v1.to_string()).is_ok());
+        assert!(variant(&|v| v["version"] = "1".into()).contains("version \"1\""));
+        assert_eq!(version_number(&serde_json::json!(1.5)), None);
+        assert_eq!(version_number(&serde_json::json!(-1.0)), None);
         assert!(variant(&|v| v["format"] = "x".into()).contains("not a cbo calibration"));
         assert!(variant(&|v| v["temperature"] = (-1.0).into()).contains("positive"));
         assert!(variant(&|v| v["method"] = "magic".into()).contains("corrupt"));

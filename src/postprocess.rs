@@ -135,6 +135,8 @@ impl Labels {
     /// last column; rows must be in index order starting at 0). Blank lines at the end are
     /// ignored; a header line whose first column is not a number is skipped in TSV files.
     pub fn parse(text: &str) -> Result<Self, LabelsError> {
+        // A byte-order mark (spreadsheets on Windows write one) is not part of the first name.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
         while lines.last().is_some_and(|l| l.trim().is_empty()) {
             lines.pop();
@@ -426,6 +428,10 @@ mod tests {
         assert_eq!(with_header.name(1), "y");
         assert!(Labels::parse("0\ta\tx\n2\tb\ty\n").is_err());
         assert!(Labels::parse("\n\n").is_err());
+        // A byte-order mark is not part of the first name (nor hides a TSV header's index).
+        assert_eq!(Labels::parse("\u{feff}cat\ndog\n").unwrap().name(0), "cat");
+        let tsv = Labels::parse("\u{feff}0\tn01\ttench\n1\tn02\tgoldfish\n").unwrap();
+        assert_eq!((tsv.len(), tsv.name(0)), (2, "tench"));
     }
 
     #[test]

@@ -144,8 +144,9 @@ pub enum ProfileError {
     NotJson(serde_json::Error),
     #[error("not a cbo profile ({}; expected \"format\": \"{FORMAT}\")", format_field(.0))]
     NotAProfile(Option<String>),
-    #[error("unsupported profile version {0:?} (this build reads version {VERSION})")]
-    Version(Option<u64>),
+    /// The `version` field as written (`2`, `"1"`, or `missing`).
+    #[error("unsupported profile version {0} (this build reads version {VERSION})")]
+    Version(String),
     #[error("malformed profile: {0}")]
     Malformed(serde_json::Error),
     /// Figures out of range or inconsistent.
@@ -404,10 +405,14 @@ impl Profile {
             Some(FORMAT) => {}
             other => return Err(ProfileError::NotAProfile(other.map(str::to_string))),
         }
-        match value.get("version").and_then(|v| v.as_u64()) {
-            Some(v) if v == VERSION as u64 => {}
-            other => return Err(ProfileError::Version(other)),
+        match value.get("version") {
+            Some(v) if crate::calibration::version_number(v) == Some(u64::from(VERSION)) => {}
+            Some(v) => return Err(ProfileError::Version(v.to_string())),
+            None => return Err(ProfileError::Version("missing".into())),
         }
+        let mut value = value;
+        // `1.0` as the integer the struct holds.
+        value["version"] = VERSION.into();
         let profile: Profile = serde_json::from_value(value).map_err(ProfileError::Malformed)?;
         profile.validate()?;
         Ok(profile)
@@ -747,8 +752,17 @@ mod tests {
         let v2 = p.to_json().replace("\"version\": 1", "\"version\": 2");
         assert!(matches!(
             Profile::parse(&v2),
-            Err(ProfileError::Version(Some(2)))
+            Err(ProfileError::Version(ref v)) if v == "2"
         ));
+        // `1.0` is version 1; a string or no version is named as written (it read "None").
+        let v1 = p.to_json().replace("\"version\": 1", "\"version\": 1.0");
+        assert_eq!(Profile::parse(&v1).unwrap(), p);
+        let text = p.to_json().replace("\"version\": 1", "\"version\": \"1\"");
+        let e = Profile::parse(&text).unwrap_err().to_string();
+        assert!(e.contains("version \"1\""), "{e}");
+        let text = p.to_json().replace("\"version\": 1,", "");
+        let e = Profile::parse(&text).unwrap_err().to_string();
+        assert!(e.contains("version missing"), "{e}");
         let bad = p
             .to_json()
             .replace("\"server_accuracy\": 1.0", "\"server_accuracy\": 1.5");

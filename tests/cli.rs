@@ -471,6 +471,13 @@ fn labels_that_do_not_cover_the_clip_are_refused() {
             short.display()
         )],
     );
+    // A byte-order mark before the header (a spreadsheet's CSV) is read past; it read "no
+    // 'frame' column".
+    std::fs::write(
+        &short,
+        format!("\u{feff}{}", std::fs::read_to_string(&short).unwrap()),
+    )
+    .unwrap();
     let args = eval(&["--max-frames", "10", "--json"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = cbo(&args);
@@ -478,6 +485,21 @@ fn labels_that_do_not_cover_the_clip_are_refused() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A class the models cannot answer is refused, where its frames were scored wrong.
+    let mut rows: Vec<String> = all.lines().take(11).map(str::to_string).collect();
+    let mut cols: Vec<&str> = rows[3].split(',').collect();
+    assert_eq!(
+        all.lines().next().unwrap().split(',').nth(2),
+        Some("class_index")
+    );
+    cols[2] = "1500";
+    rows[3] = cols.join(",");
+    std::fs::write(&short, rows.join("\n")).unwrap();
+    refused(
+        &args,
+        &["the labels name class index 1500, but", "has 1000 classes"],
     );
 }
 

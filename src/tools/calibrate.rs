@@ -85,7 +85,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<CalibrateReport, String> {
         model_path.display(),
         args.input.describe()
     );
-    let data: Dataset = gather(&mut classifier, &args.input, true)?;
+    let data: Dataset = gather(&mut classifier, &model_path, &args.input, true)?;
     let calibrator = Calibrator::fit(args.method, &data).map_err(|e| e.to_string())?;
     let raw = Metrics::of(&data.top_label());
     let calibrated = Metrics::of(&calibrator.top_label(&data));
@@ -164,7 +164,7 @@ pub fn ece(args: &EceArgs) -> Result<serde_json::Value, String> {
     let file = CalibrationFile::load(&args.calibration).map_err(|e| e.to_string())?;
     let (mut classifier, model_path) = load(&args.model)?;
     file.check_model(&model_path).map_err(|e| e.to_string())?;
-    let data = gather(&mut classifier, &args.input, true)?;
+    let data = gather(&mut classifier, &model_path, &args.input, true)?;
     let raw = Metrics::of(&data.top_label());
     let cal = Metrics::of(&file.calibrator.top_label(&data));
     if let Some(png) = &args.plot {

@@ -73,6 +73,8 @@ impl Table {
     fn read(path: &Path, sep: char) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
+        // A byte-order mark would be part of the first column's name ("no 'frame' column").
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let mut lines = text
             .lines()
             .enumerate()
@@ -252,16 +254,33 @@ pub fn map_frame<'a>(
         .map_err(|e| e.to_string())
 }
 
+/// A labelled class the model has no output for is an error: scored, it would count as a wrong
+/// answer on every such frame, without a word (a labels file for another class list).
+pub fn check_class(class: usize, classes: usize, model: &Path) -> Result<(), String> {
+    if class < classes {
+        return Ok(());
+    }
+    Err(format!(
+        "the labels name class index {class}, but {} has {classes} classes (0 to {}): are the \
+         labels for this model's class list?",
+        model.display(),
+        classes.saturating_sub(1)
+    ))
+}
+
 /// Runs the classifier over the labelled input and collects each frame's score row (logits; or
 /// log-probabilities for probability-output models, as the element calibrates them) with the
 /// output index of its true class.
 pub fn gather(
     classifier: &mut Classifier,
+    model: &Path,
     input: &InputArgs,
     progress: bool,
 ) -> Result<Dataset, String> {
     let mut data = Dataset::default();
+    let classes = classifier.postprocessor().labels().len();
     for_each_labelled(input, progress, |buf, caps, class| {
+        check_class(class, classes, model)?;
         let frame = map_frame(buf, caps)?;
         classifier
             .classify_frame(&frame)
@@ -287,6 +306,17 @@ pub fn gather(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_class_the_model_lacks_is_an_error() {
+        let model = Path::new("m.onnx");
+        assert!(check_class(999, 1000, model).is_ok());
+        let e = check_class(1000, 1000, model).unwrap_err();
+        assert!(
+            e.contains("class index 1000") && e.contains("m.onnx has 1000 classes (0 to 999)"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn label_tables_parse_and_bad_rows_name_the_line() {

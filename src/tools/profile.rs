@@ -19,7 +19,7 @@ use crate::preprocess::Normalization;
 use crate::profile::{
     ConfidenceBin, FittedOn, FrameObservation, ModelRef, Profile, ProfileInputs, ServerObservation,
 };
-use crate::tools::dataset::{InputArgs, for_each_labelled, map_frame};
+use crate::tools::dataset::{InputArgs, check_class, for_each_labelled, map_frame};
 
 #[derive(Debug, clap::Args)]
 pub struct ProfileArgs {
@@ -195,7 +195,13 @@ pub fn measure(args: &ProfileArgs) -> Result<(ProfileInputs, Vec<FrameObservatio
         args.jpeg_quality,
         args.input.describe()
     );
+    let (device_classes, server_classes) = (
+        device.postprocessor().labels().len(),
+        server.postprocessor().labels().len(),
+    );
     let n = for_each_labelled(&args.input, true, |buf, caps, class| {
+        check_class(class, device_classes, &device_path)?;
+        check_class(class, server_classes, &server_path)?;
         let frame = map_frame(buf, caps)?;
         frame_size = (frame.info().width(), frame.info().height());
         let (result, _) = device.classify_frame(&frame).map_err(|e| e.to_string())?;
