@@ -48,7 +48,7 @@ fn calibration_fitted_on_half_the_dev_photos_holds_on_the_other_half() {
         labels: None,
         max_samples: 0,
     };
-    let data = gather(&mut classifier, &input, false).unwrap();
+    let data = gather(&mut classifier, &config.model, &input, false).unwrap();
     assert_eq!(data.len(), 600);
     // Fit on one half, check on the other, both ways round, and score all 600 held-out
     // predictions together: 300 samples alone put ECE's own sampling noise near 0.05 (15 bins of

@@ -984,18 +984,28 @@ fn a_model_failing_every_batch_is_taken_out_of_service_until_it_works() {
     server.wait_ready(true, Duration::from_secs(60));
 
     // One frame at a time: each reaches a batch of its own.
-    let codes = send_frames(&server, 4);
-    assert_eq!(codes[..3], [Some(ErrorCode::Internal); 3], "{codes:?}");
-    // The third failure took the backend down before its frame was answered.
-    assert_eq!(codes[3], Some(ErrorCode::Overloaded), "{codes:?}");
+    let codes = send_frames(&server, 3);
+    assert_eq!(codes, [Some(ErrorCode::Internal); 3]);
+    // The third failure took the backend down before its frame was answered: the next frame is
+    // refused at once, without a call. (Should the machine be too slow to send it within the
+    // 200 ms pause before the reconnection, the next failure takes the backend down for 400 ms,
+    // then 800 ms: one of the next three frames is refused at once, however loaded the machine.)
+    let more = send_frames(&server, 3);
+    assert!(more.contains(&Some(ErrorCode::Overloaded)), "{more:?}");
+    assert!(
+        more.iter()
+            .all(|&c| matches!(c, Some(ErrorCode::Internal | ErrorCode::Overloaded))),
+        "{more:?}"
+    );
+    // Every `internal` answer was one call to the model; the `overloaded` ones made none.
+    let calls = 3 + more
+        .iter()
+        .filter(|&&c| c == Some(ErrorCode::Internal))
+        .count();
     assert_eq!(
         server.metric("cboserver_backend_errors_total{kind=\"refused\"}"),
-        3.0
+        calls as f64
     );
-    let (status, body) = server.get("/readyz");
-    if status == 503 {
-        assert!(body.contains("3 batches in a row failed"), "{body}");
-    }
 
     // Mended: served again once cboserver has reconnected (a safety limit, not a speed check).
     std::fs::remove_file(&broken).unwrap();

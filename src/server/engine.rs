@@ -9,7 +9,11 @@
 //!
 //! The model thread hands each batch to the [backend](super::backend): ONNX Runtime in this
 //! process, or one `ModelInfer` call to an inference server. While a backend is not ready, jobs
-//! are refused at once ([`ErrorCode::Overloaded`]).
+//! are refused at once ([`ErrorCode::Overloaded`]). A gRPC backend with `--backend-concurrency
+//! N` gets N model threads (`cbo-model`, `cbo-model-1`, ...), each with its own batch and
+//! post-processor on a handle of the same backend: they take turns gathering a batch (the batch
+//! queue's receiver sits in a mutex, held only while gathering) and run theirs side by side.
+//! Locks: that mutex and the decode queue's are each taken alone; no thread holds two.
 //!
 //! All of it runs on plain std threads so the async runtime that serves QUIC never blocks on
 //! libjpeg, ONNX Runtime or a backend call. The decode queue is bounded (a full queue answers

@@ -13,7 +13,7 @@
 //! engine's model thread is a plain thread and blocks on each call, bounded by the batch's
 //! deadline.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -122,18 +122,23 @@ pub enum ConnectError {
 struct Connected {
     client: Client,
     checked: Checked,
+    /// Which connection this is (set by [`Link::up`]): a call that failed on an older one must
+    /// not take down, nor count against, the one made since.
+    generation: u64,
 }
 
-/// The connection, shared by the model thread and the supervisor.
+/// The connection, shared by the model threads and the supervisor.
 struct Link {
     config: GrpcConfig,
     expected: Expected,
+    /// The connection in use; readiness changes with it, under this lock, so the two agree.
     current: Mutex<Option<Connected>>,
+    generations: AtomicU64,
     readiness: Arc<Readiness>,
     /// Wakes the supervisor when a call lost the connection.
     lost: Notify,
-    /// Calls that failed since the last one answered (late and busy ones not counted): sets the
-    /// pause before the next reconnection.
+    /// Calls that failed since the last one answered (late and busy ones, and failures on an
+    /// older connection, not counted): sets the pause before the next reconnection.
     failed_calls: AtomicU32,
 }
 
@@ -142,11 +147,12 @@ impl Link {
         self.current.lock().ok().and_then(|c| c.clone())
     }
 
-    fn up(&self, connected: Connected) {
+    fn up(&self, mut connected: Connected) {
+        connected.generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         if let Ok(mut c) = self.current.lock() {
             *c = Some(connected);
+            self.readiness.set_ready();
         }
-        self.readiness.set_ready();
         tracing::info!(backend = %self.config.uri(), model = %self.config.model, "backend ready");
     }
 
@@ -155,17 +161,26 @@ impl Link {
         self.failed_calls.store(0, Ordering::Relaxed);
     }
 
-    /// A call failed; returns the failures in a row.
-    fn call_failed(&self) -> u32 {
-        self.failed_calls.fetch_add(1, Ordering::Relaxed) + 1
+    /// A call on connection `generation` failed; returns the failures in a row, or `None` when
+    /// that connection is no longer the one in use (its failure says nothing of the new one).
+    fn call_failed(&self, generation: u64) -> Option<u32> {
+        let c = self.current.lock().ok()?;
+        (c.as_ref()?.generation == generation)
+            .then(|| self.failed_calls.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
-    /// Drops the connection after a failed call and wakes the supervisor.
-    fn down(&self, reason: &str) {
-        if let Ok(mut c) = self.current.lock() {
-            c.take();
+    /// Drops connection `generation` (if it is still the one in use) and wakes the supervisor.
+    fn down(&self, generation: u64, reason: &str) {
+        let Ok(mut c) = self.current.lock() else {
+            return;
+        };
+        if c.as_ref().is_none_or(|c| c.generation != generation) {
+            return;
         }
-        if self.readiness.set_down(reason) {
+        c.take();
+        let was_up = self.readiness.set_down(reason);
+        drop(c);
+        if was_up {
             tracing::warn!(backend = %self.config.uri(), reason, "backend lost; reconnecting");
         }
         self.lost.notify_one();
@@ -242,20 +257,34 @@ impl Link {
             tensors = %oip::describe(&meta),
             "backend model metadata matches the pre-processing"
         );
-        Ok(Connected { client, checked })
+        Ok(Connected {
+            client,
+            checked,
+            generation: 0,
+        })
     }
 
     /// Whether the connected backend and its model still say they are ready (the health check
-    /// while the link is up). `Err`: why not.
-    async fn check(&self, mut client: Client) -> Result<(), String> {
+    /// while the link is up).
+    async fn check(&self, mut client: Client) -> Result<(), CheckFailure> {
         let config = &self.config;
         let t = config.connect_timeout;
-        let no_answer = |what: &str| format!("{}: no {what} answer in {t:?}", config.uri());
+        let slow =
+            |what: &str| CheckFailure::Slow(format!("{}: no {what} answer in {t:?}", config.uri()));
         match tokio::time::timeout(t, client.server_ready(ServerReadyRequest {})).await {
-            Err(_) => return Err(no_answer("ServerReady")),
-            Ok(Err(s)) => return Err(format!("{}: {}", config.uri(), s.message())),
+            Err(_) => return Err(slow("ServerReady")),
+            Ok(Err(s)) => {
+                return Err(CheckFailure::Down(format!(
+                    "{}: {}",
+                    config.uri(),
+                    s.message()
+                )));
+            }
             Ok(Ok(r)) if !r.get_ref().ready => {
-                return Err(format!("{} answers but is not ready", config.uri()));
+                return Err(CheckFailure::Down(format!(
+                    "{} answers but is not ready",
+                    config.uri()
+                )));
             }
             Ok(Ok(_)) => {}
         }
@@ -265,8 +294,9 @@ impl Link {
         };
         let answer = tokio::time::timeout(t, client.model_ready(request))
             .await
-            .map_err(|_| no_answer("ModelReady"))?;
-        model_state(&config.model, &config.uri(), answer).map_err(|e| e.to_string())
+            .map_err(|_| slow("ModelReady"))?;
+        model_state(&config.model, &config.uri(), answer)
+            .map_err(|e| CheckFailure::Down(e.to_string()))
     }
 
     /// Reconnects whenever the link is lost, with exponential backoff between attempts; checks
@@ -274,21 +304,36 @@ impl Link {
     async fn supervise(self: Arc<Self>) {
         let mut backoff = MIN_BACKOFF;
         let mut last_error = String::new();
+        // Health checks in a row that got no answer in time: a busy backend may be slow to
+        // answer one, so it takes two to count it down.
+        let mut slow_checks = 0;
         loop {
+            // The model threads have stopped: nothing will use a connection again.
+            if self.readiness.is_stopped() {
+                return;
+            }
             if self.readiness.is_ready() {
                 tokio::select! {
                     _ = self.lost.notified() => {}
                     _ = tokio::time::sleep(HEALTH_INTERVAL) => {
-                        if let Some(connected) = self.current()
-                            && let Err(reason) = self.check(connected.client).await
-                            && self.readiness.is_ready()
-                        {
-                            self.down(&reason);
+                        let Some(connected) = self.current() else { continue };
+                        match self.check(connected.client).await {
+                            Ok(()) => slow_checks = 0,
+                            Err(CheckFailure::Slow(reason)) => {
+                                slow_checks += 1;
+                                if slow_checks >= 2 {
+                                    self.down(connected.generation, &reason);
+                                }
+                            }
+                            Err(CheckFailure::Down(reason)) => {
+                                self.down(connected.generation, &reason)
+                            }
                         }
                     }
                 }
                 continue;
             }
+            slow_checks = 0;
             // After failed calls, wait before connecting again: the server answered them, so it
             // will most likely take the connection and fail the next batch the same way.
             let pause = reconnect_pause(self.failed_calls.load(Ordering::Relaxed));
@@ -323,6 +368,14 @@ impl Link {
             }
         }
     }
+}
+
+/// Why a health check failed.
+enum CheckFailure {
+    /// No answer in time: a busy backend, or a gone one.
+    Slow(String),
+    /// The backend or its model says it is not ready, or the call failed.
+    Down(String),
 }
 
 /// tonic's transport errors say "transport error"; the cause below says what happened.
@@ -375,6 +428,7 @@ impl GrpcBackend {
             config: config.clone(),
             expected,
             current: Mutex::new(None),
+            generations: AtomicU64::new(0),
             readiness,
             lost: Notify::new(),
             failed_calls: AtomicU32::new(0),
@@ -435,33 +489,44 @@ impl GrpcBackend {
 
     /// Maps a failed call ([`call_failure`]): a server that went away drops the link, and so
     /// do [`FAILED_IN_A_ROW`] refused batches in a row.
-    fn failed(&self, status: tonic::Status, budget: Duration, deadline: Instant) -> BackendError {
+    fn failed(
+        &self,
+        generation: u64,
+        status: tonic::Status,
+        budget: Duration,
+        deadline: Instant,
+    ) -> BackendError {
         let message = format!("{}: {}", self.link.config.uri(), status.message());
         match call_failure(status.code(), Instant::now() >= deadline) {
             CallFailure::Deadline => BackendError::Deadline(budget.as_millis() as u64),
             CallFailure::Lost => {
-                self.link.call_failed();
-                self.link.down(&message);
+                if self.link.call_failed(generation).is_some() {
+                    self.link.down(generation, &message);
+                }
                 BackendError::Unavailable(message)
             }
             CallFailure::Busy => BackendError::Busy(message),
             CallFailure::Refused => {
                 let text = format!("{:?}: {}", status.code(), status.message());
-                self.refused(&text);
+                self.refused(generation, &text);
                 BackendError::Refused(text)
             }
         }
     }
 
     /// Counts a batch the backend answered with an error (or a wrong answer); the
-    /// [`FAILED_IN_A_ROW`]th in a row takes the backend down.
-    fn refused(&self, reason: &str) {
-        let in_a_row = self.link.call_failed();
-        if in_a_row >= FAILED_IN_A_ROW {
-            self.link.down(&format!(
-                "{}: {in_a_row} batches in a row failed, the last: {reason}",
-                self.link.config.uri()
-            ));
+    /// [`FAILED_IN_A_ROW`]th failure since the last good answer takes the backend down.
+    fn refused(&self, generation: u64, reason: &str) {
+        if let Some(in_a_row) = self.link.call_failed(generation)
+            && in_a_row >= FAILED_IN_A_ROW
+        {
+            self.link.down(
+                generation,
+                &format!(
+                    "{}: {in_a_row} batches in a row failed, the last: {reason}",
+                    self.link.config.uri()
+                ),
+            );
         }
     }
 }
@@ -584,12 +649,14 @@ impl BatchBackend for GrpcBackend {
             });
             let got = match answer {
                 Err(_) => return Err(BackendError::Deadline(budget.as_millis() as u64)),
-                Ok(Err(status)) => return Err(self.failed(status, budget, deadline)),
+                Ok(Err(status)) => {
+                    return Err(self.failed(connected.generation, status, budget, deadline));
+                }
                 Ok(Ok(answer)) => {
                     match oip::read_scores(answer.get_ref(), &connected.checked.output, n, scores) {
                         Ok(got) => got,
                         Err(e) => {
-                            self.refused(&e.to_string());
+                            self.refused(connected.generation, &e.to_string());
                             return Err(e.into());
                         }
                     }
@@ -610,8 +677,9 @@ impl BatchBackend for GrpcBackend {
                     config.uri()
                 );
                 // The metadata is read again on reconnecting: the model may have changed.
-                self.link.call_failed();
-                self.link.down(&reason);
+                if self.link.call_failed(connected.generation).is_some() {
+                    self.link.down(connected.generation, &reason);
+                }
                 return Err(BackendError::Answer(oip::AnswerError(reason)));
             }
             width = got;
@@ -663,6 +731,84 @@ mod tests {
             [0, 0, 100, 200, 400, 800, 1600, 2000, 2000, 2000, 2000, 2000]
         );
         assert_eq!(reconnect_pause(u32::MAX), MAX_BACKOFF);
+    }
+
+    /// A link to nowhere (no connection is attempted) and a connection for it.
+    fn test_link(runtime: &tokio::runtime::Runtime) -> (Link, Connected) {
+        let _entered = runtime.enter();
+        let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let spec = TensorSpec {
+            layout: crate::preprocess::Layout::Nchw,
+            width: 2,
+            height: 2,
+            elem: InputType::F32,
+        };
+        let link = Link {
+            config: GrpcConfig {
+                address: "127.0.0.1:9".into(),
+                model: "m".into(),
+                version: String::new(),
+                input: spec,
+                connect_timeout: Duration::from_secs(1),
+                concurrency: 2,
+            },
+            expected: Expected { spec, labels: None },
+            current: Mutex::new(None),
+            generations: AtomicU64::new(0),
+            readiness: Arc::new(Readiness::new("starting")),
+            lost: Notify::new(),
+            failed_calls: AtomicU32::new(0),
+        };
+        let connected = Connected {
+            client: Client::new(channel),
+            checked: Checked {
+                input: "input".into(),
+                output: "logits".into(),
+                batch: oip::BatchMode::Dynamic,
+                classes: Some(10),
+            },
+            generation: 0,
+        };
+        (link, connected)
+    }
+
+    /// Two model threads' calls fail on one connection; the first takes it down, the supervisor
+    /// reconnects; the second failure, on the old connection, must neither take the new one
+    /// down nor count against it.
+    #[test]
+    fn a_failure_on_an_older_connection_leaves_the_new_one_alone() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (link, connected) = test_link(&runtime);
+        link.up(connected.clone());
+        let old = link.current().unwrap().generation;
+        assert_eq!(link.call_failed(old), Some(1));
+        link.down(old, "lost");
+        assert!(!link.readiness.is_ready());
+        link.up(connected);
+        let new = link.current().unwrap().generation;
+        assert_ne!(new, old);
+        assert_eq!(link.call_failed(old), None);
+        link.down(old, "lost again, late");
+        assert!(link.readiness.is_ready());
+        assert_eq!(link.current().map(|c| c.generation), Some(new));
+        // Three failures on the connection in use, counted since the last answer.
+        assert_eq!(link.call_failed(new), Some(2));
+        link.answered();
+        assert_eq!(link.call_failed(new), Some(1));
+        // Stopped (the model threads ended): a reconnection no longer makes it ready, and the
+        // reason stays the stop's.
+        link.readiness.stop("the model thread stopped (panicked)");
+        link.down(new, "lost");
+        link.up(test_link(&runtime).1);
+        assert!(!link.readiness.is_ready());
+        assert!(link.readiness.is_stopped());
+        assert_eq!(
+            link.readiness.reason(),
+            "the model thread stopped (panicked)"
+        );
     }
 
     #[test]

@@ -145,15 +145,27 @@ impl Readiness {
         }
     }
 
-    /// Marks the backend down for good (the model threads have stopped).
+    /// Marks the backend down for good (the model threads have stopped); the reason stays.
     pub fn stop(&self, reason: &str) {
+        if let Ok(mut r) = self.reason.lock()
+            && !self.stopped.swap(true, Ordering::SeqCst)
+        {
+            *r = reason.to_string();
+        }
         self.stopped.store(true, Ordering::SeqCst);
-        self.set_down(reason);
+        self.ready.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether [`Readiness::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
     }
 
     /// Marks the backend down; returns whether it was up (so a transition is logged once).
     pub fn set_down(&self, reason: &str) -> bool {
-        if let Ok(mut r) = self.reason.lock() {
+        if let Ok(mut r) = self.reason.lock()
+            && !self.stopped.load(Ordering::SeqCst)
+        {
             *r = reason.to_string();
         }
         self.ready.swap(false, Ordering::AcqRel)
