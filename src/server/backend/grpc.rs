@@ -3,15 +3,17 @@
 //!
 //! A supervisor task keeps the link: it connects, checks `ServerReady`, `ModelReady` and the
 //! model's metadata against the pre-processing ([`oip::check_metadata`]), and marks the backend
-//! ready. When a call fails because the server went away, or [`FAILED_IN_A_ROW`] batches in a row
-//! fail, the link is dropped, the backend is marked not ready (the engine answers `overloaded` at
-//! once) and the supervisor reconnects, after a pause that grows with the failed calls since the
-//! last answer ([`reconnect_pause`]): a model that fails every call would otherwise be reconnected
-//! to after every batch (740 times in 10 s, `/readyz` up throughout). While the link is up the
-//! supervisor asks `ServerReady` and `ModelReady` every [`HEALTH_INTERVAL`], so `/readyz` follows
-//! a backend that went away while no frame came. The backend owns a small tokio runtime: the
-//! engine's model thread is a plain thread and blocks on each call, bounded by the batch's
-//! deadline.
+//! ready. When a call fails because the server went away, or three batches fail since the last
+//! good answer, the link is dropped, the backend is marked not ready (the engine answers
+//! `overloaded` at once) and the supervisor reconnects, after a pause that grows with the failed
+//! calls since the last answer (`reconnect_pause`): a model that fails every call would otherwise
+//! be reconnected to after every batch (740 times in 10 s, `/readyz` up throughout). While the
+//! link is up the supervisor asks `ServerReady` and `ModelReady` every 5 s (`HEALTH_INTERVAL`),
+//! so `/readyz` follows a backend that went away while no frame came. The backend owns a small
+//! tokio runtime: the engine's model threads (one per batch in flight, `--backend-concurrency`)
+//! are plain threads, each blocking on its call, bounded by the batch's deadline; they share
+//! the connection, and each connection has a generation so that a late failure on a replaced
+//! one is ignored.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
