@@ -45,16 +45,24 @@ pub struct BatchTensor {
 /// there, with the numbers, not later in the allocator.
 pub const MAX_BATCH_TENSOR_BYTES: u64 = 4 << 30;
 
-/// Refuses a batch of `capacity` images of `spec` whose tensor would exceed
+/// Refuses batches of `capacity` images of `spec`, `batches` of them held at once (one per model
+/// thread, `--backend-concurrency`), whose tensors together would exceed
 /// [`MAX_BATCH_TENSOR_BYTES`].
-pub fn check_batch_size(spec: &TensorSpec, capacity: usize) -> Result<(), String> {
-    let bytes = spec.len() as u64 * spec.elem.bytes() as u64 * capacity as u64;
+pub fn check_batch_size(spec: &TensorSpec, capacity: usize, batches: usize) -> Result<(), String> {
+    let batches = batches.max(1) as u64;
+    let image = spec.len() as u64 * spec.elem.bytes() as u64;
+    let bytes = image * capacity as u64 * batches;
     if bytes <= MAX_BATCH_TENSOR_BYTES {
         return Ok(());
     }
-    let most = MAX_BATCH_TENSOR_BYTES / (spec.len() as u64 * spec.elem.bytes() as u64);
+    let most = MAX_BATCH_TENSOR_BYTES / image / batches;
+    let what = if batches > 1 {
+        format!("{batches} batches (--backend-concurrency) of {capacity} images")
+    } else {
+        format!("a batch of {capacity} images")
+    };
     Err(format!(
-        "a batch of {capacity} images of {}x{} ({:?}) takes {:.1} GB, more than the {} GiB allowed: \
+        "{what} of {}x{} ({:?}) take {:.1} GB, more than the {} GiB allowed: \
          set --max-batch to at most {most}{}",
         spec.width,
         spec.height,
@@ -62,7 +70,7 @@ pub fn check_batch_size(spec: &TensorSpec, capacity: usize) -> Result<(), String
         bytes as f64 / 1e9,
         MAX_BATCH_TENSOR_BYTES >> 30,
         if most == 0 {
-            " (none fits: a model, or --input-size, with a smaller input)"
+            " (none fits: a model, or --input-size, with a smaller input, or fewer batches at once)"
         } else {
             ""
         },
@@ -209,16 +217,24 @@ mod tests {
             elem,
         };
         // The server's default model at the largest --max-batch: 208 MB.
-        assert!(check_batch_size(&spec(260, InputType::F32), 256).is_ok());
+        assert!(check_batch_size(&spec(260, InputType::F32), 256, 1).is_ok());
         // 256 x 3 x 4096 x 4096 x 4 bytes = 51.5 GB.
-        let e = check_batch_size(&spec(4096, InputType::F32), 256).unwrap_err();
+        let e = check_batch_size(&spec(4096, InputType::F32), 256, 1).unwrap_err();
         assert!(e.contains("51.5 GB"), "{e}");
         // 4 GiB / (3 x 4096 x 4096 x 4) = 21.3: 21 fit, 22 do not.
         assert!(e.contains("--max-batch to at most 21"), "{e}");
-        assert!(check_batch_size(&spec(4096, InputType::F32), 21).is_ok());
-        assert!(check_batch_size(&spec(4096, InputType::F32), 22).is_err());
+        assert!(check_batch_size(&spec(4096, InputType::F32), 21, 1).is_ok());
+        assert!(check_batch_size(&spec(4096, InputType::F32), 22, 1).is_err());
         // One byte per element: four times as many.
-        assert!(check_batch_size(&spec(4096, InputType::U8), 85).is_ok());
-        assert!(check_batch_size(&spec(4096, InputType::U8), 86).is_err());
+        assert!(check_batch_size(&spec(4096, InputType::U8), 85, 1).is_ok());
+        assert!(check_batch_size(&spec(4096, InputType::U8), 86, 1).is_err());
+        // Each model thread holds its own batch: 4 of them at 4096 px fit 5 images each.
+        let e = check_batch_size(&spec(4096, InputType::F32), 21, 4).unwrap_err();
+        assert!(
+            e.contains("4 batches (--backend-concurrency) of 21 images"),
+            "{e}"
+        );
+        assert!(e.contains("--max-batch to at most 5"), "{e}");
+        assert!(check_batch_size(&spec(4096, InputType::F32), 5, 4).is_ok());
     }
 }

@@ -414,7 +414,7 @@ impl ModelRunner {
                 Some("the model fixes its batch dimension at 1: batching is off".to_string()),
             ),
         };
-        super::batch::check_batch_size(&info.spec, max_batch)
+        super::batch::check_batch_size(&info.spec, max_batch, info.concurrency)
             .map_err(|e| format!("model '{}': {e}", info.name))?;
         let info = ModelInfo {
             name: info.name,
