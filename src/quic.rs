@@ -80,10 +80,10 @@ impl fmt::Display for RequestError {
             RequestError::Connection(m) => write!(f, "connection to the server lost: {m}"),
             RequestError::Server(e) => write!(
                 f,
-                "server error {} for frame {}: {}",
+                "server error {}: {} (frame {})",
                 code_name(e.code),
-                e.frame_id,
-                e.message
+                e.message,
+                e.frame_id
             ),
             RequestError::Protocol(m) => write!(f, "server protocol error: {m}"),
             RequestError::Timeout => write!(f, "the server did not answer in time"),
@@ -419,7 +419,9 @@ async fn exchange(
             a.frame_id
         ))),
         Ok(Response::Error(e)) if e.code == ErrorCode::Timeout => Err(RequestError::Timeout),
-        Ok(Response::Error(e)) => Err(RequestError::Server(e)),
+        // On this frame's stream, so for this frame: the server names frame 0 when it refused
+        // the request before reading its header (too large, say).
+        Ok(Response::Error(e)) => Err(RequestError::Server(ErrorReply { frame_id, ..e })),
         Err(e) => Err(RequestError::Protocol(format!("response: {e}"))),
     }
 }

@@ -444,6 +444,9 @@ fn an_oversized_payload_is_refused_too_large() {
         match quic::request(&session.connection, &fx.header(9, 0), &big, 64 * 1024).await {
             Err(RequestError::Server(e)) => {
                 assert_eq!(e.code, ErrorCode::TooLarge);
+                // Refused before its header was read, the server says frame 0; the client
+                // names the frame of the stream (it printed "for frame 0").
+                assert_eq!(e.frame_id, 9);
                 assert!(
                     e.message.contains(&MAX_REQUEST.to_string()),
                     "{}",

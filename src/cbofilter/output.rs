@@ -69,6 +69,9 @@ pub struct FrameCounts {
 #[derive(Default)]
 pub struct HoldInner {
     queue: HoldQueue<Item, ServerResult>,
+    /// Kinds of offload failure already told to the user (a warning each, once per run: a
+    /// setting the server refuses, `too-large` say, fails every frame the same way).
+    warned_failures: std::collections::HashSet<String>,
     /// Frames pre-processed and queued (as classifying), in order, for the inference thread.
     to_classify: VecDeque<ToClassify>,
     /// Tensors the model is done with, for the streaming thread's next frames.
@@ -285,6 +288,10 @@ impl Hold {
         let mut inner = self.lock();
         let waiting = match result {
             Ok(answer) => inner.queue.answer(id, answer),
+            // No answer by the deadline: the frame leaves `late` when the output task reaches
+            // it (its deadline is this one). Marked failed, it left `failed` whenever the
+            // client's timer fired first, and "failed" means refused before the deadline.
+            Err(ClientError::Timeout) => false,
             Err(reason) => inner.queue.fail(id, reason.to_string()),
         };
         if waiting {
@@ -484,8 +491,29 @@ impl CboFilter {
                 Ok(gst::FlowSuccess::Ok)
             }
             Item::Frame { buffer, result } => {
+                let failure = match &outcome {
+                    Outcome::Failed(reason) => {
+                        let kind = failure_kind(reason);
+                        (kind != STOPPED && inner.warned_failures.insert(kind.to_string()))
+                            .then(|| reason.clone())
+                    }
+                    _ => None,
+                };
                 let result = finish_result(&mut inner.counts, result, outcome, merge, self);
                 drop(inner);
+                // Outside the queue's lock: a bus sync handler may read `stats`.
+                if let Some(reason) = failure {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::Write,
+                        (
+                            "Frame {} not offloaded: {reason}; it keeps its device label \
+                             (decision=failed). Said once for each kind of failure; \
+                             GST_DEBUG=cbo-offload:5 logs every frame",
+                            result.frame
+                        )
+                    );
+                }
                 let (result, reused) = apply_reuse(reuse.as_mut(), &buffer, result);
                 if reused {
                     gst::trace!(CAT, imp = self, "frame {}: reused an answer", result.frame);
@@ -627,6 +655,16 @@ impl CboFilter {
 }
 
 /// Applies how a held frame ended to its result.
+/// The element stopping: its frames' requests end, which is no failure to tell anyone of.
+const STOPPED: &str = "offload client stopped";
+
+/// What kind of failure a reason names: the text before its first `": "` (the reasons are
+/// written "kind: detail", e.g. "server error too-large: request larger than 4096 bytes
+/// (frame 9)").
+fn failure_kind(reason: &str) -> &str {
+    reason.split(": ").next().unwrap_or(reason)
+}
+
 fn finish_result(
     counts: &mut FrameCounts,
     mut result: CboResult,
@@ -761,4 +799,45 @@ fn apply_reuse(
     result.source = Source::Server;
     result.decision = Decision::Reuse;
     (result, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A frame the client gave up on at its deadline ("no answer before the deadline") leaves
+    /// `late`, whichever of the client's timer and the output task came first; one the server
+    /// refused leaves `failed`, with the reason, whose kind is what the user is warned of once.
+    #[test]
+    fn a_request_out_of_time_leaves_late_and_a_refused_one_failed() {
+        gst::init().unwrap();
+        let hold = Hold::default();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for id in [1, 2] {
+            let item = Item::Frame {
+                buffer: gst::Buffer::new(),
+                result: CboResult::default(),
+            };
+            hold.lock().queue.push_waiting(item, id, deadline);
+        }
+        hold.complete(1, Err(ClientError::Timeout));
+        let refusal = "server error too-large: request larger than 1024 bytes (frame 2)";
+        hold.complete(2, Err(ClientError::Request(refusal.into())));
+        let mut inner = hold.lock();
+        // Still waiting: it leaves at its deadline, late.
+        assert!(inner.queue.pop(Instant::now()).is_none());
+        assert!(matches!(
+            inner.queue.pop(deadline),
+            Some((_, Outcome::Late))
+        ));
+        match inner.queue.pop(deadline) {
+            Some((_, Outcome::Failed(reason))) => {
+                assert_eq!(reason, refusal);
+                assert_eq!(failure_kind(&reason), "server error too-large");
+            }
+            _ => panic!("frame 2 leaves failed"),
+        }
+        assert_eq!(failure_kind("offload client stopped"), STOPPED);
+    }
 }
