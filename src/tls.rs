@@ -138,6 +138,34 @@ pub fn server_config(
     Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
 }
 
+/// The server endpoint's configuration, with a stateless-reset key derived from its private key.
+///
+/// QUIC lets a server that has lost a connection's state (a restart) answer that connection's
+/// next packet with a stateless reset, which the client recognises only if the token comes from
+/// the key of the run that made the connection. quinn's default key is random per run, so after
+/// a restart every client kept sending into the void until its idle timeout (30 s), each
+/// offloaded frame waiting out its deadline meanwhile. Derived from the identity's private key,
+/// the key is the same for every run with that identity, and as secret as the key itself. So is
+/// the key that signs the connection IDs: a packet whose ID the new run's generator does not
+/// recognise as one of its own is dropped unanswered.
+pub fn endpoint_config(key: &PrivateKeyDer) -> quinn::EndpointConfig {
+    let derive = |purpose: &[u8]| {
+        ring::digest::digest(
+            &ring::digest::SHA256,
+            &[purpose, b"\0", key.secret_der()].concat(),
+        )
+    };
+    let secret = derive(b"cbo stateless reset key");
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_ref());
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    let cid_key = derive(b"cbo connection id key");
+    let cid_key = u64::from_le_bytes(cid_key.as_ref()[..8].try_into().expect("8 bytes"));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
+}
+
 /// How a client decides to trust the server.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Trust {

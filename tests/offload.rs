@@ -1065,3 +1065,58 @@ fn frames_a_silent_server_never_answers_leave_late_not_failed() {
     assert!(tail.contains(&"late"), "{tail:?}");
     assert!(!tail.contains(&"failed"), "{tail:?}");
 }
+
+/// A server that crashed and came back with the same identity resets the connections of its
+/// previous run at their next packet (a QUIC stateless reset, its key derived from the private
+/// key), so a client learns of the loss at once and reconnects. Before, the reset key was random
+/// per run: the restarted server's reset was not recognised, and each connection of the old run
+/// sent into the void until its idle timeout (30 s), every offloaded frame waiting out its
+/// deadline meanwhile.
+#[test]
+fn a_restarted_server_resets_the_connections_of_its_previous_run() {
+    use gstcbo::quic;
+    use gstcbo::tls::{self, Trust};
+    common::init();
+    let server = Server::start(None);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = server.addr.parse().unwrap();
+    let connect = |cert: &Path| {
+        let config = tls::client_config(&Trust::Pem(cert.to_path_buf())).unwrap();
+        runtime.block_on(async {
+            let endpoint = quic::client_endpoint().unwrap();
+            let session = quic::connect(
+                &endpoint,
+                addr,
+                "localhost",
+                config,
+                "",
+                "reset-test",
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+            (endpoint, session.connection)
+        })
+    };
+    let (_endpoint, connection) = connect(&server.cert);
+    let server = server.crash_and_restart();
+    // The old connection's next packet meets the new run: reset (a safety limit of 10 s, not a
+    // speed check: without the reset the connection would live on until its 30 s idle timeout).
+    let reason = runtime.block_on(async {
+        let mut stream = connection.open_bi().await.ok();
+        if let Some((send, _)) = stream.as_mut() {
+            let _ = send.write_all(b"x").await;
+        }
+        tokio::time::timeout(Duration::from_secs(10), connection.closed()).await
+    });
+    match reason {
+        Ok(quinn::ConnectionError::Reset) => {}
+        other => panic!("the old connection was not reset: {other:?}"),
+    }
+    // And a new connection is served by the new run.
+    let (_endpoint2, _connection2) = connect(&server.cert);
+}

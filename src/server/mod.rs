@@ -470,6 +470,7 @@ impl Server {
             .map_err(ServerError::Engine)?;
 
         let (certs, key) = config.identity;
+        let endpoint_config = crate::tls::endpoint_config(&key);
         let mut server_config = crate::tls::server_config(certs, key).map_err(ServerError::Tls)?;
         let mut transport = quinn::TransportConfig::default();
         transport
@@ -487,12 +488,16 @@ impl Server {
                     .unwrap_or(quinn::VarInt::MAX),
             );
         server_config.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
-            ServerError::Listen {
-                addr: config.listen,
-                source,
-            }
-        })?;
+        let listen_error = |source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(listen_error)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| std::io::Error::other("no async runtime"))
+            .map_err(listen_error)?;
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
+            .map_err(listen_error)?;
         let local_addr = endpoint.local_addr().map_err(ServerError::LocalAddr)?;
 
         let (stop, stopping) = watch::channel(false);

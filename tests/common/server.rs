@@ -122,6 +122,17 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Kills the server (SIGKILL, as a crash) and starts it again on the same port with the same
+    /// identity (no token).
+    pub fn crash_and_restart(mut self) -> Server {
+        self.kill();
+        let port = self.addr.rsplit(':').next().unwrap().parse().unwrap();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        let cert = self.cert.clone();
+        drop(self);
+        Self::spawn(dir, cert, None, port, &[])
+    }
 }
 
 impl Drop for Server {
