@@ -64,6 +64,36 @@ fn count(run: &Run, decision: &str) -> usize {
         .count()
 }
 
+/// Runs `desc` with `control` on a thread of its own, fed each result's source as it leaves;
+/// `control` ends the stream by dropping the [`EosOnDrop`] it is given. The feed is drained
+/// after it returns, and its value is handed back with the run.
+fn run_controlled<T: Send + 'static>(
+    desc: &str,
+    control: impl FnOnce(&std::sync::mpsc::Receiver<Source>, EosOnDrop) -> T + Send + 'static,
+) -> (Run, T) {
+    type Controller<T> = std::thread::JoinHandle<T>;
+    let controller: Arc<Mutex<Option<Controller<T>>>> = Arc::default();
+    let c = controller.clone();
+    let run = run_with(desc, move |pipeline| {
+        let rx = result_feed(pipeline);
+        let eos = EosOnDrop(pipeline.clone());
+        *c.lock().unwrap() = Some(std::thread::spawn(move || {
+            let seen = control(&rx, eos);
+            // The feed ends when the pipeline is gone.
+            for _ in rx.iter() {}
+            seen
+        }));
+    });
+    let seen = controller
+        .lock()
+        .unwrap()
+        .take()
+        .unwrap()
+        .join()
+        .expect("controller");
+    (run, seen)
+}
+
 #[test]
 fn threshold_offloads_low_confidence_frames_and_merges_server_labels_in_order() {
     let server = Server::start(Some("s3cret"));
@@ -518,32 +548,17 @@ fn server_killed_mid_stream_loses_no_frame() {
         10,
     );
     // Result indexes: when the server was killed, and when the stream was ended.
-    type Controller = std::thread::JoinHandle<(usize, usize)>;
-    let controller: Arc<Mutex<Option<Controller>>> = Arc::default();
-    let c = controller.clone();
-    let run = run_with(&desc, move |pipeline| {
-        let rx = result_feed(pipeline);
-        let eos = EosOnDrop(pipeline.clone());
-        *c.lock().unwrap() = Some(std::thread::spawn(move || {
-            let mut server = server;
-            // Up: the server labels frames (the model load and connect included).
-            let mut at = until(&rx, 10, 600, |s| s == Source::Server);
-            server.kill();
-            let killed = at;
-            // Down: 4 s more.
-            at += until(&rx, 40, 40, |_| true);
-            drop(eos);
-            for _ in rx.iter() {}
-            (killed, at)
-        }));
+    let (run, (killed, ended)) = run_controlled(&desc, move |rx, eos| {
+        let mut server = server;
+        // Up: the server labels frames (the model load and connect included).
+        let mut at = until(rx, 10, 600, |s| s == Source::Server);
+        server.kill();
+        let killed = at;
+        // Down: 4 s more.
+        at += until(rx, 40, 40, |_| true);
+        drop(eos);
+        (killed, at)
     });
-    let (killed, ended) = controller
-        .lock()
-        .unwrap()
-        .take()
-        .unwrap()
-        .join()
-        .expect("controller");
     assert_complete(&run, ended);
     // The frames in flight when it died (4) wait their deadline (6 frames); 15 frames after the
     // kill every result is the device's.
@@ -1027,34 +1042,19 @@ fn frames_a_silent_server_never_answers_leave_late_not_failed() {
         3000,
         10,
     );
-    type Controller = std::thread::JoinHandle<(usize, usize)>;
-    let controller: Arc<Mutex<Option<Controller>>> = Arc::default();
-    let c = controller.clone();
-    let run = run_with(&desc, move |pipeline| {
-        let rx = result_feed(pipeline);
-        let eos = EosOnDrop(pipeline.clone());
-        *c.lock().unwrap() = Some(std::thread::spawn(move || {
-            let pid = server.child.id() as i32;
-            let mut at = until(&rx, 5, 600, |s| s == Source::Server);
-            // SAFETY: plain kill(2) on the child this test started.
-            assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-            let stopped = at;
-            // 4 s of silence: far below the connection's idle timeout, so it stays up.
-            at += until(&rx, 40, 40, |_| true);
-            assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
-            drop(eos);
-            for _ in rx.iter() {}
-            drop(server);
-            (stopped, at)
-        }));
+    let (run, (stopped, ended, _server)) = run_controlled(&desc, move |rx, eos| {
+        let pid = server.child.id() as i32;
+        let mut at = until(rx, 5, 600, |s| s == Source::Server);
+        // SAFETY: plain kill(2) on the child this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        let stopped = at;
+        // 4 s of silence: far below the connection's idle timeout, so it stays up.
+        at += until(rx, 40, 40, |_| true);
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+        drop(eos);
+        // The server lives until the stream has ended.
+        (stopped, at, server)
     });
-    let (stopped, ended) = controller
-        .lock()
-        .unwrap()
-        .take()
-        .unwrap()
-        .join()
-        .expect("controller");
     assert_complete(&run, ended);
     // Past the frames answered just before the stop, every frame waits out its deadline
     // (`late`) or finds the window full (`busy`).
