@@ -209,29 +209,11 @@ impl Link {
         let mut client = Client::new(channel)
             .max_decoding_message_size(MAX_ANSWER_BYTES)
             .max_encoding_message_size(usize::MAX);
-        let within = |what: &'static str| {
-            move |_| ConnectError::Unreachable(format!("{}: no {what} answer", config.uri()))
-        };
-        let ready = tokio::time::timeout(t, client.server_ready(ServerReadyRequest {}))
-            .await
-            .map_err(within("ServerReady"))?
-            .map_err(|s| unreachable(&s.message()))?;
-        if !ready.get_ref().ready {
-            return Err(ConnectError::NotReady(format!(
-                "{} answers but is not ready",
-                config.uri()
-            )));
-        }
-        let model_ready = tokio::time::timeout(
-            t,
-            client.model_ready(ModelReadyRequest {
-                name: config.model.clone(),
-                version: config.version.clone(),
-            }),
-        )
-        .await
-        .map_err(within("ModelReady"))?;
-        model_state(&config.model, &config.uri(), model_ready)?;
+        // The same questions as the health check while up.
+        self.check(client.clone()).await.map_err(|f| match f {
+            CheckFailure::Slow(m) => ConnectError::Unreachable(m),
+            CheckFailure::Down(m) => ConnectError::NotReady(m),
+        })?;
         let meta = tokio::time::timeout(
             t,
             client.model_metadata(ModelMetadataRequest {
@@ -240,7 +222,12 @@ impl Link {
             }),
         )
         .await
-        .map_err(within("ModelMetadata"))?
+        .map_err(|_| {
+            ConnectError::Unreachable(format!(
+                "{}: no ModelMetadata answer in {t:?}",
+                config.uri()
+            ))
+        })?
         .map_err(|s| {
             ConnectError::NotReady(format!(
                 "no metadata for model '{}' on {}: {}",
@@ -266,8 +253,8 @@ impl Link {
         })
     }
 
-    /// Whether the connected backend and its model still say they are ready (the health check
-    /// while the link is up).
+    /// Whether the backend and its model say they are ready: on connecting, and as the health
+    /// check while the link is up.
     async fn check(&self, mut client: Client) -> Result<(), CheckFailure> {
         let config = &self.config;
         let t = config.connect_timeout;
