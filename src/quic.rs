@@ -124,13 +124,27 @@ fn is_crypto(code: quinn::TransportErrorCode) -> bool {
 
 /// rustls's text for a verifier's own error, without its wrapping: `invalid peer certificate:
 /// Other(OtherError(MESSAGE))` (rustls shows `CertificateError::Other` by `Debug`) becomes
-/// `MESSAGE`; any other reason is kept as it is.
+/// `MESSAGE`. The two refusals a trusted PEM file gives a server whose certificate is not in it
+/// are rustls's variant names only, so they gain what they mean and what to do: a self-signed
+/// certificate made again (`cboserver --self-signed` in an emptied directory, or on another
+/// machine) has the old one's name but another key, which reads `BadSignature`. Any other
+/// reason is kept as it is.
 fn plain_tls_reason(reason: &str) -> String {
-    reason
-        .strip_prefix("invalid peer certificate: Other(OtherError(")
-        .and_then(|r| r.strip_suffix("))"))
-        .unwrap_or(reason)
-        .to_string()
+    const HINT: &str = "give the client the server's current cert.pem, or pin its fingerprint";
+    match reason.strip_prefix("invalid peer certificate: ") {
+        Some(r) if r.starts_with("Other(OtherError(") && r.ends_with("))") => {
+            r["Other(OtherError(".len()..r.len() - 2].to_string()
+        }
+        Some("BadSignature") => format!(
+            "{reason} (the server's certificate was not signed with the trusted certificate's \
+             key: it was probably made again since the trusted file was copied; {HINT})"
+        ),
+        Some("UnknownIssuer") => format!(
+            "{reason} (the server's certificate is not among, nor issued by, the trusted \
+             certificates; {HINT})"
+        ),
+        _ => reason.to_string(),
+    }
 }
 
 fn connect_error(e: quinn::ConnectionError) -> ConnectError {
@@ -438,8 +452,19 @@ mod tests {
                 std::sync::Arc::new(crate::tls::FingerprintMismatch(message.to_string())),
             )));
         assert_eq!(plain_tls_reason(&e.to_string()), message);
+        // The two refusals of a trusted PEM file say what they mean.
+        for (e, meaning) in [
+            (rustls::CertificateError::BadSignature, "made again"),
+            (rustls::CertificateError::UnknownIssuer, "not among"),
+        ] {
+            let e = rustls::Error::InvalidCertificate(e).to_string();
+            let reason = plain_tls_reason(&e);
+            assert!(reason.starts_with(&e), "{reason}");
+            assert!(reason.contains(meaning), "{reason}");
+            assert!(reason.contains("current cert.pem"), "{reason}");
+        }
         // Any other reason is left alone.
-        let e = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let e = rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
         assert_eq!(plain_tls_reason(&e.to_string()), e.to_string());
     }
 }
