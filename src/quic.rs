@@ -287,13 +287,27 @@ async fn exchange_hello(
 }
 
 fn request_connection_error(e: quinn::ConnectionError) -> RequestError {
-    match &e {
+    RequestError::Connection(lost_reason(&e))
+}
+
+/// Why an established connection ended, in a user's words. quinn's own texts name the QUIC
+/// mechanism ("reset by peer", "timed out"); a user needs what it means here: a stateless reset
+/// comes from a server that has no state for the connection (it restarted), an idle timeout
+/// from a server or network silent for that long.
+pub fn lost_reason(e: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError as E;
+    match e {
         // Say why the server closed (shutting down, ...).
-        quinn::ConnectionError::ApplicationClosed(c) => RequestError::Connection(format!(
-            "server closed the connection: {}",
-            describe_close(c).1
-        )),
-        _ => RequestError::Connection(e.to_string()),
+        E::ApplicationClosed(c) => {
+            format!("server closed the connection: {}", describe_close(c).1)
+        }
+        E::Reset => "the server reset the connection (it restarted, or no longer knows this \
+                     connection)"
+            .to_string(),
+        E::TimedOut => "nothing heard from the server for the idle timeout (the server is gone \
+                        or the network is down)"
+            .to_string(),
+        _ => e.to_string(),
     }
 }
 
@@ -443,6 +457,20 @@ async fn exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_connection_says_what_it_means() {
+        assert!(lost_reason(&quinn::ConnectionError::Reset).contains("restarted"));
+        assert!(lost_reason(&quinn::ConnectionError::TimedOut).contains("idle timeout"));
+        let closed = quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+            error_code: varint(ErrorCode::ShuttingDown),
+            reason: "drain".into(),
+        });
+        assert_eq!(
+            lost_reason(&closed),
+            "server closed the connection: shutting-down: drain"
+        );
+    }
 
     #[test]
     fn a_pinned_fingerprint_mismatch_reads_as_its_message() {

@@ -1178,6 +1178,15 @@ fn sigterm_drains_requests_in_progress_and_exits_zero() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("SIGTERM"), "{stderr}");
+    // The client's connection is logged when it starts and when it ends, with what it did.
+    assert!(
+        stderr.contains("client \"sigterm-test\" connected"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("and 3 request(s): server shut down"),
+        "{stderr}"
+    );
 
     // The identity is reused on restart: same fingerprint.
     let mut again = spawn();

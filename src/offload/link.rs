@@ -302,7 +302,7 @@ async fn manage(
                     Some(connection.clone()),
                 );
                 let reason = tokio::select! {
-                    e = connection.closed() => e.to_string(),
+                    e = connection.closed() => crate::quic::lost_reason(&e),
                     _ = shutdown.changed() => {
                         connection.close(0u32.into(), b"client stopping");
                         break;

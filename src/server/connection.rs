@@ -153,6 +153,7 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
         places: shared.places.clone(),
     });
     let mut stopping = shared.stopping.clone();
+    let mut requests = 0u64;
     let reason = loop {
         tokio::select! {
             _ = stopped(&mut stopping) => {
@@ -163,15 +164,20 @@ pub(super) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
             }
             stream = connection.accept_bi() => match stream {
                 Ok((send, recv)) => {
+                    requests += 1;
                     tokio::spawn(request(send, recv, shared.clone(), peer.clone()));
                 }
                 Err(e) => break e.to_string(),
             },
         }
     };
-    if shared.verbose {
-        shared.log(format_args!("{}: connection ended: {reason}", peer.who));
-    }
+    // Always, as its "connected" line is: an operator sees how long each client stayed and why
+    // it left (its idle timeout, its own close, a reset) without the per-request log.
+    shared.log(format_args!(
+        "{}: connection ended after {:.1} s and {requests} request(s): {reason}",
+        peer.who,
+        started.elapsed().as_secs_f64()
+    ));
 }
 
 /// A connection: its number (its key in [`super::places::Places`]), its name in the log and its
