@@ -301,11 +301,11 @@ pub fn lost_reason(e: &quinn::ConnectionError) -> String {
         E::ApplicationClosed(c) => {
             format!("server closed the connection: {}", describe_close(c).1)
         }
-        E::Reset => "the server reset the connection (it restarted, or no longer knows this \
-                     connection)"
+        E::Reset => "the server reset the connection: it restarted, or no longer knows this \
+                     connection"
             .to_string(),
-        E::TimedOut => "nothing heard from the server for the idle timeout (the server is gone \
-                        or the network is down)"
+        E::TimedOut => "nothing heard from the server for the idle timeout: the server is gone \
+                        or the network is down"
             .to_string(),
         _ => e.to_string(),
     }
