@@ -42,6 +42,10 @@ pub struct ModelArgs {
     /// ONNX Runtime intra-op threads (0 = its default; at most 256)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Side of the square image fed to a model whose image size is dynamic (the size it was
+    /// trained at, e.g. 224); 0 = the model's own size, which must then be fixed
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=4096))]
+    pub input_size: u32,
 }
 
 impl ModelArgs {
@@ -59,6 +63,7 @@ impl ModelArgs {
             ep_options: inference::EpOptions::parse(&self.ep_options)?,
             ep_fallback: self.ep_fallback,
             threads: self.threads,
+            input_size: (self.input_size > 0).then_some(self.input_size),
         })
     }
 
@@ -77,6 +82,7 @@ impl ModelArgs {
             ("ep-options", self.ep_options.clone()),
             ("ep-fallback", self.ep_fallback.to_string()),
             ("threads", self.threads.to_string()),
+            ("input-size", self.input_size.to_string()),
         ];
         if let Some(l) = &self.model_labels {
             props.push(("labels", l.display().to_string()));

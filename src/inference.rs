@@ -221,6 +221,9 @@ pub struct ModelConfig {
     pub ep_fallback: bool,
     /// Intra-op threads; 0 lets ONNX Runtime decide.
     pub threads: usize,
+    /// The side of the square image fed to a model whose image size is dynamic (`input-size`);
+    /// `None`: the model's own size, which must then be fixed.
+    pub input_size: Option<u32>,
 }
 
 impl Default for ModelConfig {
@@ -235,6 +238,7 @@ impl Default for ModelConfig {
             ep_options: EpOptions::default(),
             ep_fallback: false,
             threads: 0,
+            input_size: None,
         }
     }
 }
@@ -312,8 +316,17 @@ fn describe_shape(shape: &[i64]) -> String {
     format!("[{}]", dims.join(","))
 }
 
-/// Reads the input layout, size and element type from the model's first input.
-fn input_spec(session: &Session, path: &Path) -> Result<(String, TensorSpec), InferenceError> {
+/// Reads the input layout, size and element type from the model's first input. A model may leave
+/// its image size dynamic (Hugging Face Optimum exports image classifiers as
+/// `[batch, channels, height, width]`, all four dynamic): it then runs at `input_size`, which
+/// only the user can know (the size it was trained at). A dynamic channel dimension is read as
+/// PyTorch's NCHW, the layout of every exporter that leaves it dynamic, unless the last
+/// dimension is the fixed one of 3.
+fn input_spec(
+    session: &Session,
+    path: &Path,
+    input_size: Option<u32>,
+) -> Result<(String, TensorSpec), InferenceError> {
     let not = |reason: String| InferenceError::NotAClassifier {
         path: path.to_path_buf(),
         reason,
@@ -356,9 +369,9 @@ fn input_spec(session: &Session, path: &Path) -> Result<(String, TensorSpec), In
             shape.len()
         )));
     }
-    let layout = if shape[1] == 3 {
+    let layout = if shape[1] == 3 || (shape[1] < 0 && shape[3] != 3) {
         Layout::Nchw
-    } else if shape[3] == 3 {
+    } else if shape[3] == 3 || (shape[3] < 0 && shape[1] != 3) {
         Layout::Nhwc
     } else {
         return Err(not(format!(
@@ -378,9 +391,33 @@ fn input_spec(session: &Session, path: &Path) -> Result<(String, TensorSpec), In
         Layout::Nchw => (shape[2], shape[3]),
         Layout::Nhwc => (shape[1], shape[2]),
     };
+    let (h, w) = match input_size.map(i64::from) {
+        // Dynamic: the size asked for.
+        Some(side) if h <= 0 && w <= 0 => (side, side),
+        // One of the two dynamic, or both fixed: the asked size must be the model's.
+        Some(side) if (h > 0 && h != side) || (w > 0 && w != side) => {
+            return Err(not(format!(
+                "input '{}' has shape {}: its image size is fixed in the model, so input-size \
+                 must be 0 (the model's size) or that size, not {side}",
+                input.name(),
+                describe_shape(&shape)
+            )));
+        }
+        Some(side) => (side, side),
+        None if h <= 0 || w <= 0 => {
+            return Err(not(format!(
+                "input '{}' has shape {}: its image size is dynamic; set input-size (the \
+                 element's property, --input-size in cbo and cboserver) to the side of the \
+                 square image it was trained at, e.g. 224",
+                input.name(),
+                describe_shape(&shape)
+            )));
+        }
+        None => (h, w),
+    };
     if h <= 0 || w <= 0 {
         return Err(not(format!(
-            "input '{}' has shape {}: the image size must be fixed in the model",
+            "input '{}' has shape {}: input-size must be above 0",
             input.name(),
             describe_shape(&shape)
         )));
@@ -523,13 +560,22 @@ fn rejected_option(
 
 impl ModelSession {
     /// Loads `path` on the requested provider (see [`ExecutionProvider`] for `auto`).
+    /// `input_size`: see [`ModelConfig::input_size`].
     pub fn load(
         path: &Path,
         provider: ExecutionProvider,
         ep_fallback: bool,
         threads: usize,
+        input_size: Option<u32>,
     ) -> Result<Self, InferenceError> {
-        Self::load_with_options(path, provider, &EpOptions::default(), ep_fallback, threads)
+        Self::load_with_options(
+            path,
+            provider,
+            &EpOptions::default(),
+            ep_fallback,
+            threads,
+            input_size,
+        )
     }
 
     /// [`ModelSession::load`] with provider options. Options an explicit provider rejects are an
@@ -541,6 +587,7 @@ impl ModelSession {
         options: &EpOptions,
         ep_fallback: bool,
         threads: usize,
+        input_size: Option<u32>,
     ) -> Result<Self, InferenceError> {
         if !path.is_file() {
             return Err(InferenceError::ModelMissing(path.to_path_buf()));
@@ -636,7 +683,7 @@ impl ModelSession {
                 }
             }
         };
-        let (input_name, spec) = input_spec(&session, path)?;
+        let (input_name, spec) = input_spec(&session, path, input_size)?;
         let mut this = Self {
             id: SESSIONS_LOADED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
             session,
@@ -730,6 +777,7 @@ impl Classifier {
                     &config.ep_options,
                     config.ep_fallback,
                     config.threads,
+                    config.input_size,
                 )?;
                 let (spec, width) = (model.spec, model.width);
                 (Engine::Own(model), spec, width)
@@ -742,6 +790,7 @@ impl Classifier {
                         ep_options: config.ep_options.clone(),
                         ep_fallback: config.ep_fallback,
                         threads: config.threads,
+                        input_size: config.input_size,
                     },
                     sharing.instance_id.as_deref(),
                     sharing.batching,
@@ -962,9 +1011,10 @@ mod tests {
         // Refused before any library is loaded or model read.
         let model = models_dir().join(DEFAULT_DEVICE_MODEL);
         let opts = EpOptions::parse("device_type=CPU").unwrap();
-        let err = ModelSession::load_with_options(&model, ExecutionProvider::Auto, &opts, false, 0)
-            .err()
-            .expect("an error");
+        let err =
+            ModelSession::load_with_options(&model, ExecutionProvider::Auto, &opts, false, 0, None)
+                .err()
+                .expect("an error");
         let text = err.to_string();
         assert!(
             text.contains("device_type=CPU") && text.contains("explicit execution-provider"),

@@ -79,17 +79,19 @@ pub struct SessionConfig {
     pub ep_options: EpOptions,
     pub ep_fallback: bool,
     pub threads: usize,
+    pub input_size: Option<u32>,
 }
 
 impl SessionConfig {
     fn describe(&self) -> String {
         format!(
-            "model {} on {} (ep-options '{}', ep-fallback={}, threads={})",
+            "model {} on {} (ep-options '{}', ep-fallback={}, threads={}, input-size={})",
             self.model.display(),
             self.execution_provider.as_str(),
             self.ep_options,
             self.ep_fallback,
-            self.threads
+            self.threads,
+            self.input_size.unwrap_or(0)
         )
     }
 }
@@ -280,6 +282,7 @@ fn start(config: SessionConfig) -> Result<SharedSession, InferenceError> {
         &config.ep_options,
         config.ep_fallback,
         config.threads,
+        config.input_size,
     )?;
     let dim = BatchDim::of(&model.session);
     let (spec, width, active_provider, session_id) =

@@ -23,6 +23,7 @@ fn default_model_args() -> ModelArgs {
         ep_options: String::new(),
         ep_fallback: false,
         threads: 0,
+        input_size: 0,
     }
 }
 

@@ -209,6 +209,49 @@ fn models_that_are_not_image_classifiers_are_refused() {
     assert!(err.message().contains("garbage.onnx"), "{err}");
 }
 
+/// A model whose image size is dynamic (as Hugging Face Optimum exports image classifiers, every
+/// input dimension named) runs at `input-size`; without it, the error says to set it. A model with
+/// a fixed size takes only its own.
+#[test]
+fn a_model_with_a_dynamic_image_size_runs_at_input_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("dynamic.onnx");
+    std::fs::write(&model, common::onnx::dynamic_size_model()).unwrap();
+    let pipeline = |props: &str| {
+        run_pipeline(&format!(
+            "videotestsrc num-buffers=3 pattern=red ! video/x-raw,width=64,height=48 ! \
+             cbofilter name=cbo model=\"{}\" input-mean=0 input-std=1 {props} ! fakesink",
+            model.display()
+        ))
+    };
+    let run = pipeline("");
+    let (err, _) = run.error.expect("an error");
+    assert!(err.message().contains("[?,?,?,?]"), "{err}");
+    assert!(
+        err.message().contains("set input-size") && err.message().contains("dynamic"),
+        "{err}"
+    );
+    let run = pipeline("input-size=40");
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(run.results.len(), 3);
+    // A red frame: the red channel's mean is the largest score (NCHW read right).
+    assert!(
+        run.results
+            .iter()
+            .all(|r| r.class_id == 0 && r.label == "class 0"),
+        "{:?}",
+        run.results
+    );
+    // The bundled model is fixed at 224x224: only 0 or 224.
+    let run =
+        run_pipeline("videotestsrc num-buffers=1 ! cbofilter name=cbo input-size=256 ! fakesink");
+    let (err, _) = run.error.expect("an error");
+    assert!(err.message().contains("fixed in the model"), "{err}");
+    let run =
+        run_pipeline("videotestsrc num-buffers=1 ! cbofilter name=cbo input-size=224 ! fakesink");
+    assert!(run.error.is_none(), "{:?}", run.error);
+}
+
 #[test]
 fn labels_that_do_not_match_the_output_width_are_refused() {
     let dir = tempfile::tempdir().unwrap();

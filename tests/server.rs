@@ -1411,9 +1411,11 @@ fn cboserver_refuses_out_of_range_settings_naming_the_option_before_starting() {
             &["--input-size", "224x5000"],
             "bad --input-size '224x5000': expected N or WxH, each from 1 to 4096",
         ),
+        // With the local backend it is the side of a square image (a model with a dynamic
+        // image size runs at it).
         (
-            &["--input-size", "224"],
-            "--input-size is for --backend grpc://HOST:PORT",
+            &["--input-size", "224x200"],
+            "--input-size 224x200: with --backend local it is the side N of a square image",
         ),
         (
             &["--input-layout", "nhwc"],
@@ -1444,6 +1446,42 @@ fn cboserver_refuses_out_of_range_settings_naming_the_option_before_starting() {
         created && stderr.contains("/nonexistent/model.onnx"),
         "{stderr}"
     );
+}
+
+/// A `--model` whose image size is dynamic (all its input dimensions named, as Optimum exports
+/// them) needs `--input-size`, and runs at it.
+#[test]
+fn cboserver_runs_a_model_with_a_dynamic_image_size_at_input_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("dynamic.onnx");
+    std::fs::write(&model, common::onnx::dynamic_size_model()).unwrap();
+    let spawn = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cboserver"))
+            .args(["--listen", "127.0.0.1:0", "--self-signed"])
+            .arg(dir.path().join("identity"))
+            .arg("--model")
+            .arg(&model)
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn(&[]);
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("dynamic") && stderr.contains("--input-size"),
+        "{stderr}"
+    );
+    // At --input-size it loads (its warm-up run included) and listens.
+    let mut child = spawn(&["--input-size", "40"]);
+    let (_addr, printed) = wait_listening(&mut child);
+    assert!(!printed.is_empty());
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Each bounded option's `--help` states its range, from the bounds the server checks.

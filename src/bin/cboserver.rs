@@ -57,7 +57,8 @@ struct Cli {
     backend_concurrency: usize,
     /// Input size the frames are pre-processed to for a gRPC backend: N or WxH, each side 1 to
     /// 4096 (the bundled server model's by default); checked against the backend model's
-    /// metadata
+    /// metadata. With --backend local: the side N of the square image a --model whose image size
+    /// is dynamic runs at (a model with a fixed size takes only its own)
     #[arg(long, default_value = "260")]
     input_size: String,
     /// Input layout for a gRPC backend: nchw or nhwc; checked against the model's metadata
@@ -163,6 +164,10 @@ struct Cli {
     /// Which of [`GRPC_ONLY`] the command line gave (their defaults cannot tell).
     #[arg(skip)]
     grpc_options_given: Vec<&'static str>,
+    /// Whether the command line gave `--input-size` (for the local backend, whose model's own
+    /// size is the default).
+    #[arg(skip)]
+    input_size_given: bool,
 }
 
 /// `N` or `WxH`, each side within [`bounds::INPUT_SIDE`].
@@ -191,13 +196,26 @@ fn parse_size(text: &str) -> Result<(u32, u32), String> {
 
 /// The options that only a gRPC backend reads; given with `--backend local` they would do
 /// nothing, so they are refused instead of being ignored.
-const GRPC_ONLY: [(&str, &str); 5] = [
+const GRPC_ONLY: [(&str, &str); 4] = [
     ("backend_model_version", "--backend-model-version"),
     ("backend_concurrency", "--backend-concurrency"),
     ("backend_connect_timeout_ms", "--backend-connect-timeout-ms"),
-    ("input_size", "--input-size"),
     ("input_layout", "--input-layout"),
 ];
+
+/// `--input-size` for `--backend local`: the side a model with a dynamic image size runs at
+/// (`None` when not given: the model's own size).
+fn local_input_size(cli: &Cli) -> Result<Option<u32>, String> {
+    if cli.backend != "local" || !cli.input_size_given {
+        return Ok(None);
+    }
+    match parse_size(&cli.input_size)? {
+        (w, h) if w == h => Ok(Some(w)),
+        (w, h) => Err(format!(
+            "--input-size {w}x{h}: with --backend local it is the side N of a square image"
+        )),
+    }
+}
 
 fn backend(cli: &Cli) -> Result<BackendKind, String> {
     // The values are checked whichever the backend, so a bad one is never quietly accepted.
@@ -220,6 +238,7 @@ fn backend(cli: &Cli) -> Result<BackendKind, String> {
                 "{flag} is for --backend grpc://HOST:PORT: it does nothing with --backend local"
             ));
         }
+        local_input_size(cli)?;
         return Ok(BackendKind::Local);
     }
     let address = GrpcConfig::parse_address(&cli.backend)?;
@@ -331,6 +350,7 @@ fn config(cli: &Cli) -> Result<ServerConfig, String> {
         ep_options: Default::default(),
         ep_fallback: cli.ep_fallback,
         threads: cli.threads,
+        input_size: local_input_size(cli)?,
     };
     let mut config = ServerConfig::new(listen, model, identity);
     config.backend = backend;
@@ -400,6 +420,7 @@ fn main() -> std::process::ExitCode {
         .filter(|(id, _)| matches.value_source(id) == Some(ValueSource::CommandLine))
         .map(|&(_, flag)| flag)
         .collect();
+    cli.input_size_given = matches.value_source("input_size") == Some(ValueSource::CommandLine);
     if let Err(e) = init_logs(&cli.log_format) {
         eprintln!("cboserver: error: {e}");
         return std::process::ExitCode::FAILURE;

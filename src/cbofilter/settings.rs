@@ -39,6 +39,7 @@ pub struct Settings {
     pub ep_options: String,
     pub ep_fallback: bool,
     pub threads: u32,
+    pub input_size: u32,
     pub shared_session: bool,
     pub model_instance_id: Option<String>,
     pub max_batch: u32,
@@ -77,6 +78,7 @@ impl Default for Settings {
             ep_options: String::new(),
             ep_fallback: false,
             threads: 0,
+            input_size: 0,
             shared_session: true,
             model_instance_id: None,
             max_batch: 0,
@@ -177,9 +179,16 @@ pub fn properties() -> &'static [glib::ParamSpec] {
                 .default_value(0)
                 .mutable_ready()
                 .build(),
+            glib::ParamSpecUInt::builder("input-size")
+                .nick("Input size")
+                .blurb("Side of the square image fed to a model whose image size is dynamic (e.g. a Hugging Face Optimum export): the size it was trained at, e.g. 224. 0 = the model's own size, which must then be fixed; a model with a fixed size takes only 0 or that size")
+                .maximum(4096)
+                .default_value(0)
+                .mutable_ready()
+                .build(),
             glib::ParamSpecBoolean::builder("shared-session")
                 .nick("Shared session")
-                .blurb("Share one ONNX Runtime session, and batch frames, with the other cbofilter elements of the process that run the same model file with the same execution-provider, ep-options, ep-fallback and threads (or the same model-instance-id). Labels, normalisation, calibration and offloading stay per element; pre-processing stays on each streaming thread")
+                .blurb("Share one ONNX Runtime session, and batch frames, with the other cbofilter elements of the process that run the same model file with the same execution-provider, ep-options, ep-fallback, threads and input-size (or the same model-instance-id). Labels, normalisation, calibration and offloading stay per element; pre-processing stays on each streaming thread")
                 .default_value(true)
                 .mutable_ready()
                 .build(),
@@ -353,6 +362,7 @@ impl Settings {
             "ep-options" => s.ep_options = opt_string(value).unwrap_or_default(),
             "ep-fallback" => s.ep_fallback = value.get().expect("type checked upstream"),
             "threads" => s.threads = value.get().expect("type checked upstream"),
+            "input-size" => s.input_size = value.get().expect("type checked upstream"),
             "shared-session" => s.shared_session = value.get().expect("type checked upstream"),
             "model-instance-id" => s.model_instance_id = opt_string(value),
             "max-batch" => s.max_batch = value.get().expect("type checked upstream"),
@@ -394,6 +404,7 @@ impl Settings {
             "ep-options" => s.ep_options.to_value(),
             "ep-fallback" => s.ep_fallback.to_value(),
             "threads" => s.threads.to_value(),
+            "input-size" => s.input_size.to_value(),
             "shared-session" => s.shared_session.to_value(),
             "model-instance-id" => s.model_instance_id.to_value(),
             "max-batch" => s.max_batch.to_value(),

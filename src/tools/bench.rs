@@ -197,6 +197,7 @@ pub(super) fn bare_session(
         &config.ep_options,
         config.ep_fallback,
         config.threads,
+        config.input_size,
     )
     .map_err(|e| e.to_string())?;
     let mut pre = Preprocessor::new(model.spec, config.normalization).map_err(|e| e.to_string())?;

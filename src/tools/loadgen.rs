@@ -120,6 +120,10 @@ pub struct LoadgenArgs {
     /// Baseline pre-processing std
     #[arg(long, default_value = "128")]
     pub input_std: String,
+    /// Baseline model's image side when its image size is dynamic: the server's --input-size
+    /// (0 = the model's own)
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=4096))]
+    pub input_size: u32,
     /// Baseline batch size: the server's --max-batch (1 to 256)
     #[arg(long, default_value_t = 8, value_parser = server_bounds::parser::<usize>(BATCH))]
     pub batch: usize,
@@ -434,8 +438,14 @@ fn baseline(args: &LoadgenArgs, frames: &[EncodedFrame], seconds: f64) -> Result
         .model
         .clone()
         .unwrap_or_else(|| inference::models_dir().join(inference::DEFAULT_SERVER_MODEL));
-    let mut model = ModelSession::load(&path, args.execution_provider, false, args.threads)
-        .map_err(|e| e.to_string())?;
+    let mut model = ModelSession::load(
+        &path,
+        args.execution_provider,
+        false,
+        args.threads,
+        (args.input_size > 0).then_some(args.input_size),
+    )
+    .map_err(|e| e.to_string())?;
     let norm = Normalization::parse(&args.input_mean, &args.input_std)?;
     let mut pre = Preprocessor::new(model.spec, norm).map_err(|e| e.to_string())?;
     let mut decoder = FrameDecoder::new().map_err(|e| e.to_string())?;

@@ -35,6 +35,9 @@ pub struct ProfileArgs {
     /// auto | logits | probabilities
     #[arg(long, default_value = "auto")]
     pub device_output_kind: OutputKind,
+    /// Device model's image side when its image size is dynamic (0 = the model's own)
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=4096))]
+    pub device_input_size: u32,
     /// Calibration of the device model (default: `<model>.calibration.json` beside the model when
     /// it exists, as shipped in models/)
     #[arg(long, conflicts_with = "raw_confidence")]
@@ -51,6 +54,9 @@ pub struct ProfileArgs {
     pub server_input_std: String,
     #[arg(long, default_value = "auto")]
     pub server_output_kind: OutputKind,
+    /// Server model's image side when its image size is dynamic (0 = the model's own)
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=4096))]
+    pub server_input_size: u32,
     #[command(flatten)]
     pub input: InputArgs,
     /// Short sides to profile, in pixels (16 to 4096, each once)
@@ -99,6 +105,7 @@ fn config(
     mean: &str,
     std: &str,
     kind: OutputKind,
+    input_size: u32,
     args: &ProfileArgs,
 ) -> Result<ModelConfig, String> {
     Ok(ModelConfig {
@@ -111,6 +118,7 @@ fn config(
         ep_options: Default::default(),
         ep_fallback: true,
         threads: args.threads,
+        input_size: (input_size > 0).then_some(input_size),
     })
 }
 
@@ -170,6 +178,7 @@ pub fn measure(args: &ProfileArgs) -> Result<(ProfileInputs, Vec<FrameObservatio
         &args.device_input_mean,
         &args.device_input_std,
         args.device_output_kind,
+        args.device_input_size,
         args,
     )?)
     .map_err(|e| e.to_string())?;
@@ -178,6 +187,7 @@ pub fn measure(args: &ProfileArgs) -> Result<(ProfileInputs, Vec<FrameObservatio
         &args.server_input_mean,
         &args.server_input_std,
         args.server_output_kind,
+        args.server_input_size,
         args,
     )?)
     .map_err(|e| e.to_string())?;

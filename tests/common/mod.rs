@@ -361,6 +361,7 @@ pub fn loadgen_args(server: &str, fingerprint: &str) -> gstcbo::tools::loadgen::
         model: None,
         input_mean: "127".into(),
         input_std: "128".into(),
+        input_size: 0,
         batch: 8,
         execution_provider: gstcbo::inference::ExecutionProvider::Auto,
         threads: 0,

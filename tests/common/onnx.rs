@@ -135,6 +135,59 @@ pub fn nan_unless_black_model(side: u64) -> Vec<u8> {
     model_of(&graph)
 }
 
+/// ValueInfoProto for a float tensor whose dimensions are all named, none fixed: the shape
+/// Hugging Face Optimum gives an image classifier's `pixel_values`.
+fn dynamic_value_info(name: &str, dims: &[&str]) -> Vec<u8> {
+    let mut shape = Vec::new();
+    for d in dims {
+        let mut dim = Vec::new();
+        field_bytes(2, d.as_bytes(), &mut dim); // Dimension.dim_param
+        field_bytes(1, &dim, &mut shape); // TensorShapeProto.dim
+    }
+    let mut tensor = Vec::new();
+    field_varint(1, 1, &mut tensor); // elem_type = FLOAT
+    field_bytes(2, &shape, &mut tensor);
+    let mut ty = Vec::new();
+    field_bytes(1, &tensor, &mut ty);
+    let mut vi = Vec::new();
+    field_bytes(1, name.as_bytes(), &mut vi);
+    field_bytes(2, &ty, &mut vi);
+    vi
+}
+
+/// An image classifier `[batch, channels, height, width] -> [batch, 4]`, every input dimension
+/// dynamic (as Optimum exports them): the mean of each colour channel, times a 3x4 matrix. It
+/// runs at any image size; class 0 scores red, 1 green, 2 blue, 3 nothing.
+pub fn dynamic_size_model() -> Vec<u8> {
+    let mut graph = Vec::new();
+    for n in [
+        node(&["x"], &["pooled"], "GlobalAveragePool", &[]),
+        node(&["pooled"], &["flat"], "Flatten", &[]),
+        node(&["flat", "w"], &["y"], "MatMul", &[]),
+    ] {
+        field_bytes(1, &n, &mut graph);
+    }
+    field_bytes(2, b"dynamic_size", &mut graph);
+    #[rustfmt::skip]
+    let w = [
+        1.0, 0.0, 0.0, 0.0,
+        0.0, 1.0, 0.0, 0.0,
+        0.0, 0.0, 1.0, 0.0,
+    ];
+    field_bytes(5, &initializer("w", &[3, 4], &w), &mut graph);
+    field_bytes(
+        11,
+        &dynamic_value_info("x", &["batch", "channels", "height", "width"]),
+        &mut graph,
+    );
+    field_bytes(
+        12,
+        &dynamic_value_info("y", &["batch", "classes"]),
+        &mut graph,
+    );
+    model_of(&graph)
+}
+
 /// ModelProto (IR version 7, opset 13) around a GraphProto.
 fn model_of(graph: &[u8]) -> Vec<u8> {
     let mut opset = Vec::new();

@@ -19,6 +19,7 @@ impl LocalBackend {
             config.execution_provider,
             config.ep_fallback,
             config.threads,
+            config.input_size,
         )
         .map_err(|e| e.to_string())?;
         let info = BackendInfo {
