@@ -60,6 +60,34 @@ pub struct ServerObservation {
 pub struct ModelRef {
     pub file: String,
     pub sha256: String,
+    /// How `cbo profile` fed the model and read its output, where that was not the default
+    /// (`None`: [`ModelInput::default`]); `cbo eval` replays the model the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<ModelInput>,
+}
+
+/// A model's pre-processing and output reading, as the element's properties of the same names
+/// (and the tools' `--input-mean`, ... flags) give them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInput {
+    pub input_mean: String,
+    pub input_std: String,
+    /// `auto`, `logits` or `probabilities`.
+    pub output_kind: String,
+    /// The side a model with a dynamic image size was run at; 0: the model's own size.
+    pub input_size: u32,
+}
+
+impl Default for ModelInput {
+    /// The element's defaults.
+    fn default() -> Self {
+        Self {
+            input_mean: "127".into(),
+            input_std: "128".into(),
+            output_kind: "auto".into(),
+            input_size: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -624,6 +652,7 @@ mod tests {
         let m = ModelRef {
             file: "m.onnx".into(),
             sha256: "00".into(),
+            input: None,
         };
         ProfileInputs {
             device_model: m.clone(),

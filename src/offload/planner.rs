@@ -876,6 +876,7 @@ pub(crate) mod tests {
         let m = ModelRef {
             file: "m".into(),
             sha256: "0".into(),
+            input: None,
         };
         let res = |short_side, bytes, acc| ResolutionProfile {
             short_side,

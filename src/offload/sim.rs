@@ -750,6 +750,7 @@ mod tests {
         let m = crate::profile::ModelRef {
             file: "m".into(),
             sha256: "0".into(),
+            input: None,
         };
         Profile::build(
             crate::profile::ProfileInputs {

@@ -355,6 +355,14 @@ fn frames(
         if let Some(c) = &profile.calibration {
             h.update(c.sha256.as_bytes());
         }
+        // How the models were fed, where not the default (so the default pair's results stay
+        // keyed as before).
+        for input in [&profile.device_model.input, &profile.server_model.input]
+            .into_iter()
+            .flatten()
+        {
+            h.update(serde_json::to_string(input).unwrap_or_default().as_bytes());
+        }
         h.update(
             format!(
                 "v5 {shorts:?} q{} n{}",
@@ -376,19 +384,30 @@ fn frames(
         return Ok(frames);
     }
     let models = crate::inference::models_dir();
+    // Each model fed as it was when profiled.
+    let fed = |m: &crate::profile::ModelRef| -> Result<_, String> {
+        let input = m.input.clone().unwrap_or_default();
+        let kind = input
+            .output_kind
+            .parse()
+            .map_err(|e| format!("the profile's output_kind for {}: {e}", m.file))?;
+        Ok((input, kind))
+    };
+    let (device, device_kind) = fed(&profile.device_model)?;
+    let (server, server_kind) = fed(&profile.server_model)?;
     let args_p = ProfileArgs {
         device_model: Some(models.join(&profile.device_model.file)),
-        device_input_mean: "127".into(),
-        device_input_std: "128".into(),
-        device_output_kind: crate::postprocess::OutputKind::Auto,
-        device_input_size: 0,
+        device_input_mean: device.input_mean,
+        device_input_std: device.input_std,
+        device_output_kind: device_kind,
+        device_input_size: device.input_size,
         calibration: profile.calibration.as_ref().map(|c| models.join(&c.file)),
         raw_confidence: profile.calibration.is_none(),
         server_model: Some(models.join(&profile.server_model.file)),
-        server_input_mean: "127".into(),
-        server_input_std: "128".into(),
-        server_output_kind: crate::postprocess::OutputKind::Auto,
-        server_input_size: 0,
+        server_input_mean: server.input_mean,
+        server_input_std: server.input_std,
+        server_output_kind: server_kind,
+        server_input_size: server.input_size,
         input: InputArgs {
             images: None,
             split: None,

@@ -17,7 +17,8 @@ use crate::jpeg::{FrameDecoder, FrameEncoder, scaled_size};
 use crate::postprocess::OutputKind;
 use crate::preprocess::Normalization;
 use crate::profile::{
-    ConfidenceBin, FittedOn, FrameObservation, ModelRef, Profile, ProfileInputs, ServerObservation,
+    ConfidenceBin, FittedOn, FrameObservation, ModelInput, ModelRef, Profile, ProfileInputs,
+    ServerObservation,
 };
 use crate::tools::dataset::{InputArgs, check_class, for_each_labelled, map_frame};
 
@@ -97,6 +98,28 @@ fn model_ref(path: &Path) -> Result<ModelRef, String> {
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default(),
         sha256: sha256_file(path).map_err(|e| e.to_string())?,
+        input: None,
+    })
+}
+
+/// [`model_ref`] of a model with how it was fed, recorded where it is not the default (so a
+/// profile of the default pair reads as it always has).
+fn model_ref_fed(
+    path: &Path,
+    mean: &str,
+    std: &str,
+    kind: OutputKind,
+    input_size: u32,
+) -> Result<ModelRef, String> {
+    let input = ModelInput {
+        input_mean: mean.to_string(),
+        input_std: std.to_string(),
+        output_kind: kind.as_str().to_string(),
+        input_size,
+    };
+    Ok(ModelRef {
+        input: (input != ModelInput::default()).then_some(input),
+        ..model_ref(path)?
     })
 }
 
@@ -256,8 +279,20 @@ pub fn measure(args: &ProfileArgs) -> Result<(ProfileInputs, Vec<FrameObservatio
     })?;
     let (fw, fh) = frame_size;
     let inputs = ProfileInputs {
-        device_model: model_ref(&device_path)?,
-        server_model: model_ref(&server_path)?,
+        device_model: model_ref_fed(
+            &device_path,
+            &args.device_input_mean,
+            &args.device_input_std,
+            args.device_output_kind,
+            args.device_input_size,
+        )?,
+        server_model: model_ref_fed(
+            &server_path,
+            &args.server_input_mean,
+            &args.server_input_std,
+            args.server_output_kind,
+            args.server_input_size,
+        )?,
         calibration: calibration_path.as_deref().map(model_ref).transpose()?,
         jpeg_quality: args.jpeg_quality,
         encoder: "libjpeg-turbo (TurboJPEG), RGB 4:2:0".into(),
@@ -337,5 +372,34 @@ fn print_bins(p: &Profile, per_resolution: impl Fn(&ConfidenceBin) -> Option<&Ve
             print!(" {a:>6.3}");
         }
         println!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model fed other than by default is recorded with how (for `cbo eval` to replay it so);
+    /// the default pair's entries stay as they were, with no `input`.
+    #[test]
+    fn a_model_fed_otherwise_records_how() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
+        std::fs::write(&path, b"model").unwrap();
+        let plain = model_ref_fed(&path, "127", "128", OutputKind::Auto, 0).unwrap();
+        assert_eq!(plain.input, None);
+        assert!(!serde_json::to_string(&plain).unwrap().contains("input"));
+        let fed =
+            model_ref_fed(&path, "123.7,116.3,103.5", "58.4", OutputKind::Logits, 384).unwrap();
+        let input = fed.input.clone().expect("recorded");
+        assert_eq!(input.input_mean, "123.7,116.3,103.5");
+        assert_eq!(input.input_std, "58.4");
+        assert_eq!(input.output_kind, "logits");
+        assert_eq!(input.input_size, 384);
+        let text = serde_json::to_string(&fed).unwrap();
+        assert_eq!(serde_json::from_str::<ModelRef>(&text).unwrap(), fed);
+        // A profile written before `input` existed reads as the defaults.
+        let old: ModelRef = serde_json::from_str(r#"{"file":"m.onnx","sha256":"00"}"#).unwrap();
+        assert_eq!(old.input, None);
     }
 }
