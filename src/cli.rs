@@ -12,8 +12,9 @@ pub struct ModelArgs {
     /// ONNX image classifier (default: the bundled device model)
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Class names of the model (the element's `labels`): one per line, or TSV rows of index,
-    /// wnid and name (default: ImageNet for 1000/1001 outputs). Named apart from `--labels`,
+    /// Class names of the model (the element's `labels`): one per line, TSV rows of index, wnid
+    /// and name, or a JSON id2label map (a Hugging Face config.json) (default: ImageNet for
+    /// 1000/1001 outputs). Named apart from `--labels`,
     /// which the evaluation tools use for ground truth.
     #[arg(long)]
     pub model_labels: Option<PathBuf>,

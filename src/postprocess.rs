@@ -134,9 +134,15 @@ impl Labels {
     /// Parses either one label per line, or the TSV `index<TAB>wnid<TAB>name` (the name is the
     /// last column; rows must be in index order starting at 0). Blank lines at the end are
     /// ignored; a header line whose first column is not a number is skipped in TSV files.
+    ///
+    /// A JSON object with an `id2label` map (a Hugging Face model's `config.json`, beside its
+    /// Optimum ONNX export) gives the names by index; every index from 0 must be there.
     pub fn parse(text: &str) -> Result<Self, LabelsError> {
         // A byte-order mark (spreadsheets on Windows write one) is not part of the first name.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        if text.trim_start().starts_with('{') {
+            return Self::from_id2label(text);
+        }
         let mut lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
         while lines.last().is_some_and(|l| l.trim().is_empty()) {
             lines.pop();
@@ -176,6 +182,49 @@ impl Labels {
         }
         if names.is_empty() {
             return Err(LabelsError("labels file has a header but no rows".into()));
+        }
+        Ok(Self { names })
+    }
+
+    /// The names of a JSON object's `id2label` map: `{"id2label": {"0": "tench", ...}}`.
+    fn from_id2label(text: &str) -> Result<Self, LabelsError> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| LabelsError(format!("not a labels file, nor readable JSON: {e}")))?;
+        let map = value
+            .get("id2label")
+            .and_then(serde_json::Value::as_object)
+            .ok_or_else(|| {
+                LabelsError(
+                    "a JSON labels file needs an \"id2label\" object (as a Hugging Face \
+                     config.json has)"
+                        .into(),
+                )
+            })?;
+        let mut names = vec![None; map.len()];
+        for (key, name) in map {
+            let index = key
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&i| i < names.len())
+                .ok_or_else(|| {
+                    LabelsError(format!(
+                        "id2label key '{key}' is not a class index from 0 to {}",
+                        map.len().saturating_sub(1)
+                    ))
+                })?;
+            let name = name
+                .as_str()
+                .ok_or_else(|| LabelsError(format!("id2label '{key}' is not a string")))?;
+            names[index] = Some(name.to_string());
+        }
+        let names = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| n.ok_or_else(|| LabelsError(format!("id2label has no class {i}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if names.is_empty() {
+            return Err(LabelsError("id2label is empty".into()));
         }
         Ok(Self { names })
     }
@@ -414,6 +463,31 @@ mod tests {
         assert!(!looks_like_probabilities(&[0.09; 10]));
         assert!(looks_like_probabilities(&[0.097; 10]));
         assert!(!looks_like_probabilities(&[]));
+    }
+
+    #[test]
+    fn labels_from_a_hugging_face_config() {
+        // Keys in any order, as a config.json may hold them; other fields are ignored.
+        let l = Labels::parse(
+            r#"{"architectures": ["X"], "id2label": {"1": "goldfish", "0": "tench", "2": "shark"}}"#,
+        )
+        .unwrap();
+        assert_eq!(l.len(), 3);
+        assert_eq!(
+            (l.name(0), l.name(1), l.name(2)),
+            ("tench", "goldfish", "shark")
+        );
+        for (text, why) in [
+            (r#"{"label2id": {"tench": 0}}"#, "needs an \"id2label\""),
+            (r#"{"id2label": {"0": "a", "2": "c"}}"#, "key '2'"),
+            (r#"{"id2label": {"0": "a", "x": "c"}}"#, "key 'x'"),
+            (r#"{"id2label": {"0": 5}}"#, "not a string"),
+            (r#"{"id2label": {}}"#, "empty"),
+            ("{not json", "nor readable JSON"),
+        ] {
+            let e = Labels::parse(text).err().expect(text).0;
+            assert!(e.contains(why), "{text}: {e}");
+        }
     }
 
     #[test]

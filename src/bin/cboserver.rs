@@ -68,8 +68,9 @@ struct Cli {
     /// Server ONNX model for --backend local (default: the bundled EfficientNet-Lite2)
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Class names of the model: one per line, or TSV rows of index, wnid and name (default:
-    /// ImageNet for 1000/1001 outputs). `--model-labels` is accepted too, as in the `cbo` tools.
+    /// Class names of the model: one per line, TSV rows of index, wnid and name, or a JSON
+    /// id2label map (a Hugging Face config.json) (default: ImageNet for 1000/1001 outputs).
+    /// `--model-labels` is accepted too, as in the `cbo` tools.
     #[arg(long, alias = "model-labels")]
     labels: Option<PathBuf>,
     /// Per-channel mean: one value or R,G,B

@@ -119,7 +119,7 @@ pub fn properties() -> &'static [glib::ParamSpec] {
                 .build(),
             glib::ParamSpecString::builder("labels")
                 .nick("Labels")
-                .blurb("Class names: one per line, or TSV index<TAB>wnid<TAB>name. A model with one output more than labels has a background entry at index 0 (a warning unless the model has 1001 outputs: a file one name short reads the same). Unset: ImageNet names for 1000/1001-way models, else 'class N'")
+                .blurb("Class names: one per line, TSV index<TAB>wnid<TAB>name, or a JSON object with an id2label map (a Hugging Face config.json). A model with one output more than labels has a background entry at index 0 (a warning unless the model has 1001 outputs: a file one name short reads the same). Unset: ImageNet names for 1000/1001-way models, else 'class N'")
                 .mutable_ready()
                 .build(),
             glib::ParamSpecString::builder("input-mean")
