@@ -485,7 +485,7 @@ mod tests {
             (r#"{"id2label": {}}"#, "empty"),
             ("{not json", "nor readable JSON"),
         ] {
-            let e = Labels::parse(text).err().expect(text).0;
+            let e = Labels::parse(text).expect_err(text).0;
             assert!(e.contains(why), "{text}: {e}");
         }
     }
