@@ -254,6 +254,9 @@ pub enum InferenceError {
     ModelLoad { path: PathBuf, reason: String },
     #[error("model '{path}' is not an image classifier: {reason}")]
     NotAClassifier { path: PathBuf, reason: String },
+    /// The model's image size and `input-size` do not go together (a settings problem).
+    #[error("model '{path}': {reason}")]
+    InputSize { path: PathBuf, reason: String },
     #[error("{0}")]
     Labels(String),
     #[error("execution provider '{requested}' is not available: {reason}")]
@@ -391,37 +394,48 @@ fn input_spec(
         Layout::Nchw => (shape[2], shape[3]),
         Layout::Nhwc => (shape[1], shape[2]),
     };
-    let (h, w) = match input_size.map(i64::from) {
+    let size_error = |reason: String| InferenceError::InputSize {
+        path: path.to_path_buf(),
+        reason: format!(
+            "input '{}' has shape {}: {reason}",
+            input.name(),
+            describe_shape(&shape)
+        ),
+    };
+    // Where to set it: the element's property, the tools' and cboserver's flag (`cbo profile`
+    // has one per model).
+    const WHERE: &str = "input-size (the element's property; --input-size in the cbo tools \
+                         and cboserver, --device-input-size or --server-input-size in cbo \
+                         profile)";
+    let (h, w) = match input_size.filter(|&s| s > 0).map(i64::from) {
         // Dynamic: the size asked for.
         Some(side) if h <= 0 && w <= 0 => (side, side),
-        // One of the two dynamic, or both fixed: the asked size must be the model's.
+        // One side fixed, or both: only what the model has goes.
         Some(side) if (h > 0 && h != side) || (w > 0 && w != side) => {
-            return Err(not(format!(
-                "input '{}' has shape {}: its image size is fixed in the model, so input-size \
-                 must be 0 (the model's size) or that size, not {side}",
-                input.name(),
-                describe_shape(&shape)
+            let fits = match (h > 0, w > 0) {
+                (true, true) if h == w => format!("leave {WHERE} unset (0), or give {h}"),
+                (true, true) => format!("leave {WHERE} unset (0): the model is {w}x{h}"),
+                _ => format!("give {WHERE} as {}", h.max(w)),
+            };
+            return Err(size_error(format!(
+                "its image size is fixed in the model, not {side}: {fits}"
             )));
         }
         Some(side) => (side, side),
+        None if h <= 0 && w <= 0 => {
+            return Err(size_error(format!(
+                "its image size is dynamic: set {WHERE} to the side of the square image it \
+                 was trained at, e.g. 224"
+            )));
+        }
         None if h <= 0 || w <= 0 => {
-            return Err(not(format!(
-                "input '{}' has shape {}: its image size is dynamic; set input-size (the \
-                 element's property, --input-size in cbo and cboserver) to the side of the \
-                 square image it was trained at, e.g. 224",
-                input.name(),
-                describe_shape(&shape)
+            return Err(size_error(format!(
+                "one side of its image is dynamic: set {WHERE} to {}",
+                h.max(w)
             )));
         }
         None => (h, w),
     };
-    if h <= 0 || w <= 0 {
-        return Err(not(format!(
-            "input '{}' has shape {}: input-size must be above 0",
-            input.name(),
-            describe_shape(&shape)
-        )));
-    }
     // The input tensor (a batch of them in a shared session or cboserver) is allocated at load:
     // a model declaring 20000x20000 made the element abort on a failed 4.8 GB allocation.
     let most = crate::jpeg::MAX_DECODED_SIDE as i64;

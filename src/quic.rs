@@ -141,7 +141,7 @@ fn plain_tls_reason(reason: &str) -> String {
         ),
         Some("UnknownIssuer") => format!(
             "{reason} (the server's certificate is not among, nor issued by, the trusted \
-             certificates; {HINT})"
+             certificates; {HINT}, or the CA certificate that signed it)"
         ),
         _ => reason.to_string(),
     }
@@ -172,7 +172,8 @@ fn connect_error(e: quinn::ConnectionError) -> ConnectError {
         E::VersionMismatch | E::TransportError(_) | E::ConnectionClosed(_) => {
             ConnectError::Protocol(e.to_string())
         }
-        E::Reset | E::LocallyClosed | E::CidsExhausted => ConnectError::Unreachable(e.to_string()),
+        E::Reset => ConnectError::Unreachable(lost_reason(&e)),
+        E::LocallyClosed | E::CidsExhausted => ConnectError::Unreachable(e.to_string()),
     }
 }
 
@@ -301,11 +302,11 @@ pub fn lost_reason(e: &quinn::ConnectionError) -> String {
         E::ApplicationClosed(c) => {
             format!("server closed the connection: {}", describe_close(c).1)
         }
-        E::Reset => "the server reset the connection: it restarted, or no longer knows this \
-                     connection"
+        E::Reset => "the server reset the connection, as a restarted server does (or one that \
+                     no longer knows this connection)"
             .to_string(),
-        E::TimedOut => "nothing heard from the server for the idle timeout: the server is gone \
-                        or the network is down"
+        E::TimedOut => "nothing heard from the server for the idle timeout, as when the server \
+                        is gone or the network is down"
             .to_string(),
         _ => e.to_string(),
     }

@@ -246,7 +246,11 @@ fn a_model_with_a_dynamic_image_size_runs_at_input_size() {
     let run =
         run_pipeline("videotestsrc num-buffers=1 ! cbofilter name=cbo input-size=256 ! fakesink");
     let (err, _) = run.error.expect("an error");
-    assert!(err.message().contains("fixed in the model"), "{err}");
+    assert!(
+        err.message().contains("fixed in the model, not 256")
+            && err.message().contains("unset (0), or give 224"),
+        "{err}"
+    );
     let run =
         run_pipeline("videotestsrc num-buffers=1 ! cbofilter name=cbo input-size=224 ! fakesink");
     assert!(run.error.is_none(), "{:?}", run.error);
@@ -612,6 +616,7 @@ fn shared_plugin_from_gst_launch_and_missing_onnxruntime() {
         "ep-fallback",
         "active-execution-provider",
         "threads",
+        "input-size",
         "shared-session",
         "model-instance-id",
         "max-batch",

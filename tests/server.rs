@@ -1402,7 +1402,7 @@ fn cboserver_refuses_out_of_range_settings_naming_the_option_before_starting() {
             &["--batch-timeout-ms", "300", "--request-timeout-ms", "200"],
             "--batch-timeout-ms 300 must be below --request-timeout-ms 200",
         ),
-        // --input-size: checked whichever the backend, and refused where it would do nothing.
+        // --input-size: checked whichever the backend.
         (
             &["--input-size", "0"],
             "bad --input-size '0': expected N or WxH, each from 1 to 4096",
@@ -1482,6 +1482,21 @@ fn cboserver_runs_a_model_with_a_dynamic_image_size_at_input_size() {
     assert!(!printed.is_empty());
     let _ = child.kill();
     let _ = child.wait();
+    // The bundled model is fixed at 260x260: another size is refused, with what would do.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cboserver"))
+        .args(["--listen", "127.0.0.1:0", "--self-signed"])
+        .arg(dir.path().join("identity"))
+        .args(["--input-size", "224"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("fixed in the model, not 224")
+            && stderr.contains("leave input-size")
+            && stderr.contains("or give 260"),
+        "{stderr}"
+    );
 }
 
 /// Each bounded option's `--help` states its range, from the bounds the server checks.

@@ -167,6 +167,7 @@ impl LoadgenArgs {
         check("--top-k", self.top_k.into(), &TOP_K)?;
         check("--batch", n(self.batch), &BATCH)?;
         check("--threads", n(self.threads), &THREADS)?;
+        check("--input-size", self.input_size.into(), &(0..=4096))?;
         self.trust().map(|_| ())
     }
 
