@@ -325,11 +325,12 @@ fn describe_shape(shape: &[i64]) -> String {
 /// only the user can know (the size it was trained at). A dynamic channel dimension is read as
 /// PyTorch's NCHW, the layout of every exporter that leaves it dynamic, unless the last
 /// dimension is the fixed one of 3.
+/// The third value: whether the colour-channel axis is dynamic (3 was assumed).
 fn input_spec(
     session: &Session,
     path: &Path,
     input_size: Option<u32>,
-) -> Result<(String, TensorSpec), InferenceError> {
+) -> Result<(String, TensorSpec, bool), InferenceError> {
     let not = |reason: String| InferenceError::NotAClassifier {
         path: path.to_path_buf(),
         reason,
@@ -446,6 +447,10 @@ fn input_spec(
             describe_shape(&shape)
         )));
     }
+    let channels_dynamic = match layout {
+        Layout::Nchw => shape[1] < 0,
+        Layout::Nhwc => shape[3] < 0,
+    };
     Ok((
         input.name().to_string(),
         TensorSpec {
@@ -454,6 +459,7 @@ fn input_spec(
             height: h as u32,
             elem,
         },
+        channels_dynamic,
     ))
 }
 
@@ -697,7 +703,7 @@ impl ModelSession {
                 }
             }
         };
-        let (input_name, spec) = input_spec(&session, path, input_size)?;
+        let (input_name, spec, channels_dynamic) = input_spec(&session, path, input_size)?;
         let mut this = Self {
             id: SESSIONS_LOADED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
             session,
@@ -719,7 +725,19 @@ impl ModelSession {
         )
         .map_err(|e| InferenceError::NotAClassifier {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason: if channels_dynamic {
+                format!(
+                    "{e} (its colour-channel axis is dynamic, and it was given 3 channels, \
+                     RGB, in {} order: a model that takes another number of channels is not \
+                     supported)",
+                    match spec.layout {
+                        crate::preprocess::Layout::Nchw => "NCHW",
+                        crate::preprocess::Layout::Nhwc => "NHWC",
+                    }
+                )
+            } else {
+                e.to_string()
+            },
         })?;
         if row.len() < 2 {
             return Err(InferenceError::NotAClassifier {

@@ -254,6 +254,19 @@ fn a_model_with_a_dynamic_image_size_runs_at_input_size() {
     let run =
         run_pipeline("videotestsrc num-buffers=1 ! cbofilter name=cbo input-size=224 ! fakesink");
     assert!(run.error.is_none(), "{:?}", run.error);
+    // A dynamic channel axis is given RGB: a one-channel model fails, saying so.
+    let grey = dir.path().join("grey.onnx");
+    std::fs::write(&grey, common::onnx::dynamic_size_model_of(1)).unwrap();
+    let run = run_pipeline(&format!(
+        "videotestsrc num-buffers=1 ! cbofilter name=cbo model=\"{}\" input-size=40 ! fakesink",
+        grey.display()
+    ));
+    let (err, _) = run.error.expect("an error");
+    assert!(
+        err.message().contains("colour-channel axis is dynamic")
+            && err.message().contains("3 channels, RGB, in NCHW order"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -159,6 +159,12 @@ fn dynamic_value_info(name: &str, dims: &[&str]) -> Vec<u8> {
 /// dynamic (as Optimum exports them): the mean of each colour channel, times a 3x4 matrix. It
 /// runs at any image size; class 0 scores red, 1 green, 2 blue, 3 nothing.
 pub fn dynamic_size_model() -> Vec<u8> {
+    dynamic_size_model_of(3)
+}
+
+/// [`dynamic_size_model`] for `channels` colour channels (its matrix is `channels`x4): with
+/// other than 3 it fails on an RGB image.
+pub fn dynamic_size_model_of(channels: u64) -> Vec<u8> {
     let mut graph = Vec::new();
     for n in [
         node(&["x"], &["pooled"], "GlobalAveragePool", &[]),
@@ -168,13 +174,11 @@ pub fn dynamic_size_model() -> Vec<u8> {
         field_bytes(1, &n, &mut graph);
     }
     field_bytes(2, b"dynamic_size", &mut graph);
-    #[rustfmt::skip]
-    let w = [
-        1.0, 0.0, 0.0, 0.0,
-        0.0, 1.0, 0.0, 0.0,
-        0.0, 0.0, 1.0, 0.0,
-    ];
-    field_bytes(5, &initializer("w", &[3, 4], &w), &mut graph);
+    // Row c scores class c (the identity, padded with a column for "nothing").
+    let w: Vec<f32> = (0..channels * 4)
+        .map(|i| if i / 4 == i % 4 { 1.0 } else { 0.0 })
+        .collect();
+    field_bytes(5, &initializer("w", &[channels, 4], &w), &mut graph);
     field_bytes(
         11,
         &dynamic_value_info("x", &["batch", "channels", "height", "width"]),
