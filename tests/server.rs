@@ -1476,12 +1476,26 @@ fn cboserver_runs_a_model_with_a_dynamic_image_size_at_input_size() {
         stderr.contains("dynamic") && stderr.contains("--input-size"),
         "{stderr}"
     );
-    // At --input-size it loads (its warm-up run included) and listens.
+    // At --input-size it loads (its warm-up run included), listens and answers frames (batched:
+    // its batch axis is dynamic too).
     let mut child = spawn(&["--input-size", "40"]);
-    let (_addr, printed) = wait_listening(&mut child);
-    assert!(!printed.is_empty());
+    let (addr, printed) = wait_listening(&mut child);
+    let fingerprint = printed
+        .iter()
+        .find_map(|l| l.strip_prefix("certificate sha256 fingerprint "))
+        .expect("the fingerprint is printed")
+        .trim()
+        .to_string();
+    let args = gstcbo::tools::loadgen::LoadgenArgs {
+        clients: 2,
+        ..common::loadgen_args(&addr.to_string(), &fingerprint)
+    };
+    let report = gstcbo::tools::loadgen::run(&args);
     let _ = child.kill();
     let _ = child.wait();
+    let report = report.unwrap();
+    assert!(report.answers > 0, "{report:?}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
     // The bundled model is fixed at 260x260: another size is refused, with what would do.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cboserver"))
         .args(["--listen", "127.0.0.1:0", "--self-signed"])
