@@ -357,11 +357,14 @@ fn frames(
         }
         // How the models were fed, where not the default (so the default pair's results stay
         // keyed as before).
-        for input in [&profile.device_model.input, &profile.server_model.input]
-            .into_iter()
-            .flatten()
-        {
-            h.update(serde_json::to_string(input).unwrap_or_default().as_bytes());
+        for (which, input) in [
+            ("device", &profile.device_model.input),
+            ("server", &profile.server_model.input),
+        ] {
+            if let Some(input) = input {
+                h.update(which.as_bytes());
+                h.update(serde_json::to_string(input).unwrap_or_default().as_bytes());
+            }
         }
         h.update(
             format!(
