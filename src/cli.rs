@@ -64,7 +64,7 @@ impl ModelArgs {
             ep_options: inference::EpOptions::parse(&self.ep_options)?,
             ep_fallback: self.ep_fallback,
             threads: self.threads,
-            input_size: (self.input_size > 0).then_some(self.input_size),
+            input_size: self.input_size,
         })
     }
 

@@ -222,8 +222,8 @@ pub struct ModelConfig {
     /// Intra-op threads; 0 lets ONNX Runtime decide.
     pub threads: usize,
     /// The side of the square image fed to a model whose image size is dynamic (`input-size`);
-    /// `None`: the model's own size, which must then be fixed.
-    pub input_size: Option<u32>,
+    /// 0: the model's own size, which must then be fixed.
+    pub input_size: u32,
 }
 
 impl Default for ModelConfig {
@@ -238,7 +238,7 @@ impl Default for ModelConfig {
             ep_options: EpOptions::default(),
             ep_fallback: false,
             threads: 0,
-            input_size: None,
+            input_size: 0,
         }
     }
 }
@@ -324,12 +324,11 @@ fn describe_shape(shape: &[i64]) -> String {
 /// `[batch, channels, height, width]`, all four dynamic): it then runs at `input_size`, which
 /// only the user can know (the size it was trained at). A dynamic channel dimension is read as
 /// PyTorch's NCHW, the layout of every exporter that leaves it dynamic, unless the last
-/// dimension is the fixed one of 3.
-/// The third value: whether the colour-channel axis is dynamic (3 was assumed).
+/// dimension is the fixed one of 3; the third value returned says whether it was.
 fn input_spec(
     session: &Session,
     path: &Path,
-    input_size: Option<u32>,
+    input_size: u32,
 ) -> Result<(String, TensorSpec, bool), InferenceError> {
     let not = |reason: String| InferenceError::NotAClassifier {
         path: path.to_path_buf(),
@@ -408,7 +407,7 @@ fn input_spec(
     const WHERE: &str = "input-size (the element's property; --input-size in the cbo tools \
                          and cboserver, --device-input-size or --server-input-size in cbo \
                          profile)";
-    let (h, w) = match input_size.filter(|&s| s > 0).map(i64::from) {
+    let (h, w) = match (input_size > 0).then_some(i64::from(input_size)) {
         // Dynamic: the size asked for.
         Some(side) if h <= 0 && w <= 0 => (side, side),
         // One side fixed, or both: only what the model has goes.
@@ -586,7 +585,7 @@ impl ModelSession {
         provider: ExecutionProvider,
         ep_fallback: bool,
         threads: usize,
-        input_size: Option<u32>,
+        input_size: u32,
     ) -> Result<Self, InferenceError> {
         Self::load_with_options(
             path,
@@ -607,7 +606,7 @@ impl ModelSession {
         options: &EpOptions,
         ep_fallback: bool,
         threads: usize,
-        input_size: Option<u32>,
+        input_size: u32,
     ) -> Result<Self, InferenceError> {
         if !path.is_file() {
             return Err(InferenceError::ModelMissing(path.to_path_buf()));
@@ -1044,7 +1043,7 @@ mod tests {
         let model = models_dir().join(DEFAULT_DEVICE_MODEL);
         let opts = EpOptions::parse("device_type=CPU").unwrap();
         let err =
-            ModelSession::load_with_options(&model, ExecutionProvider::Auto, &opts, false, 0, None)
+            ModelSession::load_with_options(&model, ExecutionProvider::Auto, &opts, false, 0, 0)
                 .err()
                 .expect("an error");
         let text = err.to_string();

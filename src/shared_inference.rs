@@ -79,7 +79,7 @@ pub struct SessionConfig {
     pub ep_options: EpOptions,
     pub ep_fallback: bool,
     pub threads: usize,
-    pub input_size: Option<u32>,
+    pub input_size: u32,
 }
 
 impl SessionConfig {
@@ -91,7 +91,7 @@ impl SessionConfig {
             self.ep_options,
             self.ep_fallback,
             self.threads,
-            self.input_size.unwrap_or(0)
+            self.input_size
         )
     }
 }

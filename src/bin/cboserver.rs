@@ -205,13 +205,13 @@ const GRPC_ONLY: [(&str, &str); 4] = [
 ];
 
 /// `--input-size` for `--backend local`: the side a model with a dynamic image size runs at
-/// (`None` when not given: the model's own size).
-fn local_input_size(cli: &Cli) -> Result<Option<u32>, String> {
+/// (0 when not given: the model's own size).
+fn local_input_size(cli: &Cli) -> Result<u32, String> {
     if cli.backend != "local" || !cli.input_size_given {
-        return Ok(None);
+        return Ok(0);
     }
     match parse_size(&cli.input_size)? {
-        (w, h) if w == h => Ok(Some(w)),
+        (w, h) if w == h => Ok(w),
         (w, h) => Err(format!(
             "--input-size {w}x{h}: with --backend local it is the side N of a square image"
         )),

@@ -75,7 +75,7 @@ fn model_config(s: &Settings) -> Result<ModelConfig, gst::ErrorMessage> {
             .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{e}")))?,
         ep_fallback: s.ep_fallback,
         threads: s.threads as usize,
-        input_size: (s.input_size > 0).then_some(s.input_size),
+        input_size: s.input_size,
     })
 }
 

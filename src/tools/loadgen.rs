@@ -444,7 +444,7 @@ fn baseline(args: &LoadgenArgs, frames: &[EncodedFrame], seconds: f64) -> Result
         args.execution_provider,
         false,
         args.threads,
-        (args.input_size > 0).then_some(args.input_size),
+        args.input_size,
     )
     .map_err(|e| e.to_string())?;
     let norm = Normalization::parse(&args.input_mean, &args.input_std)?;

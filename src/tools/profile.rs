@@ -141,7 +141,7 @@ fn config(
         ep_options: Default::default(),
         ep_fallback: true,
         threads: args.threads,
-        input_size: (input_size > 0).then_some(input_size),
+        input_size,
     })
 }
 
